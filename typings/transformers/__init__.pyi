@@ -1,0 +1,33 @@
+# Minimal typing for the parts of transformers that strata uses (transformers' own annotations
+# leave many types unknown under strict checking). Extend with care; declare only what is called.
+import os
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+class PreTrainedTokenizerBase:
+    chat_template: str | dict[str, str] | None
+    @property
+    def eos_token_id(self) -> int | None: ...
+    @property
+    def all_special_ids(self) -> list[int]: ...
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(
+        self,
+        token_ids: Sequence[int],
+        *,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str: ...
+    def apply_chat_template(
+        self,
+        conversation: Sequence[Mapping[str, str]],
+        *,
+        tokenize: Literal[False],
+        add_generation_prompt: bool = False,
+    ) -> str: ...
+
+class AutoTokenizer:
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str]
+    ) -> PreTrainedTokenizerBase: ...
