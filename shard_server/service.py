@@ -200,12 +200,16 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         request_iterator: AsyncIterator[shard_pb2.RingMessage],
         context: grpc.aio.ServicerContext[object, object],
     ) -> AsyncIterator[shard_pb2.RingReply]:
-        async for message in request_iterator:
-            try:
-                self._worker.submit(ring_message_from_pb(message))
-            except WireError as error:
-                logger.warning("refused ring message for %s: %s", message.request_id, error)
-                yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
+        try:
+            async for message in request_iterator:
+                try:
+                    self._worker.submit(ring_message_from_pb(message))
+                except WireError as error:
+                    logger.warning("refused ring message for %s: %s", message.request_id, error)
+                    yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
+        except asyncio.CancelledError:
+            # The previous shard went away or this server is stopping: the link simply ends.
+            return
 
     async def GetStats(
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]

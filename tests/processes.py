@@ -1,0 +1,135 @@
+"""Real service processes for tests: start `strata` commands, wait until they serve, stop them by pid.
+
+Every process a test starts is stopped here, by its own id, even when the test fails. Logs go to a
+file per process so a failing test can show what the services said.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_GRACE_SECONDS)
+        return self.process.returncode
+
+
+def free_port(consecutive: int = 1) -> int:
+    """A port (and the `consecutive - 1` after it) that nothing listens on right now."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + consecutive > 65535:
+            continue
+        if all(_port_is_free(first + offset) for offset in range(1, consecutive)):
+            return first
+    raise RuntimeError("no free port range found")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_strata(name: str, arguments: list[str], home: Path, log_dir: Path) -> ServiceProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name.replace(' ', '-')}.log"
+    environment = {**os.environ, "STRATA_HOME": str(home)}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *arguments],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    return ServiceProcess(name, process, log_path)
+
+
+def wait_for_grpc_health(service: ServiceProcess, address: str, timeout_seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    with grpc.insecure_channel(address) as channel:
+        # The health stubs' typing lacks the methods; call the standard method by name.
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{service.name} exited early:\n{service.log_tail()}")
+            try:
+                reply: health_pb2.HealthCheckResponse = check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{service.name} did not serve on {address}:\n{service.log_tail()}")
+
+
+def wait_for_http_ok(service: ServiceProcess, url: str, timeout_seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited early:\n{service.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200:\n{service.log_tail()}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc)."""
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    if not children_file.exists():
+        return []
+    return [int(part) for part in children_file.read_text().split()]
+
+
+def pid_alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return False
+    return "\nState:\tZ" not in status.read_text()

@@ -1,0 +1,65 @@
+"""A real local cluster from `strata run` (coordinator, two shard servers, gateway as separate
+processes on 127.0.0.1) serving the embedded SmolLM2, shared by the system tests of a session."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.model_store import ModelStore
+from services.settings import models_root
+from strata_wire import coordinator_pb2, coordinator_pb2_grpc
+from tests.processes import ServiceProcess, free_port, start_strata, wait_for_http_ok
+
+
+@dataclass(frozen=True)
+class RunningCluster:
+    home: Path
+    process: ServiceProcess
+    gateway_url: str
+    coordinator_address: str
+    shard_addresses: tuple[str, ...]
+    instance_id: str
+
+
+@pytest.fixture(scope="session")
+def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("embedded-home")
+    ModelStore(models_root(home)).import_gguf(EMBEDDED_MODEL_ID, find_embedded_gguf())
+    return home
+
+
+def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, str]:
+    gateway_port, coordinator_port, shard_port = free_port(), free_port(), free_port(consecutive=2)
+    arguments = [
+        "run", "--port", str(gateway_port), "--coordinator-port", str(coordinator_port),
+        "--shard-port", str(shard_port),
+    ]
+    process = start_strata("strata-run", arguments, home, logs)
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    wait_for_http_ok(process, f"{gateway_url}/health", timeout_seconds=180)
+    return process, gateway_url, f"127.0.0.1:{coordinator_port}"
+
+
+@pytest.fixture(scope="session")
+def running_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
+    process, gateway_url, coordinator_address = start_local_cluster(
+        embedded_home, tmp_path_factory.mktemp("cluster-logs")
+    )
+    try:
+        with grpc.insecure_channel(coordinator_address) as channel:
+            state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
+        instance = next(instance for instance in state.instances if instance.status == "ready")
+        yield RunningCluster(
+            home=embedded_home,
+            process=process,
+            gateway_url=gateway_url,
+            coordinator_address=coordinator_address,
+            shard_addresses=tuple(stage.address for stage in instance.stages),
+            instance_id=instance.instance_id,
+        )
+    finally:
+        process.stop()

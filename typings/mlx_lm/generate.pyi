@@ -1,0 +1,13 @@
+from collections.abc import Callable, Generator
+
+import mlx.core as mx
+from mlx import nn
+
+def generate_step(
+    prompt: mx.array,
+    model: nn.Module,
+    *,
+    max_tokens: int = 256,
+    sampler: Callable[[mx.array], mx.array] | None = None,
+    prefill_step_size: int = 2048,
+) -> Generator[tuple[int, mx.array], None, None]: ...
