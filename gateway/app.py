@@ -1,0 +1,32 @@
+"""The gateway's FastAPI application: the OpenAI routes, `/health`, and the one error mapping.
+
+`create_app` only wires what it is given (the engine and the model catalog), so tests build the
+whole HTTP surface in memory and the `strata gateway` command builds it over the real pipeline.
+
+`GET /health` answers 200 `{"status": "ready"}` when any served model has a ready instance, else
+503 `{"status": "starting"}`.
+"""
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from gateway.completion_engine import CompletionEngine
+from gateway.errors import install_error_handlers
+from gateway.openai_routes import ModelCatalog, openai_router
+from gateway.request_body import DEFAULT_MAX_BODY_BYTES
+
+
+def create_app(
+    engine: CompletionEngine, catalog: ModelCatalog, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> FastAPI:
+    app = FastAPI(title="strata gateway", summary="One language model, split across machines, as OpenAI.")
+    install_error_handlers(app)
+    app.include_router(openai_router(engine, catalog, max_body_bytes=max_body_bytes))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if any(catalog.is_ready(model_id) for model_id in catalog.served_models()):
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "starting"}, status_code=503)
+
+    return app

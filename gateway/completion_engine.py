@@ -1,0 +1,155 @@
+"""The one generation path: a `TextGenerationRequest` in, text events out.
+
+`CompletionEngine.run` tokenizes the prompt (in a worker thread), checks it against the model's
+context window, streams token ids from the `TokenSource`, detokenizes them incrementally, cuts the
+text at the first stop string and ends with one `TextFinished` carrying the usage. Every API dialect
+goes through here; none of them sees token ids.
+
+Errors, raised before the first event unless noted:
+- `ModelNotFoundError`: the `TokenizerProvider` does not know the model.
+- `InvalidRequestError`: empty or too long prompt, `max_tokens` beyond the context window, a chat
+  template that is missing or rejects the conversation.
+- `ModelUnavailableError`: from the token source, when no instance is ready.
+- `PipelineError`: from the token source, also mid-stream; or when its stream ends without a finish.
+
+Closing the returned generator early (client gone, stop string matched) closes the token source's
+iterator, which cancels the request on the shards. The engine also closes that iterator after it
+has read `GenerationFinished`; a token source must treat that as the end, not as a cancellation.
+"""
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import suppress
+from typing import Protocol
+
+from gateway.generation_request import (
+    ChatPrompt,
+    InvalidRequestError,
+    TextDelta,
+    TextEvent,
+    TextFinished,
+    TextGenerationRequest,
+)
+from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
+from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
+from services.ids import ModelId
+
+
+class TokenizerProvider(Protocol):
+    def tokenizer_for(self, model_id: ModelId) -> ModelTokenizer:
+        """The tokenizer of a served model; raises `ModelNotFoundError` for any other id.
+
+        May block (loading files the first time): the engine calls it from a worker thread.
+        """
+        ...
+
+
+class CompletionEngine:
+    def __init__(self, token_source: TokenSource, tokenizers: TokenizerProvider) -> None:
+        self._token_source = token_source
+        self._tokenizers = tokenizers
+
+    async def run(self, request: TextGenerationRequest) -> AsyncGenerator[TextEvent]:
+        """Yields the generated text as `TextDelta`s, then exactly one `TextFinished`."""
+        tokenizer, token_request = await asyncio.to_thread(self._prepare, request)
+        prompt_tokens = len(token_request.prompt_tokens)
+        stop_token_ids = frozenset(token_request.stop_token_ids)
+        detokenizer = tokenizer.detokenizer()
+        stop_matcher = StopStringMatcher(request.stop)
+        generated_tokens = 0
+        events = self._token_source.generate(token_request)
+        try:
+            async for event in events:
+                match event:
+                    case GeneratedToken(token_id=token_id):
+                        generated_tokens += 1
+                        if token_id in stop_token_ids:
+                            continue  # end of sequence: never part of the text
+                        scan = stop_matcher.feed(detokenizer.add(token_id))
+                        if scan.text:
+                            yield TextDelta(text=scan.text)
+                        if scan.matched is not None:
+                            yield TextFinished(
+                                reason="stop", prompt_tokens=prompt_tokens, completion_tokens=generated_tokens
+                            )
+                            return
+                    case GenerationFinished(reason=reason, generated_tokens=reported_tokens):
+                        scan = stop_matcher.feed(detokenizer.flush())
+                        tail = scan.text if scan.matched is not None else scan.text + stop_matcher.flush()
+                        if tail:
+                            yield TextDelta(text=tail)
+                        yield TextFinished(
+                            reason="stop" if scan.matched is not None else reason,
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=reported_tokens,
+                        )
+                        return
+            raise PipelineError("the token stream ended without a finish event")
+        finally:
+            await _close(events)
+
+    async def start(self, request: TextGenerationRequest) -> AsyncGenerator[TextEvent]:
+        """Like `run`, but waits for the first event before returning.
+
+        So every error that comes before any output (unknown model, invalid request, no ready
+        instance) is raised here, while a streaming HTTP response can still carry its status.
+        """
+        events = self.run(request)
+        try:
+            first_event = await anext(events)
+        except BaseException:
+            await events.aclose()
+            raise
+        return _prepend(first_event, events)
+
+    def _prepare(self, request: TextGenerationRequest) -> tuple[ModelTokenizer, TokenRequest]:
+        """Tokenizes and validates against the context window. Blocking: run in a worker thread."""
+        tokenizer = self._tokenizers.tokenizer_for(request.model_id)
+        prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
+        try:
+            prompt_tokens = tokenizer.encode_prompt(request.prompt)
+        except ChatTemplateError as error:
+            raise InvalidRequestError(str(error), param=prompt_param, code="invalid_chat_template") from error
+        context_length = tokenizer.context_length
+        if not prompt_tokens:
+            raise InvalidRequestError("The prompt is empty.", param=prompt_param, code="empty_prompt")
+        if len(prompt_tokens) >= context_length:
+            raise InvalidRequestError(
+                f"The prompt has {len(prompt_tokens)} tokens, but this model's context window is "
+                f"{context_length} tokens and at least one must remain for the completion.",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
+        remaining = context_length - len(prompt_tokens)
+        if request.max_tokens is not None and request.max_tokens > remaining:
+            raise InvalidRequestError(
+                f"max_tokens is {request.max_tokens}, but the prompt has {len(prompt_tokens)} tokens and this "
+                f"model's context window is {context_length} tokens: at most {remaining} can be generated.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        token_request = TokenRequest(
+            request_id=request.request_id,
+            model_id=request.model_id,
+            prompt_tokens=tuple(prompt_tokens),
+            max_tokens=request.max_tokens if request.max_tokens is not None else remaining,
+            sampling=request.sampling,
+            stop_token_ids=tokenizer.stop_token_ids,
+        )
+        return tokenizer, token_request
+
+
+async def _prepend(first_event: TextEvent, rest: AsyncGenerator[TextEvent]) -> AsyncGenerator[TextEvent]:
+    try:
+        yield first_event
+        async for event in rest:
+            yield event
+    finally:
+        await rest.aclose()
+
+
+async def _close(events: AsyncIterator[object]) -> None:
+    """Closes a token stream, which cancels the request upstream when it has not finished."""
+    if isinstance(events, AsyncGenerator):
+        with suppress(Exception):  # a failing close must not hide the outcome of the request
+            await events.aclose()

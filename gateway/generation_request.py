@@ -1,0 +1,131 @@
+"""The one internal request every API dialect adapts to, and the text events it produces.
+
+OpenAI chat and completions today (Anthropic Messages, Ollama and Responses later) each decode
+their own JSON, build a `TextGenerationRequest` and hand it to `CompletionEngine.run`, which yields
+`TextDelta`s and exactly one final `TextFinished`. Nothing in here knows about HTTP or a dialect.
+
+The request errors that every dialect reports the same way live here too, so an adapter can raise
+them without importing the engine: `InvalidRequestError` (the client's fault, HTTP 400) and
+`ModelNotFoundError` (the model is not served, HTTP 404).
+"""
+
+import secrets
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.ids import ModelId, RequestId
+from services.sampling import SamplingOptions
+
+MAX_SEED = 2**63 - 1
+"""Seeds are kept in [0, 2**63 - 1] so they fit every wire format (int64 and uint64 alike)."""
+
+
+class InvalidRequestError(Exception):
+    """The request cannot be served as asked; the client must change it.
+
+    `param` names the offending request field in the dialect's terms (e.g. "max_tokens");
+    `code` is a short machine-readable reason (e.g. "context_length_exceeded").
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ModelNotFoundError(Exception):
+    """No model of that id is served by this cluster (unlike `ModelUnavailableError`: not ready yet)."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"The model '{model_id}' does not exist or is not served here.")
+        self.model_id = model_id
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation, already reduced to plain text by the dialect adapter."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatPrompt(BaseModel):
+    """A conversation, rendered with the model's chat template (generation prompt appended)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["chat"] = "chat"
+    messages: Annotated[tuple[ChatMessage, ...], Field(min_length=1)]
+
+
+class TextPrompt(BaseModel):
+    """Raw text, tokenized as it is (the tokenizer's own special tokens, such as BOS, included)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["text"] = "text"
+    text: str
+
+
+Prompt = Annotated[ChatPrompt | TextPrompt, Field(discriminator="kind")]
+
+
+class TextGenerationRequest(BaseModel):
+    """What to generate, independent of the API dialect that asked for it."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    request_id: RequestId
+    model_id: ModelId
+    prompt: Prompt
+    max_tokens: Annotated[int, Field(ge=1)] | None
+    """None: as many as the context window leaves after the prompt."""
+    sampling: SamplingOptions
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation ends before the first occurrence of any of them (not emitted)."""
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings_are_not_empty(cls, stop: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not text for text in stop):
+            raise ValueError("stop strings must not be empty")
+        return stop
+
+
+class TextDelta(BaseModel):
+    """Newly generated text; never splits a UTF-8 character, never contains part of a stop string."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["delta"] = "delta"
+    text: str
+
+
+class TextFinished(BaseModel):
+    """The last event of a generation: why it stopped, and the token usage."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["finished"] = "finished"
+    reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+TextEvent = TextDelta | TextFinished
+
+
+def sampling_options(
+    *, temperature: float, top_p: float = 1.0, top_k: int = 0, seed: int | None = None
+) -> SamplingOptions:
+    """Builds the sampling options of a request, choosing the seed here when the client gave none.
+
+    A sampled request (temperature > 0) always travels with an explicit seed, so the gateway can
+    replay it bit for bit after a failover. Greedy requests do not use the seed.
+    """
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1) if temperature > 0 else 0
+    return SamplingOptions(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
