@@ -40,6 +40,7 @@ run: setup
 
 lint: $(INSTALLED) $(STUBS)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(INSTALLED) $(STUBS)
 	$(BIN)/basedpyright

@@ -61,11 +61,9 @@ def apply_instance_placed(state: ClusterState, event: InstancePlaced) -> Cluster
     return state.model_copy(update={"instances": {**state.instances, event.instance_id: instance}})
 
 
-def _with_stage_status(
-    state: ClusterState, event: StageLoaded | StageFailed, status: StageStatus
-) -> ClusterState:
+def _with_stage_status(state: ClusterState, event: StageLoaded | StageFailed, status: StageStatus) -> ClusterState:
     instance = state.instances.get(event.instance_id)
-    if instance is None:
+    if instance is None or all(stage.shard_id != event.shard_id for stage in instance.stages):
         return state
     stages = tuple(
         stage.model_copy(update={"status": status}) if stage.shard_id == event.shard_id else stage

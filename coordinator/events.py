@@ -50,15 +50,7 @@ class InstanceRemoved(Frozen):
     instance_id: InstanceId
 
 
-Event = (
-    ShardRegistered
-    | ModelRegistered
-    | InstancePlaced
-    | StageLoaded
-    | StageFailed
-    | InstanceReady
-    | InstanceRemoved
-)
+Event = ShardRegistered | ModelRegistered | InstancePlaced | StageLoaded | StageFailed | InstanceReady | InstanceRemoved
 
 
 class IndexedEvent(Frozen):

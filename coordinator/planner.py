@@ -32,15 +32,18 @@ def plan(state: ClusterState, minimum_shards: int) -> Action | None:
     for instance in state.instances.values():
         if instance.status == "failed":
             return RemoveInstance(instance.instance_id)
+    if len(state.shards) < max(1, minimum_shards):
+        return None
     served = {instance.model_id for instance in state.instances.values()}
+    shards = [state.shards[shard_id] for shard_id in sorted(state.shards)]
+    refusal: CannotPlace | None = None
     for model_id, model in sorted(state.models.items()):
         if model_id in served:
             continue
-        if len(state.shards) < max(1, minimum_shards):
-            return None
-        shards = [state.shards[shard_id] for shard_id in sorted(state.shards)]
         result = place(model, shards)
         if isinstance(result, PlacementRefusal):
-            return CannotPlace(model_id, result.reason)
+            # One model that does not fit must not keep the others from being placed.
+            refusal = refusal or CannotPlace(model_id, result.reason)
+            continue
         return PlaceInstance(InstanceId(f"{model_id}@{state.last_index + 1}"), model_id, result)
-    return None
+    return refusal

@@ -92,9 +92,7 @@ class CoordinatorReplica:
             )
         )
         instance = self._state.instances[action.instance_id]
-        results = await asyncio.gather(
-            *(self._assign(instance, index) for index in range(len(instance.stages)))
-        )
+        results = await asyncio.gather(*(self._assign(instance, index) for index in range(len(instance.stages))))
         for stage, problem in zip(instance.stages, results, strict=True):
             if problem is None:
                 self.append(StageLoaded(instance_id=instance.instance_id, shard_id=stage.shard_id))

@@ -142,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "shard":
         from shard_server.main import ShardOptions, serve_shard
 
-        asyncio.run(serve_shard(ShardOptions(home, arguments.host, arguments.port, arguments.coordinator,
-                                             arguments.memory_limit)))
+        asyncio.run(
+            serve_shard(
+                ShardOptions(home, arguments.host, arguments.port, arguments.coordinator, arguments.memory_limit)
+            )
+        )
         return 0
     raise AssertionError(f"unhandled command {command}")
 

@@ -53,9 +53,18 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
         (
             "coordinator",
             _strata(
-                "coordinator", *home, "--host", options.host, "--port", str(options.coordinator_port),
-                "--model", options.model_id, "--min-shards", str(options.shards),
-                "--prefill-step-size", str(options.prefill_step_size),
+                "coordinator",
+                *home,
+                "--host",
+                options.host,
+                "--port",
+                str(options.coordinator_port),
+                "--model",
+                options.model_id,
+                "--min-shards",
+                str(options.shards),
+                "--prefill-step-size",
+                str(options.prefill_step_size),
             ),
         )
     ]
@@ -71,8 +80,14 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
         (
             "gateway",
             _strata(
-                "gateway", *home, "--host", options.host, "--port", str(options.gateway_port),
-                "--coordinator", coordinator,
+                "gateway",
+                *home,
+                "--host",
+                options.host,
+                "--port",
+                str(options.gateway_port),
+                "--coordinator",
+                coordinator,
             ),
         )
     )
@@ -88,8 +103,11 @@ def _gateway_ready(url: str) -> bool:
 
 
 def _curl_line(url: str, model_id: ModelId) -> str:
-    body = {"model": model_id, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-            "temperature": 0}
+    body = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+    }
     return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
 
 

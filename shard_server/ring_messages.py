@@ -89,8 +89,7 @@ class LinkBroken:
 
 WorkItem = (
     LinkBroken
-    |
-    LoadStage
+    | LoadStage
     | StartRequest
     | ContinuePrefill
     | ForwardStep

@@ -241,9 +241,7 @@ class StageWorker:
         elif driver.generated >= driver.max_tokens:
             reason = "length"
         if reason is not None:
-            self._emit(
-                RequestFinished(item.request_id, reason, len(driver.prompt_tokens), driver.generated)
-            )
+            self._emit(RequestFinished(item.request_id, reason, len(driver.prompt_tokens), driver.generated))
             self._release(item.request_id, pass_on=True)
             return
         tokens = mx.array([item.token_id], dtype=mx.int32)[None]  # (1, 1)
@@ -280,9 +278,7 @@ class StageWorker:
         sample: bool,
     ) -> None:
         if state.cache[0].offset != position:
-            raise RequestError(
-                f"request {request_id} is at position {state.cache[0].offset}, step says {position}"
-            )
+            raise RequestError(f"request {request_id} is at position {state.cache[0].offset}, step says {position}")
         stage = loaded.stage
         output = stage.forward(inputs, state.cache)
         self._steps += 1

@@ -35,8 +35,13 @@ def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, str]:
     gateway_port, coordinator_port, shard_port = free_port(), free_port(), free_port(consecutive=2)
     arguments = [
-        "run", "--port", str(gateway_port), "--coordinator-port", str(coordinator_port),
-        "--shard-port", str(shard_port),
+        "run",
+        "--port",
+        str(gateway_port),
+        "--coordinator-port",
+        str(coordinator_port),
+        "--shard-port",
+        str(shard_port),
     ]
     process = start_strata("strata-run", arguments, home, logs)
     gateway_url = f"http://127.0.0.1:{gateway_port}"

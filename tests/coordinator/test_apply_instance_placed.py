@@ -1,0 +1,63 @@
+"""apply(InstancePlaced): records a new instance, loading, with its stages as assigned."""
+
+from coordinator.events import InstancePlaced
+from coordinator.state import ClusterState, ModelInstance, StageAssignment
+from services.ids import InstanceId, ShardId
+from tests.coordinator.builders import (
+    MODEL_ID,
+    apply_next,
+    fields_other_than,
+    populated_state,
+    two_stage_placement,
+)
+
+
+def test_instance_placed_records_a_loading_instance_with_assigned_stages() -> None:
+    event = two_stage_placement(InstanceId("tiny@1"))
+
+    after = apply_next(ClusterState(), event)
+
+    assert after.instances == {
+        InstanceId("tiny@1"): ModelInstance(
+            instance_id=InstanceId("tiny@1"),
+            model_id=MODEL_ID,
+            num_layers=4,
+            stages=event.stages,
+            status="loading",
+            message="",
+        )
+    }
+    assert all(stage.status == "assigned" for stage in after.instances[InstanceId("tiny@1")].stages)
+
+
+def test_instance_placed_keeps_the_other_instances() -> None:
+    before = populated_state()
+    event = InstancePlaced(
+        instance_id=InstanceId("tiny@9"),
+        model_id=MODEL_ID,
+        num_layers=4,
+        stages=(StageAssignment(shard_id=ShardId("shard-a"), start_layer=0, end_layer=4),),
+    )
+
+    after = apply_next(before, event)
+
+    assert set(after.instances) == {*before.instances, InstanceId("tiny@9")}
+    for instance_id, instance in before.instances.items():
+        assert after.instances[instance_id] == instance
+
+
+def test_instance_placed_leaves_shards_models_and_term_equal() -> None:
+    before = populated_state()
+
+    after = apply_next(before, two_stage_placement(InstanceId("tiny@9")))
+
+    assert fields_other_than(after, "instances") == fields_other_than(before, "instances")
+
+
+def test_instance_placed_does_not_change_the_input_state() -> None:
+    before = populated_state()
+    snapshot = before.model_dump()
+
+    apply_next(before, two_stage_placement(InstanceId("tiny@9")))
+
+    assert before.model_dump() == snapshot

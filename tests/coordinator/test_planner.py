@@ -1,0 +1,170 @@
+"""plan(state, minimum_shards): the first rule that fires returns the coordinator's next action."""
+
+import pytest
+
+from coordinator.events import InstanceRemoved, ModelRegistered, ShardRegistered, StageFailed
+from coordinator.placement import place
+from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
+from coordinator.state import ClusterState
+from services.ids import InstanceId, ModelId, ShardId
+from tests.coordinator.builders import (
+    INSTANCE_ID,
+    MODEL_ID,
+    apply_all,
+    apply_next,
+    populated_state,
+    shard_server,
+    tiny_model,
+)
+
+
+def state_with(shard_count: int, *, memory: int = 10_000, models: tuple[str, ...] = ("tiny",)) -> ClusterState:
+    return apply_all(
+        ClusterState(),
+        [
+            *(ShardRegistered(shard=shard_server(f"shard-{i}", memory)) for i in range(shard_count)),
+            *(ModelRegistered(model=tiny_model(name)) for name in models),
+        ],
+    )
+
+
+def test_an_empty_state_needs_nothing() -> None:
+    assert plan(ClusterState(), minimum_shards=1) is None
+
+
+def test_a_served_model_needs_nothing() -> None:
+    assert plan(populated_state(), minimum_shards=2) is None
+
+
+def test_shards_without_models_need_nothing() -> None:
+    assert plan(state_with(3, models=()), minimum_shards=1) is None
+
+
+def test_a_failed_instance_is_removed() -> None:
+    state = apply_next(
+        populated_state(), StageFailed(instance_id=INSTANCE_ID, shard_id=ShardId("shard-a"), message="oom")
+    )
+
+    assert plan(state, minimum_shards=2) == RemoveInstance(INSTANCE_ID)
+
+
+def test_removing_a_failed_instance_comes_before_placing_a_model() -> None:
+    state = apply_all(
+        populated_state(),
+        [
+            ModelRegistered(model=tiny_model("another")),
+            StageFailed(instance_id=INSTANCE_ID, shard_id=ShardId("shard-b"), message="oom"),
+        ],
+    )
+
+    assert plan(state, minimum_shards=1) == RemoveInstance(INSTANCE_ID)
+
+
+def test_a_loading_instance_is_left_alone() -> None:
+    # Loading is not failure: the instance keeps its model served.
+    state = populated_state()
+    assert state.instances[INSTANCE_ID].status == "loading"
+
+    assert plan(state, minimum_shards=1) is None
+
+
+@pytest.mark.parametrize("minimum_shards", [2, 3])
+def test_a_model_waits_for_the_minimum_number_of_shards(minimum_shards: int) -> None:
+    state = state_with(minimum_shards - 1)
+
+    assert plan(state, minimum_shards) is None
+
+
+@pytest.mark.parametrize("minimum_shards", [1, 2, 3])
+def test_a_model_is_placed_once_the_minimum_number_of_shards_is_registered(minimum_shards: int) -> None:
+    state = state_with(minimum_shards)
+
+    action = plan(state, minimum_shards)
+
+    assert isinstance(action, PlaceInstance)
+    assert action.model_id == MODEL_ID
+    shards = [state.shards[shard_id] for shard_id in sorted(state.shards)]
+    assert action.placement == place(state.models[MODEL_ID], shards)
+
+
+def test_a_minimum_of_zero_still_needs_one_shard() -> None:
+    assert plan(state_with(0), minimum_shards=0) is None
+    assert isinstance(plan(state_with(1), minimum_shards=0), PlaceInstance)
+
+
+def test_placement_uses_every_registered_shard_sorted_by_id() -> None:
+    # Registration order must not change the ring: replicas replaying the log agree either way.
+    state = apply_all(
+        ClusterState(),
+        [
+            ShardRegistered(shard=shard_server("shard-b")),
+            ShardRegistered(shard=shard_server("shard-c")),
+            ShardRegistered(shard=shard_server("shard-a")),
+            ModelRegistered(model=tiny_model()),
+        ],
+    )
+
+    action = plan(state, minimum_shards=2)
+
+    assert isinstance(action, PlaceInstance)
+    assert [stage.shard_id for stage in action.placement.stages] == ["shard-a", "shard-b", "shard-c"]
+
+
+def test_a_model_that_cannot_fit_gives_cannot_place_with_the_reason() -> None:
+    state = state_with(2, memory=150)
+
+    action = plan(state, minimum_shards=2)
+
+    assert isinstance(action, CannotPlace)
+    assert action.model_id == MODEL_ID
+    assert "tiny" in action.reason
+    assert "400 bytes" in action.reason
+
+
+def test_models_are_considered_in_id_order() -> None:
+    state = state_with(1, models=("zeta", "alpha"))
+
+    action = plan(state, minimum_shards=1)
+
+    assert isinstance(action, PlaceInstance)
+    assert action.model_id == ModelId("alpha")
+
+
+def test_instance_ids_are_deterministic() -> None:
+    # Every replica replaying the same log must choose the same id.
+    first = plan(state_with(2), minimum_shards=2)
+    second = plan(state_with(2), minimum_shards=2)
+
+    assert isinstance(first, PlaceInstance)
+    assert first == second
+    # Two shards and one model make three events; the placement will be event 4.
+    assert first.instance_id == InstanceId("tiny@4")
+
+
+def test_instance_ids_differ_after_a_re_placement() -> None:
+    # A removed instance's id is never reused, so late reports about it cannot touch its successor.
+    state = populated_state()
+    failed = apply_next(state, StageFailed(instance_id=INSTANCE_ID, shard_id=ShardId("shard-a"), message="oom"))
+    removed = apply_next(failed, InstanceRemoved(instance_id=INSTANCE_ID))
+
+    action = plan(removed, minimum_shards=2)
+
+    assert isinstance(action, PlaceInstance)
+    assert action.instance_id != INSTANCE_ID
+    assert action.instance_id == InstanceId(f"tiny@{removed.last_index + 1}")
+
+
+def test_a_model_that_cannot_fit_does_not_block_one_that_can() -> None:
+    state = apply_all(
+        ClusterState(),
+        [
+            ShardRegistered(shard=shard_server("shard-a", 1_000)),
+            ModelRegistered(model=tiny_model("a-huge", layer_bytes=10_000)),
+            ModelRegistered(model=tiny_model("b-small", layer_bytes=10)),
+        ],
+    )
+
+    action = plan(state, minimum_shards=1)
+
+    assert isinstance(action, PlaceInstance)
+    assert action.model_id == ModelId("b-small")
