@@ -8,11 +8,16 @@ from coordinator.events import (
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    NodeDrainRequested,
+    ReplicasConfigured,
+    ShardLeaseExpired,
     ShardRegistered,
     StageFailed,
     StageLoaded,
+    TermStarted,
 )
 from coordinator.state import ClusterState, ModelInstance, StageStatus
+from services.ids import ShardId
 
 
 class EventIndexError(ValueError):
@@ -22,6 +27,14 @@ class EventIndexError(ValueError):
 def apply(state: ClusterState, indexed: IndexedEvent) -> ClusterState:
     if indexed.index != state.last_index + 1:
         raise EventIndexError(f"event {indexed.index} cannot follow event {state.last_index}")
+    origin = indexed.origin
+    if origin is not None:
+        if state.applied_commands.get(origin.client_id, 0) >= origin.sequence:
+            # A retried command that already applied: it keeps its log slot and changes nothing.
+            return state.model_copy(update={"last_index": indexed.index})
+        state = state.model_copy(
+            update={"applied_commands": {**state.applied_commands, origin.client_id: origin.sequence}}
+        )
     event = indexed.event
     match event:
         case ShardRegistered():
@@ -38,13 +51,40 @@ def apply(state: ClusterState, indexed: IndexedEvent) -> ClusterState:
             changed = apply_instance_ready(state, event)
         case InstanceRemoved():
             changed = apply_instance_removed(state, event)
+        case TermStarted():
+            changed = apply_term_started(state, event)
+        case ShardLeaseExpired():
+            changed = apply_shard_lease_expired(state, event)
+        case ReplicasConfigured():
+            changed = apply_replicas_configured(state, event)
+        case NodeDrainRequested():
+            changed = apply_node_drain_requested(state, event)
         case _:
             assert_never(event)
     return changed.model_copy(update={"last_index": indexed.index})
 
 
 def apply_shard_registered(state: ClusterState, event: ShardRegistered) -> ClusterState:
-    return state.model_copy(update={"shards": {**state.shards, event.shard.shard_id: event.shard}})
+    shard = event.shard
+    previous = state.shards.get(shard.shard_id)
+    known = "" if previous is None else previous.incarnation
+    if "" not in (known, shard.incarnation) and known != shard.incarnation:
+        # Same shard id, new process: the stages it held are gone with the old one.
+        state = _fail_instances_on(state, shard.shard_id, "restarted and lost its stage")
+        # A drained node that comes back (maintenance done) takes work again.
+        draining = tuple(node for node in state.draining_nodes if node != shard.node_id)
+        state = state.model_copy(update={"draining_nodes": draining})
+    return state.model_copy(update={"shards": {**state.shards, shard.shard_id: shard}})
+
+
+def _fail_instances_on(state: ClusterState, shard_id: ShardId, why: str) -> ClusterState:
+    instances = {
+        key: instance.model_copy(update={"status": "failed", "message": f"shard {shard_id}: {why}"})
+        if any(stage.shard_id == shard_id for stage in instance.stages)
+        else instance
+        for key, instance in state.instances.items()
+    }
+    return state.model_copy(update={"instances": instances})
 
 
 def apply_model_registered(state: ClusterState, event: ModelRegistered) -> ClusterState:
@@ -57,6 +97,7 @@ def apply_instance_placed(state: ClusterState, event: InstancePlaced) -> Cluster
         model_id=event.model_id,
         num_layers=event.num_layers,
         stages=event.stages,
+        placed_term=state.term,
     )
     return state.model_copy(update={"instances": {**state.instances, event.instance_id: instance}})
 
@@ -95,3 +136,23 @@ def apply_instance_ready(state: ClusterState, event: InstanceReady) -> ClusterSt
 def apply_instance_removed(state: ClusterState, event: InstanceRemoved) -> ClusterState:
     instances = {key: value for key, value in state.instances.items() if key != event.instance_id}
     return state.model_copy(update={"instances": instances})
+
+
+def apply_term_started(state: ClusterState, event: TermStarted) -> ClusterState:
+    return state.model_copy(update={"term": event.term, "leader": event.leader})
+
+
+def apply_shard_lease_expired(state: ClusterState, event: ShardLeaseExpired) -> ClusterState:
+    shards = {key: value for key, value in state.shards.items() if key != event.shard_id}
+    failed = _fail_instances_on(state, event.shard_id, "lease expired, the shard server is gone")
+    return failed.model_copy(update={"shards": shards})
+
+
+def apply_replicas_configured(state: ClusterState, event: ReplicasConfigured) -> ClusterState:
+    return state.model_copy(update={"voters": event.voters, "learners": event.learners})
+
+
+def apply_node_drain_requested(state: ClusterState, event: NodeDrainRequested) -> ClusterState:
+    if event.node_id in state.draining_nodes:
+        return state
+    return state.model_copy(update={"draining_nodes": (*state.draining_nodes, event.node_id)})

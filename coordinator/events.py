@@ -3,10 +3,12 @@
 No per-token or per-request traffic ever becomes an event.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from coordinator.state import Frozen, ModelSpec, ShardServer, StageAssignment
-from services.ids import InstanceId, ModelId, ShardId
+from services.ids import InstanceId, ModelId, NodeId, ShardId
 
 
 class ShardRegistered(Frozen):
@@ -50,9 +52,59 @@ class InstanceRemoved(Frozen):
     instance_id: InstanceId
 
 
-Event = ShardRegistered | ModelRegistered | InstancePlaced | StageLoaded | StageFailed | InstanceReady | InstanceRemoved
+class ShardLeaseExpired(Frozen):
+    """The leader stopped hearing from a shard server: it leaves the cluster, its instances fail."""
+
+    kind: Literal["shard_lease_expired"] = "shard_lease_expired"
+    shard_id: ShardId
+
+
+class ReplicasConfigured(Frozen):
+    """The coordinator replicas' membership from now on (one replica added, promoted or removed at a time)."""
+
+    kind: Literal["replicas_configured"] = "replicas_configured"
+    voters: tuple[str, ...]
+    learners: tuple[str, ...] = ()
+
+
+class NodeDrainRequested(Frozen):
+    """Move every instance off this node (new placement first, then removal) before it stops."""
+
+    kind: Literal["node_drain_requested"] = "node_drain_requested"
+    node_id: NodeId
+
+
+class TermStarted(Frozen):
+    """A new leader's first entry: Raft commits it before anything else of the term (the no-op)."""
+
+    kind: Literal["term_started"] = "term_started"
+    term: int
+    leader: str
+
+
+Event = (
+    ShardRegistered
+    | ModelRegistered
+    | InstancePlaced
+    | StageLoaded
+    | StageFailed
+    | InstanceReady
+    | InstanceRemoved
+    | TermStarted
+    | ShardLeaseExpired
+    | ReplicasConfigured
+    | NodeDrainRequested
+)
+
+
+class CommandOrigin(Frozen):
+    """Who sent the command and its sequence number: a retry carries the same pair."""
+
+    client_id: str
+    sequence: int
 
 
 class IndexedEvent(Frozen):
     index: int
-    event: Event
+    event: Annotated[Event, Field(discriminator="kind")]
+    origin: CommandOrigin | None = None

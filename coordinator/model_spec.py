@@ -3,14 +3,17 @@
 from pathlib import Path
 
 from coordinator.state import ModelSpec, WeightCost
+from services.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
 from services.ids import ModelId
 from services.model_files import WeightGroupStats, read_config, read_manifest
 
 FLOAT32_BYTES = 4
 
 
-def _cost(group: WeightGroupStats) -> WeightCost:
-    return WeightCost(bytes=group.stored_bytes, work=group.parameter_count)
+def _cost(group: WeightGroupStats, compute_dtype: ComputeDtype) -> WeightCost:
+    if compute_dtype == "stored":
+        return WeightCost(bytes=group.stored_bytes, work=group.parameter_count)
+    return WeightCost(bytes=group.parameter_count * BYTES_PER_PARAMETER[compute_dtype], work=group.parameter_count)
 
 
 def _config_int(config: dict[str, object], key: str, default: int) -> int:
@@ -27,12 +30,14 @@ def kv_bytes_per_layer(config: dict[str, object], context_length: int, concurren
     return 2 * kv_heads * head_dim * context_length * concurrent_rows * FLOAT32_BYTES
 
 
-def model_spec(model_id: ModelId, model_dir: Path, concurrent_rows: int = 1) -> ModelSpec:
-    """Costs use the stored weight bytes: the compute dtype is the stored one."""
+def model_spec(
+    model_id: ModelId, model_dir: Path, compute_dtype: ComputeDtype = "stored", concurrent_rows: int = 1
+) -> ModelSpec:
+    """Bytes are counted in the compute dtype; work is parameters read per token."""
     manifest = read_manifest(model_dir)
     config = read_config(model_dir)
-    embedding = _cost(manifest.embedding)
-    head = _cost(manifest.head)
+    embedding = _cost(manifest.embedding, compute_dtype)
+    head = _cost(manifest.head, compute_dtype)
     if manifest.tie_word_embeddings:
         # The tied LM head reads the embedding matrix once per token.
         head = WeightCost(bytes=head.bytes, work=head.work + embedding.work)
@@ -40,7 +45,7 @@ def model_spec(model_id: ModelId, model_dir: Path, concurrent_rows: int = 1) -> 
     return ModelSpec(
         model_id=model_id,
         num_layers=manifest.num_layers,
-        layers=tuple(_cost(layer) for layer in manifest.layers),
+        layers=tuple(_cost(layer, compute_dtype) for layer in manifest.layers),
         embedding=WeightCost(bytes=embedding.bytes, work=0),
         head=head,
         tied_embeddings=manifest.tie_word_embeddings,

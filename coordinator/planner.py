@@ -32,10 +32,24 @@ def plan(state: ClusterState, minimum_shards: int) -> Action | None:
     for instance in state.instances.values():
         if instance.status == "failed":
             return RemoveInstance(instance.instance_id)
+        if instance.status == "loading" and instance.placed_term < state.term:
+            # The leader that was loading it died midway; nobody will finish it: place it afresh.
+            return RemoveInstance(instance.instance_id)
     if len(state.shards) < max(1, minimum_shards):
         return None
-    served = {instance.model_id for instance in state.instances.values()}
-    shards = [state.shards[shard_id] for shard_id in sorted(state.shards)]
+    draining_shards = {shard_id for shard_id, shard in state.shards.items() if shard.node_id in state.draining_nodes}
+    staying = [
+        instance
+        for instance in state.instances.values()
+        if all(stage.shard_id not in draining_shards for stage in instance.stages)
+    ]
+    ready_elsewhere = {instance.model_id for instance in staying if instance.status == "ready"}
+    for instance in state.instances.values():
+        if instance not in staying and instance.model_id in ready_elsewhere:
+            # Drain: its replacement serves now, so this one can go without a failure.
+            return RemoveInstance(instance.instance_id)
+    served = {instance.model_id for instance in staying}
+    shards = [state.shards[shard_id] for shard_id in sorted(state.shards) if shard_id not in draining_shards]
     refusal: CannotPlace | None = None
     for model_id, model in sorted(state.models.items()):
         if model_id in served:

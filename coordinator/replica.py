@@ -1,89 +1,164 @@
-"""A coordinator replica: appends events, applies them, and carries out the planner's actions.
+"""A coordinator replica: proposes events to the replicated log and carries out the planner's actions.
 
-Today a single replica is the whole cluster (a majority of one); the log is kept in memory. The
-replicated, elected log plugs in behind `append` without changing the rest.
+Every replica applies committed events (the Raft node does, in order); only the leader, while its
+lease is live, plans and instructs shards, with its term so shards refuse a deposed leader.
 """
 
 import asyncio
 import logging
+import time
 
 import grpc
 
-from coordinator.apply import apply
 from coordinator.events import (
+    CommandOrigin,
     Event,
-    IndexedEvent,
     InstancePlaced,
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    NodeDrainRequested,
+    ShardLeaseExpired,
     ShardRegistered,
     StageFailed,
     StageLoaded,
 )
 from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
+from coordinator.raft.interface import NotLeaderError
+from coordinator.raft.membership import caught_up_learner, promoted, with_learner, without_replica
+from coordinator.raft.node import RaftNode
+from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
 from coordinator.state import ClusterState, ModelInstance, ModelSpec, ShardServer, StageAssignment
+from services.compute_dtype import ComputeDtype
+from services.ids import NodeId
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 ASSIGN_TIMEOUT_SECONDS = 600.0
 RETRY_DELAY_SECONDS = 2.0
+IDLE_RECHECK_SECONDS = 1.0
 
 
 class CoordinatorReplica:
-    def __init__(self, minimum_shards: int, prefill_step_size: int) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        models: tuple[ModelSpec, ...],
+        minimum_shards: int,
+        prefill_step_size: int,
+        compute_dtype: ComputeDtype = "stored",
+        shard_lease_seconds: float = DEFAULT_SHARD_LEASE_SECONDS,
+        voter_target: int = 1,
+    ) -> None:
+        self._node = node
+        self._voter_target = voter_target
+        self._leases = ShardLeases(shard_lease_seconds)
+        self._leading_term = 0
+        self._models = models
         self._minimum_shards = minimum_shards
         self._prefill_step_size = prefill_step_size
-        self._state = ClusterState()
-        self._log: list[IndexedEvent] = []
-        self._changed = asyncio.Event()
+        self._compute_dtype = compute_dtype
         self._last_refusal = ""
 
     @property
+    def node(self) -> RaftNode:
+        return self._node
+
+    @property
+    def _state(self) -> ClusterState:
+        return self._node.state
+
+    @property
     def state(self) -> ClusterState:
-        return self._state
+        return self._node.state
 
-    def append(self, event: Event) -> ClusterState:
-        indexed = IndexedEvent(index=self._state.last_index + 1, event=event)
-        self._state = apply(self._state, indexed)
-        self._log.append(indexed)
-        self._changed.set()
-        return self._state
+    async def append(self, event: Event, origin: CommandOrigin | None = None) -> ClusterState:
+        """Commits `event` through the replicated log; raises NotLeaderError on a follower."""
+        return await self._node.propose(event, origin)
 
-    def register_shard(self, shard: ShardServer) -> None:
-        if self._state.shards.get(shard.shard_id) != shard:
+    async def register_shard(self, shard: ShardServer, origin: CommandOrigin | None = None) -> ClusterState:
+        self._leases.renew(shard.shard_id, time.monotonic())
+        if self._state.shards.get(shard.shard_id) != shard or origin is not None:
             logger.info("shard server %s at %s registered", shard.shard_id, shard.address)
-            self.append(ShardRegistered(shard=shard))
+            return await self.append(ShardRegistered(shard=shard), origin)
+        if not self._node.leads_with_lease():
+            raise NotLeaderError(self._node.leader_id)
+        return self._state
 
-    def register_model(self, model: ModelSpec) -> None:
-        if self._state.models.get(model.model_id) != model:
-            self.append(ModelRegistered(model=model))
+    async def add_learner(self, replica_id: str) -> ClusterState:
+        change = with_learner(self._node.voters, self._node.learners, replica_id)
+        if change is None:
+            if not self._node.leads_with_lease():
+                raise NotLeaderError(self._node.leader_id)
+            return self._state
+        logger.info("replica %s joins as a learner", replica_id)
+        return await self.append(change)
+
+    async def remove_replica(self, replica_id: str) -> ClusterState | str:
+        """Commits the membership without `replica_id`, or returns why not."""
+        if not self._node.leads_with_lease():
+            raise NotLeaderError(self._node.leader_id)
+        change = without_replica(self._node.voters, self._node.learners, replica_id, self._node.replica_id)
+        if isinstance(change, str):
+            return change
+        logger.info("removing replica %s", replica_id)
+        return await self.append(change)
+
+    async def drain_node(self, node_id: NodeId) -> ClusterState | str:
+        """Commits the drain of `node_id`, or returns why not."""
+        if not self._node.leads_with_lease():
+            raise NotLeaderError(self._node.leader_id)
+        if all(shard.node_id != node_id for shard in self._state.shards.values()):
+            return f"no shard server of node {node_id!r} is registered"
+        logger.info("draining node %s", node_id)
+        return await self.append(NodeDrainRequested(node_id=node_id))
 
     async def run(self) -> None:
-        """Acts on the state until cancelled: one planned action at a time."""
+        """Acts on the state until cancelled, while this replica leads: one planned action at a time."""
         while True:
-            action = plan(self._state, self._minimum_shards)
-            match action:
-                case None:
-                    self._changed.clear()
-                    await self._changed.wait()
-                case CannotPlace():
-                    if action.reason != self._last_refusal:
-                        logger.warning("cannot place %s: %s", action.model_id, action.reason)
-                        self._last_refusal = action.reason
-                    self._changed.clear()
-                    await self._changed.wait()
-                case RemoveInstance():
-                    self.append(InstanceRemoved(instance_id=action.instance_id))
-                    await asyncio.sleep(RETRY_DELAY_SECONDS)
-                case PlaceInstance():
-                    await self._place(action)
+            if not self._node.leads_with_lease():
+                await self._node.wait_for_change(IDLE_RECHECK_SECONDS)
+                continue
+            if self._leading_term != self._node.current_term:
+                self._leading_term = self._node.current_term
+                self._leases.start_leading(time.monotonic())
+            try:
+                await self._act()
+            except NotLeaderError:
+                logger.info("no longer the leader; stopping to act")
+
+    async def _act(self) -> None:
+        promotion = promoted(self._node.voters, self._node.learners, caught_up_learner(self._node), self._voter_target)
+        if promotion is not None:
+            logger.info("promoting to voter: %s", ", ".join(promotion.voters))
+            await self.append(promotion)
+        for shard_id in self._leases.expired(self._state.shards, time.monotonic()):
+            logger.warning("shard server %s stopped renewing its lease; re-placing what it held", shard_id)
+            await self.append(ShardLeaseExpired(shard_id=shard_id))
+            self._leases.forget(shard_id)
+        for model in self._models:
+            if self._state.models.get(model.model_id) != model:
+                await self.append(ModelRegistered(model=model))
+        action = plan(self._state, self._minimum_shards)
+        match action:
+            case None:
+                await self._node.wait_for_change(IDLE_RECHECK_SECONDS)
+            case CannotPlace():
+                if action.reason != self._last_refusal:
+                    logger.warning("cannot place %s: %s", action.model_id, action.reason)
+                    self._last_refusal = action.reason
+                await self._node.wait_for_change(IDLE_RECHECK_SECONDS)
+            case RemoveInstance():
+                await self.append(InstanceRemoved(instance_id=action.instance_id))
+                await asyncio.sleep(RETRY_DELAY_SECONDS)
+            case PlaceInstance():
+                await self._place(action)
 
     async def _place(self, action: PlaceInstance) -> None:
         model = self._state.models[action.model_id]
         logger.info("placing %s: %s", action.model_id, action.placement.explanation)
-        self.append(
+        await self.append(
             InstancePlaced(
                 instance_id=action.instance_id,
                 model_id=action.model_id,
@@ -95,13 +170,15 @@ class CoordinatorReplica:
         results = await asyncio.gather(*(self._assign(instance, index) for index in range(len(instance.stages))))
         for stage, problem in zip(instance.stages, results, strict=True):
             if problem is None:
-                self.append(StageLoaded(instance_id=instance.instance_id, shard_id=stage.shard_id))
+                await self.append(StageLoaded(instance_id=instance.instance_id, shard_id=stage.shard_id))
             else:
                 logger.warning("shard %s failed to load its stage: %s", stage.shard_id, problem)
-                self.append(StageFailed(instance_id=instance.instance_id, shard_id=stage.shard_id, message=problem))
+                await self.append(
+                    StageFailed(instance_id=instance.instance_id, shard_id=stage.shard_id, message=problem)
+                )
         if all(problem is None for problem in results):
             logger.info("instance %s is ready", instance.instance_id)
-            self.append(InstanceReady(instance_id=instance.instance_id))
+            await self.append(InstanceReady(instance_id=instance.instance_id))
 
     async def _assign(self, instance: ModelInstance, index: int) -> str | None:
         """Tells one shard to load its stage; returns why it failed, or None."""
@@ -118,6 +195,8 @@ class CoordinatorReplica:
             num_layers=instance.num_layers,
             next_address=next_address,
             prefill_step_size=self._prefill_step_size,
+            compute_dtype=self._compute_dtype,
+            ring_size=len(instance.stages),
         )
         async with grpc.aio.insecure_channel(shard.address) as channel:
             try:

@@ -17,6 +17,8 @@ class ShardServer(Frozen):
     address: str
     available_memory_bytes: int
     device: Literal["cpu", "gpu", "metal"]
+    incarnation: str = ""
+    """Random per shard process; "" when unknown (found by discovery rather than registered)."""
 
 
 class WeightCost(Frozen):
@@ -56,11 +58,24 @@ class ModelInstance(Frozen):
     stages: tuple[StageAssignment, ...]
     status: InstanceStatus = "loading"
     message: str = ""
+    placed_term: int = 0
+    """Leader term that placed it: a loading instance of an older term was abandoned by a dead leader."""
 
 
 class ClusterState(Frozen):
     term: int = 1
+    """Term of the leader whose first entry was applied last: what shards are fenced with."""
+    leader: str = ""
+    """Replica id (host:port) of that leader."""
     last_index: int = 0
+    applied_commands: dict[str, int] = {}
+    """Highest command sequence applied per client id, so a retried command applies once."""
+    voters: tuple[str, ...] = ()
+    """Coordinator replicas (host:port) that vote and count towards commits."""
+    learners: tuple[str, ...] = ()
+    """Replicas that receive the log but do not vote yet; promoted one at a time."""
+    draining_nodes: tuple[NodeId, ...] = ()
+    """Nodes whose instances move elsewhere before they stop; a node's restart ends its drain."""
     shards: dict[ShardId, ShardServer] = {}
     models: dict[ModelId, ModelSpec] = {}
     instances: dict[InstanceId, ModelInstance] = {}

@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping
 
+from coordinator.raft.interface import ReplicaPosition
+from coordinator.raft.node import RaftNode
 from coordinator.state import ClusterState, ShardServer, StageAssignment
 from services.ids import ShardId
 from strata_wire import coordinator_pb2
@@ -45,4 +47,32 @@ def state_to_pb(state: ClusterState) -> coordinator_pb2.ClusterState:
             for instance in state.instances.values()
         ],
         model_ids=sorted(state.models),
+        applied_commands=state.applied_commands,
     )
+
+
+def replica_positions(node: RaftNode) -> list[ReplicaPosition]:
+    """This replica and, on the leader, what it knows every other voter and learner has fsynced."""
+    own = ReplicaPosition(node.replica_id, node.role, node.current_term, node.storage.last_index, node.commit_index)
+    if node.role != "leader":
+        return [own]
+    others = [
+        ReplicaPosition(replica, role, node.current_term, node.match_index(replica), 0)
+        for replicas, role in ((node.voters, "voter"), (node.learners, "learner"))
+        for replica in replicas
+        if replica != node.replica_id
+    ]
+    return [own, *others]
+
+
+def replicas_to_pb(node: RaftNode) -> list[coordinator_pb2.ReplicaInfo]:
+    return [
+        coordinator_pb2.ReplicaInfo(
+            replica_id=position.replica_id,
+            role=position.role,
+            term=position.term,
+            log_index=position.log_index,
+            commit_index=position.commit_index,
+        )
+        for position in replica_positions(node)
+    ]

@@ -25,9 +25,16 @@ def test_instance_placed_records_a_loading_instance_with_assigned_stages() -> No
             stages=event.stages,
             status="loading",
             message="",
+            placed_term=1,
         )
     }
     assert all(stage.status == "assigned" for stage in after.instances[InstanceId("tiny@1")].stages)
+
+
+def test_instance_placed_records_the_term_of_the_leader_that_placed_it() -> None:
+    after = apply_next(ClusterState(term=7), two_stage_placement(InstanceId("tiny@1")))
+
+    assert after.instances[InstanceId("tiny@1")].placed_term == 7
 
 
 def test_instance_placed_keeps_the_other_instances() -> None:

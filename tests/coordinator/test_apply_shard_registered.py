@@ -1,4 +1,5 @@
-"""apply(ShardRegistered): adds or replaces one shard server, nothing else."""
+"""apply(ShardRegistered): adds or replaces one shard server; one that restarted (a new incarnation)
+also fails the instances it held, since its stages died with the old process."""
 
 import pytest
 from pydantic import ValidationError
@@ -6,7 +7,14 @@ from pydantic import ValidationError
 from coordinator.events import ShardRegistered
 from coordinator.state import ClusterState
 from services.ids import ShardId
-from tests.coordinator.builders import apply_next, fields_other_than, populated_state, shard_server
+from tests.coordinator.builders import (
+    INSTANCE_ID,
+    apply_all,
+    apply_next,
+    fields_other_than,
+    populated_state,
+    shard_server,
+)
 
 
 def test_shard_registered_adds_the_shard_to_an_empty_state() -> None:
@@ -60,3 +68,29 @@ def test_cluster_state_refuses_assignment() -> None:
     state = ClusterState()
     with pytest.raises(ValidationError):
         state.last_index = 7
+
+
+def test_a_shard_that_restarted_fails_the_instances_it_held() -> None:
+    state = apply_all(
+        populated_state(),
+        [ShardRegistered(shard=shard_server("shard-b").model_copy(update={"incarnation": "first"}))],
+    )
+
+    after = apply_all(
+        state, [ShardRegistered(shard=shard_server("shard-b").model_copy(update={"incarnation": "second"}))]
+    )
+
+    assert after.instances[INSTANCE_ID].status == "failed"
+    assert "restarted" in after.instances[INSTANCE_ID].message
+    assert after.shards[ShardId("shard-b")].incarnation == "second"
+
+
+def test_an_unknown_incarnation_is_not_a_restart() -> None:
+    state = apply_all(
+        populated_state(),
+        [ShardRegistered(shard=shard_server("shard-b").model_copy(update={"incarnation": "first"}))],
+    )
+
+    after = apply_all(state, [ShardRegistered(shard=shard_server("shard-b"))])
+
+    assert after.instances[INSTANCE_ID].status == "loading"

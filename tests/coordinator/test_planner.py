@@ -168,3 +168,82 @@ def test_a_model_that_cannot_fit_does_not_block_one_that_can() -> None:
 
     assert isinstance(action, PlaceInstance)
     assert action.model_id == ModelId("b-small")
+
+
+def test_after_a_lease_expiry_the_instance_is_removed_then_placed_on_the_remaining_shards() -> None:
+    from coordinator.events import ShardLeaseExpired
+
+    state = apply_next(populated_state(), ShardLeaseExpired(shard_id=ShardId("shard-b")))
+
+    removal = plan(state, minimum_shards=1)
+    assert removal == RemoveInstance(INSTANCE_ID)
+    state = apply_next(state, InstanceRemoved(instance_id=INSTANCE_ID))
+    placement = plan(state, minimum_shards=1)
+    assert isinstance(placement, PlaceInstance)
+    assert [stage.shard_id for stage in placement.placement.stages] == [ShardId("shard-a")]
+
+
+def test_an_instance_left_loading_by_a_dead_leader_is_removed_by_the_next_one() -> None:
+    from coordinator.events import TermStarted
+
+    state = apply_next(populated_state(), TermStarted(term=2, leader="b:1"))
+
+    assert plan(state, minimum_shards=1) == RemoveInstance(INSTANCE_ID)
+
+
+def test_an_instance_loading_in_the_current_term_is_left_to_finish() -> None:
+    assert plan(populated_state(), minimum_shards=2) is None
+
+
+def drained_state() -> ClusterState:
+    """The tiny model ready on shard-a + shard-b, a spare shard-c, and shard-b's node draining."""
+    from coordinator.events import InstanceReady, NodeDrainRequested
+
+    state = apply_all(
+        populated_state(),
+        [ShardRegistered(shard=shard_server("shard-c")), InstanceReady(instance_id=INSTANCE_ID)],
+    )
+    return apply_next(state, NodeDrainRequested(node_id=shard_server("shard-b").node_id))
+
+
+def test_a_drain_first_places_a_replacement_away_from_the_node() -> None:
+    action = plan(drained_state(), minimum_shards=1)
+
+    assert isinstance(action, PlaceInstance)
+    assert ShardId("shard-b") not in {stage.shard_id for stage in action.placement.stages}
+
+
+def test_a_drain_removes_the_old_instance_once_the_replacement_is_ready() -> None:
+    from coordinator.events import InstancePlaced, InstanceReady
+
+    state = drained_state()
+    action = plan(state, minimum_shards=1)
+    assert isinstance(action, PlaceInstance)
+    model = state.models[action.model_id]
+    state = apply_next(
+        state,
+        InstancePlaced(
+            instance_id=action.instance_id,
+            model_id=action.model_id,
+            num_layers=model.num_layers,
+            stages=action.placement.stages,
+        ),
+    )
+    assert plan(state, minimum_shards=1) is None  # the old one keeps serving while the new one loads
+
+    state = apply_next(state, InstanceReady(instance_id=action.instance_id))
+
+    assert plan(state, minimum_shards=1) == RemoveInstance(INSTANCE_ID)
+
+
+def test_a_drain_with_nowhere_to_go_keeps_the_instance_and_says_why() -> None:
+    from coordinator.events import InstanceReady, NodeDrainRequested
+
+    state = apply_next(populated_state(), InstanceReady(instance_id=INSTANCE_ID))
+    for shard in ("shard-a", "shard-b"):
+        state = apply_next(state, NodeDrainRequested(node_id=shard_server(shard).node_id))
+
+    action = plan(state, minimum_shards=1)
+
+    assert isinstance(action, CannotPlace)
+    assert INSTANCE_ID in state.instances

@@ -1,0 +1,88 @@
+"""Raft RPC messages as plain frozen dataclasses, and their protobuf conversions (the only place)."""
+
+from dataclasses import dataclass
+
+from coordinator.events import IndexedEvent
+from coordinator.raft.storage import LogEntry, Snapshot
+from coordinator.state import ClusterState
+from strata_wire import raft_pb2
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    term: int
+    leader_id: str
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[LogEntry, ...]
+    leader_commit: int
+    voters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AppendReply:
+    term: int
+    success: bool
+    last_log_index: int
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    term: int
+    leader_id: str
+    snapshot: Snapshot
+    voters: tuple[str, ...]
+
+
+def entry_to_pb(entry: LogEntry) -> raft_pb2.LogEntry:
+    return raft_pb2.LogEntry(index=entry.index, term=entry.term, record_json=entry.record.model_dump_json().encode())
+
+
+def entry_from_pb(message: raft_pb2.LogEntry) -> LogEntry:
+    record = IndexedEvent.model_validate_json(message.record_json)
+    if record.index != message.index:
+        raise ValueError(f"entry {message.index} carries the record of event {record.index}")
+    return LogEntry(term=message.term, record=record)
+
+
+def append_to_pb(request: AppendRequest) -> raft_pb2.AppendEntriesRequest:
+    return raft_pb2.AppendEntriesRequest(
+        term=request.term,
+        leader_id=request.leader_id,
+        prev_log_index=request.prev_log_index,
+        prev_log_term=request.prev_log_term,
+        entries=[entry_to_pb(entry) for entry in request.entries],
+        leader_commit=request.leader_commit,
+        voters=list(request.voters),
+    )
+
+
+def append_from_pb(message: raft_pb2.AppendEntriesRequest) -> AppendRequest:
+    return AppendRequest(
+        term=message.term,
+        leader_id=message.leader_id,
+        prev_log_index=message.prev_log_index,
+        prev_log_term=message.prev_log_term,
+        entries=tuple(entry_from_pb(entry) for entry in message.entries),
+        leader_commit=message.leader_commit,
+        voters=tuple(message.voters),
+    )
+
+
+def snapshot_to_pb(request: SnapshotRequest) -> raft_pb2.InstallSnapshotRequest:
+    return raft_pb2.InstallSnapshotRequest(
+        term=request.term,
+        leader_id=request.leader_id,
+        last_included_index=request.snapshot.last_index,
+        last_included_term=request.snapshot.last_term,
+        state_json=request.snapshot.state.model_dump_json().encode(),
+        voters=list(request.voters),
+    )
+
+
+def snapshot_from_pb(message: raft_pb2.InstallSnapshotRequest) -> SnapshotRequest:
+    state = ClusterState.model_validate_json(message.state_json)
+    snapshot = Snapshot(last_index=message.last_included_index, last_term=message.last_included_term, state=state)
+    return SnapshotRequest(
+        term=message.term, leader_id=message.leader_id, snapshot=snapshot, voters=tuple(message.voters)
+    )

@@ -1,0 +1,46 @@
+"""gRPC client for one peer replica: each call returns None when the peer cannot be reached."""
+
+import grpc
+
+from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest, append_to_pb, snapshot_to_pb
+from coordinator.raft.rules import VoteRequest
+from services.grpc_server import insecure_channel
+from strata_wire import raft_pb2, raft_pb2_grpc
+
+
+class PeerClient:
+    def __init__(self, address: str, timeout_seconds: float) -> None:
+        self.address = address
+        self._timeout = timeout_seconds
+        self._channel = insecure_channel(address)
+        self._stub = raft_pb2_grpc.RaftStub(self._channel)
+
+    async def request_vote(self, request: VoteRequest) -> tuple[int, bool] | None:
+        message = raft_pb2.RequestVoteRequest(
+            term=request.term,
+            candidate_id=request.candidate_id,
+            last_log_index=request.last_log_index,
+            last_log_term=request.last_log_term,
+        )
+        try:
+            reply = await self._stub.RequestVote(message, timeout=self._timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return reply.term, reply.vote_granted
+
+    async def append_entries(self, request: AppendRequest) -> AppendReply | None:
+        try:
+            reply = await self._stub.AppendEntries(append_to_pb(request), timeout=self._timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return AppendReply(reply.term, reply.success, reply.last_log_index)
+
+    async def install_snapshot(self, request: SnapshotRequest) -> int | None:
+        try:
+            reply = await self._stub.InstallSnapshot(snapshot_to_pb(request), timeout=self._timeout * 5)
+        except grpc.aio.AioRpcError:
+            return None
+        return reply.term
+
+    async def close(self) -> None:
+        await self._channel.close()

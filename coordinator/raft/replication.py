@@ -1,0 +1,63 @@
+"""The leader's loop for one follower: send what it lacks (or a heartbeat), report the answer."""
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from coordinator.raft.messages import AppendRequest, SnapshotRequest
+
+if TYPE_CHECKING:
+    from coordinator.raft.node import RaftNode
+
+MAX_ENTRIES_PER_APPEND = 128
+
+
+async def replicate_to(node: "RaftNode", voter: str, term: int) -> None:
+    """Runs while `node` leads in `term`; cancelled when it steps down."""
+    while node.role == "leader" and node.current_term == term:
+        peer, next_index, wake = node.leader_view(voter)
+        wake.clear()
+        sent_at = time.monotonic()
+        if next_index <= node.storage.snapshot.last_index:
+            request = snapshot_request(node)
+            reply_term = await peer.install_snapshot(request)
+            if reply_term is not None:
+                node.record_ack(voter, term, sent_at, reply_term, request.snapshot.last_index, 0)
+            else:
+                await _wait(wake, node)
+            continue
+        append = append_request(node, next_index)
+        reply = await peer.append_entries(append)
+        if reply is None:
+            await _wait(wake, node)
+            continue
+        match = append.prev_log_index + len(append.entries) if reply.success else None
+        node.record_ack(voter, term, sent_at, reply.term, match, reply.last_log_index)
+        if reply.success and not append.entries:
+            await _wait(wake, node)
+        # After entries or a refusal, go straight on with what remains.
+
+
+async def _wait(wake: asyncio.Event, node: "RaftNode") -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), node.heartbeat_seconds)
+
+
+def snapshot_request(node: "RaftNode") -> SnapshotRequest:
+    return SnapshotRequest(node.current_term, node.replica_id, node.storage.snapshot, node.voters)
+
+
+def append_request(node: "RaftNode", next_index: int) -> AppendRequest:
+    """What the follower lacks from `next_index` on (at most a batch), after the entry it must hold."""
+    storage = node.storage
+    prev = next_index - 1
+    return AppendRequest(
+        term=node.current_term,
+        leader_id=node.replica_id,
+        prev_log_index=prev,
+        prev_log_term=storage.term_at(prev),
+        entries=tuple(storage.entries_from(next_index, MAX_ENTRIES_PER_APPEND)),
+        leader_commit=node.commit_index,
+        voters=node.voters,
+    )
