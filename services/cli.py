@@ -5,7 +5,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+from discovery.cli_options import add_discovery_arguments, discovery_options
+from services.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype
 from services.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.fast_blas import reexecute_with_fast_blas
 from services.ids import ModelId
 from services.logging_setup import configure_logging
 from services.model_store import ModelStore, parse_model_id
@@ -23,6 +26,59 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", help="state folder (default: $STRATA_HOME or ~/.strata)")
 
 
+def _add_replica_arguments(coordinator: argparse.ArgumentParser) -> None:
+    """Raft membership of a coordinator replica."""
+    coordinator.add_argument(
+        "--expect",
+        type=int,
+        default=1,
+        help="replicas to wait for before bootstrapping a new cluster (default: %(default)s, a cluster of one)",
+    )
+    coordinator.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT", help="another coordinator replica (repeatable)"
+    )
+    coordinator.add_argument(
+        "--snapshot-every", type=int, default=1000, help="events between log snapshots (default: %(default)s)"
+    )
+    coordinator.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help="discard this replica's stored cluster state and start a new cluster (`strata run` does)",
+    )
+
+
+def _add_cluster_commands(cluster: argparse.ArgumentParser) -> None:
+    actions = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    remove = actions.add_parser("remove-replica", help="remove a dead coordinator replica (host:port) from the voters")
+    _add_home(remove)
+    remove.add_argument("replica_id", metavar="ID", help="the replica's host:port, as `strata status` lists it")
+    remove.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any live replica's host:port")
+
+
+def _add_drain_command(drain: argparse.ArgumentParser) -> None:
+    _add_home(drain)
+    drain.add_argument("node_id", metavar="NODE", help="the node id, as `strata status` lists it")
+    drain.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any replica's host:port")
+    drain.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: %(default)s)")
+
+
+def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
+    _add_home(gateway)
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=GATEWAY_PORT)
+    gateway.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    add_discovery_arguments(gateway)
+
+
+def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
+    _add_home(shard)
+    shard.add_argument("--host", default="127.0.0.1")
+    shard.add_argument("--port", type=int, default=SHARD_PORT)
+    shard.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    add_discovery_arguments(shard)
+    shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strata", description="One language model split across your machines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,12 +92,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--coordinator-port", type=int, default=COORDINATOR_PORT)
     run.add_argument("--shard-port", type=int, default=SHARD_PORT, help="port of the first shard; others follow")
     run.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    run.add_argument("--compute-dtype", default="auto", choices=["auto", *COMPUTE_DTYPES])
 
-    gateway = commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway")
-    _add_home(gateway)
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=GATEWAY_PORT)
-    gateway.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="coordinator host:port")
+    _add_gateway_arguments(commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway"))
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator replica")
     _add_home(coordinator)
@@ -52,13 +105,33 @@ def _build_parser() -> argparse.ArgumentParser:
         "--min-shards", type=int, default=1, help="shard servers to wait for before placing (default: %(default)s)"
     )
     coordinator.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    coordinator.add_argument(
+        "--compute-dtype",
+        default="auto",
+        choices=["auto", *COMPUTE_DTYPES],
+        help="dtype models compute in (auto: float32 on CPU, the stored weights elsewhere)",
+    )
+    _add_replica_arguments(coordinator)
 
-    shard = commands.add_parser("shard", help="run a shard server")
-    _add_home(shard)
-    shard.add_argument("--host", default="127.0.0.1")
-    shard.add_argument("--port", type=int, default=SHARD_PORT)
-    shard.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="coordinator host:port")
-    shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
+    add_discovery_arguments(coordinator, peer_flag=False)  # its --peer lists replicas and static peers
+
+    status = commands.add_parser("status", help="show leader, replicas, nodes and model instances")
+    _add_home(status)
+    status.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any replica's host:port")
+    _add_cluster_commands(commands.add_parser("cluster", help="change the coordinator replicas' membership"))
+    _add_drain_command(commands.add_parser("drain", help="move a node's model instances away before stopping it"))
+
+    _add_shard_arguments(commands.add_parser("shard", help="run a shard server"))
+
+    bench = commands.add_parser("bench", help="benchmark real local clusters against single-process mlx-lm")
+    _add_home(bench)
+    bench.add_argument("--model", default=EMBEDDED_MODEL_ID)
+    bench.add_argument("--shards", default="1,2,3", help="shard counts to measure (default: %(default)s)")
+    bench.add_argument("--concurrency", default="1,4,8,16,32", help="concurrency levels (default: %(default)s)")
+    bench.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default: %(default)s)")
+    bench.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    bench.add_argument("--no-scale-out", action="store_true", help="skip the pinned one-core-hosts run")
+    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
 
     models = commands.add_parser("models", help="list or import models in the store")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -97,6 +170,8 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        reexecute_with_fast_blas(["-m", "services.cli", *sys.argv[1:]])
     arguments = _build_parser().parse_args(argv)
     home = strata_home(arguments.home)
     command = str(arguments.command)
@@ -123,28 +198,97 @@ def main(argv: list[str] | None = None) -> int:
             shards=arguments.shards,
             model_id=model_id,
             prefill_step_size=arguments.prefill_step_size,
+            compute_dtype=arguments.compute_dtype,
         )
         return run_local_cluster(options)
+    if command == "bench":
+        from services.benchmark.run_benchmark import BenchOptions, run_benchmark
+
+        bench_store = ModelStore(models_root(home))
+        bench_model = parse_model_id(arguments.model)
+        if not bench_store.has_model(bench_model) and bench_model == EMBEDDED_MODEL_ID:
+            bench_store.import_gguf(bench_model, find_embedded_gguf())
+        report = run_benchmark(
+            BenchOptions(
+                home=home,
+                model_id=bench_model,
+                compute_dtype=default_compute_dtype(),
+                shard_counts=tuple(int(part) for part in str(arguments.shards).split(",")),
+                concurrencies=tuple(int(part) for part in str(arguments.concurrency).split(",")),
+                max_tokens=arguments.max_tokens,
+                prefill_step_size=arguments.prefill_step_size,
+                output=Path(arguments.output),
+                scale_out=not arguments.no_scale_out,
+            )
+        )
+        print(f"wrote {report}")
+        return 0
     if command == "gateway":
         from gateway.main import GatewayOptions, run_gateway
 
-        run_gateway(GatewayOptions(home, arguments.host, arguments.port, arguments.coordinator))
+        run_gateway(
+            GatewayOptions(
+                home, arguments.host, arguments.port, arguments.coordinator, discovery=discovery_options(arguments)
+            )
+        )
         return 0
     if command == "coordinator":
         from coordinator.main import CoordinatorOptions, serve_coordinator
 
         models = tuple(ModelId(parse_model_id(model)) for model in arguments.model)
+        compute_dtype = (
+            default_compute_dtype()
+            if arguments.compute_dtype == "auto"
+            else parse_compute_dtype(arguments.compute_dtype)
+        )
         options = CoordinatorOptions(
-            home, arguments.host, arguments.port, models, arguments.min_shards, arguments.prefill_step_size
+            home,
+            arguments.host,
+            arguments.port,
+            models,
+            arguments.min_shards,
+            arguments.prefill_step_size,
+            compute_dtype,
+            expect=arguments.expect,
+            peers=tuple(arguments.peer),
+            snapshot_every=arguments.snapshot_every,
+            fresh_state=arguments.fresh_state,
+            discovery=discovery_options(arguments),
         )
         asyncio.run(serve_coordinator(options))
+        return 0
+    if command == "drain":
+        from coordinator.operator_commands import drain_node
+
+        return drain_node(arguments.coordinator, arguments.node_id, arguments.timeout)
+    if command == "cluster":
+        from coordinator.operator_commands import remove_replica
+
+        return remove_replica(arguments.coordinator, arguments.replica_id)
+    if command == "status":
+        import grpc
+
+        from coordinator.operator_commands import fetch_status, render_status
+
+        try:
+            print(render_status(fetch_status(arguments.coordinator)))
+        except grpc.RpcError as error:
+            print(f"strata status: coordinator {arguments.coordinator} unreachable: {error}", file=sys.stderr)
+            return 1
         return 0
     if command == "shard":
         from shard_server.main import ShardOptions, serve_shard
 
         asyncio.run(
             serve_shard(
-                ShardOptions(home, arguments.host, arguments.port, arguments.coordinator, arguments.memory_limit)
+                ShardOptions(
+                    home,
+                    arguments.host,
+                    arguments.port,
+                    arguments.coordinator,
+                    arguments.memory_limit,
+                    discovery=discovery_options(arguments),
+                )
             )
         )
         return 0

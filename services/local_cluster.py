@@ -7,12 +7,14 @@ Children also get SIGTERM from the kernel if this process dies without cleaning 
 
 import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,6 +36,7 @@ class LocalClusterOptions:
     shards: int
     model_id: ModelId
     prefill_step_size: int
+    compute_dtype: str
 
 
 def _die_with_parent() -> None:
@@ -46,8 +49,17 @@ def _strata(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", *arguments]
 
 
+def _shard_environment(shards: int) -> dict[str, str]:
+    """Shards on one host share its cores: OpenBLAS threads spin, so oversubscribing them is costly."""
+    environment = dict(os.environ)
+    threads = max(1, (os.cpu_count() or 1) // max(1, shards))
+    environment.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+    return environment
+
+
 def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
-    home = ["--home", str(options.home)]
+    # The children know each other's addresses: no mDNS, so a local cluster never announces on the LAN.
+    home = ["--home", str(options.home), "--no-mdns"]
     coordinator = f"{options.host}:{options.coordinator_port}"
     commands = [
         (
@@ -65,6 +77,10 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
                 str(options.shards),
                 "--prefill-step-size",
                 str(options.prefill_step_size),
+                "--compute-dtype",
+                options.compute_dtype,
+                # Every shard starts anew too: a state from an earlier run would point at dead shards.
+                "--fresh-state",
             ),
         )
     ]
@@ -94,7 +110,24 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
     return commands
 
 
-def _gateway_ready(url: str) -> bool:
+Children = list[tuple[str, subprocess.Popen[bytes]]]
+
+
+def start_services(options: LocalClusterOptions, cores: Mapping[str, int] | None = None) -> Children:
+    """Starts every service as its own process; `cores` pins a service (by name) to one CPU core."""
+    children: Children = []
+    shard_environment = _shard_environment(options.shards)
+    for name, command in _commands(options):
+        environment = shard_environment if name.startswith("shard") else None
+        core = (cores or {}).get(name)
+        pinned = command if core is None else ["taskset", "-c", str(core), *command]
+        if core is not None and environment is not None:
+            environment = {**environment, "OPENBLAS_NUM_THREADS": "1"}
+        children.append((name, subprocess.Popen(pinned, env=environment, preexec_fn=_die_with_parent)))  # noqa: PLW1509
+    return children
+
+
+def gateway_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return response.status == 200
@@ -120,12 +153,11 @@ def run_local_cluster(options: LocalClusterOptions) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    children: Children = []
     url = f"http://{options.host}:{options.gateway_port}"
     exit_code = 0
     try:
-        for name, command in _commands(options):
-            children.append((name, subprocess.Popen(command, preexec_fn=_die_with_parent)))  # noqa: PLW1509
+        children = start_services(options)
         announced = False
         started = time.monotonic()
         while not stop_requested:
@@ -134,7 +166,7 @@ def run_local_cluster(options: LocalClusterOptions) -> int:
                 print(f"strata: {dead[0][0]} exited with status {dead[0][1]}; stopping", file=sys.stderr)
                 exit_code = 1
                 break
-            if not announced and _gateway_ready(url):
+            if not announced and gateway_ready(url):
                 announced = True
                 print(f"\nstrata is serving {options.model_id} at {url}\n\n  {_curl_line(url, options.model_id)}\n")
                 print("Press Ctrl-C to stop.\n", flush=True)
@@ -144,11 +176,11 @@ def run_local_cluster(options: LocalClusterOptions) -> int:
                 break
             time.sleep(0.25)
     finally:
-        _stop_children(children)
+        stop_services(children)
     return exit_code
 
 
-def _stop_children(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+def stop_services(children: Children) -> None:
     for _, child in reversed(children):
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

@@ -4,8 +4,12 @@ All state lives under `$STRATA_HOME` (default `~/.strata`): the model store, log
 Every command takes `--home` to point elsewhere (tests give each simulated host its own).
 """
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Generator
 from pathlib import Path
 
 from services.ids import NodeId
@@ -13,8 +17,9 @@ from services.ids import NodeId
 GATEWAY_PORT = 52415
 COORDINATOR_PORT = 52416
 SHARD_PORT = 52417
-DEFAULT_PREFILL_STEP_SIZE = 2048
-"""mlx-lm's default prompt chunk; chunk boundaries depend only on token positions."""
+DEFAULT_PREFILL_STEP_SIZE = 256
+"""Prompt chunk (mlx-lm defaults to 2048): small enough that a long prompt, prefilled a chunk per step,
+does not stall running streams for long. Exactness references use the same chunking."""
 
 
 def strata_home(explicit: str | None = None) -> Path:
@@ -45,3 +50,18 @@ def node_id(home: Path) -> NodeId:
     temporary.write_text(created + "\n")
     temporary.replace(path)
     return NodeId(created)
+
+
+@contextlib.contextmanager
+def home_sharing_models(home: Path) -> Generator[Path]:
+    """A temporary `$STRATA_HOME` with its own state (coordinator log, node id) and `home`'s model store.
+
+    Coordinators keep durable state in their home, so two clusters must never share one; models are
+    read-only for serving and can be shared.
+    """
+    private = Path(tempfile.mkdtemp(prefix="strata-home-"))
+    try:
+        models_root(private).symlink_to(models_root(home).resolve(), target_is_directory=True)
+        yield private
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

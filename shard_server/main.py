@@ -3,12 +3,18 @@
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import psutil
 
+from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
+from discovery.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
+from discovery.peer_source import DiscoveryOptions
+from discovery.shard_presence import ShardPresence
 from services.grpc_server import GrpcServer, insecure_channel
 from services.ids import ShardId
 from services.model_store import ModelStore
@@ -28,8 +34,10 @@ class ShardOptions:
     home: Path
     host: str
     port: int
-    coordinator: str
+    coordinator: str | None
+    """None: register with the coordinators discovery finds."""
     memory_limit_bytes: int | None
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
 
 
 def offered_memory(limit: int | None) -> int:
@@ -37,49 +45,69 @@ def offered_memory(limit: int | None) -> int:
     return min(available, limit) if limit is not None else available
 
 
-async def _keep_registered(request: coordinator_pb2.RegisterShardRequest, coordinator: str) -> None:
-    """Registers now and again every few seconds; the coordinator treats it as idempotent."""
-    registered = False
-    async with insecure_channel(coordinator) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        while True:
-            try:
-                await stub.RegisterShard(request, timeout=5)
-                if not registered:
-                    logger.info("registered with coordinator %s", coordinator)
-                registered = True
-            except grpc.aio.AioRpcError as error:
-                if registered:
-                    logger.warning("coordinator %s unreachable: %s", coordinator, error.details())
-                registered = False
-            await asyncio.sleep(REGISTER_INTERVAL_SECONDS)
+async def _keep_registered(
+    request: Callable[[], coordinator_pb2.RegisterShardRequest], coordinators: Callable[[], Sequence[str]]
+) -> None:
+    """Registers with every coordinator known now, and again every few seconds (idempotent for them)."""
+    registered: set[str] = set()
+    while True:
+        for coordinator in coordinators():
+            async with insecure_channel(coordinator) as channel:
+                try:
+                    await coordinator_pb2_grpc.CoordinatorStub(channel).RegisterShard(request(), timeout=5)
+                    if coordinator not in registered:
+                        logger.info("registered with coordinator %s", coordinator)
+                    registered.add(coordinator)
+                except grpc.aio.AioRpcError as error:
+                    if coordinator in registered:
+                        logger.warning("coordinator %s unreachable: %s", coordinator, error.details())
+                    registered.discard(coordinator)
+        await asyncio.sleep(REGISTER_INTERVAL_SECONDS)
 
 
 async def serve_shard(options: ShardOptions) -> None:
     store = ModelStore(models_root(options.home))
     host_node = node_id(options.home)
-    server = GrpcServer(options.host, options.port, [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name])
+    server = GrpcServer(
+        options.host,
+        options.port,
+        [shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name, PEER_SERVICE_NAME, MODEL_FILES_SERVICE_NAME],
+    )
     address = f"{options.host}:{server.port}"
     shard_id = ShardId(f"{host_node}:{server.port}")
-    service = ShardService(shard_id, address, store)
+    presence = ShardPresence(
+        options.discovery, host_node, address, store, offered_memory(None), options.memory_limit_bytes
+    )
+    coordinators = presence.coordinators(options.coordinator)
+    service = ShardService(shard_id, address, store, fetch_stage=presence.fetch_stage_hook(coordinators))
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
+    add_peer_service(server.server, presence.identity)
+    add_model_file_service(server.server, store)
     service.start()
     await server.start()
     logger.info("shard %s listening on %s", shard_id, address)
-    registration = coordinator_pb2.RegisterShardRequest(
-        shard_id=shard_id,
-        node_id=host_node,
-        address=address,
-        available_memory_bytes=offered_memory(options.memory_limit_bytes),
-        device="cpu",
-    )
+    await presence.start()
+
+    incarnation = uuid.uuid4().hex  # tells the coordinator when this shard restarted and lost its stage
+
+    def registration() -> coordinator_pb2.RegisterShardRequest:
+        return coordinator_pb2.RegisterShardRequest(
+            shard_id=shard_id,
+            node_id=host_node,
+            address=address,
+            available_memory_bytes=presence.memory_share(),
+            device="cpu",
+            incarnation=incarnation,
+        )
+
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stopping.set)
-    registering = asyncio.create_task(_keep_registered(registration, options.coordinator))
+    registering = asyncio.create_task(_keep_registered(registration, coordinators))
     await stopping.wait()
     logger.info("shard %s stopping", shard_id)
     registering.cancel()
+    await presence.stop()
     await server.stop()
     await service.stop()

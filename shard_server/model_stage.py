@@ -3,13 +3,14 @@
 The first stage also holds the token embedding; the last holds the final norm and the LM head (and
 the embedding matrix when embeddings are tied). Only the weight files of the stage are read, and
 the model's other layers are dropped before any weight is materialized, so a stage never holds the
-whole model. The forward pass runs exactly the ops of the model's own `__call__` (embedding, one
-attention mask from the first cache, each block, norm, head), so splitting is exact by construction.
+whole model. The forward pass runs exactly the ops of the model's own `__call__` (embedding, each block with the
+attention mask of its cache, norm, head), so splitting is exact by construction; several requests
+share a step through `batched_forward`.
 """
 
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -17,11 +18,12 @@ from typing import Protocol, cast
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
+from services.compute_dtype import ComputeDtype, convert_module
 from services.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from services.model_files import weight_files_for_stage
+from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
@@ -32,10 +34,6 @@ class ModelLoadError(Exception):
 
 class ModelArguments(Protocol):
     def from_dict(self, params: dict[str, object]) -> object: ...
-
-
-class TransformerBlock(Protocol):
-    def __call__(self, x: mx.array, mask: mx.array | str | None, cache: KVCache) -> mx.array: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def _check_full_attention(config: dict[str, object]) -> None:
 class ModelStage:
     """Owns the weights of one stage. Not thread-safe: one worker thread owns it."""
 
-    def __init__(self, model_dir: Path, stage: StageRange) -> None:
+    def __init__(self, model_dir: Path, stage: StageRange, compute_dtype: ComputeDtype = "stored") -> None:
         config = cast(dict[str, object], json.loads((model_dir / "config.json").read_text()))
         num_layers = config.get("num_hidden_layers")
         if num_layers != stage.num_layers:
@@ -90,10 +88,13 @@ class ModelStage:
         self._model = model_class(arguments)
         self._drop_other_parts()
         self._load_weights(model_dir, config)
-        self.layers: list[TransformerBlock] = cast(
-            list[TransformerBlock], self._inner()["layers"][stage.start_layer : stage.end_layer]
-        )
+        self._model = convert_module(self._model, compute_dtype)
+        evaluate(self._model.parameters())
+        self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])
         self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))
+        self._hidden_size = int(str(config.get("hidden_size", 0)))
+        self.batch_invariant = False
+        """Whether rows of different requests may share one batch (see `check_batching`)."""
 
     def _inner(self) -> nn.Module:
         return cast(nn.Module, self._model["model"])
@@ -148,20 +149,37 @@ class ModelStage:
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
 
-    def forward(self, inputs: mx.array, cache: list[KVCache]) -> mx.array:
-        """Runs the stage on one step of one request.
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden_size
 
-        inputs: token ids (1, positions) on the first stage, else hidden states (1, positions, hidden).
-        Returns hidden states (1, positions, hidden), or logits (1, positions, vocab) on the last stage.
-        """
+    def activation_dtype(self) -> mx.Dtype:
+        """The dtype hidden states have between layers (the projections' output dtype)."""
+        attention = cast(nn.Module, cast(nn.Module, self.layers[0])["self_attn"])
+        projection = cast(nn.Module, attention["q_proj"])
+        reference = cast(mx.array, projection["scales"] if "scales" in projection else projection["weight"])
+        return reference.dtype
+
+    def embed(self, tokens: mx.array) -> mx.array:
+        """First stage: token ids (1, rows) -> hidden states (1, rows, hidden)."""
+        return cast(nn.Embedding, self._inner()["embed_tokens"])(tokens)
+
+    def run_layers(self, hidden: mx.array, requests: Sequence[RequestRows]) -> mx.array:
+        """hidden (1, rows, hidden) of several requests -> hidden after this stage's layers."""
+        return forward_rows(self.layers, hidden, requests, batched=self.batch_invariant)
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        """Last stage: final norm and LM head, (1, rows, hidden) -> (1, rows, vocab)."""
         inner = self._inner()
-        hidden = cast(nn.Embedding, inner["embed_tokens"])(inputs) if self.stage.is_first else inputs
-        mask = create_attention_mask(hidden, cache[0])
-        for layer, layer_cache in zip(self.layers, cache, strict=True):
-            hidden = layer(hidden, mask, layer_cache)
-        if not self.stage.is_last:
-            return hidden
-        hidden = cast(nn.RMSNorm, inner["norm"])(hidden)
+        normed = cast(nn.RMSNorm, inner["norm"])(hidden)
         if self.tied_embeddings:
-            return embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), hidden)
-        return cast(nn.Linear, self._model["lm_head"])(hidden)
+            return embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), normed)
+        return cast(nn.Linear, self._model["lm_head"])(normed)
+
+    def check_batching(self, max_rows: int) -> bool:
+        """Decides (and returns) whether requests may share a batch: see `check_batch_invariance`."""
+        head: list[RowFunction] = [self.logits] if self.stage.is_last else []
+        self.batch_invariant = check_batch_invariance(
+            self.layers[0], head, self.hidden_size, self.activation_dtype(), max_rows
+        )
+        return self.batch_invariant

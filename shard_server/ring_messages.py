@@ -6,6 +6,7 @@ Inbound work for the stage worker and outbound effects it asks the service to ca
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.compute_dtype import ComputeDtype
 from services.ids import InstanceId, RequestId
 from services.sampling import SamplingOptions
 from services.tensor_codec import EncodedTensor
@@ -20,6 +21,8 @@ class LoadStage:
     model_dir: Path
     stage: StageRange
     prefill_step_size: int
+    compute_dtype: ComputeDtype
+    ring_size: int
 
 
 @dataclass(frozen=True)
@@ -34,30 +37,40 @@ class StartRequest:
 
 
 @dataclass(frozen=True)
-class ContinuePrefill:
-    """First shard only: run the next prompt chunk (queued behind other work so decode interleaves)."""
-
-    request_id: RequestId
-
-
-@dataclass(frozen=True)
-class ForwardStep:
-    """Hidden states from the previous shard, to run through this stage."""
+class Segment:
+    """The consecutive rows of one request inside a batch."""
 
     request_id: RequestId
     position: int
+    length: int
     sample: bool
-    hidden: EncodedTensor
     sampling: SamplingOptions | None
+    store_prefix: str | None = None
+    """Keep the request's KV cache [0, position + length) under this key after the step."""
+    reuse_prefix: str | None = None
+    """The request starts at `position` from the KV cache stored under this key."""
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """Hidden states of every row of a batch from the previous shard, to run through this stage."""
+
+    segments: tuple[Segment, ...]
+    hidden: EncodedTensor
 
 
 @dataclass(frozen=True)
 class SampledToken:
-    """First shard only: the token the last shard sampled."""
-
     request_id: RequestId
     token_id: int
     position: int
+
+
+@dataclass(frozen=True)
+class SampledTokens:
+    """First shard only: the tokens the last shard sampled for one batch."""
+
+    tokens: tuple[SampledToken, ...]
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,13 @@ class RequestFailure:
 
 
 @dataclass(frozen=True)
+class ForgetPrefix:
+    """The first shard evicted a stored prompt prefix; every shard drops it."""
+
+    key: str
+
+
+@dataclass(frozen=True)
 class LinkBroken:
     """The stream to the next shard broke: every request held here fails."""
 
@@ -91,17 +111,17 @@ WorkItem = (
     LinkBroken
     | LoadStage
     | StartRequest
-    | ContinuePrefill
-    | ForwardStep
-    | SampledToken
+    | BatchStep
+    | SampledTokens
     | ReleaseRequest
     | CancelRequest
     | RequestFailure
+    | ForgetPrefix
 )
 
 # --- What the worker asks the service to do. ---
 
-RingMessage = ForwardStep | SampledToken | ReleaseRequest | RequestFailure
+RingMessage = BatchStep | SampledTokens | ReleaseRequest | RequestFailure | ForgetPrefix
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
 
+from services.compute_dtype import ComputeDtype, parse_compute_dtype
 from services.ids import InstanceId, ModelId, RequestId, ShardId
 from services.model_store import ModelStore
 from shard_server.model_stage import StageRange
@@ -36,10 +37,18 @@ StageOutcome = StageLoaded | StageLoadFailed
 
 
 class ShardService(shard_pb2_grpc.ShardServicer):
-    def __init__(self, shard_id: ShardId, address: str, store: ModelStore) -> None:
+    def __init__(
+        self,
+        shard_id: ShardId,
+        address: str,
+        store: ModelStore,
+        fetch_stage: Callable[[ModelId, int, int], Awaitable[str | None]] | None = None,
+    ) -> None:
         self._shard_id = shard_id
         self._address = address
         self._store = store
+        self._fetch_stage = fetch_stage
+        """Makes the files of a stage present (from a peer's store); returns why not, or None."""
         self._loop = asyncio.get_running_loop()
         self._worker = StageWorker(emit=self._emit_from_worker)
         self._clients: dict[RequestId, asyncio.Queue[ClientEvent]] = {}
@@ -96,16 +105,28 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"term {request.term} is older than term {self._term} already seen",
                 )
+            if self._fetch_stage is not None and 0 <= request.start_layer < request.end_layer:
+                problem = await self._fetch_stage(ModelId(request.model_id), request.start_layer, request.end_layer)
+                if problem is not None:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
             if not self._store.has_model(ModelId(request.model_id)):
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION, f"model {request.model_id!r} is not in this shard's store"
                 )
             if request.prefill_step_size < 1:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prefill_step_size must be at least 1")
+            try:
+                compute_dtype = parse_compute_dtype(request.compute_dtype or "stored")
+            except ValueError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+                raise AssertionError("unreachable") from error
             self._term = request.term
             instance_id = InstanceId(request.instance_id)
             stage = StageRange(request.start_layer, request.end_layer, request.num_layers)
-            outcome = await self._load(instance_id, self._store.model_dir(ModelId(request.model_id)), stage, request)
+            model_dir = self._store.model_dir(ModelId(request.model_id))
+            outcome = await self._load(
+                instance_id, model_dir, stage, request.prefill_step_size, compute_dtype, request.ring_size
+            )
             if isinstance(outcome, StageLoadFailed):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, outcome.message)
                 raise AssertionError("unreachable")
@@ -115,18 +136,26 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             return shard_pb2.AssignReply(weight_bytes=outcome.weight_bytes)
 
     async def _load(
-        self, instance_id: InstanceId, model_dir: Path, stage: StageRange, request: shard_pb2.AssignRequest
+        self,
+        instance_id: InstanceId,
+        model_dir: Path,
+        stage: StageRange,
+        prefill_step_size: int,
+        compute_dtype: ComputeDtype,
+        ring_size: int,
     ) -> StageOutcome:
         outcome: asyncio.Future[StageOutcome] = self._loop.create_future()
         self._pending_loads[instance_id] = outcome
-        self._worker.submit(LoadStage(instance_id, model_dir, stage, request.prefill_step_size))
+        self._worker.submit(LoadStage(instance_id, model_dir, stage, prefill_step_size, compute_dtype, ring_size))
         return await outcome
 
     @staticmethod
     def _store_vocab_size(model_dir: Path) -> int:
-        from services.model_files import read_manifest
+        from services.model_files import read_config
 
-        return read_manifest(model_dir).vocab_size
+        # From config.json only: a shard may hold just the weight files of its own layers.
+        vocab_size = read_config(model_dir).get("vocab_size")
+        return vocab_size if isinstance(vocab_size, int) else 0
 
     async def _relink(self, next_address: str, stage: StageRange) -> None:
         if self._link is not None and self._link.address != next_address:
@@ -223,4 +252,12 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             active_requests=stats.active_requests,
             kv_cache_bytes=stats.kv_cache_bytes,
             steps=stats.steps,
+            batched_rows=stats.batched_rows,
+            batch_invariant=stats.batch_invariant,
+            compute_seconds=stats.compute_seconds,
+            ring_seconds=stats.ring_seconds,
+            ring_samples=stats.ring_samples,
+            prefix_cache_bytes=stats.prefix_cache_bytes,
+            prefix_hits=stats.prefix_hits,
+            reused_prompt_tokens=stats.reused_prompt_tokens,
         )

@@ -1,33 +1,38 @@
-"""The one thread that owns a shard's model: runs ring work in arrival order.
+"""The one thread that owns a shard's model: continuous batching over every request it holds.
 
 The gRPC service only decodes messages and submits them here; every forward pass, sample and cache
 change happens on this thread, never on the event loop. What the worker wants done outside
 (send to the next shard, report to the gateway) goes out through the `emit` callback.
 
-Per request each shard keeps a KV cache; the first shard also drives the request (prompt chunks,
-stop conditions) and the last shard keeps its sampler with the request's own random key.
+Each loop takes in everything that arrived, then runs one batch. On the first shard a batch holds
+the decode rows of running requests (capped so they circulate in one wave per shard of the ring)
+and at most one prompt chunk; other shards run the batches they receive, in order. Requests join
+and leave between steps. Per request each shard keeps a KV cache; the first shard also drives the
+request (prompt chunks, stop conditions) and the last shard keeps its sampler with the request's
+own random key.
 """
 
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
 
-from services.ids import InstanceId, RequestId
+from services.ids import RequestId
 from services.mlx_typing import evaluate
-from services.sampling import SamplingOptions
 from services.tensor_codec import TensorDecodeError, decode, encode
+from shard_server.batch_plan import MAX_DECODE_ROWS, DecodeRow, plan_batch
+from shard_server.batched_forward import RequestRows
 from shard_server.model_stage import ModelLoadError, ModelStage
 from shard_server.prefill import prefill_chunks
+from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory, prefix_key
 from shard_server.ring_messages import (
+    BatchStep,
     CancelRequest,
-    ContinuePrefill,
     Effect,
-    ForwardStep,
+    ForgetPrefix,
     LinkBroken,
     LoadStage,
     ReleaseRequest,
@@ -35,6 +40,8 @@ from shard_server.ring_messages import (
     RequestFailure,
     RequestFinished,
     SampledToken,
+    SampledTokens,
+    Segment,
     SendToNext,
     StageLoaded,
     StageLoadFailed,
@@ -43,6 +50,14 @@ from shard_server.ring_messages import (
     WorkItem,
 )
 from shard_server.sampler import RequestSampler
+from shard_server.stage_state import (
+    Driver,
+    LoadedStage,
+    PlannedBatch,
+    RequestState,
+    StageStats,
+    cache_arrays,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,53 +66,21 @@ class RequestError(Exception):
     """A request cannot go on (bad position, unknown request, bad tensor)."""
 
 
-@dataclass
-class _Driver:
-    """First shard only: what the request asked for and how far it got."""
-
-    prompt_tokens: tuple[int, ...]
-    max_tokens: int
-    stop_token_ids: frozenset[int]
-    chunks: list[tuple[int, int]]
-    next_chunk: int = 0
-    generated: int = 0
-
-
-@dataclass
-class _RequestState:
-    cache: list[KVCache]
-    sampling: SamplingOptions | None = None
-    """Sent on with the request's first step so the last shard can sample."""
-    sampler: RequestSampler | None = None
-    driver: _Driver | None = None
-
-
-@dataclass(frozen=True)
-class StageStats:
-    instance_id: InstanceId | None
-    start_layer: int
-    end_layer: int
-    active_requests: int
-    kv_cache_bytes: int
-    steps: int
-
-
-@dataclass
-class _Loaded:
-    instance_id: InstanceId
-    stage: ModelStage
-    prefill_step_size: int
-    requests: dict[RequestId, _RequestState] = field(default_factory=lambda: {})
-
-
 class StageWorker:
     def __init__(self, emit: Callable[[Effect], None]) -> None:
         self._emit = emit
         self._queue: queue.Queue[WorkItem | None] = queue.Queue()
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedStage | None = None
         self._steps = 0
+        self._batched_rows = 0
         self._stats_lock = threading.Lock()
-        self._stats = StageStats(None, 0, 0, 0, 0, 0)
+        self._compute_seconds = 0.0
+        self._ring_seconds = 0.0
+        self._ring_samples = 0
+        self._launched_at: dict[RequestId, float] = {}
+        self._prefix_hits = 0
+        self._reused_prompt_tokens = 0
+        self._stats = StageStats(None, 0, 0, 0, 0, 0, 0, False, 0.0, 0.0, 0, 0, 0, 0)
         self._thread = threading.Thread(target=self._run, name="stage-worker", daemon=True)
 
     def start(self) -> None:
@@ -108,25 +91,50 @@ class StageWorker:
         self._thread.join(timeout=10)
 
     def submit(self, item: WorkItem) -> None:
-        """Thread-safe; items run in submission order."""
+        """Thread-safe; items are taken in submission order."""
         self._queue.put(item)
 
     def stats(self) -> StageStats:
         with self._stats_lock:
             return self._stats
 
+    # --- the loop ---
+
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            try:
-                self._handle(item)
-            except Exception:  # the worker must outlive any single bad item
-                logger.exception("stage worker failed on %s", type(item).__name__)
+        while True:
+            if not self._has_batch_to_run():
+                item = self._queue.get()
+                if item is None:
+                    return
+                self._take_guarded(item)
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    return
+                self._take_guarded(item)
+            if self._has_batch_to_run():
+                self._run_one_batch()
             self._refresh_stats()
+
+    def _take_guarded(self, item: WorkItem) -> None:
+        try:
+            self._take(item)
+        except Exception:  # the worker must outlive any single bad item
+            logger.exception("stage worker failed on %s", type(item).__name__)
+
+    def _has_batch_to_run(self) -> bool:
+        loaded = self._loaded
+        return loaded is not None and bool(loaded.ready or loaded.prefill_waiting or loaded.received)
 
     def _refresh_stats(self) -> None:
         loaded = self._loaded
         if loaded is None:
-            snapshot = StageStats(None, 0, 0, 0, 0, self._steps)
+            snapshot = StageStats(
+                None, 0, 0, 0, 0, self._steps, self._batched_rows, False, self._compute_seconds, 0.0, 0, 0, 0, 0
+            )
         else:
             kv_bytes = sum(cache.nbytes for state in loaded.requests.values() for cache in state.cache)
             snapshot = StageStats(
@@ -136,183 +144,353 @@ class StageWorker:
                 len(loaded.requests),
                 kv_bytes,
                 self._steps,
+                self._batched_rows,
+                loaded.stage.batch_invariant,
+                self._compute_seconds,
+                self._ring_seconds,
+                self._ring_samples,
+                loaded.prefixes.nbytes,
+                self._prefix_hits,
+                self._reused_prompt_tokens,
             )
         with self._stats_lock:
             self._stats = snapshot
 
-    def _handle(self, item: WorkItem) -> None:
+    # --- taking in work ---
+
+    def _take(self, item: WorkItem) -> None:
         match item:
             case LoadStage():
                 self._load(item)
             case StartRequest():
-                self._guarded(item.request_id, lambda loaded: self._start(loaded, item))
-            case ContinuePrefill():
-                self._guarded(item.request_id, lambda loaded: self._run_next_chunk(loaded, item.request_id))
-            case ForwardStep():
-                self._guarded(item.request_id, lambda loaded: self._forward(loaded, item))
-            case SampledToken():
-                self._guarded(item.request_id, lambda loaded: self._on_token(loaded, item))
-            case ReleaseRequest():
-                self._release(item.request_id, pass_on=True)
-            case CancelRequest():
+                self._start(item)
+            case BatchStep():
+                self._receive_batch(item)
+            case SampledTokens():
+                loaded = self._loaded
+                if loaded is not None:
+                    for token in item.tokens:
+                        self._on_token(loaded, token)
+            case ReleaseRequest() | CancelRequest():
                 self._release(item.request_id, pass_on=True)
             case RequestFailure():
                 self._on_failure(item)
+            case ForgetPrefix():
+                self._forget_prefix(item.key)
             case LinkBroken():
                 loaded = self._loaded
                 for request_id in list(loaded.requests) if loaded is not None else []:
                     self._fail(request_id, item.message)
-
-    def _guarded(self, request_id: RequestId, action: Callable[[_Loaded], None]) -> None:
-        loaded = self._loaded
-        if loaded is None:
-            self._fail(request_id, "this shard has no model loaded")
-            return
-        try:
-            action(loaded)
-        except (RequestError, TensorDecodeError, ValueError) as error:
-            self._fail(request_id, str(error))
-
-    # --- loading ---
 
     def _load(self, item: LoadStage) -> None:
         previous = self._loaded
         self._loaded = None
         if previous is not None:
             for request_id in list(previous.requests):
-                self._fail_locally(previous, request_id, "the model instance was re-placed")
+                self._fail_on(previous, request_id, "the model instance was re-placed")
         try:
-            stage = ModelStage(item.model_dir, item.stage)
+            stage = ModelStage(item.model_dir, item.stage, item.compute_dtype)
+            batched = stage.check_batching(item.prefill_step_size + MAX_DECODE_ROWS)
         except (ModelLoadError, OSError, ValueError) as error:
             self._emit(StageLoadFailed(item.instance_id, str(error)))
             return
-        self._loaded = _Loaded(item.instance_id, stage, item.prefill_step_size)
+        self._loaded = LoadedStage(item.instance_id, stage, item.prefill_step_size, max(1, item.ring_size))
+        if item.stage.is_first:
+            self._loaded.directory = PrefixDirectory(DEFAULT_PREFIX_CACHE_BYTES)
         logger.info(
-            "loaded layers [%d, %d) of %d for instance %s (%d bytes)",
+            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes); %s",
             item.stage.start_layer,
             item.stage.end_layer,
             item.stage.num_layers,
             item.instance_id,
+            item.compute_dtype,
             stage.weight_bytes,
+            "rows of different requests share batches (row results checked independent of batch size)"
+            if batched
+            else "row results depend on batch size here: each request runs alone (batch-invariant mode)",
         )
         self._emit(StageLoaded(item.instance_id, stage.weight_bytes))
 
-    # --- first shard: driving a request ---
-
-    def _start(self, loaded: _Loaded, item: StartRequest) -> None:
-        stage = loaded.stage
-        if not stage.stage.is_first:
-            raise RequestError("requests must start at the first shard of the instance")
+    def _start(self, item: StartRequest) -> None:
+        loaded = self._loaded
+        if loaded is None:
+            self._emit(RequestFailed(item.request_id, "this shard has no model loaded"))
+            return
+        if not loaded.stage.stage.is_first:
+            self._emit(RequestFailed(item.request_id, "requests must start at the first shard of the instance"))
+            return
         if item.request_id in loaded.requests:
-            raise RequestError(f"request {item.request_id} is already running")
-        driver = _Driver(
+            self._emit(RequestFailed(item.request_id, f"request {item.request_id} is already running"))
+            return
+        driver = Driver(
             prompt_tokens=item.prompt_tokens,
             max_tokens=item.max_tokens,
             stop_token_ids=item.stop_token_ids,
             chunks=prefill_chunks(len(item.prompt_tokens), loaded.prefill_step_size),
         )
-        sampler = RequestSampler(item.sampling) if stage.stage.is_last else None
-        loaded.requests[item.request_id] = _RequestState(stage.make_cache(), item.sampling, sampler, driver)
-        self._run_next_chunk(loaded, item.request_id)
+        sampler = RequestSampler(item.sampling) if loaded.stage.stage.is_last else None
+        cache = loaded.stage.make_cache()
+        directory = loaded.directory
+        reusable = directory.longest_reusable(item.prompt_tokens, loaded.prefill_step_size) if directory else None
+        if reusable is not None and (restored := loaded.prefixes.restore(reusable[0])) is not None:
+            key, length = reusable
+            cache = restored
+            driver.chunks = [chunk for chunk in driver.chunks if chunk[0] >= length]
+            driver.reuse_prefix = key
+            self._prefix_hits += 1
+            self._reused_prompt_tokens += length
+        loaded.requests[item.request_id] = RequestState(cache, item.sampling, sampler, driver)
+        loaded.prefill_waiting.append(item.request_id)
 
-    def _run_next_chunk(self, loaded: _Loaded, request_id: RequestId) -> None:
-        state = loaded.requests.get(request_id)
-        if state is None or state.driver is None:
-            return  # cancelled meanwhile
-        driver = state.driver
-        start, end = driver.chunks[driver.next_chunk]
-        driver.next_chunk += 1
-        sample = driver.next_chunk == len(driver.chunks)
-        tokens = mx.array(driver.prompt_tokens[start:end], dtype=mx.int32)[None]  # (1, positions)
-        self._run_stage(loaded, request_id, state, tokens, start, sample)
-        if not sample:
-            self.submit(ContinuePrefill(request_id))
+    def _receive_batch(self, item: BatchStep) -> None:
+        loaded = self._loaded
+        if loaded is None or loaded.stage.stage.is_first:
+            reason = "this shard has no model loaded" if loaded is None else "the first shard takes no hidden states"
+            for segment in item.segments:
+                self._fail(segment.request_id, reason)
+            return
+        loaded.received.append(item)
 
-    def _on_token(self, loaded: _Loaded, item: SampledToken) -> None:
-        state = loaded.requests.get(item.request_id)
+    def _on_token(self, loaded: LoadedStage, token: SampledToken) -> None:
+        """First shard: report the token, then end the request or queue its next step."""
+        launched = self._launched_at.pop(token.request_id, None)
+        if launched is not None:
+            self._ring_seconds += time.perf_counter() - launched
+            self._ring_samples += 1
+        state = loaded.requests.get(token.request_id)
         if state is None or state.driver is None:
             return  # the request ended while the token travelled
         driver = state.driver
         driver.generated += 1
-        self._emit(TokenGenerated(item.request_id, item.token_id, driver.generated - 1))
+        self._emit(TokenGenerated(token.request_id, token.token_id, driver.generated - 1))
         reason = None
-        if item.token_id in driver.stop_token_ids:
+        if token.token_id in driver.stop_token_ids:
             reason = "stop"
         elif driver.generated >= driver.max_tokens:
             reason = "length"
-        if reason is not None:
-            self._emit(RequestFinished(item.request_id, reason, len(driver.prompt_tokens), driver.generated))
-            self._release(item.request_id, pass_on=True)
+        if reason is None:
+            loaded.ready.append(DecodeRow(token.request_id, token.token_id, token.position))
             return
-        tokens = mx.array([item.token_id], dtype=mx.int32)[None]  # (1, 1)
-        self._run_stage(loaded, item.request_id, state, tokens, item.position, sample=True)
+        self._emit(RequestFinished(token.request_id, reason, len(driver.prompt_tokens), driver.generated))
+        self._release(token.request_id, pass_on=True)
 
-    # --- every shard: one step through this stage ---
+    # --- running a batch ---
 
-    def _forward(self, loaded: _Loaded, item: ForwardStep) -> None:
-        stage = loaded.stage
-        if stage.stage.is_first:
-            raise RequestError("the first shard does not take hidden states")
-        state = loaded.requests.get(item.request_id)
+    def _run_one_batch(self) -> None:
+        loaded = self._loaded
+        if loaded is None:
+            return
+        planned = self._plan_first_shard(loaded) if loaded.stage.stage.is_first else self._plan_received(loaded)
+        if planned is None or not planned.segments:
+            return
+        started = time.perf_counter()
+        if loaded.stage.stage.is_first:
+            for segment in planned.segments:
+                if segment.sample:
+                    self._launched_at[segment.request_id] = started
+        try:
+            self._compute(loaded, planned)
+            self._compute_seconds += time.perf_counter() - started
+        except (RequestError, TensorDecodeError, ValueError) as error:
+            for segment in planned.segments:
+                self._fail(segment.request_id, str(error))
+
+    def _plan_first_shard(self, loaded: LoadedStage) -> PlannedBatch:
+        decoding = sum(
+            1 for state in loaded.requests.values() if state.driver is not None and state.driver.generated > 0
+        )
+        plan = plan_batch(loaded.ready, loaded.prefill_waiting, decoding, loaded.ring_size)
+        del loaded.ready[: len(plan.decode_rows)]
+        segments: list[Segment] = []
+        states: list[RequestState] = []
+        tokens: list[int] = []
+        for row in plan.decode_rows:
+            state = loaded.requests.get(row.request_id)
+            if state is None:
+                continue
+            segments.append(Segment(row.request_id, row.position, 1, True, None))
+            states.append(state)
+            tokens.append(row.token_id)
+        if plan.prefill_request is not None:
+            request_id = plan.prefill_request
+            state = loaded.requests.get(request_id)
+            if state is None or state.driver is None:
+                loaded.prefill_waiting.popleft()
+            else:
+                driver = state.driver
+                start, end = driver.chunks[driver.next_chunk]
+                driver.next_chunk += 1
+                last_chunk = driver.next_chunk == len(driver.chunks)
+                if last_chunk:
+                    loaded.prefill_waiting.popleft()
+                first_step = not driver.first_step_sent
+                driver.first_step_sent = True
+                segments.append(
+                    Segment(
+                        request_id,
+                        start,
+                        end - start,
+                        last_chunk,
+                        state.sampling if first_step else None,
+                        self._prefix_to_store(loaded, driver, end, last_chunk),
+                        driver.reuse_prefix if first_step else None,
+                    )
+                )
+                states.append(state)
+                tokens.extend(driver.prompt_tokens[start:end])
+        inputs = loaded.stage.embed(mx.array(tokens, dtype=mx.int32)[None])  # (1, rows, hidden)
+        return PlannedBatch(tuple(segments), tuple(states), inputs)
+
+    def _prefix_to_store(self, loaded: LoadedStage, driver: Driver, end: int, last_chunk: bool) -> str | None:
+        """The key under which every shard keeps the prompt [0, end) after this chunk, if worth keeping."""
+        if last_chunk or end % loaded.prefill_step_size != 0 or loaded.directory is None:
+            return None
+        key = prefix_key(driver.prompt_tokens[:end])
+        return None if key in loaded.directory else key
+
+    def _plan_received(self, loaded: LoadedStage) -> PlannedBatch | None:
+        batch = loaded.received.popleft()
+        rows = sum(segment.length for segment in batch.segments)
+        max_elements = (loaded.prefill_step_size + MAX_DECODE_ROWS) * max(1, loaded.stage.hidden_size)
+        try:
+            hidden = decode(batch.hidden, max_elements=max_elements)
+        except TensorDecodeError as error:
+            for segment in batch.segments:
+                self._fail(segment.request_id, str(error))
+            return None
+        if hidden.shape != (1, rows, loaded.stage.hidden_size):
+            for segment in batch.segments:
+                self._fail(segment.request_id, f"hidden states of shape {hidden.shape} for {rows} rows")
+            return None
+        segments: list[Segment] = []
+        states: list[RequestState] = []
+        kept: list[mx.array] = []
+        start = 0
+        for segment in batch.segments:
+            rows_of_segment = hidden[:, start : start + segment.length]
+            start += segment.length
+            state = self._state_for(loaded, segment)
+            if state is None:
+                continue
+            segments.append(segment)
+            states.append(state)
+            kept.append(rows_of_segment)
+        if not kept:
+            return None
+        inputs = kept[0] if len(kept) == 1 else mx.concatenate(kept, axis=1)
+        return PlannedBatch(tuple(segments), tuple(states), inputs)
+
+    def _state_for(self, loaded: LoadedStage, segment: Segment) -> RequestState | None:
+        """The segment's request state (created on its first step); None after failing it."""
+        state = loaded.requests.get(segment.request_id)
         if state is None:
-            if item.position != 0:
-                raise RequestError(f"unknown request {item.request_id} at position {item.position}")
-            state = _RequestState(stage.make_cache())
-            loaded.requests[item.request_id] = state
-        if item.sampling is not None:
-            state.sampling = item.sampling
-            if stage.stage.is_last and state.sampler is None:
-                state.sampler = RequestSampler(item.sampling)
-        hidden = decode(item.hidden, max_elements=loaded.prefill_step_size * 65536)
-        if hidden.ndim != 3 or hidden.shape[0] != 1:
-            raise RequestError(f"hidden states must have shape (1, positions, hidden); got {hidden.shape}")
-        self._run_stage(loaded, item.request_id, state, hidden, item.position, item.sample)
+            if segment.reuse_prefix is not None:
+                restored = loaded.prefixes.restore(segment.reuse_prefix)
+                if restored is None:
+                    self._fail(segment.request_id, f"prompt prefix {segment.reuse_prefix} is not stored on this shard")
+                    return None
+                state = RequestState(restored)
+            elif segment.position != 0:
+                self._fail(segment.request_id, f"unknown request {segment.request_id} at position {segment.position}")
+                return None
+            else:
+                state = RequestState(loaded.stage.make_cache())
+            loaded.requests[segment.request_id] = state
+        if state.cache[0].offset != segment.position:
+            self._fail(
+                segment.request_id,
+                f"request {segment.request_id} is at position {state.cache[0].offset}, step says {segment.position}",
+            )
+            return None
+        if segment.sampling is not None:
+            state.sampling = segment.sampling
+            if loaded.stage.stage.is_last and state.sampler is None:
+                state.sampler = RequestSampler(segment.sampling)
+        return state
 
-    def _run_stage(
-        self,
-        loaded: _Loaded,
-        request_id: RequestId,
-        state: _RequestState,
-        inputs: mx.array,
-        position: int,
-        sample: bool,
-    ) -> None:
-        if state.cache[0].offset != position:
-            raise RequestError(f"request {request_id} is at position {state.cache[0].offset}, step says {position}")
+    def _compute(self, loaded: LoadedStage, planned: PlannedBatch) -> None:
         stage = loaded.stage
-        output = stage.forward(inputs, state.cache)
+        requests: list[RequestRows] = []
+        row = 0
+        for segment, state in zip(planned.segments, planned.states, strict=True):
+            requests.append(RequestRows(state.cache, row, segment.length))
+            row += segment.length
+        hidden = stage.run_layers(planned.inputs, requests)  # (1, rows, hidden)
         self._steps += 1
-        next_position = position + inputs.shape[1]
+        self._batched_rows += row
         if not stage.stage.is_last:
-            sampling = state.sampling if position == 0 else None
-            self._emit(SendToNext(ForwardStep(request_id, position, sample, encode(output), sampling)))
-            return
-        if not sample:
-            evaluate([cache.state for cache in state.cache])
-            return
-        if state.sampler is None:
-            raise RequestError(f"request {request_id} reached the last shard without sampling options")
-        token = SampledToken(request_id, state.sampler.sample(output), next_position)
-        if stage.stage.is_first:
-            self.submit(token)  # queued, so other requests interleave with this one
+            self._emit(SendToNext(BatchStep(planned.segments, encode(hidden))))
         else:
-            self._emit(SendToNext(token))
+            self._sample(loaded, planned, requests, hidden)
+        for segment, state in zip(planned.segments, planned.states, strict=True):
+            if segment.store_prefix is not None:
+                self._store_prefix(loaded, segment.store_prefix, state, segment.position + segment.length)
+
+    def _store_prefix(self, loaded: LoadedStage, key: str, state: RequestState, length: int) -> None:
+        nbytes = loaded.prefixes.put(key, state.cache, length)
+        if loaded.directory is None:
+            return
+        for evicted in loaded.directory.record(key, nbytes):
+            self._forget_prefix(evicted)
+
+    def _forget_prefix(self, key: str) -> None:
+        loaded = self._loaded
+        if loaded is None:
+            return
+        loaded.prefixes.drop(key)
+        if not loaded.stage.stage.is_last:
+            self._emit(SendToNext(ForgetPrefix(key)))
+
+    def _sample(
+        self, loaded: LoadedStage, planned: PlannedBatch, requests: list[RequestRows], hidden: mx.array
+    ) -> None:
+        sampled_rows = [
+            rows.start + rows.length - 1
+            for segment, rows in zip(planned.segments, requests, strict=True)
+            if segment.sample
+        ]
+        if not sampled_rows:
+            evaluate(cache_arrays(planned.states))
+            return
+        logits = loaded.stage.logits(mx.take(hidden, mx.array(sampled_rows), axis=1))  # (1, sampled, vocab)
+        tokens: list[SampledToken] = []
+        index = 0
+        for segment, state in zip(planned.segments, planned.states, strict=True):
+            if not segment.sample:
+                continue
+            if state.sampler is None:
+                raise RequestError(f"request {segment.request_id} reached the last shard without sampling options")
+            token_id = state.sampler.sample(logits[:, index : index + 1])
+            tokens.append(SampledToken(segment.request_id, token_id, segment.position + segment.length))
+            index += 1
+        evaluate(cache_arrays(planned.states))
+        if loaded.stage.stage.is_first:
+            for token in tokens:
+                self._on_token(loaded, token)
+        else:
+            self._emit(SendToNext(SampledTokens(tuple(tokens))))
 
     # --- ending requests ---
+
+    def _forget(self, loaded: LoadedStage, request_id: RequestId) -> None:
+        loaded.requests.pop(request_id, None)
+        self._launched_at.pop(request_id, None)
+        loaded.ready[:] = [row for row in loaded.ready if row.request_id != request_id]
+        if request_id in loaded.prefill_waiting:
+            loaded.prefill_waiting.remove(request_id)
 
     def _release(self, request_id: RequestId, pass_on: bool) -> None:
         loaded = self._loaded
         if loaded is None:
             return
-        loaded.requests.pop(request_id, None)
-        stage = loaded.stage.stage
-        if pass_on and not stage.is_last:
+        self._forget(loaded, request_id)
+        if pass_on and not loaded.stage.stage.is_last:
             self._emit(SendToNext(ReleaseRequest(request_id)))
 
     def _on_failure(self, item: RequestFailure) -> None:
         loaded = self._loaded
         if loaded is not None and loaded.stage.stage.is_first:
-            self._fail_locally(loaded, item.request_id, item.message)
+            self._fail_on(loaded, item.request_id, item.message)
             return
         self._release(item.request_id, pass_on=False)
         self._emit(SendToNext(item))
@@ -321,15 +499,15 @@ class StageWorker:
         logger.warning("request %s failed: %s", request_id, message)
         loaded = self._loaded
         if loaded is not None and loaded.stage.stage.is_first:
-            self._fail_locally(loaded, request_id, message)
+            self._fail_on(loaded, request_id, message)
             return
         self._release(request_id, pass_on=False)
         if loaded is not None:
             self._emit(SendToNext(RequestFailure(request_id, message)))
 
-    def _fail_locally(self, loaded: _Loaded, request_id: RequestId, message: str) -> None:
+    def _fail_on(self, loaded: LoadedStage, request_id: RequestId, message: str) -> None:
         """First shard: tell the client, then free the request on every shard."""
-        loaded.requests.pop(request_id, None)
+        self._forget(loaded, request_id)
         self._emit(RequestFailed(request_id, message))  # the service ignores requests it no longer serves
         if loaded.stage.stage.is_first and not loaded.stage.stage.is_last:
             self._emit(SendToNext(ReleaseRequest(request_id)))

@@ -4,14 +4,17 @@ from services.ids import RequestId
 from services.sampling import SamplingOptions
 from services.tensor_codec import EncodedTensor
 from shard_server.ring_messages import (
+    BatchStep,
     ClientEvent,
-    ForwardStep,
+    ForgetPrefix,
     ReleaseRequest,
     RequestFailed,
     RequestFailure,
     RequestFinished,
     RingMessage,
     SampledToken,
+    SampledTokens,
+    Segment,
     TokenGenerated,
 )
 from strata_wire import common_pb2, shard_pb2
@@ -49,18 +52,56 @@ def tensor_to_pb(tensor: EncodedTensor) -> common_pb2.Tensor:
     return common_pb2.Tensor(dtype=tensor.dtype, shape=list(tensor.shape), data=tensor.data)
 
 
+def _segment_to_pb(segment: Segment) -> shard_pb2.StepSegment:
+    message = shard_pb2.StepSegment(
+        request_id=segment.request_id,
+        position=segment.position,
+        length=segment.length,
+        sample=segment.sample,
+        store_prefix=segment.store_prefix or "",
+        reuse_prefix=segment.reuse_prefix or "",
+    )
+    if segment.sampling is not None:
+        message.sampling.CopyFrom(sampling_to_pb(segment.sampling))
+    return message
+
+
+def _segment_from_pb(message: shard_pb2.StepSegment) -> Segment:
+    if not message.request_id:
+        raise WireError("batch segment without a request_id")
+    if message.position < 0 or message.length < 1:
+        raise WireError(f"segment of {message.request_id} has position {message.position}, length {message.length}")
+    sampling = sampling_from_pb(message.sampling) if message.HasField("sampling") else None
+    return Segment(
+        RequestId(message.request_id),
+        message.position,
+        message.length,
+        message.sample,
+        sampling,
+        message.store_prefix or None,
+        message.reuse_prefix or None,
+    )
+
+
 def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
     match message:
-        case ForwardStep():
-            step = shard_pb2.ForwardStep(
-                position=message.position, sample=message.sample, hidden=tensor_to_pb(message.hidden)
+        case BatchStep():
+            batch = shard_pb2.BatchStep(
+                segments=[_segment_to_pb(segment) for segment in message.segments], hidden=tensor_to_pb(message.hidden)
             )
-            if message.sampling is not None:
-                step.sampling.CopyFrom(sampling_to_pb(message.sampling))
-            return shard_pb2.RingMessage(request_id=message.request_id, step=step)
-        case SampledToken():
-            token = shard_pb2.SampledToken(token_id=message.token_id, position=message.position)
-            return shard_pb2.RingMessage(request_id=message.request_id, token=token)
+            return shard_pb2.RingMessage(batch=batch)
+        case SampledTokens():
+            tokens = shard_pb2.SampledTokens(
+                tokens=[
+                    shard_pb2.SampledToken(
+                        request_id=token.request_id, token_id=token.token_id, position=token.position
+                    )
+                    for token in message.tokens
+                ]
+            )
+            return shard_pb2.RingMessage(tokens=tokens)
+        case ForgetPrefix():
+            return shard_pb2.RingMessage(forget_prefix=shard_pb2.ForgetPrefix(key=message.key))
         case ReleaseRequest():
             return shard_pb2.RingMessage(request_id=message.request_id, release=shard_pb2.ReleaseRequest())
         case RequestFailure():
@@ -69,18 +110,26 @@ def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
 
 
 def ring_message_from_pb(message: shard_pb2.RingMessage) -> RingMessage:
+    body = message.WhichOneof("body")
+    if body == "batch":
+        segments = tuple(_segment_from_pb(segment) for segment in message.batch.segments)
+        if not segments:
+            raise WireError("batch without segments")
+        return BatchStep(segments, tensor_from_pb(message.batch.hidden))
+    if body == "tokens":
+        tokens = tuple(
+            SampledToken(RequestId(token.request_id), token.token_id, token.position) for token in message.tokens.tokens
+        )
+        if not all(token.request_id for token in tokens):
+            raise WireError("sampled token without a request_id")
+        return SampledTokens(tokens)
+    if body == "forget_prefix":
+        if not message.forget_prefix.key:
+            raise WireError("forget_prefix without a key")
+        return ForgetPrefix(message.forget_prefix.key)
     request_id = RequestId(message.request_id)
     if not request_id:
         raise WireError("ring message without a request_id")
-    body = message.WhichOneof("body")
-    if body == "step":
-        step = message.step
-        if step.position < 0:
-            raise WireError(f"negative position {step.position}")
-        sampling = sampling_from_pb(step.sampling) if step.HasField("sampling") else None
-        return ForwardStep(request_id, step.position, step.sample, tensor_from_pb(step.hidden), sampling)
-    if body == "token":
-        return SampledToken(request_id, message.token.token_id, message.token.position)
     if body == "release":
         return ReleaseRequest(request_id)
     if body == "failure":

@@ -6,7 +6,6 @@ file per process so a failing test can show what the services said.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from services.fast_blas import fast_blas_loaded
+from services.ports import free_port
+
 STOP_GRACE_SECONDS = 10.0
+__all__ = ["ServiceProcess", "free_port", "start_strata", "wait_for_grpc_health", "wait_for_http_ok"]
 
 
 @dataclass
@@ -47,32 +50,12 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def free_port(consecutive: int = 1) -> int:
-    """A port (and the `consecutive - 1` after it) that nothing listens on right now."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + consecutive > 65535:
-            continue
-        if all(_port_is_free(first + offset) for offset in range(1, consecutive)):
-            return first
-    raise RuntimeError("no free port range found")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def start_strata(name: str, arguments: list[str], home: Path, log_dir: Path) -> ServiceProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name.replace(' ', '-')}.log"
-    environment = {**os.environ, "STRATA_HOME": str(home)}
+    # Services compute with the BLAS this test process uses, so in-process references stay exact.
+    blas = "fast" if fast_blas_loaded() else "reference"
+    environment = {**os.environ, "STRATA_HOME": str(home), "STRATA_BLAS": blas}
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", *arguments],

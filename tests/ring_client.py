@@ -11,6 +11,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.utils import load_model
 
+from services.compute_dtype import ComputeDtype, convert_module
 from strata_wire import common_pb2, shard_pb2, shard_pb2_grpc
 
 
@@ -31,6 +32,7 @@ def assign_ring(
     num_layers: int,
     term: int,
     prefill_step_size: int,
+    compute_dtype: ComputeDtype = "stored",
 ) -> str:
     """Loads the model split evenly over `addresses` (in ring order); returns the instance id."""
     instance_id = f"{model_id}@{uuid.uuid4().hex[:8]}"
@@ -47,6 +49,8 @@ def assign_ring(
                     num_layers=num_layers,
                     next_address=addresses[(index + 1) % len(addresses)],
                     prefill_step_size=prefill_step_size,
+                    compute_dtype=compute_dtype,
+                    ring_size=len(addresses),
                 ),
                 timeout=120,
             )
@@ -95,9 +99,11 @@ def reference_tokens(
     top_p: float = 1.0,
     seed: int = 0,
     stop_token_ids: Sequence[int] = (),
+    compute_dtype: ComputeDtype = "stored",
 ) -> list[int]:
-    """What plain mlx-lm generates in one process on the same weights and prefill chunking."""
+    """What plain mlx-lm generates in one process on the same weights, dtype and prefill chunking."""
     model, _ = load_model(model_dir)
+    model = convert_module(model, compute_dtype)
     mx.random.seed(seed)
     sampler = make_sampler(temperature, top_p)
     tokens: list[int] = []
@@ -108,3 +114,8 @@ def reference_tokens(
         if token in stop_token_ids:
             break
     return tokens
+
+
+def shard_stats(address: str) -> shard_pb2.ShardStats:
+    with grpc.insecure_channel(address) as channel:
+        return shard_pb2_grpc.ShardStub(channel).GetStats(shard_pb2.GetStatsRequest(), timeout=30)

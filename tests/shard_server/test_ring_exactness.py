@@ -5,17 +5,20 @@ with the real Assign RPC (a newer term each time), so 1, 2 and 3-shard rings reu
 The prefill step is small so that prompts cross several chunks.
 """
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 
 from services.ids import ModelId
 from services.model_store import ModelStore
 from services.settings import models_root
+from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
-from tests.ring_client import assign_ring, generate_tokens, reference_tokens
+from tests.ring_client import assign_ring, generate_tokens, reference_tokens, shard_stats
 from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model
 
 PREFILL_STEP_SIZE = 4
@@ -93,6 +96,54 @@ def test_concurrent_seeded_requests_each_match_their_solo_run(tiny_home: Path, s
         results = [future.result()[0] for future in futures]
     for prompt, seed, tokens in zip(prompts, seeds, results, strict=True):
         assert tokens == reference_tokens(model_dir, prompt, NEW_TOKENS, PREFILL_STEP_SIZE, 1.0, 1.0, seed=seed)
+    for address in shard_addresses:
+        stats = shard_stats(address)
+        assert stats.batch_invariant
+        assert stats.batched_rows > stats.steps  # requests really shared batches
+        assert stats.active_requests == 0
+        assert stats.kv_cache_bytes == 0
+
+
+@pytest.mark.parametrize("shard_count", [1, 3])
+def test_a_request_sharing_a_stored_prompt_prefix_reuses_it_exactly(
+    tiny_home: Path, shard_addresses: list[str], shard_count: int
+) -> None:
+    instance_id = _assign(shard_addresses, "qwen3", shard_count)
+    model_dir = models_root(tiny_home) / "tiny-qwen3"
+    first_turn = [*PROMPT, 44, 45, 46]  # 14 tokens: chunks end at 4, 8 and 12, which are stored
+    generate_tokens(shard_addresses[0], instance_id, first_turn, 4)
+    next_turn = [*first_turn[:12], 200, 201, 202, 203, 204]  # shares the first 12 tokens
+    before = shard_stats(shard_addresses[0])
+    greedy, _ = generate_tokens(shard_addresses[0], instance_id, next_turn, NEW_TOKENS)
+    seeded, _ = generate_tokens(shard_addresses[0], instance_id, next_turn, NEW_TOKENS, 0.9, 0.9, seed=5)
+    after = shard_stats(shard_addresses[0])
+    assert after.prefix_hits - before.prefix_hits == 2
+    # The first run reuses 12 tokens and stores its own chunk ending at 16, which the second reuses.
+    assert after.reused_prompt_tokens - before.reused_prompt_tokens == 12 + 16
+    assert greedy == reference_tokens(model_dir, next_turn, NEW_TOKENS, PREFILL_STEP_SIZE)
+    assert seeded == reference_tokens(model_dir, next_turn, NEW_TOKENS, PREFILL_STEP_SIZE, 0.9, 0.9, seed=5)
+    assert all(shard_stats(address).prefix_cache_bytes > 0 for address in shard_addresses[:shard_count])
+
+
+def test_a_cancelled_request_frees_its_kv_cache_on_every_shard(shard_addresses: list[str]) -> None:
+    instance_id = _assign(shard_addresses, "llama", 3)
+    with grpc.insecure_channel(shard_addresses[0]) as channel:
+        replies = shard_pb2_grpc.ShardStub(channel).Generate(
+            shard_pb2.GenerateRequest(
+                request_id="to-cancel", instance_id=instance_id, prompt_tokens=PROMPT, max_tokens=400
+            ),
+            timeout=120,
+        )
+        for received, _ in enumerate(replies):
+            if received == 3:
+                break
+        replies.cancel()
+    deadline = time.monotonic() + 30
+    stats = [shard_stats(address) for address in shard_addresses]
+    while time.monotonic() < deadline and any(stat.active_requests or stat.kv_cache_bytes for stat in stats):
+        time.sleep(0.1)
+        stats = [shard_stats(address) for address in shard_addresses]
+    assert [(stat.active_requests, stat.kv_cache_bytes) for stat in stats] == [(0, 0)] * 3
 
 
 def test_stop_token_ends_the_request_with_reason_stop(tiny_home: Path, shard_addresses: list[str]) -> None:

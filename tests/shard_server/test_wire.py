@@ -7,13 +7,15 @@ from services.ids import RequestId
 from services.sampling import SamplingOptions
 from services.tensor_codec import EncodedTensor
 from shard_server.ring_messages import (
-    ForwardStep,
+    BatchStep,
     ReleaseRequest,
     RequestFailed,
     RequestFailure,
     RequestFinished,
     RingMessage,
     SampledToken,
+    SampledTokens,
+    Segment,
     TokenGenerated,
 )
 from shard_server.wire import (
@@ -38,14 +40,23 @@ def through_the_wire(message: RingMessage) -> RingMessage:
     return ring_message_from_pb(shard_pb2.RingMessage.FromString(encoded))
 
 
+OTHER = RequestId("request-2")
+
+
+def segment(
+    request_id: RequestId, position: int, length: int, sample: bool, sampling: SamplingOptions | None
+) -> Segment:
+    return Segment(request_id, position, length, sample, sampling)
+
+
 @pytest.mark.parametrize(
     "message",
     [
-        ForwardStep(REQUEST, position=0, sample=False, hidden=HIDDEN, sampling=SAMPLING),
-        ForwardStep(REQUEST, position=129, sample=True, hidden=HIDDEN, sampling=None),
-        ForwardStep(REQUEST, position=5, sample=True, hidden=EncodedTensor("float32", (1, 0, 8), b""), sampling=None),
-        SampledToken(REQUEST, token_id=49151, position=130),
-        SampledToken(REQUEST, token_id=0, position=0),
+        BatchStep((segment(REQUEST, 0, 3, False, SAMPLING),), HIDDEN),
+        BatchStep((segment(REQUEST, 129, 1, True, None), segment(OTHER, 0, 2, True, SAMPLING)), HIDDEN),
+        BatchStep((segment(REQUEST, 5, 1, True, None),), EncodedTensor("float32", (1, 0, 8), b"")),
+        SampledTokens((SampledToken(REQUEST, token_id=49151, position=130),)),
+        SampledTokens((SampledToken(REQUEST, 0, 0), SampledToken(OTHER, 7, 12))),
         ReleaseRequest(REQUEST),
         RequestFailure(REQUEST, message="shard-b: out of memory"),
     ],
@@ -58,29 +69,26 @@ def test_every_ring_message_kind_round_trips(message: RingMessage) -> None:
 @pytest.mark.parametrize(
     ("message", "body"),
     [
-        (ForwardStep(REQUEST, 0, False, HIDDEN, None), "step"),
-        (SampledToken(REQUEST, 1, 2), "token"),
+        (BatchStep((segment(REQUEST, 0, 3, False, None),), HIDDEN), "batch"),
+        (SampledTokens((SampledToken(REQUEST, 1, 2),)), "tokens"),
         (ReleaseRequest(REQUEST), "release"),
         (RequestFailure(REQUEST, "x"), "failure"),
     ],
 )
 def test_each_kind_uses_its_own_oneof_body(message: RingMessage, body: str) -> None:
-    encoded = ring_message_to_pb(message)
-
-    assert encoded.WhichOneof("body") == body
-    assert encoded.request_id == "request-1"
+    assert ring_message_to_pb(message).WhichOneof("body") == body
 
 
 def test_sampling_is_absent_on_the_wire_when_none() -> None:
     # Later steps of a request carry no sampling: the last shard keeps the first step's options.
-    encoded = ring_message_to_pb(ForwardStep(REQUEST, 3, True, HIDDEN, None))
+    encoded = ring_message_to_pb(BatchStep((segment(REQUEST, 3, 1, True, None),), HIDDEN))
 
-    assert not encoded.step.HasField("sampling")
+    assert not encoded.batch.segments[0].HasField("sampling")
 
 
 def test_default_sampling_options_are_present_not_dropped() -> None:
     # All-default options still mark the step as carrying sampling, so greedy is not mistaken for "none".
-    step = ForwardStep(REQUEST, 0, True, HIDDEN, SamplingOptions())
+    step = BatchStep((segment(REQUEST, 0, 3, True, SamplingOptions()),), HIDDEN)
 
     assert through_the_wire(step) == step
 
@@ -94,7 +102,8 @@ def test_a_message_without_a_body_is_refused() -> None:
     "message",
     [
         shard_pb2.RingMessage(release=shard_pb2.ReleaseRequest()),
-        shard_pb2.RingMessage(token=shard_pb2.SampledToken(token_id=1, position=2)),
+        shard_pb2.RingMessage(tokens=shard_pb2.SampledTokens(tokens=[shard_pb2.SampledToken(token_id=1)])),
+        shard_pb2.RingMessage(batch=shard_pb2.BatchStep(segments=[shard_pb2.StepSegment(length=1)])),
         shard_pb2.RingMessage(),
     ],
 )
@@ -103,11 +112,18 @@ def test_a_message_without_a_request_id_is_refused(message: shard_pb2.RingMessag
         ring_message_from_pb(message)
 
 
-def test_a_step_with_a_negative_position_is_refused() -> None:
-    message = shard_pb2.RingMessage(request_id="request-1", step=shard_pb2.ForwardStep(position=-1))
+@pytest.mark.parametrize(("position", "length"), [(-1, 1), (0, 0), (3, -2)])
+def test_a_segment_with_a_bad_position_or_length_is_refused(position: int, length: int) -> None:
+    bad = shard_pb2.StepSegment(request_id="request-1", position=position, length=length)
+    message = shard_pb2.RingMessage(batch=shard_pb2.BatchStep(segments=[bad]))
 
-    with pytest.raises(WireError, match="negative position -1"):
+    with pytest.raises(WireError, match="has position"):
         ring_message_from_pb(message)
+
+
+def test_a_batch_without_segments_is_refused() -> None:
+    with pytest.raises(WireError, match="without segments"):
+        ring_message_from_pb(shard_pb2.RingMessage(batch=shard_pb2.BatchStep()))
 
 
 def test_wire_error_is_a_value_error() -> None:

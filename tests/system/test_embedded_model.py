@@ -5,6 +5,7 @@ from openai import OpenAI
 
 from gateway.generation_request import ChatMessage
 from gateway.tokenization import ModelTokenizer
+from services.compute_dtype import default_compute_dtype
 from services.embedded_model import EMBEDDED_MODEL_ID
 from services.settings import DEFAULT_PREFILL_STEP_SIZE, models_root
 from tests.ring_client import generate_tokens, reference_tokens
@@ -13,6 +14,7 @@ from tests.system.conftest import RunningCluster
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 QUESTION = "What is the capital of France?"
+COMPUTE_DTYPE = default_compute_dtype()  # what `strata run` picks on this machine
 
 
 def _prompt_tokens(cluster: RunningCluster) -> tuple[ModelTokenizer, list[int]]:
@@ -29,10 +31,13 @@ def test_greedy_and_seeded_tokens_equal_mlx_lm_in_one_process(running_cluster: R
     model_dir = models_root(running_cluster.home) / EMBEDDED_MODEL_ID
     first = running_cluster.shard_addresses[0]
     greedy, _ = generate_tokens(first, running_cluster.instance_id, prompt, 32)
-    assert greedy == reference_tokens(model_dir, prompt, 32, DEFAULT_PREFILL_STEP_SIZE)
+    reference = reference_tokens(model_dir, prompt, 32, DEFAULT_PREFILL_STEP_SIZE, compute_dtype=COMPUTE_DTYPE)
+    assert greedy == reference
     assert "Paris" in tokenizer.decode(greedy)
     seeded, _ = generate_tokens(first, running_cluster.instance_id, prompt, 32, 0.9, 0.95, seed=7)
-    assert seeded == reference_tokens(model_dir, prompt, 32, DEFAULT_PREFILL_STEP_SIZE, 0.9, 0.95, seed=7)
+    assert seeded == reference_tokens(
+        model_dir, prompt, 32, DEFAULT_PREFILL_STEP_SIZE, 0.9, 0.95, seed=7, compute_dtype=COMPUTE_DTYPE
+    )
 
 
 def test_openai_client_chat_completion_answers_paris(running_cluster: RunningCluster) -> None:

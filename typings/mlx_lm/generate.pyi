@@ -11,3 +11,18 @@ def generate_step(
     sampler: Callable[[mx.array], mx.array] | None = None,
     prefill_step_size: int = 2048,
 ) -> Generator[tuple[int, mx.array], None, None]: ...
+
+class BatchStats:
+    generation_tps: float
+    prompt_tps: float
+
+class BatchResponse:
+    texts: list[str]
+    stats: BatchStats
+
+def batch_generate(
+    model: nn.Module,
+    tokenizer: object,
+    prompts: list[list[int]],
+    max_tokens: int | list[int] = 128,
+) -> BatchResponse: ...

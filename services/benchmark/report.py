@@ -1,0 +1,203 @@
+"""Writes docs/benchmarks.md (tables, ratios against the targets) and a PNG plot beside it."""
+
+import importlib
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+from services.benchmark.baselines import BaselineFigures
+from services.benchmark.load_client import LoadResult
+
+MEBIBYTE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ShardFigures:
+    layers: tuple[int, int]
+    peak_rss_bytes: int
+    layer_bytes: int
+    peak_kv_cache_bytes: int
+    batch_invariant: bool
+
+
+@dataclass(frozen=True)
+class ClusterFigures:
+    shards: int
+    single_stream_tokens_per_second: float
+    per_hop_seconds: float
+    loads: dict[int, LoadResult]
+    shard_figures: tuple[ShardFigures, ...]
+
+
+@dataclass(frozen=True)
+class ScaleOutFigures:
+    one_host: dict[int, float]
+    two_hosts: dict[int, float]
+
+
+def _ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}x" if reference > 0 and not math.isnan(value) else "n/a"
+
+
+def _load_table(cluster: ClusterFigures, baselines: BaselineFigures) -> list[str]:
+    lines = [
+        "| concurrency | output tok/s | vs mlx-lm batch | TTFT p50 / p99 ms | TPOT p50 / p99 ms | ITL p50 / p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for concurrency, load in sorted(cluster.loads.items()):
+        batch = baselines.batch_tokens_per_second.get(concurrency, float("nan"))
+        lines.append(
+            f"| {concurrency} | {load.output_throughput:.1f} | {_ratio(load.output_throughput, batch)} "
+            f"| {_ms(load.median('ttft'))} / {_ms(load.percentile('ttft', 99))} "
+            f"| {_ms(load.median('tpot'))} / {_ms(load.percentile('tpot', 99))} "
+            f"| {_ms(load.median('itl'))} / {_ms(load.percentile('itl', 99))} |"
+        )
+    return lines
+
+
+def _memory_table(clusters: tuple[ClusterFigures, ...]) -> list[str]:
+    lines = [
+        "| shards | stage (layers) | weights in compute dtype MiB | peak RSS MiB | RSS - weights MiB | peak KV MiB "
+        "| batches mix requests |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for cluster in clusters:
+        for shard in cluster.shard_figures:
+            start, end = shard.layers
+            lines.append(
+                f"| {cluster.shards} | [{start}, {end}) | {shard.layer_bytes / MEBIBYTE:.0f} "
+                f"| {shard.peak_rss_bytes / MEBIBYTE:.0f} "
+                f"| {(shard.peak_rss_bytes - shard.layer_bytes) / MEBIBYTE:.0f} "
+                f"| {shard.peak_kv_cache_bytes / MEBIBYTE:.1f} | {'yes' if shard.batch_invariant else 'no'} |"
+            )
+    return lines
+
+
+class _Axes(Protocol):
+    def plot(self, x: list[int], y: list[float], **style: object) -> object: ...
+    def set_xscale(self, scale: str, **options: object) -> None: ...
+    def set_xlabel(self, text: str) -> object: ...
+    def set_ylabel(self, text: str) -> object: ...
+    def set_title(self, text: str) -> object: ...
+    def grid(self, visible: bool, **style: object) -> None: ...
+    def legend(self) -> object: ...
+
+
+class _Figure(Protocol):
+    def tight_layout(self) -> None: ...
+    def savefig(self, path: Path, *, dpi: int) -> None: ...
+
+
+class _Pyplot(Protocol):
+    def subplots(self, *, figsize: tuple[float, float]) -> tuple[_Figure, _Axes]: ...
+    def close(self, figure: _Figure) -> None: ...
+
+
+def _pyplot() -> _Pyplot | None:
+    """matplotlib's pyplot with the headless backend, seen through the few calls made here."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        cast(Callable[[str], None], matplotlib.use)("Agg")
+        return cast(_Pyplot, importlib.import_module("matplotlib.pyplot"))
+    except ImportError:
+        return None
+
+
+def _plot(path: Path, baselines: BaselineFigures, clusters: tuple[ClusterFigures, ...]) -> bool:
+    pyplot = _pyplot()
+    if pyplot is None:
+        return False
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for cluster in clusters:
+        levels = sorted(cluster.loads)
+        axes.plot(levels, [cluster.loads[level].output_throughput for level in levels], marker="o",
+                  label=f"strata, {cluster.shards} shard(s)")  # fmt: skip
+    batch_levels = sorted(baselines.batch_tokens_per_second)
+    axes.plot(batch_levels, [baselines.batch_tokens_per_second[level] for level in batch_levels], marker="s",
+              linestyle="--", color="black", label="mlx-lm batch_generate (one process)")  # fmt: skip
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("concurrent requests")
+    axes.set_ylabel("aggregate output tokens/s")
+    axes.set_title("SmolLM2-135M on this machine")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return True
+
+
+def write_report(
+    path: Path,
+    compute_dtype: str,
+    max_tokens: int,
+    baselines: BaselineFigures,
+    clusters: tuple[ClusterFigures, ...],
+    scale_out: ScaleOutFigures | None,
+) -> Path:
+    single = baselines.single_stream_tokens_per_second
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores. Model: the embedded SmolLM2-135M-Instruct, "
+        f"compute dtype {compute_dtype}, same BLAS for strata and the mlx-lm baselines (all in one run: compare "
+        f"ratios, not absolute figures, which move with the machine's load). Requests: {max_tokens} new tokens, "
+        "greedy, streamed through the gateway; metrics as in vLLM's serving benchmark.",
+        "",
+        "## One stream",
+        "",
+        "| setup | decode tok/s | vs mlx-lm | per-hop overhead ms (batch 1) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| mlx-lm `generate_step`, one process | {single:.1f} | 1.00x | |",
+    ]
+    for cluster in clusters:
+        lines.append(
+            f"| strata, {cluster.shards} shard server(s) | {cluster.single_stream_tokens_per_second:.1f} "
+            f"| {_ratio(cluster.single_stream_tokens_per_second, single)} | {_ms(cluster.per_hop_seconds)} |"
+        )
+    lines += [
+        "",
+        "Per-hop overhead = (ring step time - compute time of all shards) / hops, from the shards' counters.",
+        "",
+    ]
+    for cluster in clusters:
+        lines += [f"## Load, {cluster.shards} shard server(s)", "", *_load_table(cluster, baselines), ""]
+    lines += [
+        "mlx-lm `batch_generate` on the same weights (aggregate decode tok/s): "
+        + ", ".join(f"{rows} rows {rate:.1f}" for rows, rate in sorted(baselines.batch_tokens_per_second.items())),
+        "",
+        "## Memory",
+        "",
+        *_memory_table(clusters),
+        "",
+    ]
+    if scale_out is not None:
+        lines += [
+            "## Scale-out",
+            "",
+            "Shard servers pinned one per core (`taskset`), as one-core hosts; the coordinator, gateway and load "
+            "client share the second core in both runs.",
+            "",
+            "| concurrency | one one-core host tok/s | two one-core hosts tok/s | ratio |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        for concurrency in sorted(scale_out.one_host):
+            one, two = scale_out.one_host[concurrency], scale_out.two_hosts.get(concurrency, float("nan"))
+            lines.append(f"| {concurrency} | {one:.1f} | {two:.1f} | {_ratio(two, one)} |")
+        lines.append("")
+    plot_path = path.with_suffix(".png")
+    if _plot(plot_path, baselines, clusters):
+        lines += [f"![aggregate throughput]({plot_path.name})", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path

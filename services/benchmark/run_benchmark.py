@@ -1,0 +1,241 @@
+"""`strata bench` / `make bench`: real clusters against single-process mlx-lm, in one run, as ratios.
+
+For 1, 2 and 3 shard servers (separate processes on 127.0.0.1) it measures one stream's decode rate,
+then TTFT, TPOT, ITL and aggregate output throughput at each concurrency; the per-hop overhead
+((ring step time - compute time) / hops, from the shards' own counters); each shard's peak RSS
+against the bytes of its layers in the compute dtype. Baselines: mlx-lm `generate_step` for one
+stream and `batch_generate` at the same concurrencies, on the same weights, dtype and BLAS. The
+scale-out run pins one shard per core ("two one-core hosts") against one pinned shard holding the
+whole model, with the coordinator, gateway and load client on the same core in both runs.
+"""
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from services.benchmark.baselines import BaselineFigures, measure_baselines
+from services.benchmark.load_client import LoadResult, run_load
+from services.benchmark.report import ClusterFigures, ScaleOutFigures, ShardFigures, write_report
+from services.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
+from services.ids import ModelId
+from services.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
+from services.model_files import read_manifest
+from services.ports import free_port
+from services.settings import home_sharing_models, models_root
+from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+READY_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    home: Path
+    model_id: ModelId
+    compute_dtype: ComputeDtype
+    shard_counts: tuple[int, ...]
+    concurrencies: tuple[int, ...]
+    max_tokens: int
+    prefill_step_size: int
+    output: Path
+    scale_out: bool
+
+
+@dataclass(frozen=True)
+class _Running:
+    gateway_url: str
+    coordinator_address: str
+    shard_addresses: tuple[str, ...]
+    shard_pids: tuple[int, ...]
+    stages: tuple[tuple[int, int], ...]
+
+
+@contextlib.contextmanager
+def _cluster(options: BenchOptions, shards: int, cores: Mapping[str, int] | None = None) -> Generator[_Running]:
+    with home_sharing_models(options.home) as home:
+        yield from _cluster_in(options, home, shards, cores)
+
+
+def _cluster_in(options: BenchOptions, home: Path, shards: int, cores: Mapping[str, int] | None) -> Generator[_Running]:
+    gateway_port, coordinator_port = free_port(), free_port()
+    first_shard_port = free_port(consecutive=shards)
+    local = LocalClusterOptions(
+        home=home,
+        host="127.0.0.1",
+        gateway_port=gateway_port,
+        coordinator_port=coordinator_port,
+        first_shard_port=first_shard_port,
+        shards=shards,
+        model_id=options.model_id,
+        prefill_step_size=options.prefill_step_size,
+        compute_dtype=options.compute_dtype,
+    )
+    children = start_services(local, cores)
+    try:
+        url = f"http://127.0.0.1:{gateway_port}"
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not gateway_ready(url):
+            if time.monotonic() > deadline or any(child.poll() is not None for _, child in children):
+                raise RuntimeError(f"the {shards}-shard cluster did not become ready")
+            time.sleep(0.25)
+        coordinator = f"127.0.0.1:{coordinator_port}"
+        with grpc.insecure_channel(coordinator) as channel:
+            state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
+        instance = next(instance for instance in state.instances if instance.status == "ready")
+        pids = {f"127.0.0.1:{first_shard_port + index}": child.pid for index, (_, child) in enumerate(children[1:-1])}
+        strangers = [stage.address for stage in instance.stages if stage.address not in pids]
+        if strangers:
+            raise RuntimeError(f"shard servers outside this benchmark joined its cluster: {', '.join(strangers)}")
+        yield _Running(
+            gateway_url=url,
+            coordinator_address=coordinator,
+            shard_addresses=tuple(stage.address for stage in instance.stages),
+            shard_pids=tuple(pids[stage.address] for stage in instance.stages),
+            stages=tuple((stage.start_layer, stage.end_layer) for stage in instance.stages),
+        )
+    finally:
+        stop_services(children)
+
+
+def _stats(address: str) -> shard_pb2.ShardStats:
+    with grpc.insecure_channel(address) as channel:
+        return shard_pb2_grpc.ShardStub(channel).GetStats(shard_pb2.GetStatsRequest(), timeout=30)
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's high-water mark of resident memory (Linux VmHWM)."""
+    # The shard is a child of `taskset` when pinned; its python process is the same pid after exec.
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _stage_bytes(options: BenchOptions, start: int, end: int) -> int:
+    """Bytes of a stage's weights in the compute dtype (embedding and head included where held)."""
+    manifest = read_manifest(models_root(options.home) / options.model_id)
+    groups = list(manifest.layers[start:end])
+    if start == 0 or (end == manifest.num_layers and manifest.tie_word_embeddings):
+        groups.append(manifest.embedding)
+    if end == manifest.num_layers:
+        groups.append(manifest.head)
+    if options.compute_dtype == "stored":
+        return sum(group.stored_bytes for group in groups)
+    return sum(group.parameter_count for group in groups) * BYTES_PER_PARAMETER[options.compute_dtype]
+
+
+def _single_stream(running: _Running, options: BenchOptions) -> tuple[float, float]:
+    """One stream's decode tok/s, and the per-hop overhead in seconds (nan for one shard)."""
+    before = [_stats(address) for address in running.shard_addresses]
+    result = asyncio.run(run_load(running.gateway_url, options.model_id, 1, 1, max(options.max_tokens, 128)))
+    after = [_stats(address) for address in running.shard_addresses]
+    timing = result.timings[0]
+    decode_rate = (timing.output_tokens - 1) / (timing.latency - timing.time_to_first_token)
+    ring_samples = after[0].ring_samples - before[0].ring_samples
+    if len(running.shard_addresses) < 2 or ring_samples == 0:
+        return decode_rate, float("nan")
+    ring_step = (after[0].ring_seconds - before[0].ring_seconds) / ring_samples
+    compute = 0.0
+    for old, new in zip(before, after, strict=True):
+        steps = new.steps - old.steps
+        compute += (new.compute_seconds - old.compute_seconds) / max(1, steps)
+    return decode_rate, (ring_step - compute) / len(running.shard_addresses)
+
+
+def _load_levels(running: _Running, options: BenchOptions) -> tuple[dict[int, LoadResult], dict[str, int]]:
+    """Runs every concurrency level; returns the results and each shard's largest KV cache seen."""
+    results: dict[int, LoadResult] = {}
+    peak_kv: dict[str, int] = dict.fromkeys(running.shard_addresses, 0)
+
+    async def watch_kv(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for address in running.shard_addresses:
+                stats = await asyncio.to_thread(_stats, address)
+                peak_kv[address] = max(peak_kv[address], stats.kv_cache_bytes)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    async def levels() -> None:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_kv(stop))
+        for concurrency in options.concurrencies:
+            requests = max(4, 2 * concurrency)
+            results[concurrency] = await run_load(
+                running.gateway_url, options.model_id, concurrency, requests, options.max_tokens
+            )
+            print(f"  concurrency {concurrency:2d}: {results[concurrency].output_throughput:7.1f} tok/s", flush=True)
+        stop.set()
+        await watcher
+
+    asyncio.run(levels())
+    return results, peak_kv
+
+
+def _measure_cluster(options: BenchOptions, shards: int) -> ClusterFigures:
+    print(f"strata with {shards} shard server(s)", flush=True)
+    with _cluster(options, shards) as running:
+        asyncio.run(run_load(running.gateway_url, options.model_id, 1, 1, 8))  # warm up
+        decode_rate, per_hop = _single_stream(running, options)
+        print(f"  one stream: {decode_rate:.1f} tok/s, per-hop overhead {per_hop * 1000:.2f} ms", flush=True)
+        results, peak_kv = _load_levels(running, options)
+        shard_figures = tuple(
+            ShardFigures(
+                layers=stage,
+                peak_rss_bytes=_peak_rss_bytes(pid),
+                layer_bytes=_stage_bytes(options, *stage),
+                peak_kv_cache_bytes=peak_kv[address],
+                batch_invariant=_stats(address).batch_invariant,
+            )
+            for address, pid, stage in zip(running.shard_addresses, running.shard_pids, running.stages, strict=True)
+        )
+    return ClusterFigures(shards, decode_rate, per_hop, results, shard_figures)
+
+
+def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) -> ScaleOutFigures | None:
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2:
+        print("scale-out run skipped: it needs two cores", flush=True)
+        return None
+    first, second = sorted(cores)[:2]
+    control = {"coordinator": second, "gateway": second}
+    one_host: dict[int, float] = {}
+    two_hosts: dict[int, float] = {}
+    own_affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {second})  # the load client sits with the gateway in both runs
+    try:
+        for label, pinning, target in (
+            ("one one-core host", {**control, "shard 1": first}, one_host),
+            ("two one-core hosts", {**control, "shard 1": first, "shard 2": second}, two_hosts),
+        ):
+            shards = 1 if label.startswith("one") else 2
+            print(f"scale-out: {label}", flush=True)
+            with _cluster(options, shards, pinning) as running:
+                asyncio.run(run_load(running.gateway_url, options.model_id, 1, 1, 8))
+                for concurrency in concurrencies:
+                    result = asyncio.run(
+                        run_load(
+                            running.gateway_url, options.model_id, concurrency, 2 * concurrency, options.max_tokens
+                        )
+                    )
+                    target[concurrency] = result.output_throughput
+                    print(f"  concurrency {concurrency}: {result.output_throughput:.1f} tok/s", flush=True)
+    finally:
+        os.sched_setaffinity(0, own_affinity)
+    return ScaleOutFigures(one_host, two_hosts)
+
+
+def run_benchmark(options: BenchOptions) -> Path:
+    model_dir = models_root(options.home) / options.model_id
+    print(f"baselines: mlx-lm in this process ({options.compute_dtype})", flush=True)
+    baselines: BaselineFigures = measure_baselines(
+        model_dir, options.compute_dtype, options.max_tokens, options.concurrencies, options.prefill_step_size
+    )
+    print(f"  one stream {baselines.single_stream_tokens_per_second:.1f} tok/s", flush=True)
+    clusters = tuple(_measure_cluster(options, shards) for shards in options.shard_counts)
+    scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
+    return write_report(options.output, options.compute_dtype, options.max_tokens, baselines, clusters, scale_out)

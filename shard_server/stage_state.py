@@ -1,0 +1,93 @@
+"""What a shard holds between steps: per-request state, the loaded stage's queues, counters."""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache
+
+from services.ids import InstanceId, RequestId
+from services.sampling import SamplingOptions
+from shard_server.batch_plan import DecodeRow
+from shard_server.model_stage import ModelStage
+from shard_server.prefix_cache import PrefixDirectory, PrefixStore
+from shard_server.ring_messages import BatchStep, Segment
+from shard_server.sampler import RequestSampler
+
+
+@dataclass
+class Driver:
+    """First shard only: what the request asked for and how far it got."""
+
+    prompt_tokens: tuple[int, ...]
+    max_tokens: int
+    stop_token_ids: frozenset[int]
+    chunks: list[tuple[int, int]]
+    next_chunk: int = 0
+    generated: int = 0
+    reuse_prefix: str | None = None
+    """A stored prefix the request starts from; named on its first step so every shard restores it."""
+    first_step_sent: bool = False
+
+
+@dataclass
+class RequestState:
+    cache: list[KVCache]
+    sampling: SamplingOptions | None = None
+    """Sent on with the request's first step so the last shard can sample."""
+    sampler: RequestSampler | None = None
+    driver: Driver | None = None
+
+
+@dataclass(frozen=True)
+class StageStats:
+    instance_id: InstanceId | None
+    start_layer: int
+    end_layer: int
+    active_requests: int
+    kv_cache_bytes: int
+    steps: int
+    batched_rows: int
+    batch_invariant: bool
+    compute_seconds: float
+    """Time spent running batches through this stage (forward, sampling, evaluation)."""
+    ring_seconds: float
+    """First shard: total time from launching a request's step to receiving its token."""
+    ring_samples: int
+    prefix_cache_bytes: int
+    prefix_hits: int
+    """First shard: requests that started from a stored prompt prefix."""
+    reused_prompt_tokens: int
+
+
+@dataclass
+class LoadedStage:
+    instance_id: InstanceId
+    stage: ModelStage
+    prefill_step_size: int
+    ring_size: int
+    requests: dict[RequestId, RequestState] = field(default_factory=lambda: {})
+    ready: list[DecodeRow] = field(default_factory=lambda: [])
+    """First shard: requests whose next token is known, waiting for a batch."""
+    prefill_waiting: deque[RequestId] = field(default_factory=deque[RequestId])
+    """First shard: requests with prompt chunks left, in arrival order."""
+    received: deque[BatchStep] = field(default_factory=deque[BatchStep])
+    """Other shards: batches from the previous shard, in arrival order."""
+    prefixes: PrefixStore = field(default_factory=PrefixStore)
+    directory: PrefixDirectory | None = None
+    """First shard: which prefixes the ring keeps."""
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One batch about to run: its segments, in row order, and the stage's input for them."""
+
+    segments: tuple[Segment, ...]
+    states: tuple[RequestState, ...]
+    inputs: mx.array
+
+
+def cache_arrays(states: tuple[RequestState, ...]) -> list[mx.array]:
+    return [
+        array for state in states for cache in state.cache for array in (cache.keys, cache.values) if array is not None
+    ]

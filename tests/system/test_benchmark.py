@@ -1,0 +1,24 @@
+"""`strata bench` at a tiny scale: it starts real clusters, measures, and writes its report and plot."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_bench_writes_report_and_plot(embedded_home: Path, tmp_path: Path) -> None:
+    report = tmp_path / "benchmarks.md"
+    command = [
+        sys.executable, "-m", "services.cli", "bench", "--home", str(embedded_home), "--shards", "2",
+        "--concurrency", "2", "--max-tokens", "6", "--no-scale-out", "--output", str(report),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=540, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = report.read_text()
+    for heading in ("## One stream", "## Load, 2 shard server(s)", "## Memory", "mlx-lm `batch_generate`"):
+        assert heading in text
+    assert "| strata, 2 shard server(s) |" in text
+    assert (tmp_path / "benchmarks.png").stat().st_size > 1000
