@@ -4,7 +4,7 @@ A follower passes commands on to the leader once (marked `forwarded`, so two rep
 believe the other leads cannot bounce a request forever).
 """
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -53,27 +53,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             state = await self._replica.register_shard(shard, origin)
         except NotLeaderError as refusal:
-            return await self._forward(request, refusal, context)
+            forwarded = coordinator_pb2.RegisterShardRequest()
+            forwarded.CopyFrom(request)
+            forwarded.forwarded = True
+            return await self._on_leader(
+                refusal,
+                request.forwarded,
+                context,
+                lambda stub: stub.RegisterShard(forwarded, timeout=FORWARD_TIMEOUT_SECONDS),
+            )
         return coordinator_pb2.RegisterShardReply(
             term=state.term, leader=self._replica.node.replica_id, applied_index=state.last_index
         )
-
-    async def _forward(
-        self,
-        request: coordinator_pb2.RegisterShardRequest,
-        refusal: NotLeaderError,
-        context: grpc.aio.ServicerContext[object, object],
-    ) -> coordinator_pb2.RegisterShardReply:
-        leader = await self._leader_for(refusal, request.forwarded, context)
-        forwarded = coordinator_pb2.RegisterShardRequest()
-        forwarded.CopyFrom(request)
-        forwarded.forwarded = True
-        async with insecure_channel(leader) as channel:
-            return await self._relay(
-                leader,
-                coordinator_pb2_grpc.CoordinatorStub(channel).RegisterShard(forwarded, timeout=FORWARD_TIMEOUT_SECONDS),
-                context,
-            )
 
     async def GetState(
         self, request: coordinator_pb2.GetStateRequest, context: grpc.aio.ServicerContext[object, object]
@@ -94,16 +85,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             state = await self._replica.add_learner(request.replica_id)
         except NotLeaderError as refusal:
-            leader = await self._leader_for(refusal, request.forwarded, context)
             forwarded = coordinator_pb2.JoinClusterRequest(replica_id=request.replica_id, forwarded=True)
-            async with insecure_channel(leader) as channel:
-                return await self._relay(
-                    leader,
-                    coordinator_pb2_grpc.CoordinatorStub(channel).JoinCluster(
-                        forwarded, timeout=FORWARD_TIMEOUT_SECONDS
-                    ),
-                    context,
-                )
+            return await self._on_leader(
+                refusal,
+                request.forwarded,
+                context,
+                lambda stub: stub.JoinCluster(forwarded, timeout=FORWARD_TIMEOUT_SECONDS),
+            )
         return coordinator_pb2.MembershipReply(voters=state.voters, learners=state.learners)
 
     async def RemoveReplica(
@@ -112,16 +100,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             outcome = await self._replica.remove_replica(request.replica_id)
         except NotLeaderError as refusal:
-            leader = await self._leader_for(refusal, request.forwarded, context)
             forwarded = coordinator_pb2.RemoveReplicaRequest(replica_id=request.replica_id, forwarded=True)
-            async with insecure_channel(leader) as channel:
-                return await self._relay(
-                    leader,
-                    coordinator_pb2_grpc.CoordinatorStub(channel).RemoveReplica(
-                        forwarded, timeout=FORWARD_TIMEOUT_SECONDS
-                    ),
-                    context,
-                )
+            return await self._on_leader(
+                refusal,
+                request.forwarded,
+                context,
+                lambda stub: stub.RemoveReplica(forwarded, timeout=FORWARD_TIMEOUT_SECONDS),
+            )
         if isinstance(outcome, str):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, outcome)
             raise AssertionError("unreachable")
@@ -133,14 +118,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         try:
             outcome = await self._replica.drain_node(NodeId(request.node_id))
         except NotLeaderError as refusal:
-            leader = await self._leader_for(refusal, request.forwarded, context)
             forwarded = coordinator_pb2.DrainNodeRequest(node_id=request.node_id, forwarded=True)
-            async with insecure_channel(leader) as channel:
-                return await self._relay(
-                    leader,
-                    coordinator_pb2_grpc.CoordinatorStub(channel).DrainNode(forwarded, timeout=FORWARD_TIMEOUT_SECONDS),
-                    context,
-                )
+            return await self._on_leader(
+                refusal,
+                request.forwarded,
+                context,
+                lambda stub: stub.DrainNode(forwarded, timeout=FORWARD_TIMEOUT_SECONDS),
+            )
         if isinstance(outcome, str):
             await context.abort(grpc.StatusCode.NOT_FOUND, outcome)
             raise AssertionError("unreachable")
@@ -156,13 +140,21 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             )
         return refusal.leader
 
-    @staticmethod
-    async def _relay(leader: str, call: Awaitable[Reply], context: grpc.aio.ServicerContext[object, object]) -> Reply:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as error:
-            await context.abort(error.code(), f"leader {leader}: {error.details()}")
-            raise AssertionError("unreachable") from error
+    async def _on_leader(
+        self,
+        refusal: NotLeaderError,
+        forwarded: bool,
+        context: grpc.aio.ServicerContext[object, object],
+        send: Callable[["coordinator_pb2_grpc.CoordinatorAsyncStub"], Awaitable[Reply]],
+    ) -> Reply:
+        """Passes a command only the leader may run on to it, once; hands back its reply or its status."""
+        leader = await self._leader_for(refusal, forwarded, context)
+        async with insecure_channel(leader) as channel:
+            try:
+                return await send(coordinator_pb2_grpc.CoordinatorStub(channel))
+            except grpc.aio.AioRpcError as error:
+                await context.abort(error.code(), f"leader {leader}: {error.details()}")
+                raise AssertionError("unreachable") from error
 
     async def PreviewPlacement(
         self, request: coordinator_pb2.PreviewPlacementRequest, context: grpc.aio.ServicerContext[object, object]
