@@ -28,14 +28,19 @@ class PlacementRefusal:
     reason: str
 
 
-def _stage_bytes(model: ModelSpec, start: int, end: int) -> int:
-    total = sum(layer.bytes for layer in model.layers[start:end]) + model.kv_bytes_per_layer * (end - start)
+def stage_weight_bytes(model: ModelSpec, start: int, end: int) -> int:
+    """Weights a stage holds in the compute dtype: its layers, the embedding and head where held."""
+    total = sum(layer.bytes for layer in model.layers[start:end])
     is_first, is_last = start == 0, end == model.num_layers
     if is_first or (is_last and model.tied_embeddings):
         total += model.embedding.bytes
     if is_last:
         total += model.head.bytes
     return total
+
+
+def _stage_bytes(model: ModelSpec, start: int, end: int) -> int:
+    return stage_weight_bytes(model, start, end) + model.kv_bytes_per_layer * (end - start)
 
 
 def _stage_work(model: ModelSpec, start: int, end: int) -> int:

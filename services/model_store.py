@@ -26,6 +26,7 @@ from services.model_files import (
     read_config,
     save_model_directory,
 )
+from services.settings import models_root, strata_home
 
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
@@ -42,8 +43,7 @@ def parse_model_id(text: str) -> ModelId:
 
 def default_models_root() -> Path:
     """`$STRATA_HOME/models`, with `~/.strata` when STRATA_HOME is unset."""
-    strata_home = os.environ.get("STRATA_HOME") or str(Path.home() / ".strata")
-    return Path(strata_home).expanduser() / "models"
+    return models_root(strata_home())
 
 
 class ModelStore:

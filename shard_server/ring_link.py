@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from services.grpc_server import insecure_channel
 from services.ids import RequestId
 from shard_server.ring_messages import RingMessage
 from shard_server.wire import ring_message_to_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class RingLink:
@@ -31,13 +30,7 @@ class RingLink:
         self.address = address
         self._on_refused = on_refused
         self._on_broken = on_broken
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = insecure_channel(address)
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._outbox: asyncio.Queue[shard_pb2.RingMessage | None] | None = None
         self._task: asyncio.Task[None] | None = None

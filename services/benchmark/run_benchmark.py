@@ -19,13 +19,14 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.model_spec import model_spec
+from coordinator.placement import stage_weight_bytes
 from services.benchmark.baselines import BaselineFigures, measure_baselines
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.report import ClusterFigures, ScaleOutFigures, ShardFigures, write_report
-from services.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
+from services.compute_dtype import ComputeDtype
 from services.ids import ModelId
 from services.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
-from services.model_files import read_manifest
 from services.ports import free_port
 from services.settings import home_sharing_models, models_root
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
@@ -116,19 +117,6 @@ def _peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-def _stage_bytes(options: BenchOptions, start: int, end: int) -> int:
-    """Bytes of a stage's weights in the compute dtype (embedding and head included where held)."""
-    manifest = read_manifest(models_root(options.home) / options.model_id)
-    groups = list(manifest.layers[start:end])
-    if start == 0 or (end == manifest.num_layers and manifest.tie_word_embeddings):
-        groups.append(manifest.embedding)
-    if end == manifest.num_layers:
-        groups.append(manifest.head)
-    if options.compute_dtype == "stored":
-        return sum(group.stored_bytes for group in groups)
-    return sum(group.parameter_count for group in groups) * BYTES_PER_PARAMETER[options.compute_dtype]
-
-
 def _single_stream(running: _Running, options: BenchOptions) -> tuple[float, float]:
     """One stream's decode tok/s, and the per-hop overhead in seconds (nan for one shard)."""
     before = [_stats(address) for address in running.shard_addresses]
@@ -183,11 +171,12 @@ def _measure_cluster(options: BenchOptions, shards: int) -> ClusterFigures:
         decode_rate, per_hop = _single_stream(running, options)
         print(f"  one stream: {decode_rate:.1f} tok/s, per-hop overhead {per_hop * 1000:.2f} ms", flush=True)
         results, peak_kv = _load_levels(running, options)
+        spec = model_spec(options.model_id, models_root(options.home) / options.model_id, options.compute_dtype)
         shard_figures = tuple(
             ShardFigures(
                 layers=stage,
                 peak_rss_bytes=_peak_rss_bytes(pid),
-                layer_bytes=_stage_bytes(options, *stage),
+                layer_bytes=stage_weight_bytes(spec, *stage),
                 peak_kv_cache_bytes=peak_kv[address],
                 batch_invariant=_stats(address).batch_invariant,
             )
