@@ -99,7 +99,10 @@ def apply_instance_placed(state: ClusterState, event: InstancePlaced) -> Cluster
         stages=event.stages,
         placed_term=state.term,
     )
-    return state.model_copy(update={"instances": {**state.instances, event.instance_id: instance}})
+    placed = state.placed_models if event.model_id in state.placed_models else (*state.placed_models, event.model_id)
+    return state.model_copy(
+        update={"instances": {**state.instances, event.instance_id: instance}, "placed_models": placed}
+    )
 
 
 def _with_stage_status(state: ClusterState, event: StageLoaded | StageFailed, status: StageStatus) -> ClusterState:

@@ -43,13 +43,18 @@ def _stage_bytes(model: ModelSpec, start: int, end: int) -> int:
     return stage_weight_bytes(model, start, end) + model.kv_bytes_per_layer * (end - start)
 
 
-def _stage_work(model: ModelSpec, start: int, end: int) -> int:
+def stage_work(model: ModelSpec, start: int, end: int) -> int:
     work = sum(layer.work for layer in model.layers[start:end])
     if start == 0:
         work += model.embedding.work
     if end == model.num_layers:
         work += model.head.work
     return work
+
+
+def slowest_stage_work(model: ModelSpec, stages: Sequence[StageAssignment]) -> int:
+    """Work per token of an existing placement's slowest stage."""
+    return max((stage_work(model, stage.start_layer, stage.end_layer) for stage in stages), default=0)
 
 
 def place(model: ModelSpec, shards: Sequence[ShardServer]) -> Placement | PlacementRefusal:
@@ -69,7 +74,7 @@ def place(model: ModelSpec, shards: Sequence[ShardServer]) -> Placement | Placem
             for end in range(start + 1, layers - remaining_shards + 1):
                 if _stage_bytes(model, start, end) > shard.available_memory_bytes:
                     continue
-                candidate = (max(slowest, _stage_work(model, start, end)), (*splits, end))
+                candidate = (max(slowest, stage_work(model, start, end)), (*splits, end))
                 known = best[index + 1].get(end)
                 if known is None or candidate < known:
                     best[index + 1][end] = candidate

@@ -151,6 +151,8 @@ class CoordinatorReplica:
                     self._last_refusal = action.reason
                 await self._node.wait_for_change(IDLE_RECHECK_SECONDS)
             case RemoveInstance():
+                if action.reason:
+                    logger.info("removing %s: %s", action.instance_id, action.reason)
                 await self.append(InstanceRemoved(instance_id=action.instance_id))
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
             case PlaceInstance():

@@ -79,3 +79,5 @@ class ClusterState(Frozen):
     shards: dict[ShardId, ShardServer] = {}
     models: dict[ModelId, ModelSpec] = {}
     instances: dict[InstanceId, ModelInstance] = {}
+    placed_models: tuple[ModelId, ...] = ()
+    """Models placed at least once: the planner's wait for a minimum of shards holds only before that."""

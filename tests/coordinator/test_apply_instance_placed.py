@@ -68,3 +68,11 @@ def test_instance_placed_does_not_change_the_input_state() -> None:
     apply_next(before, two_stage_placement(InstanceId("tiny@9")))
 
     assert before.model_dump() == snapshot
+
+
+def test_instance_placed_remembers_the_model_was_placed_once() -> None:
+    first = apply_next(ClusterState(), two_stage_placement(InstanceId("tiny@1")))
+    second = apply_next(first, two_stage_placement(InstanceId("tiny@2")))
+
+    assert first.placed_models == (MODEL_ID,)
+    assert second.placed_models == (MODEL_ID,)

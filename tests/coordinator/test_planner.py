@@ -247,3 +247,105 @@ def test_a_drain_with_nowhere_to_go_keeps_the_instance_and_says_why() -> None:
 
     assert isinstance(action, CannotPlace)
     assert INSTANCE_ID in state.instances
+
+
+def ready_on_two_shards() -> ClusterState:
+    """The tiny model (4 layers) ready on shard-a [0, 2) and shard-b [2, 4)."""
+    from coordinator.events import InstanceReady
+
+    return apply_next(populated_state(), InstanceReady(instance_id=INSTANCE_ID))
+
+
+def test_the_minimum_does_not_block_re_placing_a_model_after_a_loss() -> None:
+    from coordinator.events import ShardLeaseExpired
+
+    # Started with a minimum of two shards; one leaves: the model goes on the one that remains.
+    state = apply_next(ready_on_two_shards(), ShardLeaseExpired(shard_id=ShardId("shard-b")))
+    assert plan(state, minimum_shards=2) == RemoveInstance(INSTANCE_ID)
+    state = apply_next(state, InstanceRemoved(instance_id=INSTANCE_ID))
+
+    action = plan(state, minimum_shards=2)
+
+    assert isinstance(action, PlaceInstance)
+    assert [stage.shard_id for stage in action.placement.stages] == [ShardId("shard-a")]
+
+
+def test_the_minimum_still_delays_a_models_first_placement_when_another_was_placed() -> None:
+    state = apply_next(ready_on_two_shards(), ModelRegistered(model=tiny_model("another")))
+
+    assert plan(state, minimum_shards=3) is None
+
+
+def test_a_shard_that_joins_a_ready_instance_gets_it_re_placed_over_every_shard() -> None:
+    # Six equal layers: 3 + 3 on two shards, 2 + 2 + 2 once a third one joins.
+    state = apply_next(ready_on(2, num_layers=6), ShardRegistered(shard=shard_server("shard-2")))
+    (instance_id,) = state.instances
+
+    removal = plan(state, minimum_shards=3)
+
+    assert isinstance(removal, RemoveInstance)
+    assert removal.instance_id == instance_id
+    assert "3 shard servers instead of 2" in removal.reason
+    state = apply_next(state, InstanceRemoved(instance_id=instance_id))
+    placement = plan(state, minimum_shards=3)
+    assert isinstance(placement, PlaceInstance)
+    assert [stage.shard_id for stage in placement.placement.stages] == ["shard-0", "shard-1", "shard-2"]
+
+
+def test_a_loading_instance_is_not_re_placed_when_a_shard_joins() -> None:
+    loading = state_with(2, models=())
+    loading = apply_next(loading, ModelRegistered(model=tiny_model(num_layers=6)))
+    action = plan(loading, minimum_shards=2)
+    assert isinstance(action, PlaceInstance)
+    from coordinator.events import InstancePlaced
+
+    placed = InstancePlaced(
+        instance_id=action.instance_id, model_id=MODEL_ID, num_layers=6, stages=action.placement.stages
+    )
+    state = apply_all(loading, [placed, ShardRegistered(shard=shard_server("shard-9"))])
+
+    assert plan(state, minimum_shards=1) is None
+
+
+def ready_on(shard_count: int, num_layers: int) -> ClusterState:
+    """A model of `num_layers` equal layers placed and ready on shard-0 .. shard-{shard_count - 1}."""
+    from coordinator.events import InstancePlaced, InstanceReady
+
+    state = state_with(0, models=())
+    state = apply_all(
+        state,
+        [
+            *(ShardRegistered(shard=shard_server(f"shard-{i}")) for i in range(shard_count)),
+            ModelRegistered(model=tiny_model(num_layers=num_layers)),
+        ],
+    )
+    action = plan(state, minimum_shards=shard_count)
+    assert isinstance(action, PlaceInstance)
+    return apply_all(
+        state,
+        [
+            InstancePlaced(
+                instance_id=action.instance_id,
+                model_id=MODEL_ID,
+                num_layers=num_layers,
+                stages=action.placement.stages,
+            ),
+            InstanceReady(instance_id=action.instance_id),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "why"),
+    [(2, "no layer left for a third shard"), (4, "four equal layers: the slowest stage keeps two")],
+)
+def test_a_joined_shard_that_cannot_speed_the_model_up_is_left_idle(num_layers: int, why: str) -> None:
+    state = apply_next(ready_on(2, num_layers), ShardRegistered(shard=shard_server("shard-9")))
+
+    assert plan(state, minimum_shards=2) is None, why
+
+
+def test_a_joined_shard_too_small_for_a_stage_is_left_idle() -> None:
+    state = apply_next(ready_on(2, num_layers=6), ShardRegistered(shard=shard_server("shard-9", memory=10)))
+
+    assert plan(state, minimum_shards=1) is None

@@ -4,7 +4,8 @@ Every host runs a shard server, the first also the coordinator, the second a gat
 has the model. Discovery alone forms the cluster (mDNS on each host's own address, or static `--peer`
 lists with multicast off), the model is split across all three shards, the other hosts fetch the files
 of their layers from the first (the gateway its tokenizer files), and the cluster answers. A shard that
-stops is dropped from state; its host coming back with a different address is used again."""
+stops is dropped from state and the model is re-placed on the two that remain; its host coming back
+with a different address is used again."""
 
 import secrets
 from pathlib import Path
@@ -30,6 +31,7 @@ def _three_hosts_answer_and_survive_a_host_moving(embedded_models: Path, tmp_pat
 
         formed = cluster.wait_for_state(lambda state: len(ready_stages(state)) == 3, "instance over three shards")
         assert stage_addresses(formed) == {shard_address(host) for host in (first, second, third)}
+        formed_layers = ready_stages(formed)[-1].end_layer
         assert "Paris" in cluster.ask(second)
         # Only the first host had the model: the others fetched just the files of their own layers.
         all_weights = weight_files(first)
@@ -44,7 +46,15 @@ def _three_hosts_answer_and_survive_a_host_moving(embedded_models: Path, tmp_pat
             lambda state: shard_address(third) not in state.shards and len(state.shards) == 2,
             "the stopped shard dropped from state",
         )
-        # The host comes back with a different address and is used again.
+        # Its layers are re-placed on the two that remain, and the cluster answers again.
+        remaining = cluster.wait_for_state(
+            lambda state: stage_addresses(state) == {shard_address(host) for host in (first, second)},
+            "instance re-placed over the two remaining shards",
+        )
+        assert [stage.end_layer for stage in ready_stages(remaining)][-1] == formed_layers
+        assert "Paris" in cluster.ask(second)
+        # The host comes back with a different address and is used again (the instance is spread
+        # over all three once more: a faster slowest stage is worth the re-placement).
         lab.readdress(third)
         shards[third.name] = cluster.start_shard(third)
         back = cluster.wait_for_state(
