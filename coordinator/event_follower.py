@@ -15,7 +15,7 @@ import grpc
 from coordinator.apply import apply
 from coordinator.events import IndexedEvent
 from coordinator.state import ClusterState
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class EventFollower:
         """One stream from `address`; returns whether it delivered anything before it broke."""
         received = False
         request = coordinator_pb2.WatchEventsRequest(from_index=self._state.last_index + 1)
-        async with insecure_channel(address) as channel:
+        async with cluster_channel(address) as channel:
             try:
                 async for watched in coordinator_pb2_grpc.CoordinatorStub(channel).WatchEvents(request):
                     received = True

@@ -8,6 +8,7 @@ import time
 
 import grpc
 
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 5.0
@@ -64,13 +65,13 @@ def render_status(state: coordinator_pb2.ClusterState) -> str:
 
 def fetch_status(address: str) -> coordinator_pb2.ClusterState:
     """The state from `address`; the replica list from the leader when `address` is a follower."""
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
             coordinator_pb2.GetStateRequest(), timeout=CALL_TIMEOUT_SECONDS
         )
     if state.leader and state.leader != address:
         try:
-            with grpc.insecure_channel(state.leader) as channel:
+            with cluster_sync_channel(state.leader) as channel:
                 leader_view = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
                     coordinator_pb2.GetStateRequest(), timeout=CALL_TIMEOUT_SECONDS
                 )
@@ -83,7 +84,7 @@ def fetch_status(address: str) -> coordinator_pb2.ClusterState:
 
 def remove_replica(coordinator: str, replica_id: str) -> int:
     """`strata cluster remove-replica`: prints the new membership, or why not; returns the exit status."""
-    with grpc.insecure_channel(coordinator) as channel:
+    with cluster_sync_channel(coordinator) as channel:
         try:
             reply = coordinator_pb2_grpc.CoordinatorStub(channel).RemoveReplica(
                 coordinator_pb2.RemoveReplicaRequest(replica_id=replica_id), timeout=CALL_TIMEOUT_SECONDS * 4
@@ -100,7 +101,7 @@ def remove_replica(coordinator: str, replica_id: str) -> int:
 
 def drain_node(coordinator: str, node_id: str, timeout_seconds: float) -> int:
     """`strata drain NODE`: asks for the drain, then waits until no instance uses the node."""
-    with grpc.insecure_channel(coordinator) as channel:
+    with cluster_sync_channel(coordinator) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         try:
             stub.DrainNode(coordinator_pb2.DrainNodeRequest(node_id=node_id), timeout=CALL_TIMEOUT_SECONDS * 4)

@@ -16,7 +16,7 @@ from coordinator.replica import CoordinatorReplica
 from coordinator.state import ShardServer
 from coordinator.watch import committed_after
 from coordinator.wire import replicas_to_pb, stage_to_pb, state_to_pb
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from services.ids import ModelId, NodeId, ShardId
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
@@ -149,7 +149,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> Reply:
         """Passes a command only the leader may run on to it, once; hands back its reply or its status."""
         leader = await self._leader_for(refusal, forwarded, context)
-        async with insecure_channel(leader) as channel:
+        async with cluster_channel(leader) as channel:
             try:
                 return await send(coordinator_pb2_grpc.CoordinatorStub(channel))
             except grpc.aio.AioRpcError as error:

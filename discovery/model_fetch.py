@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from discovery.model_file_service import sha256_of
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from services.ids import ModelId
 from services.model_files import weight_files_for_stage
 from services.model_store import ModelStore
@@ -115,7 +115,7 @@ class ModelFetcher:
         raise FetchError(f"could not fetch model {model_id!r}: {'; '.join(problems)}")
 
     async def _fetch_from(self, model_id: ModelId, source: str, choose: Chooser) -> None:
-        async with insecure_channel(source) as channel:
+        async with cluster_channel(source) as channel:
             stub = model_transfer_pb2_grpc.ModelFilesStub(channel)
             listing = await stub.ListModelFiles(
                 model_transfer_pb2.ListModelFilesRequest(model_id=model_id), timeout=LIST_TIMEOUT_SECONDS

@@ -13,7 +13,7 @@ import grpc
 
 from discovery.identity_service import peer_from_pb
 from discovery.peer_table import PeerTable
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from strata_wire import discovery_pb2, discovery_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class StaticPeers:
 
     async def run(self) -> None:
         """Polls every listed peer until cancelled."""
-        channels = {address: insecure_channel(address) for address in self._addresses}
+        channels = {address: cluster_channel(address) for address in self._addresses}
         try:
             while True:
                 await asyncio.gather(*(self._poll(address, channel) for address, channel in channels.items()))

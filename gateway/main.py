@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from discovery.gateway_presence import GatewayPresence
 from discovery.peer_source import DiscoveryOptions
+from gateway.api_keys import ApiKeyGuard, load_api_keys
 from gateway.app import create_app
 from gateway.cluster_view import ClusterView
 from gateway.completion_engine import CompletionEngine
@@ -31,6 +33,8 @@ class GatewayOptions:
     coordinator: str | None
     """None: follow the coordinator discovery finds."""
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    api_key_file: Path | None = None
+    """Keys `/v1/*` requires (with `$STRATA_API_KEYS`); none: open."""
 
 
 class StoreTokenizers:
@@ -62,7 +66,11 @@ async def serve_gateway(options: GatewayOptions) -> None:
     fetching = asyncio.create_task(presence.keep_tokenizers(view.served_models, lambda: view.coordinator_address))
     pipeline = PipelineClient(view)
     engine = CompletionEngine(pipeline, StoreTokenizers(store, view))
-    app = create_app(engine, view)
+    api_keys = load_api_keys(options.api_key_file)
+    app: ASGIApp = create_app(engine, view)
+    if api_keys:
+        app = ApiKeyGuard(app, api_keys)
+        logger.info("gateway requires one of %d API keys on /v1/*", len(api_keys))
     server = uvicorn.Server(
         uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="off")
     )

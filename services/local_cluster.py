@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from services.ids import ModelId
+from services.security_options import TlsFiles
 
 READY_TIMEOUT_SECONDS = 900.0
 STOP_GRACE_SECONDS = 10.0
@@ -37,6 +38,9 @@ class LocalClusterOptions:
     model_id: ModelId
     prefill_step_size: int
     compute_dtype: str
+    tls: TlsFiles | None = None
+    """Mutual TLS for every child; the cluster token is the home's (children share the home)."""
+    api_key_file: Path | None = None
 
 
 def _die_with_parent() -> None:
@@ -59,7 +63,7 @@ def _shard_environment(shards: int) -> dict[str, str]:
 
 def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
     # The children know each other's addresses: no mDNS, so a local cluster never announces on the LAN.
-    home = ["--home", str(options.home), "--no-mdns"]
+    home = ["--home", str(options.home), "--no-mdns", *(options.tls.arguments() if options.tls else [])]
     coordinator = f"{options.host}:{options.coordinator_port}"
     commands = [
         (
@@ -104,6 +108,7 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
                 str(options.gateway_port),
                 "--coordinator",
                 coordinator,
+                *(["--api-key-file", str(options.api_key_file)] if options.api_key_file else []),
             ),
         )
     )

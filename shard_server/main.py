@@ -15,7 +15,7 @@ from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
 from discovery.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from discovery.peer_source import DiscoveryOptions
 from discovery.shard_presence import ShardPresence
-from services.grpc_server import GrpcServer, insecure_channel
+from services.grpc_server import GrpcServer, cluster_channel
 from services.ids import ShardId
 from services.model_store import ModelStore
 from services.settings import models_root, node_id
@@ -52,7 +52,7 @@ async def _keep_registered(
     registered: set[str] = set()
     while True:
         for coordinator in coordinators():
-            async with insecure_channel(coordinator) as channel:
+            async with cluster_channel(coordinator) as channel:
                 try:
                     await coordinator_pb2_grpc.CoordinatorStub(channel).RegisterShard(request(), timeout=5)
                     if coordinator not in registered:

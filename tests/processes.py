@@ -5,6 +5,7 @@ file per process so a failing test can show what the services said.
 """
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,10 +18,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from services.auth import TOKEN_ENVIRONMENT_VARIABLE
 from services.fast_blas import fast_blas_loaded
+from services.grpc_server import cluster_sync_channel
 from services.ports import free_port
 
 STOP_GRACE_SECONDS = 10.0
+SESSION_CLUSTER_TOKEN = os.environ.setdefault(TOKEN_ENVIRONMENT_VARIABLE, secrets.token_urlsafe(32))
+"""One cluster token for the whole test session, in this process's environment: every service a test
+starts (each with its own STRATA_HOME) and every channel the test opens agree on it."""
 __all__ = ["ServiceProcess", "free_port", "start_strata", "wait_for_grpc_health", "wait_for_http_ok"]
 
 
@@ -50,12 +56,18 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def start_strata(name: str, arguments: list[str], home: Path, log_dir: Path) -> ServiceProcess:
+def start_strata(
+    name: str, arguments: list[str], home: Path, log_dir: Path, *, session_token: bool = True
+) -> ServiceProcess:
+    """`strata ARGUMENTS` with its own STRATA_HOME; `session_token=False`: the token comes from the home
+    (its cluster.token, created on first start), as on a real host."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name.replace(' ', '-')}.log"
     # Services compute with the BLAS this test process uses, so in-process references stay exact.
     blas = "fast" if fast_blas_loaded() else "reference"
     environment = {**os.environ, "STRATA_HOME": str(home), "STRATA_BLAS": blas}
+    if not session_token:
+        environment.pop(TOKEN_ENVIRONMENT_VARIABLE, None)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", *arguments],
@@ -68,7 +80,7 @@ def start_strata(name: str, arguments: list[str], home: Path, log_dir: Path) -> 
 
 def wait_for_grpc_health(service: ServiceProcess, address: str, timeout_seconds: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_seconds
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         # The health stubs' typing lacks the methods; call the standard method by name.
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",

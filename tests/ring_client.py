@@ -5,13 +5,13 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import mlx.core as mx
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.utils import load_model
 
 from services.compute_dtype import ComputeDtype, convert_module
+from services.grpc_server import cluster_sync_channel
 from strata_wire import common_pb2, shard_pb2, shard_pb2_grpc
 
 
@@ -38,7 +38,7 @@ def assign_ring(
     instance_id = f"{model_id}@{uuid.uuid4().hex[:8]}"
     ranges = even_split(num_layers, len(addresses))
     for index, (address, (start, end)) in enumerate(zip(addresses, ranges, strict=True)):
-        with grpc.insecure_channel(address) as channel:
+        with cluster_sync_channel(address) as channel:
             shard_pb2_grpc.ShardStub(channel).Assign(
                 shard_pb2.AssignRequest(
                     term=term,
@@ -68,7 +68,7 @@ def generate_tokens(
     stop_token_ids: Sequence[int] = (),
 ) -> tuple[list[int], str]:
     """Runs one request through the ring; returns the generated token ids and the finish reason."""
-    with grpc.insecure_channel(first_address) as channel:
+    with cluster_sync_channel(first_address) as channel:
         replies = shard_pb2_grpc.ShardStub(channel).Generate(
             shard_pb2.GenerateRequest(
                 request_id=uuid.uuid4().hex,
@@ -117,5 +117,5 @@ def reference_tokens(
 
 
 def shard_stats(address: str) -> shard_pb2.ShardStats:
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         return shard_pb2_grpc.ShardStub(channel).GetStats(shard_pb2.GetStatsRequest(), timeout=30)

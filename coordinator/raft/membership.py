@@ -14,7 +14,7 @@ import grpc
 
 from coordinator.events import ReplicasConfigured
 from coordinator.raft.node import RaftNode
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class PeerSet:
 
     async def _probe(self, peer: str) -> tuple[str, ...]:
         """The voters `peer` belongs to (empty when it is not in a cluster yet or unreachable)."""
-        async with insecure_channel(peer) as channel:
+        async with cluster_channel(peer) as channel:
             try:
                 state = await coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
                     coordinator_pb2.GetStateRequest(), timeout=PROBE_TIMEOUT_SECONDS
@@ -123,7 +123,7 @@ class PeerSet:
         return tuple(state.voters)
 
     async def _ask_to_join(self, peer: str) -> None:
-        async with insecure_channel(peer) as channel:
+        async with cluster_channel(peer) as channel:
             try:
                 await coordinator_pb2_grpc.CoordinatorStub(channel).JoinCluster(
                     coordinator_pb2.JoinClusterRequest(replica_id=self._node.replica_id), timeout=PROBE_TIMEOUT_SECONDS

@@ -4,7 +4,7 @@ import grpc
 
 from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest, append_to_pb, snapshot_to_pb
 from coordinator.raft.rules import VoteRequest
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from strata_wire import raft_pb2, raft_pb2_grpc
 
 
@@ -12,7 +12,7 @@ class PeerClient:
     def __init__(self, address: str, timeout_seconds: float) -> None:
         self.address = address
         self._timeout = timeout_seconds
-        self._channel = insecure_channel(address)
+        self._channel = cluster_channel(address)
         self._stub = raft_pb2_grpc.RaftStub(self._channel)
 
     async def request_vote(self, request: VoteRequest) -> tuple[int, bool] | None:

@@ -17,14 +17,14 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from coordinator.model_spec import model_spec
 from coordinator.placement import stage_weight_bytes
+from services.auth import cluster_security, write_cluster_token
 from services.benchmark.baselines import BaselineFigures, measure_baselines
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.report import ClusterFigures, ScaleOutFigures, ShardFigures, write_report
 from services.compute_dtype import ComputeDtype
+from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
 from services.ports import free_port
@@ -63,6 +63,9 @@ def _cluster(options: BenchOptions, shards: int, cores: Mapping[str, int] | None
 
 
 def _cluster_in(options: BenchOptions, home: Path, shards: int, cores: Mapping[str, int] | None) -> Generator[_Running]:
+    token = cluster_security().token
+    if token is not None:  # the private home's services use this process's token
+        write_cluster_token(home, token)
     gateway_port, coordinator_port = free_port(), free_port()
     first_shard_port = free_port(consecutive=shards)
     local = LocalClusterOptions(
@@ -85,7 +88,7 @@ def _cluster_in(options: BenchOptions, home: Path, shards: int, cores: Mapping[s
                 raise RuntimeError(f"the {shards}-shard cluster did not become ready")
             time.sleep(0.25)
         coordinator = f"127.0.0.1:{coordinator_port}"
-        with grpc.insecure_channel(coordinator) as channel:
+        with cluster_sync_channel(coordinator) as channel:
             state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
         instance = next(instance for instance in state.instances if instance.status == "ready")
         pids = {f"127.0.0.1:{first_shard_port + index}": child.pid for index, (_, child) in enumerate(children[1:-1])}
@@ -104,7 +107,7 @@ def _cluster_in(options: BenchOptions, home: Path, shards: int, cores: Mapping[s
 
 
 def _stats(address: str) -> shard_pb2.ShardStats:
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         return shard_pb2_grpc.ShardStub(channel).GetStats(shard_pb2.GetStatsRequest(), timeout=30)
 
 

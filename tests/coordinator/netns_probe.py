@@ -13,11 +13,12 @@ import time
 
 import grpc
 
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 
 def state(address: str) -> dict[str, object]:
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         try:
             reply = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=3)
         except grpc.RpcError as error:
@@ -38,7 +39,7 @@ def committed_origins(address: str, through_index: int) -> list[list[object]]:
     origins: list[list[object]] = []
     if through_index == 0:
         return origins
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         stream = coordinator_pb2_grpc.CoordinatorStub(channel).WatchEvents(
             coordinator_pb2.WatchEventsRequest(from_index=1), timeout=10
         )
@@ -66,7 +67,7 @@ def command(address: str, client_id: str, sequence: int, timeout_seconds: float)
     deadline = time.monotonic() + timeout_seconds
     last_error = ""
     while time.monotonic() < deadline:
-        with grpc.insecure_channel(address) as channel:
+        with cluster_sync_channel(address) as channel:
             try:
                 coordinator_pb2_grpc.CoordinatorStub(channel).RegisterShard(request, timeout=3)
                 return {"acknowledged": True}

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from coordinator.events import IndexedEvent
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
 
@@ -85,7 +86,7 @@ class ReplicaSet:
 
 
 def get_state(address: str) -> coordinator_pb2.ClusterState | None:
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         try:
             return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
                 coordinator_pb2.GetStateRequest(), timeout=CALL_TIMEOUT_SECONDS
@@ -125,7 +126,7 @@ def wait_until_converged(replicas: ReplicaSet, timeout_seconds: float = 60.0) ->
 def committed_records(address: str, through_index: int, timeout_seconds: float = 30.0) -> list[IndexedEvent]:
     """Every committed record from index 1 through `through_index`, read with WatchEvents."""
     records: list[IndexedEvent] = []
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         stream = coordinator_pb2_grpc.CoordinatorStub(channel).WatchEvents(
             coordinator_pb2.WatchEventsRequest(from_index=1), timeout=timeout_seconds
         )
@@ -213,7 +214,7 @@ class CommandClient(threading.Thread):
         while time.monotonic() < deadline and not self.stopping.is_set():
             address = self._addresses[attempt % len(self._addresses)]
             attempt += 1
-            with grpc.insecure_channel(address) as channel:
+            with cluster_sync_channel(address) as channel:
                 try:
                     coordinator_pb2_grpc.CoordinatorStub(channel).RegisterShard(request, timeout=CALL_TIMEOUT_SECONDS)
                     return True

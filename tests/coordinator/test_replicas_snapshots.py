@@ -4,10 +4,10 @@ replica that was down while the log was compacted catches up from the leader's s
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from coordinator.raft.storage import LOG_FILE
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.coordinator.replica_processes import CommandClient, ReplicaSet, wait_for_leader, wait_until_converged
 
@@ -51,7 +51,7 @@ def test_the_log_stays_bounded_and_a_restarted_replica_installs_the_snapshot(tmp
         assert all(dict(state.applied_commands) == dict(states[0].applied_commands) for state in states)
         assert states[0].applied_commands[client.client_id] >= max(client.acknowledged)
 
-        with grpc.insecure_channel(replicas.addresses[lagging]) as channel:
+        with cluster_sync_channel(replicas.addresses[lagging]) as channel:
             stream = coordinator_pb2_grpc.CoordinatorStub(channel).WatchEvents(
                 coordinator_pb2.WatchEventsRequest(from_index=1), timeout=30
             )

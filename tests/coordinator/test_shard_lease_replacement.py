@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS
+from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.model_store import ModelStore
 from services.settings import models_root
@@ -96,7 +97,7 @@ def test_an_expired_shard_lease_re_places_the_instance_and_old_terms_are_refused
             prefill_step_size=PREFILL_STEP_SIZE,
         )
         refusal: grpc.RpcError | None = None
-        with grpc.insecure_channel(survivor) as channel:
+        with cluster_sync_channel(survivor) as channel:
             try:
                 shard_pb2_grpc.ShardStub(channel).Assign(stale, timeout=30)
             except grpc.RpcError as error:

@@ -8,12 +8,13 @@ import sys
 
 import grpc
 
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 
 def main() -> int:
     try:
-        with grpc.insecure_channel(sys.argv[1]) as channel:
+        with cluster_sync_channel(sys.argv[1]) as channel:
             state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
                 coordinator_pb2.GetStateRequest(), timeout=10
             )

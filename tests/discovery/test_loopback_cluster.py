@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import psutil
 import pytest
 
 from services.embedded_model import EMBEDDED_MODEL_ID
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.discovery.ask import ask_until_answered
 from tests.discovery.conftest import give_model
@@ -22,7 +22,7 @@ LOOPBACK = ["--interface", "127.0.0.1"]
 
 
 def _state(address: str) -> coordinator_pb2.ClusterState:
-    with grpc.insecure_channel(address) as channel:
+    with cluster_sync_channel(address) as channel:
         return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=10)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 def _view(address: str) -> tuple[tuple[str, ...], str] | None:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with cluster_sync_channel(address) as channel:
             state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=5)
     except grpc.RpcError:
         return None

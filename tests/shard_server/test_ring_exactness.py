@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 
+from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.model_store import ModelStore
 from services.settings import models_root
@@ -127,7 +127,7 @@ def test_a_request_sharing_a_stored_prompt_prefix_reuses_it_exactly(
 
 def test_a_cancelled_request_frees_its_kv_cache_on_every_shard(shard_addresses: list[str]) -> None:
     instance_id = _assign(shard_addresses, "llama", 3)
-    with grpc.insecure_channel(shard_addresses[0]) as channel:
+    with cluster_sync_channel(shard_addresses[0]) as channel:
         replies = shard_pb2_grpc.ShardStub(channel).Generate(
             shard_pb2.GenerateRequest(
                 request_id="to-cancel", instance_id=instance_id, prompt_tokens=PROMPT, max_tokens=400

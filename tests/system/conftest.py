@@ -5,10 +5,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 from services.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.grpc_server import cluster_sync_channel
 from services.model_store import ModelStore
 from services.settings import models_root
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
@@ -55,7 +55,7 @@ def running_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactor
         embedded_home, tmp_path_factory.mktemp("cluster-logs")
     )
     try:
-        with grpc.insecure_channel(coordinator_address) as channel:
+        with cluster_sync_channel(coordinator_address) as channel:
             state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
         instance = next(instance for instance in state.instances if instance.status == "ready")
         yield RunningCluster(

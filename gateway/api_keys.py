@@ -1,0 +1,92 @@
+"""Optional API keys for the gateway's OpenAI routes (`Authorization: Bearer <key>`).
+
+Keys come from `--api-key-file` (one per line; blank lines and `#` comments skipped) and/or
+`$STRATA_API_KEYS` (separated by commas or whitespace). With none, the gateway is open, as before.
+`/health` stays open either way. A refusal is OpenAI's 401 `invalid_api_key` error body; it is logged
+with the client address, never with the key presented.
+"""
+
+import hmac
+import json
+import logging
+import os
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+API_KEYS_ENVIRONMENT_VARIABLE = "STRATA_API_KEYS"
+PROTECTED_PREFIX = "/v1/"
+
+
+def load_api_keys(key_file: Path | None) -> tuple[bytes, ...]:
+    keys: list[str] = []
+    if key_file is not None:
+        for line in key_file.read_text().splitlines():
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                keys.append(stripped)
+    keys.extend(os.environ.get(API_KEYS_ENVIRONMENT_VARIABLE, "").replace(",", " ").split())
+    return tuple(key.encode() for key in keys)
+
+
+def _presented_key(scope: Scope) -> bytes | None:
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for name, value in headers:
+        if name.lower() == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
+    return None
+
+
+def _key_accepted(presented: bytes | None, keys: tuple[bytes, ...]) -> bool:
+    if presented is None:
+        return False
+    # Compare with every key, in constant time each, so timing tells nothing about which one is near.
+    matches = [hmac.compare_digest(presented, key) for key in keys]
+    return any(matches)
+
+
+def _refusal_body(presented: bool) -> bytes:
+    message = (
+        "Incorrect API key provided."
+        if presented
+        else "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+    )
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+    return json.dumps({"error": error}).encode()
+
+
+class ApiKeyGuard:
+    """ASGI wrapper: `/v1/*` requests need one of `keys`; every other path passes through."""
+
+    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]) -> None:
+        self._app = app
+        self._keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIX):
+            await self._app(scope, receive, send)
+            return
+        presented = _presented_key(scope)
+        if _key_accepted(presented, self._keys):
+            await self._app(scope, receive, send)
+            return
+        client = scope.get("client")
+        logger.warning(
+            "refused %s from %s: %s API key", path, client[0] if client else "?", "wrong" if presented else "no"
+        )
+        body = _refusal_body(presented is not None)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
