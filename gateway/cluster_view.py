@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from coordinator.event_follower import EventFollower
 from services.ids import InstanceId, ModelId
 
+CHANGE_POLL_SECONDS = 1.0
+"""Longest wait between two looks at the state (a change wakes the waiters at once)."""
+
 
 @dataclass(frozen=True)
 class ReadyInstance:
@@ -51,11 +54,28 @@ class ClusterView:
     def is_ready(self, model_id: ModelId) -> bool:
         return self.ready_instance(model_id) is not None
 
-    def ready_instance(self, model_id: ModelId) -> ReadyInstance | None:
+    def ready_instance(self, model_id: ModelId, avoiding: InstanceId | None = None) -> ReadyInstance | None:
+        """A ready instance of the model, other than `avoiding` (one that just failed a request)."""
         state = self._follower.state
         for instance in state.instances.values():
+            if instance.instance_id == avoiding:
+                continue
             if instance.model_id == model_id and instance.status == "ready" and instance.stages:
                 first = state.shards.get(instance.stages[0].shard_id)
                 if first is not None:
                     return ReadyInstance(InstanceId(instance.instance_id), first.address)
         return None
+
+    def is_serving(self, instance_id: InstanceId) -> bool:
+        """Whether the instance is still placed and ready (false once removed, failed or re-placed)."""
+        instance = self._follower.state.instances.get(instance_id)
+        return instance is not None and instance.status == "ready"
+
+    async def wait_for_change(self, timeout_seconds: float) -> None:
+        """Returns after the next state change, or after `timeout_seconds`."""
+        await self._follower.wait_for_change(timeout_seconds)
+
+    async def wait_until_not_serving(self, instance_id: InstanceId) -> None:
+        """Returns once the coordinator has removed the instance or marked it failed."""
+        while self.is_serving(instance_id):
+            await self._follower.wait_for_change(CHANGE_POLL_SECONDS)

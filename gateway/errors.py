@@ -15,6 +15,7 @@ from the same `describe_error`:
 | `BodyTooLargeError`                      | 413         | invalid_request_error | request_too_large       |
 | Starlette `HTTPException` (404, 405)     | its own     | invalid_request_error | None                    |
 | `ModelUnavailableError`                  | 503 + Retry-After | server_error    | model_not_ready         |
+| `RecoveryFailedError` (gave up replaying) | 502        | server_error          | pipeline_recovery_failed |
 | `PipelineError`                          | 502         | server_error          | pipeline_error          |
 | anything else                            | 500         | server_error          | internal_error          |
 
@@ -36,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.generation_request import InvalidRequestError, ModelNotFoundError
 from gateway.request_body import BodyTooLargeError, BodyValidationError, MalformedBodyError
-from gateway.token_source import ModelUnavailableError, PipelineError
+from gateway.token_source import ModelUnavailableError, PipelineError, RecoveryFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def describe_error(error: BaseException) -> ErrorDescription:
                 _body(f"{message} Retry later.", "server_error", None, "model_not_ready"),
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        case RecoveryFailedError():
+            return ErrorDescription(502, _body(str(error), "server_error", None, "pipeline_recovery_failed"))
         case PipelineError():
             message = "The model pipeline failed while serving this request; retry it."
             return ErrorDescription(502, _body(message, "server_error", None, "pipeline_error"))

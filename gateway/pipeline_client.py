@@ -1,32 +1,48 @@
-"""The gateway's TokenSource: streams a request through the first shard of a ready instance."""
+"""The gateway's `TokenSource`: streams a request through the first shard of a ready instance.
+
+`generate` recovers from a broken pipeline (`gateway.recovery`); `generate_on` is one run, one gRPC
+call to one instance's first shard.
+"""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from gateway.cluster_view import ClusterView
+from gateway.cluster_view import ClusterView, ReadyInstance
+from gateway.recovery import RecoveringTokenSource, RecoveryPolicy
 from gateway.token_source import (
     GeneratedToken,
     GenerationFinished,
-    ModelUnavailableError,
     PipelineError,
     TokenEvent,
     TokenRequest,
 )
 from services.grpc_server import insecure_channel
+from services.ids import RequestId
 from shard_server.wire import sampling_to_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 TOKEN_TIMEOUT_SECONDS = 300.0
 """Longest wait for the next token (the first one includes the whole prefill) before giving up."""
 
+REFUSALS = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+"""Statuses that refuse the request itself: running it again would not help."""
+
 
 class PipelineClient:
-    def __init__(self, view: ClusterView, token_timeout_seconds: float = TOKEN_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        view: ClusterView,
+        token_timeout_seconds: float = TOKEN_TIMEOUT_SECONDS,
+        recovery: RecoveryPolicy | None = None,
+    ) -> None:
         self._view = view
         self._token_timeout_seconds = token_timeout_seconds
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._recovering = RecoveringTokenSource(self, view, recovery or RecoveryPolicy.from_environment())
 
     def _stub(self, address: str) -> "shard_pb2_grpc.ShardAsyncStub":
         channel = self._channels.get(address)
@@ -40,18 +56,24 @@ class PipelineClient:
             await channel.close()
         self._channels.clear()
 
-    async def generate(self, request: TokenRequest) -> AsyncIterator[TokenEvent]:
-        instance = self._view.ready_instance(request.model_id)
-        if instance is None:
-            raise ModelUnavailableError(f"no instance of {request.model_id} is ready yet")
+    def generate(self, request: TokenRequest) -> AsyncIterator[TokenEvent]:
+        """The gateway's `TokenSource`: runs the request, recovering from a broken pipeline."""
+        return self._recovering.generate(request)
+
+    async def generate_on(
+        self, instance: ReadyInstance, request: TokenRequest, call_id: RequestId, replay_tokens: Sequence[int]
+    ) -> AsyncIterator[TokenEvent]:
+        """Runs `request` on `instance` as call `call_id`; after `replay_tokens` (already generated),
+        yields only the tokens that follow them. Closing the iterator cancels the call."""
         call = self._stub(instance.first_shard_address).Generate(
             shard_pb2.GenerateRequest(
-                request_id=request.request_id,
+                request_id=call_id,
                 instance_id=instance.instance_id,
                 prompt_tokens=list(request.prompt_tokens),
                 max_tokens=request.max_tokens,
                 stop_token_ids=list(request.stop_token_ids),
                 sampling=sampling_to_pb(request.sampling),
+                replay_tokens=list(replay_tokens),
             )
         )
         try:
@@ -59,11 +81,18 @@ class PipelineClient:
                 try:
                     reply = await asyncio.wait_for(call.read(), timeout=self._token_timeout_seconds)
                 except TimeoutError as error:
-                    raise PipelineError(f"no token within {self._token_timeout_seconds:.0f} s") from error
+                    raise PipelineError(
+                        f"request {call_id}: no token from instance {instance.instance_id} "
+                        f"within {self._token_timeout_seconds:.0f} s"
+                    ) from error
                 except grpc.aio.AioRpcError as error:
-                    raise PipelineError(f"the shard pipeline failed: {error.details()}") from error
+                    raise PipelineError(
+                        f"request {call_id} on instance {instance.instance_id} failed: "
+                        f"{error.code().name} {error.details()}",
+                        retryable=error.code() not in REFUSALS,
+                    ) from error
                 if not isinstance(reply, shard_pb2.GenerateReply):
-                    raise PipelineError("the shard pipeline ended the request without finishing it")
+                    raise PipelineError(f"request {call_id}: the shard pipeline ended it without finishing it")
                 body = reply.WhichOneof("body")
                 if body == "token":
                     yield GeneratedToken(token_id=reply.token.token_id)

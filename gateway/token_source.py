@@ -49,7 +49,23 @@ class ModelUnavailableError(Exception):
 
 
 class PipelineError(Exception):
-    """The shard pipeline failed while running a request."""
+    """The shard pipeline failed while running a request.
+
+    `retryable`: whether running the request again (replaying its journal) may succeed; false when
+    the shards refused the request itself (invalid, or overloaded before it started).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class RecoveryFailedError(PipelineError):
+    """The pipeline broke and recovery gave up (attempts or deadline spent); the message says why,
+    in words fit for the client (no addresses: the failures are logged)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 class TokenSource(Protocol):

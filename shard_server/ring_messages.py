@@ -34,6 +34,8 @@ class StartRequest:
     max_tokens: int
     stop_token_ids: frozenset[int]
     sampling: SamplingOptions
+    replay_tokens: tuple[int, ...] = ()
+    """Recovery: tokens generated before a failure, fed again one step each and not reported."""
 
 
 @dataclass(frozen=True)

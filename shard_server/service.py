@@ -24,11 +24,10 @@ from shard_server.ring_messages import (
     SendToNext,
     StageLoaded,
     StageLoadFailed,
-    StartRequest,
     TokenGenerated,
 )
 from shard_server.stage_worker import StageWorker
-from shard_server.wire import WireError, client_event_to_pb, ring_message_from_pb, sampling_from_pb
+from shard_server.wire import WireError, client_event_to_pb, ring_message_from_pb, start_request_from_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -183,15 +182,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         events: asyncio.Queue[ClientEvent] = asyncio.Queue()
         self._clients[request_id] = events
         finished = False
-        self._worker.submit(
-            StartRequest(
-                request_id,
-                tuple(request.prompt_tokens),
-                request.max_tokens,
-                frozenset(request.stop_token_ids),
-                sampling_from_pb(request.sampling),
-            )
-        )
+        self._worker.submit(start_request_from_pb(request))
         try:
             while not finished:
                 event = await events.get()
@@ -215,6 +206,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             return "max_tokens must be at least 1"
         if self._vocab_size and any(not 0 <= token < self._vocab_size for token in request.prompt_tokens):
             return f"prompt token ids must lie in [0, {self._vocab_size})"
+        if self._vocab_size and any(not 0 <= token < self._vocab_size for token in request.replay_tokens):
+            return f"replay token ids must lie in [0, {self._vocab_size})"
+        if len(request.replay_tokens) > request.max_tokens:
+            return "replay_tokens must not be more than max_tokens"
         sampling = request.sampling
         if sampling.temperature < 0:
             return "temperature must not be negative"
@@ -229,6 +224,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         request_iterator: AsyncIterator[shard_pb2.RingMessage],
         context: grpc.aio.ServicerContext[object, object],
     ) -> AsyncIterator[shard_pb2.RingReply]:
+        instance_at_open = self._instance_id
         try:
             async for message in request_iterator:
                 try:
@@ -237,7 +233,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                     logger.warning("refused ring message for %s: %s", message.request_id, error)
                     yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
         except asyncio.CancelledError:
-            # The previous shard went away or this server is stopping: the link simply ends.
+            # The previous shard went away (or this server is stopping). If it served the instance
+            # this shard still serves, its requests can no longer come back round: fail them now,
+            # so the gateway recovers at once instead of waiting for a token that never comes.
+            if instance_at_open is not None and instance_at_open == self._instance_id:
+                self._worker.submit(LinkBroken(f"the link from the previous shard of {instance_at_open} dropped"))
             return
 
     async def GetStats(
@@ -260,4 +260,6 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             prefix_cache_bytes=stats.prefix_cache_bytes,
             prefix_hits=stats.prefix_hits,
             reused_prompt_tokens=stats.reused_prompt_tokens,
+            replayed_tokens=stats.replayed_tokens,
+            replay_divergences=stats.replay_divergences,
         )

@@ -28,6 +28,8 @@ class Driver:
     reuse_prefix: str | None = None
     """A stored prefix the request starts from; named on its first step so every shard restores it."""
     first_step_sent: bool = False
+    replay_tokens: tuple[int, ...] = ()
+    """Recovery: the journal's tokens, used (and not reported) for the first generated steps."""
 
 
 @dataclass
@@ -58,6 +60,10 @@ class StageStats:
     prefix_hits: int
     """First shard: requests that started from a stored prompt prefix."""
     reused_prompt_tokens: int
+    replayed_tokens: int = 0
+    """First shard: journal tokens fed again by recovering requests."""
+    replay_divergences: int = 0
+    """First shard: replayed steps whose sampled token differed from the journal's."""
 
 
 @dataclass

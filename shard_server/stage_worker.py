@@ -23,11 +23,11 @@ import mlx.core as mx
 from services.ids import RequestId
 from services.mlx_typing import evaluate
 from services.tensor_codec import TensorDecodeError, decode, encode
-from shard_server.batch_plan import MAX_DECODE_ROWS, DecodeRow, plan_batch
+from shard_server.batch_plan import MAX_DECODE_ROWS
 from shard_server.batched_forward import RequestRows
+from shard_server.first_shard import FirstShardDriver
 from shard_server.model_stage import ModelLoadError, ModelStage
-from shard_server.prefill import prefill_chunks
-from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory, prefix_key
+from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory
 from shard_server.ring_messages import (
     BatchStep,
     CancelRequest,
@@ -38,7 +38,6 @@ from shard_server.ring_messages import (
     ReleaseRequest,
     RequestFailed,
     RequestFailure,
-    RequestFinished,
     SampledToken,
     SampledTokens,
     Segment,
@@ -46,12 +45,10 @@ from shard_server.ring_messages import (
     StageLoaded,
     StageLoadFailed,
     StartRequest,
-    TokenGenerated,
     WorkItem,
 )
 from shard_server.sampler import RequestSampler
 from shard_server.stage_state import (
-    Driver,
     LoadedStage,
     PlannedBatch,
     RequestState,
@@ -75,11 +72,7 @@ class StageWorker:
         self._batched_rows = 0
         self._stats_lock = threading.Lock()
         self._compute_seconds = 0.0
-        self._ring_seconds = 0.0
-        self._ring_samples = 0
-        self._launched_at: dict[RequestId, float] = {}
-        self._prefix_hits = 0
-        self._reused_prompt_tokens = 0
+        self._first = FirstShardDriver(emit, lambda request_id: self._release(request_id, pass_on=True))
         self._stats = StageStats(None, 0, 0, 0, 0, 0, 0, False, 0.0, 0.0, 0, 0, 0, 0)
         self._thread = threading.Thread(target=self._run, name="stage-worker", daemon=True)
 
@@ -147,11 +140,13 @@ class StageWorker:
                 self._batched_rows,
                 loaded.stage.batch_invariant,
                 self._compute_seconds,
-                self._ring_seconds,
-                self._ring_samples,
+                self._first.ring_seconds,
+                self._first.ring_samples,
                 loaded.prefixes.nbytes,
-                self._prefix_hits,
-                self._reused_prompt_tokens,
+                self._first.prefix_hits,
+                self._first.reused_prompt_tokens,
+                self._first.replayed_tokens,
+                self._first.replay_divergences,
             )
         with self._stats_lock:
             self._stats = snapshot
@@ -170,7 +165,7 @@ class StageWorker:
                 loaded = self._loaded
                 if loaded is not None:
                     for token in item.tokens:
-                        self._on_token(loaded, token)
+                        self._first.on_token(loaded, token)
             case ReleaseRequest() | CancelRequest():
                 self._release(item.request_id, pass_on=True)
             case RequestFailure():
@@ -219,28 +214,7 @@ class StageWorker:
         if not loaded.stage.stage.is_first:
             self._emit(RequestFailed(item.request_id, "requests must start at the first shard of the instance"))
             return
-        if item.request_id in loaded.requests:
-            self._emit(RequestFailed(item.request_id, f"request {item.request_id} is already running"))
-            return
-        driver = Driver(
-            prompt_tokens=item.prompt_tokens,
-            max_tokens=item.max_tokens,
-            stop_token_ids=item.stop_token_ids,
-            chunks=prefill_chunks(len(item.prompt_tokens), loaded.prefill_step_size),
-        )
-        sampler = RequestSampler(item.sampling) if loaded.stage.stage.is_last else None
-        cache = loaded.stage.make_cache()
-        directory = loaded.directory
-        reusable = directory.longest_reusable(item.prompt_tokens, loaded.prefill_step_size) if directory else None
-        if reusable is not None and (restored := loaded.prefixes.restore(reusable[0])) is not None:
-            key, length = reusable
-            cache = restored
-            driver.chunks = [chunk for chunk in driver.chunks if chunk[0] >= length]
-            driver.reuse_prefix = key
-            self._prefix_hits += 1
-            self._reused_prompt_tokens += length
-        loaded.requests[item.request_id] = RequestState(cache, item.sampling, sampler, driver)
-        loaded.prefill_waiting.append(item.request_id)
+        self._first.start(loaded, item)
 
     def _receive_batch(self, item: BatchStep) -> None:
         loaded = self._loaded
@@ -251,102 +225,22 @@ class StageWorker:
             return
         loaded.received.append(item)
 
-    def _on_token(self, loaded: LoadedStage, token: SampledToken) -> None:
-        """First shard: report the token, then end the request or queue its next step."""
-        launched = self._launched_at.pop(token.request_id, None)
-        if launched is not None:
-            self._ring_seconds += time.perf_counter() - launched
-            self._ring_samples += 1
-        state = loaded.requests.get(token.request_id)
-        if state is None or state.driver is None:
-            return  # the request ended while the token travelled
-        driver = state.driver
-        driver.generated += 1
-        self._emit(TokenGenerated(token.request_id, token.token_id, driver.generated - 1))
-        reason = None
-        if token.token_id in driver.stop_token_ids:
-            reason = "stop"
-        elif driver.generated >= driver.max_tokens:
-            reason = "length"
-        if reason is None:
-            loaded.ready.append(DecodeRow(token.request_id, token.token_id, token.position))
-            return
-        self._emit(RequestFinished(token.request_id, reason, len(driver.prompt_tokens), driver.generated))
-        self._release(token.request_id, pass_on=True)
-
     # --- running a batch ---
 
     def _run_one_batch(self) -> None:
         loaded = self._loaded
         if loaded is None:
             return
-        planned = self._plan_first_shard(loaded) if loaded.stage.stage.is_first else self._plan_received(loaded)
+        planned = self._first.plan(loaded) if loaded.stage.stage.is_first else self._plan_received(loaded)
         if planned is None or not planned.segments:
             return
         started = time.perf_counter()
-        if loaded.stage.stage.is_first:
-            for segment in planned.segments:
-                if segment.sample:
-                    self._launched_at[segment.request_id] = started
         try:
             self._compute(loaded, planned)
             self._compute_seconds += time.perf_counter() - started
         except (RequestError, TensorDecodeError, ValueError) as error:
             for segment in planned.segments:
                 self._fail(segment.request_id, str(error))
-
-    def _plan_first_shard(self, loaded: LoadedStage) -> PlannedBatch:
-        decoding = sum(
-            1 for state in loaded.requests.values() if state.driver is not None and state.driver.generated > 0
-        )
-        plan = plan_batch(loaded.ready, loaded.prefill_waiting, decoding, loaded.ring_size)
-        del loaded.ready[: len(plan.decode_rows)]
-        segments: list[Segment] = []
-        states: list[RequestState] = []
-        tokens: list[int] = []
-        for row in plan.decode_rows:
-            state = loaded.requests.get(row.request_id)
-            if state is None:
-                continue
-            segments.append(Segment(row.request_id, row.position, 1, True, None))
-            states.append(state)
-            tokens.append(row.token_id)
-        if plan.prefill_request is not None:
-            request_id = plan.prefill_request
-            state = loaded.requests.get(request_id)
-            if state is None or state.driver is None:
-                loaded.prefill_waiting.popleft()
-            else:
-                driver = state.driver
-                start, end = driver.chunks[driver.next_chunk]
-                driver.next_chunk += 1
-                last_chunk = driver.next_chunk == len(driver.chunks)
-                if last_chunk:
-                    loaded.prefill_waiting.popleft()
-                first_step = not driver.first_step_sent
-                driver.first_step_sent = True
-                segments.append(
-                    Segment(
-                        request_id,
-                        start,
-                        end - start,
-                        last_chunk,
-                        state.sampling if first_step else None,
-                        self._prefix_to_store(loaded, driver, end, last_chunk),
-                        driver.reuse_prefix if first_step else None,
-                    )
-                )
-                states.append(state)
-                tokens.extend(driver.prompt_tokens[start:end])
-        inputs = loaded.stage.embed(mx.array(tokens, dtype=mx.int32)[None])  # (1, rows, hidden)
-        return PlannedBatch(tuple(segments), tuple(states), inputs)
-
-    def _prefix_to_store(self, loaded: LoadedStage, driver: Driver, end: int, last_chunk: bool) -> str | None:
-        """The key under which every shard keeps the prompt [0, end) after this chunk, if worth keeping."""
-        if last_chunk or end % loaded.prefill_step_size != 0 or loaded.directory is None:
-            return None
-        key = prefix_key(driver.prompt_tokens[:end])
-        return None if key in loaded.directory else key
 
     def _plan_received(self, loaded: LoadedStage) -> PlannedBatch | None:
         batch = loaded.received.popleft()
@@ -466,7 +360,7 @@ class StageWorker:
         evaluate(cache_arrays(planned.states))
         if loaded.stage.stage.is_first:
             for token in tokens:
-                self._on_token(loaded, token)
+                self._first.on_token(loaded, token)
         else:
             self._emit(SendToNext(SampledTokens(tuple(tokens))))
 
@@ -474,7 +368,7 @@ class StageWorker:
 
     def _forget(self, loaded: LoadedStage, request_id: RequestId) -> None:
         loaded.requests.pop(request_id, None)
-        self._launched_at.pop(request_id, None)
+        self._first.forget(request_id)
         loaded.ready[:] = [row for row in loaded.ready if row.request_id != request_id]
         if request_id in loaded.prefill_waiting:
             loaded.prefill_waiting.remove(request_id)

@@ -15,6 +15,7 @@ from shard_server.ring_messages import (
     SampledToken,
     SampledTokens,
     Segment,
+    StartRequest,
     TokenGenerated,
 )
 from strata_wire import common_pb2, shard_pb2
@@ -41,6 +42,18 @@ def sampling_to_pb(options: SamplingOptions) -> common_pb2.SamplingParams:
         top_k=options.top_k,
         seed=options.seed,
         key_position=options.key_position,
+    )
+
+
+def start_request_from_pb(message: shard_pb2.GenerateRequest) -> StartRequest:
+    """A gateway's request (already validated by the service), replay tokens included."""
+    return StartRequest(
+        RequestId(message.request_id),
+        tuple(message.prompt_tokens),
+        message.max_tokens,
+        frozenset(message.stop_token_ids),
+        sampling_from_pb(message.sampling),
+        tuple(message.replay_tokens),
     )
 
 

@@ -1,0 +1,190 @@
+"""First shard only: drives each request of the ring (prompt chunks, stop rules, recovery replay).
+
+Runs on the stage worker's thread, as part of it. A new request is prefilled in chunks of the
+instance's prefill step (skipping a stored prompt prefix: exact, since only whole chunks are kept);
+then every token the last shard samples comes back here: it is reported to the gateway, checked
+against the stop rules, and fed as the request's next decode step.
+
+A recovering request (its pipeline broke and the gateway replays its journal) is the same request
+again with `replay_tokens`: prompt chunks as before, then each journal token fed one decode step at
+a time, the shapes of the original run, so every step computes bitwise what it computed then. The
+last shard still samples each step, so the request's random key advances exactly as before; the
+journal's token is used, not reported again, and a mismatch is counted and logged (none when
+compute is exact).
+"""
+
+import logging
+import time
+from collections.abc import Callable
+
+import mlx.core as mx
+
+from services.ids import RequestId
+from shard_server.batch_plan import DecodeRow, plan_batch
+from shard_server.prefill import prefill_chunks
+from shard_server.prefix_cache import prefix_key
+from shard_server.ring_messages import (
+    Effect,
+    RequestFailed,
+    RequestFinished,
+    SampledToken,
+    Segment,
+    StartRequest,
+    TokenGenerated,
+)
+from shard_server.sampler import RequestSampler
+from shard_server.stage_state import Driver, LoadedStage, PlannedBatch, RequestState
+
+logger = logging.getLogger(__name__)
+
+
+class FirstShardDriver:
+    """The first shard's side of every request: start, plan its steps, take its tokens."""
+
+    def __init__(self, emit: Callable[[Effect], None], release: Callable[[RequestId], None]) -> None:
+        self._emit = emit
+        self._release = release
+        """Ends a request here and on every shard after it."""
+        self._launched_at: dict[RequestId, float] = {}
+        self.ring_seconds = 0.0
+        self.ring_samples = 0
+        self.prefix_hits = 0
+        self.reused_prompt_tokens = 0
+        self.replayed_tokens = 0
+        self.replay_divergences = 0
+
+    def start(self, loaded: LoadedStage, item: StartRequest) -> None:
+        if item.request_id in loaded.requests:
+            self._emit(RequestFailed(item.request_id, f"request {item.request_id} is already running"))
+            return
+        driver = Driver(
+            prompt_tokens=item.prompt_tokens,
+            max_tokens=item.max_tokens,
+            stop_token_ids=item.stop_token_ids,
+            chunks=prefill_chunks(len(item.prompt_tokens), loaded.prefill_step_size),
+            replay_tokens=item.replay_tokens,
+        )
+        sampler = RequestSampler(item.sampling) if loaded.stage.stage.is_last else None
+        cache = loaded.stage.make_cache()
+        directory = loaded.directory
+        reusable = directory.longest_reusable(item.prompt_tokens, loaded.prefill_step_size) if directory else None
+        if reusable is not None and (restored := loaded.prefixes.restore(reusable[0])) is not None:
+            key, length = reusable
+            cache = restored
+            driver.chunks = [chunk for chunk in driver.chunks if chunk[0] >= length]
+            driver.reuse_prefix = key
+            self.prefix_hits += 1
+            self.reused_prompt_tokens += length
+        if item.replay_tokens:
+            logger.info(
+                "request %s resumes: %d prompt tokens, then %d journal tokens replayed one step each",
+                item.request_id,
+                len(item.prompt_tokens),
+                len(item.replay_tokens),
+            )
+        loaded.requests[item.request_id] = RequestState(cache, item.sampling, sampler, driver)
+        loaded.prefill_waiting.append(item.request_id)
+
+    def on_token(self, loaded: LoadedStage, token: SampledToken) -> None:
+        """Report the token (unless replayed), then end the request or queue its next step."""
+        launched = self._launched_at.pop(token.request_id, None)
+        if launched is not None:
+            self.ring_seconds += time.perf_counter() - launched
+            self.ring_samples += 1
+        state = loaded.requests.get(token.request_id)
+        if state is None or state.driver is None:
+            return  # the request ended while the token travelled
+        driver = state.driver
+        index = driver.generated
+        driver.generated += 1
+        token_id = token.token_id
+        if index < len(driver.replay_tokens):
+            token_id = self._replayed(token.request_id, index, token.token_id, driver.replay_tokens[index])
+        else:
+            self._emit(TokenGenerated(token.request_id, token_id, index))
+        reason = None
+        if token_id in driver.stop_token_ids:
+            reason = "stop"
+        elif driver.generated >= driver.max_tokens:
+            reason = "length"
+        if reason is None:
+            loaded.ready.append(DecodeRow(token.request_id, token_id, token.position))
+            return
+        self._emit(RequestFinished(token.request_id, reason, len(driver.prompt_tokens), driver.generated))
+        self._release(token.request_id)
+
+    def _replayed(self, request_id: RequestId, index: int, sampled: int, journal: int) -> int:
+        self.replayed_tokens += 1
+        if sampled != journal:
+            self.replay_divergences += 1
+            logger.warning(
+                "request %s: replayed step %d sampled token %d, the journal has %d (compute is not exact here)",
+                request_id,
+                index,
+                sampled,
+                journal,
+            )
+        return journal
+
+    def plan(self, loaded: LoadedStage) -> PlannedBatch:
+        """The next batch: decode rows of running requests and at most one prompt chunk."""
+        decoding = sum(
+            1 for state in loaded.requests.values() if state.driver is not None and state.driver.generated > 0
+        )
+        plan = plan_batch(loaded.ready, loaded.prefill_waiting, decoding, loaded.ring_size)
+        del loaded.ready[: len(plan.decode_rows)]
+        segments: list[Segment] = []
+        states: list[RequestState] = []
+        tokens: list[int] = []
+        for row in plan.decode_rows:
+            state = loaded.requests.get(row.request_id)
+            if state is None:
+                continue
+            segments.append(Segment(row.request_id, row.position, 1, True, None))
+            states.append(state)
+            tokens.append(row.token_id)
+        if plan.prefill_request is not None:
+            request_id = plan.prefill_request
+            state = loaded.requests.get(request_id)
+            if state is None or state.driver is None:
+                loaded.prefill_waiting.popleft()
+            else:
+                segments.append(self._prompt_chunk(loaded, request_id, state, state.driver))
+                states.append(state)
+                start, end = state.driver.chunks[state.driver.next_chunk - 1]
+                tokens.extend(state.driver.prompt_tokens[start:end])
+        started = time.perf_counter()
+        for segment in segments:
+            if segment.sample:
+                self._launched_at[segment.request_id] = started
+        inputs = loaded.stage.embed(mx.array(tokens, dtype=mx.int32)[None])  # (1, rows, hidden)
+        return PlannedBatch(tuple(segments), tuple(states), inputs)
+
+    def _prompt_chunk(self, loaded: LoadedStage, request_id: RequestId, state: RequestState, driver: Driver) -> Segment:
+        """Takes the request's next prompt chunk; the last one samples the first token."""
+        start, end = driver.chunks[driver.next_chunk]
+        driver.next_chunk += 1
+        last_chunk = driver.next_chunk == len(driver.chunks)
+        if last_chunk:
+            loaded.prefill_waiting.popleft()
+        first_step = not driver.first_step_sent
+        driver.first_step_sent = True
+        return Segment(
+            request_id,
+            start,
+            end - start,
+            last_chunk,
+            state.sampling if first_step else None,
+            self._prefix_to_store(loaded, driver, end, last_chunk),
+            driver.reuse_prefix if first_step else None,
+        )
+
+    def _prefix_to_store(self, loaded: LoadedStage, driver: Driver, end: int, last_chunk: bool) -> str | None:
+        """The key under which every shard keeps the prompt [0, end) after this chunk, if worth keeping."""
+        if last_chunk or end % loaded.prefill_step_size != 0 or loaded.directory is None:
+            return None
+        key = prefix_key(driver.prompt_tokens[:end])
+        return None if key in loaded.directory else key
+
+    def forget(self, request_id: RequestId) -> None:
+        self._launched_at.pop(request_id, None)
