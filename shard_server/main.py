@@ -59,7 +59,10 @@ async def _keep_registered(
                         logger.info("registered with coordinator %s", coordinator)
                     registered.add(coordinator)
                 except grpc.aio.AioRpcError as error:
-                    if coordinator in registered:
+                    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        # Another cluster's coordinator, or this home lacks the token: say so on every try.
+                        logger.error("coordinator %s refused this shard: %s", coordinator, error.details())
+                    elif coordinator in registered:
                         logger.warning("coordinator %s unreachable: %s", coordinator, error.details())
                     registered.discard(coordinator)
         await asyncio.sleep(REGISTER_INTERVAL_SECONDS)
