@@ -30,7 +30,7 @@ from coordinator.raft.node import RaftNode
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
 from coordinator.state import ClusterState, ModelInstance, ModelSpec, ShardServer, StageAssignment
 from services.compute_dtype import ComputeDtype
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from services.ids import NodeId
 from strata_wire import shard_pb2, shard_pb2_grpc
 
@@ -201,7 +201,7 @@ class CoordinatorReplica:
             compute_dtype=self._compute_dtype,
             ring_size=len(instance.stages),
         )
-        async with insecure_channel(shard.address) as channel:
+        async with cluster_channel(shard.address) as channel:
             try:
                 await shard_pb2_grpc.ShardStub(channel).Assign(request, timeout=ASSIGN_TIMEOUT_SECONDS)
             except grpc.aio.AioRpcError as error:

@@ -18,7 +18,7 @@ from gateway.token_source import (
     TokenEvent,
     TokenRequest,
 )
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from services.ids import RequestId
 from shard_server.wire import sampling_to_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
@@ -47,7 +47,7 @@ class PipelineClient:
     def _stub(self, address: str) -> "shard_pb2_grpc.ShardAsyncStub":
         channel = self._channels.get(address)
         if channel is None:
-            channel = insecure_channel(address)
+            channel = cluster_channel(address)
             self._channels[address] = channel
         return shard_pb2_grpc.ShardStub(channel)
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from services.grpc_server import insecure_channel
+from services.grpc_server import cluster_channel
 from services.ids import RequestId
 from shard_server.ring_messages import RingMessage
 from shard_server.wire import ring_message_to_pb
@@ -30,7 +30,7 @@ class RingLink:
         self.address = address
         self._on_refused = on_refused
         self._on_broken = on_broken
-        self._channel = insecure_channel(address)
+        self._channel = cluster_channel(address)
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._outbox: asyncio.Queue[shard_pb2.RingMessage | None] | None = None
         self._task: asyncio.Task[None] | None = None
