@@ -105,9 +105,11 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
         options.compute_dtype,
         voter_target=options.expect,
     )
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(replica), server.server)
-    raft_pb2_grpc.add_RaftServicer_to_server(RaftService(node), server.server)
     presence = CoordinatorPresence(options.discovery, node_id(options.home), replica_id, store)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorService(replica, presence.discovery.refused), server.server
+    )
+    raft_pb2_grpc.add_RaftServicer_to_server(RaftService(node), server.server)
     add_peer_service(server.server, presence.identity)
     add_model_file_service(server.server, store)
     await server.start()

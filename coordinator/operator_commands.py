@@ -60,6 +60,15 @@ def render_status(state: coordinator_pb2.ClusterState) -> str:
             ],
         ),
     ]
+    if state.refused_peers:
+        lines += [
+            "",
+            "refused peers (never joined)",
+            *_table(
+                ("ADDRESS", "NODE", "REASON"),
+                [(peer.address, peer.node_id, peer.reason) for peer in state.refused_peers],
+            ),
+        ]
     return "\n".join(lines)
 
 

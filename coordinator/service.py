@@ -4,7 +4,7 @@ A follower passes commands on to the leader once (marked `forwarded`, so two rep
 believe the other leads cannot bounce a request forever).
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
@@ -16,6 +16,7 @@ from coordinator.replica import CoordinatorReplica
 from coordinator.state import ShardServer
 from coordinator.watch import committed_after
 from coordinator.wire import replicas_to_pb, stage_to_pb, state_to_pb
+from discovery.peer import RefusedPeer
 from services.grpc_server import cluster_channel
 from services.ids import ModelId, NodeId, ShardId
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
@@ -27,8 +28,12 @@ Reply = TypeVar("Reply")
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, replica: CoordinatorReplica) -> None:
+    def __init__(
+        self, replica: CoordinatorReplica, refused_peers: Callable[[], Iterable[RefusedPeer]] = lambda: ()
+    ) -> None:
         self._replica = replica
+        self._refused_peers = refused_peers
+        """Peers discovery refused: shown by GetState so `strata status` tells why a host is missing."""
 
     async def RegisterShard(
         self, request: coordinator_pb2.RegisterShardRequest, context: grpc.aio.ServicerContext[object, object]
@@ -75,6 +80,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         reply.replicas.extend(replicas_to_pb(node))
         reply.voters.extend(node.voters)
         reply.learners.extend(node.learners)
+        reply.refused_peers.extend(
+            coordinator_pb2.RefusedPeer(address=peer.address, node_id=peer.node_id, reason=peer.reason)
+            for peer in self._refused_peers()
+        )
         return reply
 
     async def JoinCluster(

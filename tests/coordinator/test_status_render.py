@@ -59,3 +59,21 @@ def test_nodes_are_sorted_and_instances_show_layer_ranges() -> None:
 
 def test_an_empty_cluster_still_renders() -> None:
     assert "leader: (none)" in render_status(coordinator_pb2.ClusterState())
+
+
+def test_refused_peers_are_listed_with_the_reason() -> None:
+    state = sample_state()
+    state.refused_peers.append(
+        coordinator_pb2.RefusedPeer(
+            address="10.0.0.9:52417", node_id="node-z", reason="protocol version 99 is incompatible with 1"
+        )
+    )
+
+    text = render_status(state)
+
+    assert "refused peers" in text
+    assert "10.0.0.9:52417" in text and "protocol version 99 is incompatible" in text
+
+
+def test_no_refused_peers_section_when_none_were_refused() -> None:
+    assert "refused peers" not in render_status(sample_state())

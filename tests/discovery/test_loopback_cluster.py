@@ -111,6 +111,9 @@ def test_discovery_on_loopback_forms_one_cluster_per_name(embedded_models: Path,
         coordinator_log = processes[1].log_path.read_text()
         assert f"refusing shard 127.0.0.1:{skewed_port}" in coordinator_log
         assert "protocol version 99 is incompatible" in coordinator_log
+        # ... and `strata status` says so too.
+        refused = [peer for peer in state.refused_peers if peer.address == f"127.0.0.1:{skewed_port}"]
+        assert refused and "protocol version 99 is incompatible" in refused[0].reason
         other_state = _state(f"127.0.0.1:{other_coordinator_port}")
         assert [shard.address for shard in other_state.shards] == [f"127.0.0.1:{shard_ports[2]}"]
     except BaseException:
