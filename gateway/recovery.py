@@ -144,6 +144,7 @@ class RecoveringTokenSource:
         call_id = journal.call_id()
         events = self._runs.generate_on(instance, journal.request, call_id, tuple(journal.tokens))
         removed = asyncio.create_task(self._view.wait_until_not_serving(instance.instance_id))
+        step: asyncio.Future[TokenEvent] | None = None
         try:
             while True:
                 step = asyncio.ensure_future(anext(events))
@@ -160,6 +161,12 @@ class RecoveringTokenSource:
                 yield event
         finally:
             removed.cancel()
+            if step is not None and not step.done():
+                # Cancelled while waiting (the client left): the pending read holds `events`, which
+                # could not be closed (so the shards would run on) until it ends.
+                step.cancel()
+                with suppress(asyncio.CancelledError, StopAsyncIteration, PipelineError):
+                    await step
             if isinstance(events, AsyncGenerator):
                 with suppress(Exception):  # closing a broken run must not hide why it broke
                     await events.aclose()

@@ -233,12 +233,14 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                     logger.warning("refused ring message for %s: %s", message.request_id, error)
                     yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
         except asyncio.CancelledError:
-            # The previous shard went away (or this server is stopping). If it served the instance
-            # this shard still serves, its requests can no longer come back round: fail them now,
-            # so the gateway recovers at once instead of waiting for a token that never comes.
+            return  # the previous shard went away, or this server is stopping
+        finally:
+            # However the link ended: if it served the instance this shard still serves, the requests
+            # in flight can no longer come back round: fail them now, so the gateway recovers at once
+            # instead of waiting for a token that never comes.
             if instance_at_open is not None and instance_at_open == self._instance_id:
+                logger.warning("the ring link from the previous shard of %s ended", instance_at_open)
                 self._worker.submit(LinkBroken(f"the link from the previous shard of {instance_at_open} dropped"))
-            return
 
     async def GetStats(
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
