@@ -183,6 +183,11 @@ class CoordinatorReplica:
             logger.info("instance %s is ready", instance.instance_id)
             await self.append(InstanceReady(instance_id=instance.instance_id))
 
+    def _kv_budget_bytes_per_layer(self, instance: ModelInstance) -> int:
+        """The KV room placement reserved per layer: the first shard admits requests within it."""
+        model = self._state.models.get(instance.model_id)
+        return model.kv_bytes_per_layer if model is not None else 0
+
     async def _assign(self, instance: ModelInstance, index: int) -> str | None:
         """Tells one shard to load its stage; returns why it failed, or None."""
         stage: StageAssignment = instance.stages[index]
@@ -200,6 +205,7 @@ class CoordinatorReplica:
             prefill_step_size=self._prefill_step_size,
             compute_dtype=self._compute_dtype,
             ring_size=len(instance.stages),
+            kv_budget_bytes_per_layer=self._kv_budget_bytes_per_layer(instance),
         )
         async with cluster_channel(shard.address) as channel:
             try:

@@ -15,11 +15,14 @@ from the same `describe_error`:
 | `BodyTooLargeError`                      | 413         | invalid_request_error | request_too_large       |
 | Starlette `HTTPException` (404, 405)     | its own     | invalid_request_error | None                    |
 | `ModelUnavailableError`                  | 503 + Retry-After | server_error    | model_not_ready         |
+| `OverloadedError` (shard admission)      | 503 + Retry-After | server_error    | overloaded              |
 | `RecoveryFailedError` (gave up replaying) | 502        | server_error          | pipeline_recovery_failed |
 | `PipelineError`                          | 502         | server_error          | pipeline_error          |
 | anything else                            | 500         | server_error          | internal_error          |
 
-`PipelineError` is 502 Bad Gateway: the gateway works but the shard pipeline behind it failed,
+`OverloadedError` is the first shard refusing a request at its KV budget or full wait queue
+(RESOURCE_EXHAUSTED): 503 with the shard's `Retry-After` hint, never 429 (that is kept for per-key
+rate limits). `PipelineError` is 502 Bad Gateway: the gateway works but the shard pipeline behind it failed,
 which is worth telling apart from a gateway bug (500); clients retry both. Server errors never
 carry the exception's text, which could leak internals (addresses, traces); it is logged instead.
 """
@@ -37,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.generation_request import InvalidRequestError, ModelNotFoundError
 from gateway.request_body import BodyTooLargeError, BodyValidationError, MalformedBodyError
-from gateway.token_source import ModelUnavailableError, PipelineError, RecoveryFailedError
+from gateway.token_source import ModelUnavailableError, OverloadedError, PipelineError, RecoveryFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,11 @@ def describe_error(error: BaseException) -> ErrorDescription:
                 _body(f"{message} Retry later.", "server_error", None, "model_not_ready"),
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        case OverloadedError(retry_after_seconds=retry_after):
+            message = "The model is at its capacity (KV cache budget) right now. Retry later."
+            return ErrorDescription(
+                503, _body(message, "server_error", None, "overloaded"), {"Retry-After": str(retry_after)}
+            )
         case RecoveryFailedError():
             return ErrorDescription(502, _body(str(error), "server_error", None, "pipeline_recovery_failed"))
         case PipelineError():
@@ -118,6 +126,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, error: Exception) -> JSONResponse:
         if isinstance(error, StarletteHTTPException) and error.status_code == 404:
             error = StarletteHTTPException(404, f"Unknown URL: {request.method} {request.url.path}")
+        elif isinstance(error, OverloadedError):
+            logger.info("%s %s: refused at capacity: %s", request.method, request.url.path, error)
         elif isinstance(error, PipelineError):
             logger.warning("%s %s: pipeline failed: %s", request.method, request.url.path, error)
         return error_response(error)
@@ -130,6 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ModelNotFoundError,
         BodyTooLargeError,
         ModelUnavailableError,
+        OverloadedError,
         PipelineError,
         StarletteHTTPException,
         Exception,  # Starlette answers it from its outermost middleware, then re-raises it to be logged

@@ -14,13 +14,14 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Send
 
 from gateway.completion_engine import CompletionEngine
 from gateway.errors import describe_error
@@ -145,16 +146,35 @@ async def _stream_reply(
     events = await _unless_disconnected(request, starting)
     if events is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return StreamingResponse(
+    return _ClosingStreamingResponse(
         _server_sent_events(events, encoder, include_usage),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its event stream as soon as the response ends, also when the client went away.
+
+    Under ASGI 2.4 servers (uvicorn) Starlette learns of a disconnect only when a send fails, and then
+    leaves the stream to the garbage collector: the request would go on generating on every shard
+    until it finished. Closing it here cancels it at once.
+    """
+
+    def __init__(self, stream: AsyncGenerator[str], media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(stream, media_type=media_type, headers=headers)
+        self._stream = stream
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self._stream.aclose()
+
+
 async def _server_sent_events(
     events: AsyncGenerator[TextEvent], encoder: ReplyEncoder, include_usage: bool
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str]:
     async with aclosing(events):
         try:
             opening = encoder.opening()

@@ -14,12 +14,14 @@ from gateway.recovery import RecoveringTokenSource, RecoveryPolicy
 from gateway.token_source import (
     GeneratedToken,
     GenerationFinished,
+    OverloadedError,
     PipelineError,
     TokenEvent,
     TokenRequest,
 )
 from services.grpc_server import cluster_channel
 from services.ids import RequestId
+from shard_server.admission import DEFAULT_RETRY_AFTER_SECONDS, RETRY_AFTER_METADATA
 from shard_server.wire import sampling_to_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
 
@@ -86,6 +88,8 @@ class PipelineClient:
                         f"within {self._token_timeout_seconds:.0f} s"
                     ) from error
                 except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise _overloaded(error) from error
                     raise PipelineError(
                         f"request {call_id} on instance {instance.instance_id} failed: "
                         f"{error.code().name} {error.details()}",
@@ -107,3 +111,12 @@ class PipelineClient:
                     return
         finally:
             call.cancel()
+
+
+def _overloaded(error: grpc.aio.AioRpcError) -> OverloadedError:
+    """The first shard's admission refusal, with its retry hint (trailing metadata)."""
+    retry_after = DEFAULT_RETRY_AFTER_SECONDS
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_METADATA and isinstance(value, str) and value.isdigit():
+            retry_after = int(value)
+    return OverloadedError(error.details() or "the model instance is at its admission limit", retry_after)

@@ -60,6 +60,15 @@ class PipelineError(Exception):
         self.retryable = retryable
 
 
+class OverloadedError(PipelineError):
+    """The instance refused the request at its admission limit (KV budget, wait queue): HTTP 503,
+    with `retry_after_seconds` from the shard's hint. Not retried here: the client retries later."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message, retryable=False)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class RecoveryFailedError(PipelineError):
     """The pipeline broke and recovery gave up (attempts or deadline spent); the message says why,
     in words fit for the client (no addresses: the failures are logged)."""

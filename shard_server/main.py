@@ -19,6 +19,7 @@ from services.grpc_server import GrpcServer, cluster_channel
 from services.ids import ShardId
 from services.model_store import ModelStore
 from services.settings import models_root, node_id
+from shard_server.admission import AdmissionLimits
 from shard_server.service import ShardService
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 
@@ -38,6 +39,7 @@ class ShardOptions:
     """None: register with the coordinators discovery finds."""
     memory_limit_bytes: int | None
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
 
 
 def offered_memory(limit: int | None) -> int:
@@ -82,7 +84,9 @@ async def serve_shard(options: ShardOptions) -> None:
         options.discovery, host_node, address, store, offered_memory(None), options.memory_limit_bytes
     )
     coordinators = presence.coordinators(options.coordinator)
-    service = ShardService(shard_id, address, store, fetch_stage=presence.fetch_stage_hook(coordinators))
+    service = ShardService(
+        shard_id, address, store, fetch_stage=presence.fetch_stage_hook(coordinators), admission=options.admission
+    )
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
     add_peer_service(server.server, presence.identity)
     add_model_file_service(server.server, store)

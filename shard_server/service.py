@@ -3,14 +3,26 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 
+from coordinator.model_spec import kv_bytes_per_layer
 from services.compute_dtype import ComputeDtype, parse_compute_dtype
 from services.ids import InstanceId, ModelId, RequestId, ShardId
+from services.model_files import read_config
 from services.model_store import ModelStore
+from shard_server.admission import (
+    RETRY_AFTER_METADATA,
+    AdmissionGate,
+    AdmissionLimits,
+    AdmissionRefusedError,
+    Ticket,
+    kv_budget_tokens,
+)
 from shard_server.model_stage import StageRange
+from shard_server.ring_checks import check_ring_message
 from shard_server.ring_link import RingLink
 from shard_server.ring_messages import (
     CancelRequest,
@@ -32,6 +44,9 @@ from strata_wire import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
+CLIENT_EVENTS_LIMIT = 1024
+"""Events buffered for one Generate call; a client that stops reading fails its request instead."""
+
 StageOutcome = StageLoaded | StageLoadFailed
 
 
@@ -42,6 +57,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         address: str,
         store: ModelStore,
         fetch_stage: Callable[[ModelId, int, int], Awaitable[str | None]] | None = None,
+        admission: AdmissionLimits | None = None,
     ) -> None:
         self._shard_id = shard_id
         self._address = address
@@ -56,19 +72,30 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._term = 0
         self._instance_id: InstanceId | None = None
         self._vocab_size = 0
+        self._hidden_size = 0
+        self._serves_first_stage = False
         self._assign_lock = asyncio.Lock()
+        self._admission_overrides = admission or AdmissionLimits()
+        """Operator limits; a KV budget set here replaces the coordinator's."""
+        self._admission = AdmissionGate(self._admission_overrides)
 
     def start(self) -> None:
         self._worker.start()
 
     async def stop(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()  # first: it wakes a worker waiting for room in the link
         self._worker.stop()
-        if self._link is not None:
-            await self._link.close()
 
     # --- effects from the worker thread, applied on the event loop ---
 
     def _emit_from_worker(self, effect: Effect) -> None:
+        link = self._link
+        if isinstance(effect, SendToNext) and link is not None:
+            # Backpressure: the worker waits while the next shard has not taken earlier messages.
+            # After the stall limit the send goes ahead and breaks the link (bounded either way).
+            link.wait_for_room()
         self._loop.call_soon_threadsafe(self._apply_effect, effect)
 
     def _apply_effect(self, effect: Effect) -> None:
@@ -80,7 +107,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 self._link.send(effect.message)
             case TokenGenerated() | RequestFinished() | RequestFailed():
                 client = self._clients.get(effect.request_id)
-                if client is not None:
+                if client is not None and not client.full():
+                    if client.qsize() == CLIENT_EVENTS_LIMIT:
+                        effect = RequestFailed(effect.request_id, "the client stopped reading its tokens")
+                        self._worker.submit(CancelRequest(effect.request_id))
                     client.put_nowait(effect)
             case StageLoaded() | StageLoadFailed():
                 pending = self._pending_loads.pop(effect.instance_id, None)
@@ -98,6 +128,9 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     async def Assign(
         self, request: shard_pb2.AssignRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.AssignReply:
+        problem = self._assign_problem(request)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         async with self._assign_lock:
             if request.term < self._term:
                 await context.abort(
@@ -131,6 +164,9 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 raise AssertionError("unreachable")
             self._instance_id = instance_id
             self._vocab_size = self._store_vocab_size(self._store.model_dir(ModelId(request.model_id)))
+            self._hidden_size = self._config_int(model_dir, "hidden_size")
+            self._serves_first_stage = stage.is_first
+            self._admission.configure(self._admission_limits(model_dir, request.kv_budget_bytes_per_layer))
             await self._relink(request.next_address, stage)
             return shard_pb2.AssignReply(weight_bytes=outcome.weight_bytes)
 
@@ -150,11 +186,39 @@ class ShardService(shard_pb2_grpc.ShardServicer):
 
     @staticmethod
     def _store_vocab_size(model_dir: Path) -> int:
-        from services.model_files import read_config
-
         # From config.json only: a shard may hold just the weight files of its own layers.
         vocab_size = read_config(model_dir).get("vocab_size")
         return vocab_size if isinstance(vocab_size, int) else 0
+
+    @staticmethod
+    def _config_int(model_dir: Path, key: str) -> int:
+        value = read_config(model_dir).get(key)
+        return value if isinstance(value, int) else 0
+
+    @staticmethod
+    def _assign_problem(request: shard_pb2.AssignRequest) -> str | None:
+        """Malformed instructions are refused before anything changes (the current stage keeps serving)."""
+        if not request.instance_id or not request.model_id:
+            return "instance_id and model_id are required"
+        if not 0 <= request.start_layer < request.end_layer <= request.num_layers:
+            return (
+                f"layers [{request.start_layer}, {request.end_layer}) of {request.num_layers} are not a "
+                "non-empty range inside the model"
+            )
+        if request.ring_size < 0:
+            return "ring_size must not be negative"
+        if request.kv_budget_bytes_per_layer < 0:
+            return "kv_budget_bytes_per_layer must not be negative"
+        if not request.next_address and request.ring_size > 1:
+            return "next_address is required in a ring of several shards"
+        return None
+
+    def _admission_limits(self, model_dir: Path, budget_bytes_per_layer: int) -> AdmissionLimits:
+        overrides = self._admission_overrides
+        if overrides.kv_budget_tokens is not None:
+            return overrides
+        per_token = kv_bytes_per_layer(read_config(model_dir), context_length=1, concurrent_rows=1)
+        return replace(overrides, kv_budget_tokens=kv_budget_tokens(budget_bytes_per_layer, per_token))
 
     async def _relink(self, next_address: str, stage: StageRange) -> None:
         if self._link is not None and self._link.address != next_address:
@@ -177,13 +241,19 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this shard serves instance {self._instance_id}, not {request.instance_id!r}",
             )
+        if not self._serves_first_stage:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "requests start at the first shard of the instance, not here"
+            )
         if request_id in self._clients:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {request_id} is already running")
-        events: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        events: asyncio.Queue[ClientEvent] = asyncio.Queue(CLIENT_EVENTS_LIMIT + 1)  # + room for the overflow
         self._clients[request_id] = events
         finished = False
-        self._worker.submit(start_request_from_pb(request))
+        ticket: Ticket | None = None
         try:
+            ticket = await self._admit(request, context)
+            self._worker.submit(start_request_from_pb(request))
             while not finished:
                 event = await events.get()
                 if isinstance(event, RequestFailed):
@@ -193,9 +263,27 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 yield client_event_to_pb(event)
         finally:
             del self._clients[request_id]
-            if not finished:
-                logger.info("request %s cancelled by its client", request_id)
-                self._worker.submit(CancelRequest(request_id))
+            if ticket is not None:
+                self._admission.release(ticket)
+                if not finished:
+                    logger.info("request %s cancelled by its client", request_id)
+                    self._worker.submit(CancelRequest(request_id))
+
+    async def _admit(
+        self, request: shard_pb2.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> Ticket:
+        """Waits for KV room (bounded); refuses with RESOURCE_EXHAUSTED and a retry hint."""
+        tokens = len(request.prompt_tokens) + request.max_tokens
+        try:
+            return await self._admission.admit(RequestId(request.request_id), tokens)
+        except AdmissionRefusedError as refused:
+            logger.info("refused request %s: %s", request.request_id, refused.message)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                refused.message,
+                trailing_metadata=((RETRY_AFTER_METADATA, str(refused.retry_after_seconds)),),
+            )
+            raise AssertionError("unreachable") from refused
 
     def _generate_problem(self, request: shard_pb2.GenerateRequest) -> str | None:
         if not request.request_id:
@@ -228,7 +316,9 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         try:
             async for message in request_iterator:
                 try:
-                    self._worker.submit(ring_message_from_pb(message))
+                    item = ring_message_from_pb(message)
+                    check_ring_message(item, self._hidden_size)
+                    self._worker.submit(item)
                 except WireError as error:
                     logger.warning("refused ring message for %s: %s", message.request_id, error)
                     yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
@@ -246,6 +336,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.ShardStats:
         stats = self._worker.stats()
+        admission = self._admission.stats()
         return shard_pb2.ShardStats(
             shard_id=self._shard_id,
             instance_id=stats.instance_id or "",
@@ -264,4 +355,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             reused_prompt_tokens=stats.reused_prompt_tokens,
             replayed_tokens=stats.replayed_tokens,
             replay_divergences=stats.replay_divergences,
+            waiting_requests=admission.waiting_requests,
+            rejected_requests=admission.rejected_requests,
+            kv_budget_tokens=admission.kv_budget_tokens or 0,
+            reserved_kv_tokens=admission.reserved_tokens,
         )
