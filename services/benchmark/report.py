@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from services.benchmark.baselines import BaselineFigures
+from services.benchmark.llama_cpp import LlamaCppFigures
 from services.benchmark.load_client import LoadResult
 
 MEBIBYTE = 1024 * 1024
@@ -143,6 +144,7 @@ def write_report(
     baselines: BaselineFigures,
     clusters: tuple[ClusterFigures, ...],
     scale_out: ScaleOutFigures | None,
+    llama_cpp: LlamaCppFigures | str,
 ) -> Path:
     single = baselines.single_stream_tokens_per_second
     lines = [
@@ -195,9 +197,42 @@ def write_report(
             one, two = scale_out.one_host[concurrency], scale_out.two_hosts.get(concurrency, float("nan"))
             lines.append(f"| {concurrency} | {one:.1f} | {two:.1f} | {_ratio(two, one)} |")
         lines.append("")
+    lines += _llama_cpp_section(llama_cpp, clusters)
     plot_path = path.with_suffix(".png")
     if _plot(plot_path, baselines, clusters):
         lines += [f"![aggregate throughput]({plot_path.name})", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def _llama_cpp_section(llama_cpp: LlamaCppFigures | str, clusters: tuple[ClusterFigures, ...]) -> list[str]:
+    lines = ["## llama.cpp on the same GGUF", ""]
+    if isinstance(llama_cpp, str):
+        return [*lines, f"Not measured: {llama_cpp}.", ""]
+    lines += [
+        f"Binaries in `{llama_cpp.binaries}`, {llama_cpp.threads} threads. llama.cpp computes with the GGUF's "
+        "4-bit weights, strata with the compute dtype above: a reference point, not a like-for-like ratio.",
+        "",
+        f"- one stream (`llama-bench`): {llama_cpp.single_stream_tokens_per_second:.1f} tok/s",
+    ]
+    split = llama_cpp.two_rpc_servers_tokens_per_second
+    if split is not None:
+        lines.append(
+            f"- one stream over two `ggml-rpc-server`s on loopback (one thread each): {split:.1f} tok/s "
+            f"({_ratio(split, llama_cpp.single_stream_tokens_per_second)} of one process)"
+        )
+    lines += [
+        "",
+        "| parallel sequences | llama.cpp tok/s | "
+        + " | ".join(f"strata {cluster.shards} shard(s) tok/s" for cluster in clusters)
+        + " |",
+        "| ---: | ---: |" + " ---: |" * len(clusters),
+    ]
+    for sequences, rate in sorted(llama_cpp.batched_tokens_per_second.items()):
+        strata_rates = [
+            f"{cluster.loads[sequences].output_throughput:.1f}" if sequences in cluster.loads else ""
+            for cluster in clusters
+        ]
+        lines.append(f"| {sequences} | {rate:.1f} | " + " | ".join(strata_rates) + " |")
+    return [*lines, ""]

@@ -12,6 +12,7 @@ whole model, with the coordinator, gateway and load client on the same core in b
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from coordinator.model_spec import model_spec
 from coordinator.placement import stage_weight_bytes
 from services.auth import cluster_security, write_cluster_token
 from services.benchmark.baselines import BaselineFigures, measure_baselines
+from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.report import ClusterFigures, ScaleOutFigures, ShardFigures, write_report
 from services.compute_dtype import ComputeDtype
+from services.embedded_model import EmbeddedModelMissingError, find_embedded_gguf
 from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
@@ -230,4 +233,24 @@ def run_benchmark(options: BenchOptions) -> Path:
     print(f"  one stream {baselines.single_stream_tokens_per_second:.1f} tok/s", flush=True)
     clusters = tuple(_measure_cluster(options, shards) for shards in options.shard_counts)
     scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
-    return write_report(options.output, options.compute_dtype, options.max_tokens, baselines, clusters, scale_out)
+    llama_cpp = _measure_llama_cpp(options)
+    return write_report(
+        options.output, options.compute_dtype, options.max_tokens, baselines, clusters, scale_out, llama_cpp
+    )
+
+
+def _measure_llama_cpp(options: BenchOptions) -> LlamaCppFigures | str:
+    if llama_cpp_binaries() is None:
+        return "its binaries are not built (../shared/tools/build-llama-cpp, or set STRATA_LLAMA_CPP_BIN)"
+    try:
+        gguf = find_embedded_gguf()
+    except EmbeddedModelMissingError as error:
+        return str(error)
+    print("llama.cpp on the same GGUF", flush=True)
+    threads = len(os.sched_getaffinity(0))
+    try:
+        figures = measure_llama_cpp(gguf, threads, options.max_tokens, options.concurrencies)
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        return f"llama.cpp failed: {error}"
+    print(f"  one stream {figures.single_stream_tokens_per_second:.1f} tok/s", flush=True)
+    return figures
