@@ -15,6 +15,7 @@ compute is exact).
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import mlx.core as mx
@@ -28,6 +29,7 @@ from shard_server.ring_messages import (
     RequestFailed,
     RequestFinished,
     SampledToken,
+    SampledTokens,
     Segment,
     StartRequest,
     TokenGenerated,
@@ -36,6 +38,9 @@ from shard_server.sampler import RequestSampler
 from shard_server.stage_state import Driver, LoadedStage, PlannedBatch, RequestState
 
 logger = logging.getLogger(__name__)
+
+HOP_OVERHEAD_SAMPLES = 1024
+"""Recent ring steps kept for the per-hop overhead percentiles."""
 
 
 class FirstShardDriver:
@@ -48,6 +53,8 @@ class FirstShardDriver:
         self._launched_at: dict[RequestId, float] = {}
         self.ring_seconds = 0.0
         self.ring_samples = 0
+        self.hop_overheads: deque[float] = deque(maxlen=HOP_OVERHEAD_SAMPLES)
+        """First shard of a ring: (ring time - compute time of every shard) / hops, of recent steps."""
         self.prefix_hits = 0
         self.reused_prompt_tokens = 0
         self.replayed_tokens = 0
@@ -84,6 +91,17 @@ class FirstShardDriver:
             )
         loaded.requests[item.request_id] = RequestState(cache, item.sampling, sampler, driver)
         loaded.prefill_waiting.append(item.request_id)
+
+    def on_sampled(self, loaded: LoadedStage, sampled: SampledTokens) -> None:
+        """Tokens back from the last shard: one sample of the per-hop overhead, then each token."""
+        if sampled.tokens:
+            launched = self._launched_at.get(sampled.tokens[0].request_id)
+            if launched is not None:
+                ring = time.perf_counter() - launched
+                # Every stage is one hop, the last shard's link back to this one included.
+                self.hop_overheads.append(max(0.0, ring - sampled.compute_seconds) / max(1, loaded.ring_size))
+        for token in sampled.tokens:
+            self.on_token(loaded, token)
 
     def on_token(self, loaded: LoadedStage, token: SampledToken) -> None:
         """Report the token (unless replayed), then end the request or queue its next step."""

@@ -59,6 +59,8 @@ class BatchStep:
 
     segments: tuple[Segment, ...]
     hidden: EncodedTensor
+    compute_seconds: float = 0.0
+    """Time the shards it passed so far spent computing this batch."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class SampledTokens:
     """First shard only: the tokens the last shard sampled for one batch."""
 
     tokens: tuple[SampledToken, ...]
+    compute_seconds: float = 0.0
+    """Time every shard spent computing the batch they came from: the ring's time minus this is transport."""
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             reused_prompt_tokens=stats.reused_prompt_tokens,
             replayed_tokens=stats.replayed_tokens,
             replay_divergences=stats.replay_divergences,
+            hop_overhead_p50_seconds=stats.hop_overhead_percentile(50),
+            hop_overhead_p99_seconds=stats.hop_overhead_percentile(99),
             waiting_requests=admission.waiting_requests,
             rejected_requests=admission.rejected_requests,
             kv_budget_tokens=admission.kv_budget_tokens or 0,

@@ -1,5 +1,6 @@
 """What a shard holds between steps: per-request state, the loaded stage's queues, counters."""
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -64,6 +65,15 @@ class StageStats:
     """First shard: journal tokens fed again by recovering requests."""
     replay_divergences: int = 0
     """First shard: replayed steps whose sampled token differed from the journal's."""
+    hop_overheads: tuple[float, ...] = ()
+    """First shard of a ring: per-hop overhead of recent steps, in seconds."""
+
+    def hop_overhead_percentile(self, percent: float) -> float:
+        """Nearest-rank percentile of the recent per-hop overheads; 0 when there are none."""
+        if not self.hop_overheads:
+            return 0.0
+        ordered = sorted(self.hop_overheads)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(percent / 100 * len(ordered)) - 1))]
 
 
 @dataclass
@@ -91,6 +101,8 @@ class PlannedBatch:
     segments: tuple[Segment, ...]
     states: tuple[RequestState, ...]
     inputs: mx.array
+    upstream_compute_seconds: float = 0.0
+    """Time the shards before this one spent computing the batch."""
 
 
 def cache_arrays(states: tuple[RequestState, ...]) -> list[mx.array]:

@@ -147,6 +147,7 @@ class StageWorker:
                 self._first.reused_prompt_tokens,
                 self._first.replayed_tokens,
                 self._first.replay_divergences,
+                tuple(self._first.hop_overheads),
             )
         with self._stats_lock:
             self._stats = snapshot
@@ -164,8 +165,7 @@ class StageWorker:
             case SampledTokens():
                 loaded = self._loaded
                 if loaded is not None:
-                    for token in item.tokens:
-                        self._first.on_token(loaded, token)
+                    self._first.on_sampled(loaded, item)
             case ReleaseRequest() | CancelRequest():
                 self._release(item.request_id, pass_on=True)
             case RequestFailure():
@@ -272,7 +272,7 @@ class StageWorker:
         if not kept:
             return None
         inputs = kept[0] if len(kept) == 1 else mx.concatenate(kept, axis=1)
-        return PlannedBatch(tuple(segments), tuple(states), inputs)
+        return PlannedBatch(tuple(segments), tuple(states), inputs, batch.compute_seconds)
 
     def _state_for(self, loaded: LoadedStage, segment: Segment) -> RequestState | None:
         """The segment's request state (created on its first step); None after failing it."""
@@ -303,6 +303,7 @@ class StageWorker:
         return state
 
     def _compute(self, loaded: LoadedStage, planned: PlannedBatch) -> None:
+        started = time.perf_counter()
         stage = loaded.stage
         requests: list[RequestRows] = []
         row = 0
@@ -313,9 +314,11 @@ class StageWorker:
         self._steps += 1
         self._batched_rows += row
         if not stage.stage.is_last:
-            self._emit(SendToNext(BatchStep(planned.segments, encode(hidden))))
+            encoded = encode(hidden)
+            computed = planned.upstream_compute_seconds + time.perf_counter() - started
+            self._emit(SendToNext(BatchStep(planned.segments, encoded, computed)))
         else:
-            self._sample(loaded, planned, requests, hidden)
+            self._sample(loaded, planned, requests, hidden, started)
         for segment, state in zip(planned.segments, planned.states, strict=True):
             if segment.store_prefix is not None:
                 self._store_prefix(loaded, segment.store_prefix, state, segment.position + segment.length)
@@ -336,7 +339,12 @@ class StageWorker:
             self._emit(SendToNext(ForgetPrefix(key)))
 
     def _sample(
-        self, loaded: LoadedStage, planned: PlannedBatch, requests: list[RequestRows], hidden: mx.array
+        self,
+        loaded: LoadedStage,
+        planned: PlannedBatch,
+        requests: list[RequestRows],
+        hidden: mx.array,
+        started: float,
     ) -> None:
         sampled_rows = [
             rows.start + rows.length - 1
@@ -362,7 +370,8 @@ class StageWorker:
             for token in tokens:
                 self._first.on_token(loaded, token)
         else:
-            self._emit(SendToNext(SampledTokens(tuple(tokens))))
+            computed = planned.upstream_compute_seconds + time.perf_counter() - started
+            self._emit(SendToNext(SampledTokens(tuple(tokens), computed)))
 
     # --- ending requests ---
 

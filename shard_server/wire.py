@@ -1,5 +1,7 @@
 """Conversions between protobuf messages and the shard's domain messages (the only place that does)."""
 
+import math
+
 from services.ids import RequestId
 from services.sampling import SamplingOptions
 from services.tensor_codec import EncodedTensor
@@ -100,7 +102,9 @@ def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
     match message:
         case BatchStep():
             batch = shard_pb2.BatchStep(
-                segments=[_segment_to_pb(segment) for segment in message.segments], hidden=tensor_to_pb(message.hidden)
+                segments=[_segment_to_pb(segment) for segment in message.segments],
+                hidden=tensor_to_pb(message.hidden),
+                compute_seconds=message.compute_seconds,
             )
             return shard_pb2.RingMessage(batch=batch)
         case SampledTokens():
@@ -110,7 +114,8 @@ def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
                         request_id=token.request_id, token_id=token.token_id, position=token.position
                     )
                     for token in message.tokens
-                ]
+                ],
+                compute_seconds=message.compute_seconds,
             )
             return shard_pb2.RingMessage(tokens=tokens)
         case ForgetPrefix():
@@ -128,14 +133,14 @@ def ring_message_from_pb(message: shard_pb2.RingMessage) -> RingMessage:
         segments = tuple(_segment_from_pb(segment) for segment in message.batch.segments)
         if not segments:
             raise WireError("batch without segments")
-        return BatchStep(segments, tensor_from_pb(message.batch.hidden))
+        return BatchStep(segments, tensor_from_pb(message.batch.hidden), _seconds(message.batch.compute_seconds))
     if body == "tokens":
         tokens = tuple(
             SampledToken(RequestId(token.request_id), token.token_id, token.position) for token in message.tokens.tokens
         )
         if not all(token.request_id for token in tokens):
             raise WireError("sampled token without a request_id")
-        return SampledTokens(tokens)
+        return SampledTokens(tokens, _seconds(message.tokens.compute_seconds))
     if body == "forget_prefix":
         if not message.forget_prefix.key:
             raise WireError("forget_prefix without a key")
@@ -164,3 +169,8 @@ def client_event_to_pb(event: ClientEvent) -> shard_pb2.GenerateReply:
             return shard_pb2.GenerateReply(finished=finished)
         case RequestFailed():
             raise WireError("failures travel as gRPC statuses, not replies")
+
+
+def _seconds(value: float) -> float:
+    """A duration from a peer, for statistics only: anything but a finite non-negative number counts as 0."""
+    return value if math.isfinite(value) and value >= 0 else 0.0

@@ -102,6 +102,11 @@ def test_concurrent_seeded_requests_each_match_their_solo_run(tiny_home: Path, s
         assert stats.batched_rows > stats.steps  # requests really shared batches
         assert stats.active_requests == 0
         assert stats.kv_cache_bytes == 0
+    # The first shard measured each ring step's transport share: positive, and less than the step.
+    first = shard_stats(shard_addresses[0])
+    mean_ring_step = first.ring_seconds / first.ring_samples
+    assert 0 < first.hop_overhead_p50_seconds <= first.hop_overhead_p99_seconds
+    assert first.hop_overhead_p50_seconds * 3 < mean_ring_step
 
 
 @pytest.mark.parametrize("shard_count", [1, 3])

@@ -57,6 +57,8 @@ def segment(
         BatchStep((segment(REQUEST, 5, 1, True, None),), EncodedTensor("float32", (1, 0, 8), b"")),
         SampledTokens((SampledToken(REQUEST, token_id=49151, position=130),)),
         SampledTokens((SampledToken(REQUEST, 0, 0), SampledToken(OTHER, 7, 12))),
+        BatchStep((segment(REQUEST, 5, 1, True, None),), HIDDEN, compute_seconds=0.25),
+        SampledTokens((SampledToken(REQUEST, 0, 0),), compute_seconds=0.5),
         ReleaseRequest(REQUEST),
         RequestFailure(REQUEST, message="shard-b: out of memory"),
     ],
@@ -181,3 +183,14 @@ def test_a_failed_request_is_not_sent_as_a_reply() -> None:
     # Failures travel as gRPC statuses (one interceptor), never inside the stream.
     with pytest.raises(WireError, match="gRPC statuses"):
         client_event_to_pb(RequestFailed(REQUEST, message="boom"))
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0])
+def test_a_peer_s_compute_time_that_is_not_a_duration_counts_as_zero(seconds: float) -> None:
+    # Only statistics use it: a bad value must not poison the per-hop figures, nor fail the batch.
+    wire = ring_message_to_pb(SampledTokens((SampledToken(REQUEST, 0, 0),), compute_seconds=seconds))
+
+    decoded = ring_message_from_pb(wire)
+
+    assert isinstance(decoded, SampledTokens)
+    assert decoded.compute_seconds == 0.0
