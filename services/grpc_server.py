@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.auth import ClusterSecurity, cluster_security
 from services.auth_interceptors import SyncTokenClientInterceptor, TokenServerInterceptor, token_client_interceptors
+from services.grpc_decode import MalformedRequestInterceptor
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -27,7 +28,10 @@ class GrpcServer:
 
     def __init__(self, host: str, port: int, service_names: list[str], security: ClusterSecurity | None = None) -> None:
         security = security if security is not None else cluster_security()
-        interceptors = [TokenServerInterceptor(security.token)] if security.token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if security.token:
+            interceptors.append(TokenServerInterceptor(security.token))
+        interceptors.append(MalformedRequestInterceptor())  # after the token check: INVALID_ARGUMENT, not UNKNOWN
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)

@@ -23,10 +23,20 @@ class RaftService(raft_pb2_grpc.RaftServicer):
     async def AppendEntries(
         self, request: raft_pb2.AppendEntriesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> raft_pb2.AppendEntriesReply:
-        reply = self._node.handle_append_entries(append_from_pb(request))
+        try:
+            append = append_from_pb(request)
+        except ValueError as error:  # includes pydantic's ValidationError of a malformed record
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed log entries: {error}")
+            raise AssertionError("unreachable") from error
+        reply = self._node.handle_append_entries(append)
         return raft_pb2.AppendEntriesReply(term=reply.term, success=reply.success, last_log_index=reply.last_log_index)
 
     async def InstallSnapshot(
         self, request: raft_pb2.InstallSnapshotRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> raft_pb2.InstallSnapshotReply:
-        return raft_pb2.InstallSnapshotReply(term=self._node.handle_install_snapshot(snapshot_from_pb(request)))
+        try:
+            snapshot = snapshot_from_pb(request)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed snapshot: {error}")
+            raise AssertionError("unreachable") from error
+        return raft_pb2.InstallSnapshotReply(term=self._node.handle_install_snapshot(snapshot))
