@@ -6,13 +6,11 @@ file per process so a failing test can show what the services said.
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,38 +20,12 @@ from services.auth import TOKEN_ENVIRONMENT_VARIABLE
 from services.fast_blas import fast_blas_loaded
 from services.grpc_server import cluster_sync_channel
 from services.ports import free_port
+from services.service_process import ServiceProcess
 
-STOP_GRACE_SECONDS = 10.0
 SESSION_CLUSTER_TOKEN = os.environ.setdefault(TOKEN_ENVIRONMENT_VARIABLE, secrets.token_urlsafe(32))
 """One cluster token for the whole test session, in this process's environment: every service a test
 starts (each with its own STRATA_HOME) and every channel the test opens agree on it."""
 __all__ = ["ServiceProcess", "free_port", "start_strata", "wait_for_grpc_health", "wait_for_http_ok"]
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_GRACE_SECONDS)
-        return self.process.returncode
 
 
 def start_strata(

@@ -6,7 +6,9 @@ output tokens / wall time of the run.
 """
 
 import asyncio
+import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
@@ -132,3 +134,15 @@ async def run_load(gateway_url: str, model_id: str, concurrency: int, requests: 
         timings = await asyncio.gather(*(limited(index) for index in range(requests)))
         duration = time.perf_counter() - started
     return LoadResult(concurrency, tuple(timings), duration)
+
+
+def main(arguments: list[str]) -> None:
+    """`python -m services.benchmark.load_client URL MODEL CONCURRENCY REQUESTS MAX_TOKENS`: prints the
+    output throughput as JSON (the scale-out run starts it inside a simulated host)."""
+    url, model_id, concurrency, requests, max_tokens = arguments
+    result = asyncio.run(run_load(url, model_id, int(concurrency), int(requests), int(max_tokens)))
+    print(json.dumps({"output_throughput": result.output_throughput}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

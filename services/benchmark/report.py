@@ -48,6 +48,8 @@ class ClusterFigures:
 class ScaleOutFigures:
     one_host: dict[int, float]
     two_hosts: dict[int, float]
+    in_namespaces: bool
+    """Hosts simulated by network namespaces (else: pinned processes on loopback)."""
 
 
 def _ms(seconds: float) -> str:
@@ -199,8 +201,15 @@ def write_report(
         lines += [
             "## Scale-out",
             "",
-            "Shard servers pinned one per core (`taskset`), as one-core hosts; the coordinator, gateway and load "
-            "client share the second core in both runs.",
+            (
+                "Hosts simulated by network namespaces on one bridge, each with its own STRATA_HOME and address "
+                "(only the control host has the model; shard hosts fetch their layers over the bridge), every "
+                "process pinned with `taskset`: shard host A on the first core, shard host B with the control "
+                "host (coordinator, gateway, load client) on the second, in both runs."
+                if scale_out.in_namespaces
+                else "Network namespaces were unavailable: shard servers pinned one per core (`taskset`) on "
+                "loopback, as one-core hosts; the coordinator, gateway and load client share the second core."
+            ),
             "",
             "| concurrency | one one-core host tok/s | two one-core hosts tok/s | ratio |",
             "| ---: | ---: | ---: | ---: |",

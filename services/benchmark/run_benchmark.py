@@ -25,6 +25,7 @@ from services.benchmark.baselines import BaselineFigures, measure_baselines
 from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.report import ClusterFigures, HopOverhead, ScaleOutFigures, ShardFigures, write_report
+from services.benchmark.scale_out import measure_scale_out_in_namespaces, namespaces_unavailable
 from services.compute_dtype import ComputeDtype
 from services.embedded_model import EmbeddedModelMissingError, find_embedded_gguf
 from services.grpc_server import cluster_sync_channel
@@ -198,6 +199,18 @@ def _measure_cluster(options: BenchOptions, shards: int) -> ClusterFigures:
 
 
 def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) -> ScaleOutFigures | None:
+    """In network namespaces where they can be made; else pinned processes on loopback."""
+    problem = namespaces_unavailable()
+    if problem is None:
+        one_host, two_hosts = measure_scale_out_in_namespaces(
+            options.home, options.model_id, concurrencies, options.max_tokens
+        )
+        return ScaleOutFigures(one_host, two_hosts, in_namespaces=True)
+    print(f"scale-out in network namespaces unavailable ({problem}): pinned processes on loopback", flush=True)
+    return _measure_scale_out_on_loopback(options, concurrencies)
+
+
+def _measure_scale_out_on_loopback(options: BenchOptions, concurrencies: tuple[int, ...]) -> ScaleOutFigures | None:
     cores = os.sched_getaffinity(0)
     if len(cores) < 2:
         print("scale-out run skipped: it needs two cores", flush=True)
@@ -227,7 +240,7 @@ def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) ->
                     print(f"  concurrency {concurrency}: {result.output_throughput:.1f} tok/s", flush=True)
     finally:
         os.sched_setaffinity(0, own_affinity)
-    return ScaleOutFigures(one_host, two_hosts)
+    return ScaleOutFigures(one_host, two_hosts, in_namespaces=False)
 
 
 def run_benchmark(options: BenchOptions) -> Path:

@@ -1,0 +1,142 @@
+"""The scale-out run of `make bench`: two one-core hosts against one, as network namespaces.
+
+Simulated hosts (services/netns_lab.py) on one bridge, each with its own STRATA_HOME and address:
+a control host (coordinator, gateway and load client) and two shard hosts. Every process is pinned
+with `taskset`: shard host A to the first core; shard host B and the control host to the second, in
+both runs. Run 1 starts a shard server on host A only; run 2 on A and B (the coordinator waits for
+both before placing). Only the control host has the model: shard hosts fetch their layers from it
+over the bridge, as real hosts would. Services find each other by static `--peer` (no multicast).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from services.auth import TOKEN_ENVIRONMENT_VARIABLE, cluster_security, ensure_cluster_token
+from services.ids import ModelId
+from services.netns_lab import NetnsHost, NetnsLab, namespace_problem
+from services.settings import COORDINATOR_PORT, GATEWAY_PORT, models_root
+
+READY_TIMEOUT_SECONDS = 300.0
+LOAD_TIMEOUT_SECONDS = 1200.0
+
+
+class LoadFigures(BaseModel):
+    """What `python -m services.benchmark.load_client` prints."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    output_throughput: float
+
+
+def namespaces_unavailable() -> str | None:
+    """Why the namespace run cannot happen here, or None."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return "it needs two cores"
+    return namespace_problem()
+
+
+class _ScaleOutLab:
+    def __init__(self, lab: NetnsLab, model_home: Path, model_id: ModelId, cores: tuple[int, int]) -> None:
+        self.lab = lab
+        self.model_id = model_id
+        self.shard_core, self.control_core = cores
+        self.control = lab.add_host("control")
+        self.shard_hosts = (lab.add_host("shard-a"), lab.add_host("shard-b"))
+        source = models_root(model_home) / model_id
+        shutil.copytree(source, models_root(self.control.home) / model_id, copy_function=os.link)
+
+    @property
+    def coordinator(self) -> str:
+        return f"{self.control.address}:{COORDINATOR_PORT}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.control.address}:{GATEWAY_PORT}"
+
+    def _strata(self, host: NetnsHost, name: str, core: int, arguments: Sequence[str]) -> None:
+        common = ["--host", host.address, "--no-mdns"]
+        command = ["taskset", "-c", str(core), sys.executable, "-m", "services.cli", *arguments, *common]
+        self.lab.spawn(host, name, command)
+
+    def start(self, shards: int, run: int) -> None:
+        peers = ["--peer", self.coordinator]
+        self._strata(
+            self.control,
+            f"coordinator-{run}",
+            self.control_core,
+            ["coordinator", "--model", self.model_id, "--min-shards", str(shards), "--fresh-state"],
+        )
+        for index, host in enumerate(self.shard_hosts[:shards]):
+            core = self.shard_core if index == 0 else self.control_core
+            self._strata(host, f"shard-{run}", core, ["shard", *peers])
+        self._strata(self.control, f"gateway-{run}", self.control_core, ["gateway", *peers])
+
+    def stop_all(self) -> None:
+        for host in self.lab.hosts:
+            for service in host.processes:
+                service.stop()
+            host.processes.clear()
+
+    def load(self, concurrency: int, requests: int, max_tokens: int) -> float:
+        arguments = [self.gateway_url, self.model_id, str(concurrency), str(requests), str(max_tokens)]
+        command = ["taskset", "-c", str(self.control_core), sys.executable, "-m", "services.benchmark.load_client"]
+        result = self.lab.run(self.control, [*command, *arguments], LOAD_TIMEOUT_SECONDS)
+        if result.returncode != 0:
+            raise RuntimeError(f"the load client failed: {result.stderr[-2000:]}")
+        return LoadFigures.model_validate_json(result.stdout).output_throughput
+
+    def wait_ready(self) -> None:
+        """Until one small completion succeeds (the coordinator places once every shard is there)."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            for host in self.lab.hosts:
+                for service in host.processes:
+                    if service.process.poll() is not None:
+                        raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
+            try:
+                self.load(1, 1, 4)
+                return
+            except RuntimeError:
+                time.sleep(2.0)
+        raise RuntimeError(f"the cluster was not ready within {READY_TIMEOUT_SECONDS:.0f} s\n{self.lab.logs()}")
+
+
+def measure_scale_out_in_namespaces(
+    model_home: Path, model_id: ModelId, concurrencies: tuple[int, ...], max_tokens: int
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Aggregate output tok/s per concurrency: (one one-core host, two one-core hosts)."""
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    token = cluster_security().token or ensure_cluster_token(model_home)
+    # The hosts' homes have no token file; a one-core host runs one BLAS thread.
+    environment = {"OPENBLAS_NUM_THREADS": "1", TOKEN_ENVIRONMENT_VARIABLE: token}
+    previous = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    results: tuple[dict[int, float], dict[int, float]] = ({}, {})
+    try:
+        with tempfile.TemporaryDirectory(prefix="strata-scale-out-") as root, NetnsLab.create(Path(root)) as lab:
+            hosts = _ScaleOutLab(lab, model_home, model_id, (first, second))
+            for run, target in enumerate(results):
+                shards = run + 1
+                print(f"scale-out in network namespaces: {shards} one-core shard host(s)", flush=True)
+                hosts.start(shards, run)
+                try:
+                    hosts.wait_ready()
+                    for concurrency in concurrencies:
+                        target[concurrency] = hosts.load(concurrency, 2 * concurrency, max_tokens)
+                        print(f"  concurrency {concurrency}: {target[concurrency]:.1f} tok/s", flush=True)
+                finally:
+                    hosts.stop_all()
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return results
