@@ -11,6 +11,7 @@ unaffected as long as the reference run uses the same BLAS: tests give their ser
 process's choice.
 """
 
+import ctypes
 import importlib.util
 import os
 import platform
@@ -86,6 +87,36 @@ def build_shim(destination: Path | None = None) -> Path:
         raise FastBlasUnavailableError(f"building the BLAS shim failed: {result.stderr.strip()}")
     temporary.replace(target)
     return target
+
+
+class BlasThreadControl:
+    """Sets how many threads the preloaded OpenBLAS uses for the next calls (this process only)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._set = library.scipy_openblas_set_num_threads
+        self._get = library.scipy_openblas_get_num_threads
+        self._set.argtypes = [ctypes.c_int]
+        self._set.restype = None
+        self._get.argtypes = []
+        self._get.restype = ctypes.c_int
+
+    def set(self, threads: int) -> None:
+        self._set(max(1, threads))
+
+    def get(self) -> int:
+        result: object = self._get()
+        return result if isinstance(result, int) else 1
+
+
+def blas_thread_control() -> BlasThreadControl | None:
+    """Control over the OpenBLAS behind the shim, or None when this process computes without it."""
+    if not fast_blas_loaded():
+        return None
+    try:
+        # The same library the shim loaded: dlopen hands back the handle already in the process.
+        return BlasThreadControl(ctypes.CDLL(str(_openblas_directory() / "libscipy_openblas.so")))
+    except (OSError, AttributeError, FastBlasUnavailableError):
+        return None
 
 
 def requested_choice() -> BlasChoice:

@@ -21,6 +21,7 @@ from types import FrameType
 
 from services.ids import ModelId
 from services.security_options import TlsFiles
+from shard_server.blas_threads import SHARED_THREADS_VARIABLE
 
 READY_TIMEOUT_SECONDS = 900.0
 STOP_GRACE_SECONDS = 10.0
@@ -54,10 +55,15 @@ def _strata(*arguments: str) -> list[str]:
 
 
 def _shard_environment(shards: int) -> dict[str, str]:
-    """Shards on one host share its cores: OpenBLAS threads spin, so oversubscribing them is costly."""
+    """Shards on one host share its cores. A shard computing alone (one request in flight: the others
+    wait for it) uses them all; while requests pipeline, each keeps its share. Idle OpenBLAS threads
+    must sleep at once rather than spin, or they steal the core the next shard needs."""
     environment = dict(os.environ)
-    threads = max(1, (os.cpu_count() or 1) // max(1, shards))
-    environment.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+    cores = len(os.sched_getaffinity(0))
+    environment.setdefault("OPENBLAS_NUM_THREADS", str(cores))
+    environment.setdefault(SHARED_THREADS_VARIABLE, str(max(1, cores // max(1, shards))))
+    if shards > 1:
+        environment.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
     return environment
 
 
@@ -127,7 +133,7 @@ def start_services(options: LocalClusterOptions, cores: Mapping[str, int] | None
         core = (cores or {}).get(name)
         pinned = command if core is None else ["taskset", "-c", str(core), *command]
         if core is not None and environment is not None:
-            environment = {**environment, "OPENBLAS_NUM_THREADS": "1"}
+            environment = {**environment, "OPENBLAS_NUM_THREADS": "1", SHARED_THREADS_VARIABLE: "1"}
         children.append((name, subprocess.Popen(pinned, env=environment, preexec_fn=_die_with_parent)))  # noqa: PLW1509
     return children
 

@@ -10,6 +10,7 @@ import grpc
 
 from coordinator.model_spec import kv_bytes_per_layer
 from services.compute_dtype import ComputeDtype, parse_compute_dtype
+from services.fast_blas import blas_thread_control
 from services.ids import InstanceId, ModelId, RequestId, ShardId
 from services.model_files import read_config
 from services.model_store import ModelStore
@@ -21,6 +22,7 @@ from shard_server.admission import (
     Ticket,
     kv_budget_tokens,
 )
+from shard_server.blas_threads import BlasThreads, policy_from_environment
 from shard_server.model_stage import StageRange
 from shard_server.ring_checks import check_ring_message
 from shard_server.ring_link import RingLink
@@ -65,7 +67,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._fetch_stage = fetch_stage
         """Makes the files of a stage present (from a peer's store); returns why not, or None."""
         self._loop = asyncio.get_running_loop()
-        self._worker = StageWorker(emit=self._emit_from_worker)
+        control = blas_thread_control()
+        self._worker = StageWorker(
+            emit=self._emit_from_worker,
+            blas_threads=BlasThreads(policy_from_environment(), control.set if control is not None else None),
+        )
         self._clients: dict[RequestId, asyncio.Queue[ClientEvent]] = {}
         self._pending_loads: dict[InstanceId, asyncio.Future[StageOutcome]] = {}
         self._link: RingLink | None = None

@@ -25,6 +25,7 @@ from services.mlx_typing import evaluate
 from services.tensor_codec import TensorDecodeError, decode, encode
 from shard_server.batch_plan import MAX_DECODE_ROWS
 from shard_server.batched_forward import RequestRows
+from shard_server.blas_threads import BlasThreads
 from shard_server.first_shard import FirstShardDriver
 from shard_server.model_stage import ModelLoadError, ModelStage
 from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory
@@ -64,8 +65,9 @@ class RequestError(Exception):
 
 
 class StageWorker:
-    def __init__(self, emit: Callable[[Effect], None]) -> None:
+    def __init__(self, emit: Callable[[Effect], None], blas_threads: BlasThreads | None = None) -> None:
         self._emit = emit
+        self._blas_threads = blas_threads
         self._queue: queue.Queue[WorkItem | None] = queue.Queue()
         self._loaded: LoadedStage | None = None
         self._steps = 0
@@ -234,6 +236,8 @@ class StageWorker:
         planned = self._first.plan(loaded) if loaded.stage.stage.is_first else self._plan_received(loaded)
         if planned is None or not planned.segments:
             return
+        if self._blas_threads is not None:
+            self._blas_threads.fit(len(loaded.requests))
         started = time.perf_counter()
         try:
             self._compute(loaded, planned)

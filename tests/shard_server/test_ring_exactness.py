@@ -44,11 +44,16 @@ def shard_addresses(tiny_home: Path, tmp_path_factory: pytest.TempPathFactory) -
     shards: list[ServiceProcess] = []
     addresses: list[str] = []
     try:
-        for index in range(3):
-            port = free_port()
-            arguments = ["shard", "--port", str(port), "--coordinator", unused_coordinator]
-            shards.append(start_strata(f"shard-{index}", arguments, tiny_home, logs))
-            addresses.append(f"127.0.0.1:{port}")
+        with pytest.MonkeyPatch.context() as environment:
+            # As `strata run` starts shards sharing a host: all threads for a lone request, one each
+            # while requests pipeline, so the exactness checks below also cover the switch.
+            environment.setenv("STRATA_BLAS_THREADS_SHARED", "1")
+            environment.setenv("OPENBLAS_THREAD_TIMEOUT", "8")
+            for index in range(3):
+                port = free_port()
+                arguments = ["shard", "--port", str(port), "--coordinator", unused_coordinator]
+                shards.append(start_strata(f"shard-{index}", arguments, tiny_home, logs))
+                addresses.append(f"127.0.0.1:{port}")
         for shard, address in zip(shards, addresses, strict=True):
             wait_for_grpc_health(shard, address)
         yield addresses
