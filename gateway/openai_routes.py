@@ -104,9 +104,10 @@ async def _reply(
     encoder: ReplyEncoder,
     options: ChatCompletionRequest | CompletionRequest,
 ) -> Response:
+    request_id = generation.request_id
     if options.stream:
-        return await _stream_reply(request, engine.start(generation), encoder, options.include_usage)
-    return await _whole_reply(request, engine.run(generation), encoder)
+        return await _stream_reply(request, request_id, engine.start(generation), encoder, options.include_usage)
+    return await _whole_reply(request, request_id, engine.run(generation), encoder)
 
 
 def _new_request_id(prefix: str) -> RequestId:
@@ -117,8 +118,10 @@ def _json(reply: BaseModel) -> Response:
     return Response(reply.model_dump_json(), media_type="application/json")
 
 
-async def _whole_reply(request: Request, events: AsyncGenerator[TextEvent], encoder: ReplyEncoder) -> Response:
-    outcome = await _unless_disconnected(request, _collect(events))
+async def _whole_reply(
+    request: Request, request_id: RequestId, events: AsyncGenerator[TextEvent], encoder: ReplyEncoder
+) -> Response:
+    outcome = await _unless_disconnected(request, request_id, _collect(events))
     if outcome is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     text, finished = outcome
@@ -139,15 +142,16 @@ async def _collect(events: AsyncGenerator[TextEvent]) -> tuple[str, TextFinished
 
 async def _stream_reply(
     request: Request,
+    request_id: RequestId,
     starting: Coroutine[Any, Any, AsyncGenerator[TextEvent]],
     encoder: ReplyEncoder,
     include_usage: bool,
 ) -> Response:
-    events = await _unless_disconnected(request, starting)
+    events = await _unless_disconnected(request, request_id, starting)
     if events is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return _ClosingStreamingResponse(
-        _server_sent_events(events, encoder, include_usage),
+        _server_sent_events(request_id, events, encoder, include_usage),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -173,7 +177,7 @@ class _ClosingStreamingResponse(StreamingResponse):
 
 
 async def _server_sent_events(
-    events: AsyncGenerator[TextEvent], encoder: ReplyEncoder, include_usage: bool
+    request_id: RequestId, events: AsyncGenerator[TextEvent], encoder: ReplyEncoder, include_usage: bool
 ) -> AsyncGenerator[str]:
     async with aclosing(events):
         try:
@@ -191,7 +195,7 @@ async def _server_sent_events(
         except Exception as error:  # the status line is gone: report in-band, then end the stream
             description = describe_error(error)
             log = logger.exception if description.status >= 500 else logger.info
-            log("stream failed after it started (status %d)", description.status)
+            log("request %s: stream failed after it started (status %d)", request_id, description.status)
             yield _event(json.dumps(description.body.model_dump()))
     yield _event("[DONE]")
 
@@ -200,7 +204,9 @@ def _event(data: str) -> str:
     return f"data: {data}\n\n"
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _Result]) -> _Result | None:
+async def _unless_disconnected(
+    request: Request, request_id: RequestId, work: Coroutine[Any, Any, _Result]
+) -> _Result | None:
     """Runs `work` unless the client disconnects first: then cancels it and returns None."""
     work_task = asyncio.ensure_future(work)
     disconnect_task = asyncio.ensure_future(_disconnected(request))
@@ -212,7 +218,7 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _Resu
             work_task.cancel()
             await asyncio.wait((work_task,))
     if work_task.cancelled():
-        logger.info("client disconnected; request cancelled")
+        logger.info("request %s: client disconnected; request cancelled", request_id)
         return None
     return work_task.result()
 
