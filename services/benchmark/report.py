@@ -28,9 +28,8 @@ class ShardFigures:
 
 @dataclass(frozen=True)
 class HopOverhead:
-    """Per-hop overhead at batch 1, in seconds: mean over the run, and percentiles of recent steps."""
+    """Per-hop overhead at batch 1, in seconds: percentiles of the first shard's recent steps."""
 
-    mean: float
     p50: float
     p99: float
 
@@ -78,8 +77,8 @@ def _load_table(cluster: ClusterFigures, baselines: BaselineFigures) -> list[str
 
 def _memory_table(clusters: tuple[ClusterFigures, ...]) -> list[str]:
     lines = [
-        "| shards | stage (layers) | weights in compute dtype MiB | peak RSS MiB | RSS - weights MiB | peak KV MiB "
-        "| batches mix requests |",
+        "| shards | stage (layers) | weights in compute dtype MiB | peak RSS MiB | peak KV MiB "
+        "| RSS - weights - KV MiB (target <= 400 MB) | batches mix requests |",
         "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for cluster in clusters:
@@ -87,9 +86,9 @@ def _memory_table(clusters: tuple[ClusterFigures, ...]) -> list[str]:
             start, end = shard.layers
             lines.append(
                 f"| {cluster.shards} | [{start}, {end}) | {shard.layer_bytes / MEBIBYTE:.0f} "
-                f"| {shard.peak_rss_bytes / MEBIBYTE:.0f} "
-                f"| {(shard.peak_rss_bytes - shard.layer_bytes) / MEBIBYTE:.0f} "
-                f"| {shard.peak_kv_cache_bytes / MEBIBYTE:.1f} | {'yes' if shard.batch_invariant else 'no'} |"
+                f"| {shard.peak_rss_bytes / MEBIBYTE:.0f} | {shard.peak_kv_cache_bytes / MEBIBYTE:.1f} "
+                f"| {(shard.peak_rss_bytes - shard.layer_bytes - shard.peak_kv_cache_bytes) / MEBIBYTE:.0f} "
+                f"| {'yes' if shard.batch_invariant else 'no'} |"
             )
     return lines
 
@@ -169,21 +168,20 @@ def write_report(
         "",
         "## One stream",
         "",
-        "| setup | decode tok/s | vs mlx-lm | per-hop overhead ms, batch 1: p50 | p99 | mean |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| mlx-lm `generate_step`, one process | {single:.1f} | 1.00x | | | |",
+        "| setup | decode tok/s | vs mlx-lm | per-hop overhead ms, batch 1: p50 | p99 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| mlx-lm `generate_step`, one process | {single:.1f} | 1.00x | | |",
     ]
     for cluster in clusters:
         lines.append(
             f"| strata, {cluster.shards} shard server(s) | {cluster.single_stream_tokens_per_second:.1f} "
             f"| {_ratio(cluster.single_stream_tokens_per_second, single)} | {_ms(cluster.per_hop.p50)} "
-            f"| {_ms(cluster.per_hop.p99)} | {_ms(cluster.per_hop.mean)} |"
+            f"| {_ms(cluster.per_hop.p99)} |"
         )
     lines += [
         "",
-        "Per-hop overhead = (ring step time - compute time of all shards) / hops. p50 and p99: per step, from "
-        "the compute time each batch carries round the ring (the first shard's last 1024 steps); mean: from "
-        "the shards' counters over the one-stream run.",
+        "Per-hop overhead = (ring step time - compute time of all shards) / hops, per step, from the compute "
+        "time each batch carries round the ring (the first shard's last 1024 steps, batch 1).",
         "",
     ]
     for cluster in clusters:
