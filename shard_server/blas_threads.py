@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import mlx.core as mx
+
 ALONE_THREADS_VARIABLE = "STRATA_BLAS_THREADS_ALONE"
 """Threads for a shard's lone request (default: the cores this process may run on)."""
 SHARED_THREADS_VARIABLE = "STRATA_BLAS_THREADS_SHARED"
@@ -40,6 +42,17 @@ def policy_from_environment(environment: dict[str, str] | None = None) -> Thread
     cores = len(os.sched_getaffinity(0))
     shared = _positive(values.get(SHARED_THREADS_VARIABLE), _positive(values.get("OPENBLAS_NUM_THREADS"), cores))
     return ThreadPolicy(alone=_positive(values.get(ALONE_THREADS_VARIABLE), cores), shared=shared)
+
+
+def between_mlx_work(set_threads: Callable[[int], None]) -> Callable[[int], None]:
+    """`set_threads`, called only once MLX's CPU stream is idle: MLX runs BLAS on its own thread, and
+    OpenBLAS must not change its thread count under a running product."""
+
+    def guarded(threads: int) -> None:
+        mx.synchronize()
+        set_threads(threads)
+
+    return guarded
 
 
 class BlasThreads:

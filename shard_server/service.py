@@ -22,7 +22,7 @@ from shard_server.admission import (
     Ticket,
     kv_budget_tokens,
 )
-from shard_server.blas_threads import BlasThreads, policy_from_environment
+from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
 from shard_server.model_stage import StageRange
 from shard_server.ring_checks import check_ring_message
 from shard_server.ring_link import RingLink
@@ -70,7 +70,9 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         control = blas_thread_control()
         self._worker = StageWorker(
             emit=self._emit_from_worker,
-            blas_threads=BlasThreads(policy_from_environment(), control.set if control is not None else None),
+            blas_threads=BlasThreads(
+                policy_from_environment(), between_mlx_work(control.set) if control is not None else None
+            ),
         )
         self._clients: dict[RequestId, asyncio.Queue[ClientEvent]] = {}
         self._pending_loads: dict[InstanceId, asyncio.Future[StageOutcome]] = {}

@@ -217,6 +217,7 @@ def write_report(
             lines.append(f"| {concurrency} | {one:.1f} | {two:.1f} | {_ratio(two, one)} |")
         lines.append("")
     lines += _llama_cpp_section(llama_cpp, clusters)
+    path.parent.mkdir(parents=True, exist_ok=True)
     plot_path = path.with_suffix(".png")
     if _plot(plot_path, baselines, clusters):
         lines += [f"![aggregate throughput]({plot_path.name})", ""]

@@ -56,3 +56,12 @@ def test_the_preloaded_openblas_takes_the_thread_count() -> None:
         assert control.get() == 2
     finally:
         control.set(before)
+
+
+def test_the_guard_waits_for_mlx_then_sets() -> None:
+    from shard_server.blas_threads import between_mlx_work
+
+    calls: list[int] = []
+    between_mlx_work(calls.append)(3)
+
+    assert calls == [3]
