@@ -1,11 +1,12 @@
 """One forward step over the rows of several requests, exact per request.
 
-Row-wise work (norms, the q/k/v/o projections, the MLP, the LM head) runs on every row of the
-batch at once; attention runs per request, on its own KV cache, through the model's own attention
-module (its projections are swapped for the batched results while it runs). A request's rows thus
-see exactly the ops they would see alone, provided row-wise results do not depend on how many rows
-share a matmul. `check_batch_invariance` verifies that on the stage's real layers at load; where it
-fails, `forward_rows` runs each request alone (the batch-invariant mode) and stays exact.
+Row-wise work (norms, the q/k/v/o projections, RoPE with each row at its own position, the MLP,
+the LM head) runs on every row of the batch at once; the KV cache update and scaled dot-product
+attention run per request, on its own cache, with the shapes and ops of the model's attention
+running that request alone. A request's rows thus see exactly the ops they would see alone,
+provided row-wise results do not depend on how many rows share an op. `check_batch_invariance`
+verifies that on the stage's real layers at load; where it fails, `forward_rows` runs each request
+alone (the batch-invariant mode) and stays exact.
 """
 
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import Protocol, cast
 
 import mlx.core as mx
 from mlx import nn
-from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -33,33 +34,6 @@ class RequestRows:
     length: int
 
 
-class _Held:
-    """Plain holder (not an mx.array attribute, so MLX does not take it for a parameter)."""
-
-    value: mx.array | None = None
-
-
-class _Precomputed(nn.Module):
-    """Stands in for a projection: returns the batched result for the rows being attended."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held = _Held()
-
-    def __call__(self, x: mx.array) -> mx.array:
-        value = self.held.value
-        if value is None:
-            raise RuntimeError("projection used outside a batched step")
-        return value
-
-
-class _PassThrough(nn.Module):
-    """Stands in for o_proj: hands back its input, so o_proj runs once over the whole batch."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return x
-
-
 def is_batchable(block: object) -> bool:
     """Pre-norm blocks whose attention has separate q/k/v/o projections (llama, qwen2, qwen3, ...)."""
     if not isinstance(block, nn.Module):
@@ -68,49 +42,73 @@ def is_batchable(block: object) -> bool:
     if not all(part in block for part in parts):
         return False
     attention = cast(object, block["self_attn"])
-    return isinstance(attention, nn.Module) and all(name in attention for name in _PROJECTIONS)
+    if not isinstance(attention, nn.Module) or not all(name in attention for name in (*_PROJECTIONS, "rope")):
+        return False
+    return all(isinstance(getattr(attention, name, None), int | float) for name in ("n_heads", "n_kv_heads", "scale"))
 
 
 class RowFunction(Protocol):
     def __call__(self, x: mx.array, /) -> mx.array: ...
 
 
-class _Attention(Protocol):
-    def __call__(self, x: mx.array, mask: mx.array | str | None, cache: KVCache) -> mx.array: ...
-
-
 def _part(module: nn.Module, name: str) -> RowFunction:
     return cast(RowFunction, module[name])
 
 
+class _Rope(Protocol):
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array: ...
+
+
+def _heads(attention: nn.Module, projected: mx.array, count_name: str, norm_name: str | None) -> mx.array:
+    """(1, rows, heads * head_dim) -> (rows, heads, 1, head_dim): every row its own batch entry.
+
+    Qwen3's per-head norm runs before the transpose, as in the model's own attention.
+    """
+    rows = projected.shape[1]
+    split = mx.reshape(projected, (rows, 1, cast(int, getattr(attention, count_name)), -1))
+    if norm_name is not None and norm_name in attention:
+        split = _part(attention, norm_name)(split)
+    return mx.transpose(split, (0, 2, 1, 3))
+
+
+def _request_view(per_row: mx.array, rows: RequestRows) -> mx.array:
+    """Rows of one request from (rows, heads, 1, head_dim) as (1, heads, length, head_dim)."""
+    return mx.transpose(per_row[rows.start : rows.start + rows.length], (2, 1, 0, 3))
+
+
 def _batched_block(block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int) -> mx.array:
-    """The block's own computation, with row-wise parts over the whole batch.
+    """The block's own computation, with everything but the attention proper over the whole batch.
+
+    Projections, norms, RoPE (one call, each row at its own position) and the MLP run over all rows;
+    the KV cache update and scaled dot-product attention run per request, with the same shapes and
+    ops as the model's attention running that request alone.
 
     hidden: (1, rows, hidden_size) -> (1, rows, hidden_size)
     """
     attention = cast(nn.Module, block["self_attn"])
+    rope = cast(_Rope, attention["rope"])
     normed = _part(block, "input_layernorm")(hidden)
-    originals = {name: _part(attention, name) for name in _PROJECTIONS}
-    projected = {name: originals[name](normed) for name in ("q_proj", "k_proj", "v_proj")}  # (1, rows, width)
-    stand_ins = {name: _Precomputed() for name in projected}
+    positions = mx.array(
+        [rows.caches[layer].offset + index for rows in requests for index in range(rows.length)],
+        dtype=mx.int32,
+    )
+    queries = rope(_heads(attention, _part(attention, "q_proj")(normed), "n_heads", "q_norm"), offset=positions)
+    keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
+    values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
+    scale = cast(float, attention.scale)
     pieces: list[mx.array] = []
-    try:
-        for name, stand_in in stand_ins.items():
-            attention[name] = stand_in
-        attention["o_proj"] = _PassThrough()
-        attend = cast(_Attention, attention)
-        for rows in requests:
-            end = rows.start + rows.length
-            for name, stand_in in stand_ins.items():
-                stand_in.held.value = projected[name][:, rows.start : end]
-            request_normed = normed[:, rows.start : end]
-            cache = rows.caches[layer]
-            pieces.append(attend(request_normed, create_attention_mask(request_normed, cache), cache))
-    finally:
-        for name, original in originals.items():
-            attention[name] = original
-    attended = originals["o_proj"](mx.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0])
-    after_attention = hidden + attended
+    for rows in requests:
+        cache = rows.caches[layer]
+        mask = create_attention_mask(normed[:, rows.start : rows.start + rows.length], cache)
+        request_keys, request_values = cache.update_and_fetch(_request_view(keys, rows), _request_view(values, rows))
+        pieces.append(
+            scaled_dot_product_attention(
+                _request_view(queries, rows), request_keys, request_values, cache=cache, scale=scale, mask=mask
+            )
+        )
+    attended = mx.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]  # (1, heads, rows, head_dim)
+    merged = mx.reshape(mx.transpose(attended, (0, 2, 1, 3)), (1, hidden.shape[1], -1))
+    after_attention = hidden + _part(attention, "o_proj")(merged)
     return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
 
 

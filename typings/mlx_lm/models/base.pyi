@@ -7,3 +7,12 @@ from .cache import KVCache
 def create_attention_mask(
     h: mx.array, cache: KVCache | None = None, window_size: int | None = None, return_array: bool = False
 ) -> mx.array | Literal["causal"] | None: ...
+def scaled_dot_product_attention(
+    queries: mx.array,
+    keys: mx.array,
+    values: mx.array,
+    cache: KVCache | None,
+    scale: float,
+    mask: mx.array | Literal["causal"] | None,
+    sinks: mx.array | None = None,
+) -> mx.array: ...
