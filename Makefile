@@ -7,10 +7,11 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/strata_wire/*.proto)
 STUBS := strata_wire/__init__.py
 EMBEDDED := $(VENV)/.embedded-model
+NATIVE := $(VENV)/lib/libstrata_attention.so
 
 .PHONY: run test test-fast lint typecheck setup protos model bench clean
 
-setup: $(INSTALLED) $(STUBS) $(EMBEDDED)
+setup: $(INSTALLED) $(STUBS) $(EMBEDDED) $(NATIVE)
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ $(STUBS): $(PROTOS) $(INSTALLED)
 	touch $@
 
 protos: $(STUBS)
+
+# Batched attention in one native call (shard_server/native_attention.py). Without a C++ compiler
+# this prints a note and shards use MLX ops (exact, slower with many concurrent requests).
+$(NATIVE): shard_server/native/request_attention.cpp $(INSTALLED)
+	$(BIN)/python -m shard_server.native_attention build
 
 # Imports the embedded SmolLM2 into the model store ($$STRATA_HOME, default ~/.strata).
 $(EMBEDDED): $(INSTALLED) $(STUBS)

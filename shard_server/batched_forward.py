@@ -11,12 +11,14 @@ alone (the batch-invariant mode) and stays exact.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 import mlx.core as mx
 from mlx import nn
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
+
+from shard_server.native_attention import NativeAttention
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -76,12 +78,15 @@ def _request_view(per_row: mx.array, rows: RequestRows) -> mx.array:
     return mx.transpose(per_row[rows.start : rows.start + rows.length], (2, 1, 0, 3))
 
 
-def _batched_block(block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int) -> mx.array:
+def _batched_block(
+    block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int, native: NativeAttention | None
+) -> mx.array:
     """The block's own computation, with everything but the attention proper over the whole batch.
 
     Projections, norms, RoPE (one call, each row at its own position) and the MLP run over all rows;
     the KV cache update and scaled dot-product attention run per request, with the same shapes and
-    ops as the model's attention running that request alone.
+    ops as the model's attention running that request alone (or in one native call doing the same
+    arithmetic, where the shard verified it bitwise at load).
 
     hidden: (1, rows, hidden_size) -> (1, rows, hidden_size)
     """
@@ -96,18 +101,37 @@ def _batched_block(block: nn.Module, hidden: mx.array, requests: Sequence[Reques
     keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
     values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
     scale = cast(float, attention.scale)
-    pieces: list[mx.array] = []
+    fetched: list[tuple[mx.array, mx.array, mx.array | Literal["causal"] | None]] = []
     for rows in requests:
         cache = rows.caches[layer]
         mask = create_attention_mask(normed[:, rows.start : rows.start + rows.length], cache)
         request_keys, request_values = cache.update_and_fetch(_request_view(keys, rows), _request_view(values, rows))
-        pieces.append(
-            scaled_dot_product_attention(
-                _request_view(queries, rows), request_keys, request_values, cache=cache, scale=scale, mask=mask
-            )
+        fetched.append((request_keys, request_values, mask))
+    merged: mx.array | None = None
+    if native is not None and queries.dtype == mx.float32:
+        merged = native.attend(
+            queries,
+            [rows.caches[layer] for rows in requests],
+            [rows.start for rows in requests],
+            [rows.length for rows in requests],
+            cast(int, attention.n_heads),
+            cast(int, attention.n_kv_heads),
+            scale,
         )
-    attended = mx.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]  # (1, heads, rows, head_dim)
-    merged = mx.reshape(mx.transpose(attended, (0, 2, 1, 3)), (1, hidden.shape[1], -1))
+    if merged is None:
+        pieces = [
+            scaled_dot_product_attention(
+                _request_view(queries, rows),
+                request_keys,
+                request_values,
+                cache=rows.caches[layer],
+                scale=scale,
+                mask=mask,
+            )
+            for rows, (request_keys, request_values, mask) in zip(requests, fetched, strict=True)
+        ]
+        attended = mx.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]  # (1, heads, rows, head_dim)
+        merged = mx.reshape(mx.transpose(attended, (0, 2, 1, 3)), (1, hidden.shape[1], -1))
     after_attention = hidden + _part(attention, "o_proj")(merged)
     return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
 
@@ -122,7 +146,13 @@ def _alone(block: Block, hidden: mx.array, requests: Sequence[RequestRows], laye
     return mx.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
 
 
-def forward_rows(blocks: Sequence[Block], hidden: mx.array, requests: Sequence[RequestRows], batched: bool) -> mx.array:
+def forward_rows(
+    blocks: Sequence[Block],
+    hidden: mx.array,
+    requests: Sequence[RequestRows],
+    batched: bool,
+    native: NativeAttention | None = None,
+) -> mx.array:
     """Runs every block of a stage over the batch. hidden: (1, rows, hidden_size)."""
     for layer, block in enumerate(blocks):
         if len(requests) == 1:
@@ -130,7 +160,7 @@ def forward_rows(blocks: Sequence[Block], hidden: mx.array, requests: Sequence[R
             cache = rows.caches[layer]
             hidden = block(hidden, create_attention_mask(hidden, cache), cache)
         elif batched:
-            hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer)
+            hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, native)
         else:
             hidden = _alone(block, hidden, requests, layer)
     return hidden
@@ -145,16 +175,21 @@ def _primed_cache(block: Block, length: int, hidden_size: int, dtype: mx.Dtype) 
 
 
 def check_batch_invariance(
-    block: Block, row_modules: Sequence[RowFunction], hidden_size: int, dtype: mx.Dtype, max_rows: int
+    block: Block,
+    row_modules: Sequence[RowFunction],
+    hidden_size: int,
+    dtype: mx.Dtype,
+    max_rows: int,
+    native: NativeAttention | None = None,
 ) -> bool:
     """Whether batching rows of different requests leaves every request's results bitwise unchanged.
 
     Runs one real block over a batch mixing decode rows and a long prefill chunk (up to `max_rows`
     rows in all), against each request alone; and each row-wise head module over many rows against
-    one row at a time.
+    one row at a time. With `native`, the batch's attention runs through it.
     """
     lengths = [1, 1, 3, 1, max(1, max_rows - 10), 1, 2, 1]
-    contexts = [5, 17, 0, 40, 9, 2, 33, 64]
+    contexts = [5, 17, 0, 40, 9, 2, 33, 300]
     total = sum(lengths)
     hidden = mx.random.normal((1, total, hidden_size), key=mx.random.key(2026)).astype(dtype)
     results: list[mx.array] = []
@@ -164,7 +199,7 @@ def check_batch_invariance(
         for length, context in zip(lengths, contexts, strict=True):
             requests.append(RequestRows([_primed_cache(block, context, hidden_size, dtype)], start, length))
             start += length
-        results.append(forward_rows([block], hidden, requests, batched=batched))
+        results.append(forward_rows([block], hidden, requests, batched=batched, native=native if batched else None))
     if not mx.array_equal(results[0], results[1]).item():
         return False
     rows = hidden[:, :33]

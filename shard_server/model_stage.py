@@ -24,6 +24,7 @@ from services.compute_dtype import ComputeDtype, convert_module
 from services.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from services.model_files import weight_files_for_stage
 from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
+from shard_server.native_attention import NativeAttention, load_native_attention
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
@@ -95,6 +96,8 @@ class ModelStage:
         self._hidden_size = int(str(config.get("hidden_size", 0)))
         self.batch_invariant = False
         """Whether rows of different requests may share one batch (see `check_batching`)."""
+        self.native_attention: NativeAttention | None = None
+        """Set when batched attention runs in one native call (see `check_batching`)."""
 
     def _inner(self) -> nn.Module:
         return cast(nn.Module, self._model["model"])
@@ -166,7 +169,7 @@ class ModelStage:
 
     def run_layers(self, hidden: mx.array, requests: Sequence[RequestRows]) -> mx.array:
         """hidden (1, rows, hidden) of several requests -> hidden after this stage's layers."""
-        return forward_rows(self.layers, hidden, requests, batched=self.batch_invariant)
+        return forward_rows(self.layers, hidden, requests, batched=self.batch_invariant, native=self.native_attention)
 
     def logits(self, hidden: mx.array) -> mx.array:
         """Last stage: final norm and LM head, (1, rows, hidden) -> (1, rows, vocab)."""
@@ -177,9 +180,17 @@ class ModelStage:
         return cast(nn.Linear, self._model["lm_head"])(normed)
 
     def check_batching(self, max_rows: int) -> bool:
-        """Decides (and returns) whether requests may share a batch: see `check_batch_invariance`."""
+        """Decides (and returns) whether requests may share a batch: see `check_batch_invariance`.
+
+        Where they may, also whether the native attention gives MLX's results bitwise here.
+        """
         head: list[RowFunction] = [self.logits] if self.stage.is_last else []
-        self.batch_invariant = check_batch_invariance(
-            self.layers[0], head, self.hidden_size, self.activation_dtype(), max_rows
-        )
+        dtype = self.activation_dtype()
+        self.batch_invariant = check_batch_invariance(self.layers[0], head, self.hidden_size, dtype, max_rows)
+        self.native_attention = None
+        native = load_native_attention() if self.batch_invariant and dtype == mx.float32 else None
+        if native is not None and check_batch_invariance(
+            self.layers[0], [], self.hidden_size, dtype, max_rows, native=native
+        ):
+            self.native_attention = native
         return self.batch_invariant

@@ -355,6 +355,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             steps=stats.steps,
             batched_rows=stats.batched_rows,
             batch_invariant=stats.batch_invariant,
+            native_attention=stats.native_attention,
             compute_seconds=stats.compute_seconds,
             ring_seconds=stats.ring_seconds,
             ring_samples=stats.ring_samples,

@@ -52,6 +52,7 @@ class StageStats:
     steps: int
     batched_rows: int
     batch_invariant: bool
+    native_attention: bool
     compute_seconds: float
     """Time spent running batches through this stage (forward, sampling, evaluation)."""
     ring_seconds: float

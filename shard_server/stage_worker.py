@@ -75,7 +75,7 @@ class StageWorker:
         self._stats_lock = threading.Lock()
         self._compute_seconds = 0.0
         self._first = FirstShardDriver(emit, lambda request_id: self._release(request_id, pass_on=True))
-        self._stats = StageStats(None, 0, 0, 0, 0, 0, 0, False, 0.0, 0.0, 0, 0, 0, 0)
+        self._stats = StageStats(None, 0, 0, 0, 0, 0, 0, False, False, 0.0, 0.0, 0, 0, 0, 0)
         self._thread = threading.Thread(target=self._run, name="stage-worker", daemon=True)
 
     def start(self) -> None:
@@ -128,7 +128,7 @@ class StageWorker:
         loaded = self._loaded
         if loaded is None:
             snapshot = StageStats(
-                None, 0, 0, 0, 0, self._steps, self._batched_rows, False, self._compute_seconds, 0.0, 0, 0, 0, 0
+                None, 0, 0, 0, 0, self._steps, self._batched_rows, False, False, self._compute_seconds, 0.0, 0, 0, 0, 0
             )
         else:
             kv_bytes = sum(cache.nbytes for state in loaded.requests.values() for cache in state.cache)
@@ -141,6 +141,7 @@ class StageWorker:
                 self._steps,
                 self._batched_rows,
                 loaded.stage.batch_invariant,
+                loaded.stage.native_attention is not None,
                 self._compute_seconds,
                 self._first.ring_seconds,
                 self._first.ring_samples,
@@ -195,7 +196,7 @@ class StageWorker:
         if item.stage.is_first:
             self._loaded.directory = PrefixDirectory(DEFAULT_PREFIX_CACHE_BYTES)
         logger.info(
-            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes); %s",
+            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes); %s; %s",
             item.stage.start_layer,
             item.stage.end_layer,
             item.stage.num_layers,
@@ -205,6 +206,9 @@ class StageWorker:
             "rows of different requests share batches (row results checked independent of batch size)"
             if batched
             else "row results depend on batch size here: each request runs alone (batch-invariant mode)",
+            "batched attention in one native call per layer (checked bitwise against MLX's)"
+            if stage.native_attention is not None
+            else "attention through MLX ops, per request",
         )
         self._emit(StageLoaded(item.instance_id, stage.weight_bytes))
 

@@ -24,6 +24,7 @@ class ShardFigures:
     layer_bytes: int
     peak_kv_cache_bytes: int
     batch_invariant: bool
+    native_attention: bool
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ def _load_table(cluster: ClusterFigures, baselines: BaselineFigures) -> list[str
     return lines
 
 
+def _batching(shard: ShardFigures) -> str:
+    if not shard.batch_invariant:
+        return "no"
+    return "yes, native attention" if shard.native_attention else "yes, attention through MLX ops"
+
+
 def _memory_table(clusters: tuple[ClusterFigures, ...]) -> list[str]:
     lines = [
         "| shards | stage (layers) | weights in compute dtype MiB | peak RSS MiB | peak KV MiB "
@@ -88,7 +95,7 @@ def _memory_table(clusters: tuple[ClusterFigures, ...]) -> list[str]:
                 f"| {cluster.shards} | [{start}, {end}) | {shard.layer_bytes / MEBIBYTE:.0f} "
                 f"| {shard.peak_rss_bytes / MEBIBYTE:.0f} | {shard.peak_kv_cache_bytes / MEBIBYTE:.1f} "
                 f"| {(shard.peak_rss_bytes - shard.layer_bytes - shard.peak_kv_cache_bytes) / MEBIBYTE:.0f} "
-                f"| {'yes' if shard.batch_invariant else 'no'} |"
+                f"| {_batching(shard)} |"
             )
     return lines
 

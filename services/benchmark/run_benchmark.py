@@ -184,6 +184,7 @@ def _measure_cluster(options: BenchOptions, shards: int) -> ClusterFigures:
                 layer_bytes=stage_weight_bytes(spec, *stage),
                 peak_kv_cache_bytes=peak_kv[address],
                 batch_invariant=_stats(address).batch_invariant,
+                native_attention=_stats(address).native_attention,
             )
             for address, pid, stage in zip(running.shard_addresses, running.shard_pids, running.stages, strict=True)
         )

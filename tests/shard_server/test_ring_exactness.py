@@ -16,6 +16,7 @@ from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.model_store import ModelStore
 from services.settings import models_root
+from shard_server.native_attention import load_native_attention
 from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
 from tests.ring_client import assign_ring, generate_tokens, reference_tokens, shard_stats
@@ -104,6 +105,8 @@ def test_concurrent_seeded_requests_each_match_their_solo_run(tiny_home: Path, s
     for address in shard_addresses:
         stats = shard_stats(address)
         assert stats.batch_invariant
+        # Float32 stages run a batch's attention natively wherever the library is built and loads.
+        assert stats.native_attention == (load_native_attention() is not None)
         assert stats.batched_rows > stats.steps  # requests really shared batches
         assert stats.active_requests == 0
         assert stats.kv_cache_bytes == 0

@@ -1,0 +1,164 @@
+// Scaled dot-product attention for every request of a batched step, in one call.
+//
+// Each request attends over its own KV cache, so attention cannot share a matmul across requests
+// without changing the reduction order. Run through MLX ops, a request costs ~9 ops per layer and
+// each op's scheduling (~15 us) dwarfs its arithmetic. This routine performs, per request, exactly
+// the arithmetic of MLX's CPU fallback for `mx.fast.scaled_dot_product_attention` (mlx/fast.cpp):
+// the query times the scale; one `cblas_sgemm` per (kv head, repeat) for the scores, with MLX's
+// arguments; the causal mask as `where(mask, scores, finfo.min)`; MLX's CPU softmax loop with its
+// own SIMD `exp`; one `cblas_sgemm` per (kv head, repeat) for the output. `cblas_sgemm` resolves to
+// the same BLAS MLX calls (the preloaded shim). The shard checks the result bitwise against MLX at
+// load and falls back to MLX ops when it differs, so this file can never make a result inexact.
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "mlx/backend/cpu/simd/simd.h"
+
+extern "C" void cblas_sgemm(int order, int transpose_a, int transpose_b, int m, int n, int k, float alpha,
+                            const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+namespace {
+
+constexpr int kRowMajor = 101;
+constexpr int kNoTranspose = 111;
+constexpr int kTranspose = 112;
+
+using mlx::core::simd::Simd;
+
+// MLX's CPU softmax over the last axis (mlx/backend/cpu/softmax.cpp, float in and float accumulate).
+void softmax_rows(float* data, int rows, int length) {
+  constexpr int N = mlx::core::simd::max_size<float>;
+  for (int row = 0; row < rows; row++) {
+    float* in = data + static_cast<int64_t>(row) * length;
+    const float* current = in;
+    Simd<float, N> vmaximum(-std::numeric_limits<float>::infinity());
+    int remaining = length;
+    while (remaining >= N) {
+      Simd<float, N> values = mlx::core::simd::load<float, N>(current);
+      vmaximum = mlx::core::simd::maximum(values, vmaximum);
+      current += N;
+      remaining -= N;
+    }
+    float maximum = mlx::core::simd::max(vmaximum);
+    while (remaining-- > 0) {
+      maximum = std::max(maximum, *current);
+      current++;
+    }
+    Simd<float, N> vnormalizer(0.0);
+    float* out = in;
+    current = in;
+    remaining = length;
+    while (remaining >= N) {
+      Simd<float, N> vexp = mlx::core::simd::load<float, N>(current);
+      vexp = mlx::core::simd::exp(vexp - maximum);
+      mlx::core::simd::store(out, vexp);
+      vnormalizer = vnormalizer + vexp;
+      current += N;
+      out += N;
+      remaining -= N;
+    }
+    float normalizer = mlx::core::simd::sum(vnormalizer);
+    while (remaining-- > 0) {
+      float value = std::exp(*current - maximum);
+      *out = value;
+      normalizer += value;
+      current++;
+      out++;
+    }
+    normalizer = 1 / normalizer;
+    out = in;
+    remaining = length;
+    while (remaining >= N) {
+      mlx::core::simd::store(out, Simd<float, N>(mlx::core::simd::load<float, N>(out) * normalizer));
+      out += N;
+      remaining -= N;
+    }
+    while (remaining-- > 0) {
+      *out *= normalizer;
+      out++;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// queries: (rows, heads, head_dim) contiguous, after RoPE. output: the same shape.
+// Request r owns rows [row_starts[r], row_starts[r] + row_counts[r]) and attends over key_counts[r]
+// cached positions (its new rows included): keys[r] + head * key_head_strides[r] + position * head_dim.
+// Returns 0, or -1 when the arguments cannot be served (the caller then uses MLX ops).
+int strata_request_attention(int request_count, const int32_t* row_starts, const int32_t* row_counts,
+                             const int32_t* key_counts, const float* const* keys, const int64_t* key_head_strides,
+                             const float* const* values, const int64_t* value_head_strides, const float* queries,
+                             float* output, int heads, int kv_heads, int head_dim, float scale) {
+  if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim <= 0) {
+    return -1;
+  }
+  const int repeats = heads / kv_heads;
+  std::vector<float> scaled;
+  std::vector<float> scores;
+  std::vector<float> attended;
+  for (int request = 0; request < request_count; request++) {
+    const int length = row_counts[request];
+    const int key_count = key_counts[request];
+    const int start = row_starts[request];
+    if (length <= 0 || key_count < length) {
+      return -1;
+    }
+    // q = scale * q, laid out (heads, length, head_dim) as the transposed query MLX multiplies.
+    scaled.resize(static_cast<size_t>(heads) * length * head_dim);
+    for (int head = 0; head < heads; head++) {
+      for (int row = 0; row < length; row++) {
+        const float* source = queries + (static_cast<int64_t>(start + row) * heads + head) * head_dim;
+        float* target = scaled.data() + (static_cast<int64_t>(head) * length + row) * head_dim;
+        for (int dim = 0; dim < head_dim; dim++) {
+          target[dim] = scale * source[dim];
+        }
+      }
+    }
+    scores.resize(static_cast<size_t>(heads) * length * key_count);
+    for (int head = 0; head < heads; head++) {
+      const int kv_head = head / repeats;
+      cblas_sgemm(kRowMajor, kNoTranspose, kTranspose, length, key_count, head_dim, 1.0f,
+                  scaled.data() + static_cast<int64_t>(head) * length * head_dim, head_dim,
+                  keys[request] + kv_head * key_head_strides[request], head_dim, 0.0f,
+                  scores.data() + static_cast<int64_t>(head) * length * key_count, key_count);
+    }
+    if (length > 1) {
+      // Causal: query row i sees positions [0, key_count - length + i].
+      const float lowest = std::numeric_limits<float>::lowest();
+      for (int head = 0; head < heads; head++) {
+        for (int row = 0; row < length; row++) {
+          float* line = scores.data() + (static_cast<int64_t>(head) * length + row) * key_count;
+          for (int position = key_count - length + row + 1; position < key_count; position++) {
+            line[position] = lowest;
+          }
+        }
+      }
+    }
+    softmax_rows(scores.data(), heads * length, key_count);
+    attended.resize(static_cast<size_t>(heads) * length * head_dim);
+    for (int head = 0; head < heads; head++) {
+      const int kv_head = head / repeats;
+      cblas_sgemm(kRowMajor, kNoTranspose, kNoTranspose, length, head_dim, key_count, 1.0f,
+                  scores.data() + static_cast<int64_t>(head) * length * key_count, key_count,
+                  values[request] + kv_head * value_head_strides[request], head_dim, 0.0f,
+                  attended.data() + static_cast<int64_t>(head) * length * head_dim, head_dim);
+    }
+    for (int row = 0; row < length; row++) {
+      for (int head = 0; head < heads; head++) {
+        const float* source = attended.data() + (static_cast<int64_t>(head) * length + row) * head_dim;
+        float* target = output + (static_cast<int64_t>(start + row) * heads + head) * head_dim;
+        for (int dim = 0; dim < head_dim; dim++) {
+          target[dim] = source[dim];
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+}  // extern "C"
