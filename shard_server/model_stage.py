@@ -189,8 +189,10 @@ class ModelStage:
         self.batch_invariant = check_batch_invariance(self.layers[0], head, self.hidden_size, dtype, max_rows)
         self.native_attention = None
         native = load_native_attention() if self.batch_invariant and dtype == mx.float32 else None
-        if native is not None and check_batch_invariance(
-            self.layers[0], [], self.hidden_size, dtype, max_rows, native=native
-        ):
-            self.native_attention = native
+        if native is not None:
+            # Grouped heads (fewer BLAS calls) where they are exact here, else MLX's own call shapes.
+            for candidate in (native.grouped(), native):
+                if check_batch_invariance(self.layers[0], [], self.hidden_size, dtype, max_rows, native=candidate):
+                    self.native_attention = candidate
+                    break
         return self.batch_invariant

@@ -89,11 +89,14 @@ extern "C" {
 // queries: (rows, heads, head_dim) contiguous, after RoPE. output: the same shape.
 // Request r owns rows [row_starts[r], row_starts[r] + row_counts[r]) and attends over key_counts[r]
 // cached positions (its new rows included): keys[r] + head * key_head_strides[r] + position * head_dim.
+// With group_heads, the query heads sharing a KV head go through one matmul of repeats * rows rows
+// instead of one per head: equal only where the BLAS gives row results independent of the row count,
+// which the shard checks at load before using it.
 // Returns 0, or -1 when the arguments cannot be served (the caller then uses MLX ops).
 int strata_request_attention(int request_count, const int32_t* row_starts, const int32_t* row_counts,
                              const int32_t* key_counts, const float* const* keys, const int64_t* key_head_strides,
                              const float* const* values, const int64_t* value_head_strides, const float* queries,
-                             float* output, int heads, int kv_heads, int head_dim, float scale) {
+                             float* output, int heads, int kv_heads, int head_dim, float scale, int group_heads) {
   if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim <= 0) {
     return -1;
   }
@@ -120,12 +123,14 @@ int strata_request_attention(int request_count, const int32_t* row_starts, const
       }
     }
     scores.resize(static_cast<size_t>(heads) * length * key_count);
-    for (int head = 0; head < heads; head++) {
-      const int kv_head = head / repeats;
-      cblas_sgemm(kRowMajor, kNoTranspose, kTranspose, length, key_count, head_dim, 1.0f,
-                  scaled.data() + static_cast<int64_t>(head) * length * head_dim, head_dim,
+    const int calls = group_heads ? kv_heads : heads;
+    const int call_rows = group_heads ? repeats * length : length;
+    for (int call = 0; call < calls; call++) {
+      const int kv_head = group_heads ? call : call / repeats;
+      cblas_sgemm(kRowMajor, kNoTranspose, kTranspose, call_rows, key_count, head_dim, 1.0f,
+                  scaled.data() + static_cast<int64_t>(call) * call_rows * head_dim, head_dim,
                   keys[request] + kv_head * key_head_strides[request], head_dim, 0.0f,
-                  scores.data() + static_cast<int64_t>(head) * length * key_count, key_count);
+                  scores.data() + static_cast<int64_t>(call) * call_rows * key_count, key_count);
     }
     if (length > 1) {
       // Causal: query row i sees positions [0, key_count - length + i].
@@ -141,12 +146,12 @@ int strata_request_attention(int request_count, const int32_t* row_starts, const
     }
     softmax_rows(scores.data(), heads * length, key_count);
     attended.resize(static_cast<size_t>(heads) * length * head_dim);
-    for (int head = 0; head < heads; head++) {
-      const int kv_head = head / repeats;
-      cblas_sgemm(kRowMajor, kNoTranspose, kNoTranspose, length, head_dim, key_count, 1.0f,
-                  scores.data() + static_cast<int64_t>(head) * length * key_count, key_count,
+    for (int call = 0; call < calls; call++) {
+      const int kv_head = group_heads ? call : call / repeats;
+      cblas_sgemm(kRowMajor, kNoTranspose, kNoTranspose, call_rows, head_dim, key_count, 1.0f,
+                  scores.data() + static_cast<int64_t>(call) * call_rows * key_count, key_count,
                   values[request] + kv_head * value_head_strides[request], head_dim, 0.0f,
-                  attended.data() + static_cast<int64_t>(head) * length * head_dim, head_dim);
+                  attended.data() + static_cast<int64_t>(call) * call_rows * head_dim, head_dim);
     }
     for (int row = 0; row < length; row++) {
       for (int head = 0; head < heads; head++) {
