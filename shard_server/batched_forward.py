@@ -11,14 +11,14 @@ alone (the batch-invariant mode) and stays exact.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, cast
+from typing import Protocol, cast
 
 import mlx.core as mx
 from mlx import nn
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
-from shard_server.native_attention import NativeAttention
+from shard_server.native_attention import NativeAttention, request_rows_view
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -73,11 +73,6 @@ def _heads(attention: nn.Module, projected: mx.array, count_name: str, norm_name
     return mx.transpose(split, (0, 2, 1, 3))
 
 
-def _request_view(per_row: mx.array, rows: RequestRows) -> mx.array:
-    """Rows of one request from (rows, heads, 1, head_dim) as (1, heads, length, head_dim)."""
-    return mx.transpose(per_row[rows.start : rows.start + rows.length], (2, 1, 0, 3))
-
-
 def _batched_block(
     block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int, native: NativeAttention | None
 ) -> mx.array:
@@ -101,35 +96,31 @@ def _batched_block(
     keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
     values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
     scale = cast(float, attention.scale)
-    fetched: list[tuple[mx.array, mx.array, mx.array | Literal["causal"] | None]] = []
-    for rows in requests:
-        cache = rows.caches[layer]
-        mask = create_attention_mask(normed[:, rows.start : rows.start + rows.length], cache)
-        request_keys, request_values = cache.update_and_fetch(_request_view(keys, rows), _request_view(values, rows))
-        fetched.append((request_keys, request_values, mask))
+    caches = [rows.caches[layer] for rows in requests]
     merged: mx.array | None = None
     if native is not None and queries.dtype == mx.float32:
         merged = native.attend(
             queries,
-            [rows.caches[layer] for rows in requests],
+            keys,
+            values,
+            caches,
             [rows.start for rows in requests],
             [rows.length for rows in requests],
-            cast(int, attention.n_heads),
-            cast(int, attention.n_kv_heads),
             scale,
         )
     if merged is None:
-        pieces = [
-            scaled_dot_product_attention(
-                _request_view(queries, rows),
-                request_keys,
-                request_values,
-                cache=rows.caches[layer],
-                scale=scale,
-                mask=mask,
+        pieces: list[mx.array] = []
+        for rows, cache in zip(requests, caches, strict=True):
+            mask = create_attention_mask(normed[:, rows.start : rows.start + rows.length], cache)
+            request_keys, request_values = cache.update_and_fetch(
+                request_rows_view(keys, rows.start, rows.length), request_rows_view(values, rows.start, rows.length)
             )
-            for rows, (request_keys, request_values, mask) in zip(requests, fetched, strict=True)
-        ]
+            request_queries = request_rows_view(queries, rows.start, rows.length)
+            pieces.append(
+                scaled_dot_product_attention(
+                    request_queries, request_keys, request_values, cache=cache, scale=scale, mask=mask
+                )
+            )
         attended = mx.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]  # (1, heads, rows, head_dim)
         merged = mx.reshape(mx.transpose(attended, (0, 2, 1, 3)), (1, hidden.shape[1], -1))
     after_attention = hidden + _part(attention, "o_proj")(merged)

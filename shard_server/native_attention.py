@@ -120,52 +120,73 @@ class NativeAttention:
     def attend(
         self,
         queries: mx.array,
+        new_keys: mx.array,
+        new_values: mx.array,
         caches: Sequence[KVCache],
         row_starts: Sequence[int],
         row_counts: Sequence[int],
-        heads: int,
-        kv_heads: int,
         scale: float,
     ) -> mx.array | None:
-        """Attention of each request's rows over its (already updated) cache.
+        """Appends each request's new rows to its cache, then its attention over that cache.
 
-        queries: (rows, heads, 1, head_dim) float32 after RoPE -> (1, rows, heads * head_dim), or
-        None when a layout is not the one the library reads (the caller then uses MLX ops).
+        queries: (rows, heads, 1, head_dim), new_keys and new_values: (rows, kv_heads, 1, head_dim),
+        float32 after RoPE -> (1, rows, heads * head_dim). A cache with room takes its rows in place
+        (in the library); one that must grow goes through `KVCache.update_and_fetch`. None, with no
+        cache changed, when a layout is not the one the library reads (the caller then uses MLX ops).
         """
-        rows, _, _, head_dim = queries.shape
-        cache_arrays = [array for cache in caches for array in (cache.keys, cache.values) if array is not None]
-        if len(cache_arrays) != 2 * len(caches):
+        rows, heads, _, head_dim = queries.shape
+        kv_heads = new_keys.shape[1]
+        if any(array.dtype != mx.float32 for array in (queries, new_keys, new_values)):
             return None
-        evaluate(queries, *cache_arrays)
-        query_view = np.ascontiguousarray(_host_view(queries))
-        addresses: list[int] = []
-        head_strides: list[int] = []
-        for array in cache_arrays:
-            located = _float32_matrix_rows(array, head_dim)
-            if located is None:
+        in_place = [
+            cache.keys is not None and cache.offset + length <= cache.keys.shape[2]
+            for cache, length in zip(caches, row_counts, strict=True)
+        ]
+        kept = [cache for cache, room in zip(caches, in_place, strict=True) if room]
+        evaluate(queries, new_keys, new_values, *[array for cache in kept for array in (cache.keys, cache.values)])
+        located: dict[int, tuple[int, int, int, int]] = {}
+        for index, cache in enumerate(caches):
+            if in_place[index] and (found := _locate(cache, head_dim)) is not None:
+                located[index] = found
+            elif in_place[index]:
                 return None
-            addresses.append(located[0])
-            head_strides.append(located[1])
-        keys, values = addresses[0::2], addresses[1::2]
-        key_strides, value_strides = head_strides[0::2], head_strides[1::2]
+        # From here on caches change: growing ones through MLX (fresh contiguous buffers), the rest in place.
+        grown: list[int] = []
+        for index, (cache, start, length) in enumerate(zip(caches, row_starts, row_counts, strict=True)):
+            if not in_place[index]:
+                cache.update_and_fetch(
+                    request_rows_view(new_keys, start, length), request_rows_view(new_values, start, length)
+                )
+                grown.append(index)
+        evaluate(*[array for index in grown for array in (caches[index].keys, caches[index].values)])
+        for index in grown:
+            found = _locate(caches[index], head_dim)
+            if found is None:
+                raise RuntimeError("a grown KV cache is not a contiguous float32 buffer")
+            located[index] = found
+        for index, cache in enumerate(caches):
+            if in_place[index]:
+                cache.offset += row_counts[index]
+        order = range(len(caches))
         output = np.empty((rows, heads, head_dim), dtype=np.float32)
         # Held in names until the call returns: the library reads them through raw pointers.
-        integers = [
+        held = [
             np.asarray(row_starts, dtype=np.int32),
             np.asarray(row_counts, dtype=np.int32),
             np.asarray([cache.offset for cache in caches], dtype=np.int32),
+            np.asarray([located[index][0] for index in order], dtype=np.uint64),
+            np.asarray([located[index][1] for index in order], dtype=np.int64),
+            np.asarray([located[index][2] for index in order], dtype=np.uint64),
+            np.asarray([located[index][3] for index in order], dtype=np.int64),
+            np.ascontiguousarray(_host_view(queries)),
+            np.ascontiguousarray(_host_view(new_keys)),
+            np.ascontiguousarray(_host_view(new_values)),
+            np.asarray(in_place, dtype=np.int32),
+            output,
         ]
-        pointers = [np.asarray(keys, dtype=np.uint64), np.asarray(values, dtype=np.uint64)]
-        strides = [np.asarray(key_strides, dtype=np.int64), np.asarray(value_strides, dtype=np.int64)]
         status = self._kernel(
             ctypes.c_int(len(caches)),
-            *(_pointer(array) for array in integers),
-            _pointer(pointers[0]),
-            _pointer(strides[0]),
-            _pointer(pointers[1]),
-            _pointer(strides[1]),
-            _pointer(query_view),
-            _pointer(output),
+            *(_pointer(array) for array in held),
             ctypes.c_int(heads),
             ctypes.c_int(kv_heads),
             ctypes.c_int(head_dim),
@@ -173,8 +194,24 @@ class NativeAttention:
             ctypes.c_int(1 if self.group_heads else 0),
         )
         if status != 0:
-            return None
+            raise RuntimeError(f"the native attention refused a step of {len(caches)} requests ({status})")
         return mx.reshape(mx.array(output), (1, rows, heads * head_dim))
+
+
+def request_rows_view(per_row: mx.array, start: int, length: int) -> mx.array:
+    """Rows [start, start + length) of (rows, heads, 1, head_dim) as (1, heads, length, head_dim)."""
+    return mx.transpose(per_row[start : start + length], (2, 1, 0, 3))
+
+
+def _locate(cache: KVCache, head_dim: int) -> tuple[int, int, int, int] | None:
+    """Addresses and head strides of the cache's key and value buffers, if the library can read them."""
+    if cache.keys is None or cache.values is None:
+        return None
+    keys = _float32_matrix_rows(cache.keys, head_dim)
+    values = _float32_matrix_rows(cache.values, head_dim)
+    if keys is None or values is None:
+        return None
+    return keys[0], keys[1], values[0], values[1]
 
 
 def load_native_attention() -> NativeAttention | None:

@@ -10,6 +10,7 @@
 // the same BLAS MLX calls (the preloaded shim). The shard checks the result bitwise against MLX at
 // load and falls back to MLX ops when it differs, so this file can never make a result inexact.
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -89,13 +90,17 @@ extern "C" {
 // queries: (rows, heads, head_dim) contiguous, after RoPE. output: the same shape.
 // Request r owns rows [row_starts[r], row_starts[r] + row_counts[r]) and attends over key_counts[r]
 // cached positions (its new rows included): keys[r] + head * key_head_strides[r] + position * head_dim.
+// Where write_rows[r] is set, its new rows' keys and values (new_keys, new_values: (rows, kv_heads,
+// head_dim) contiguous) are first copied into the last row_counts[r] of those positions: the KV cache
+// update without an MLX op per request (the caller owns those buffers and the positions are unread).
 // With group_heads, the query heads sharing a KV head go through one matmul of repeats * rows rows
 // instead of one per head: equal only where the BLAS gives row results independent of the row count,
 // which the shard checks at load before using it.
 // Returns 0, or -1 when the arguments cannot be served (the caller then uses MLX ops).
 int strata_request_attention(int request_count, const int32_t* row_starts, const int32_t* row_counts,
-                             const int32_t* key_counts, const float* const* keys, const int64_t* key_head_strides,
-                             const float* const* values, const int64_t* value_head_strides, const float* queries,
+                             const int32_t* key_counts, float* const* keys, const int64_t* key_head_strides,
+                             float* const* values, const int64_t* value_head_strides, const float* queries,
+                             const float* new_keys, const float* new_values, const int32_t* write_rows,
                              float* output, int heads, int kv_heads, int head_dim, float scale, int group_heads) {
   if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim <= 0) {
     return -1;
@@ -110,6 +115,18 @@ int strata_request_attention(int request_count, const int32_t* row_starts, const
     const int start = row_starts[request];
     if (length <= 0 || key_count < length) {
       return -1;
+    }
+    if (write_rows[request]) {
+      for (int row = 0; row < length; row++) {
+        const int64_t position = key_count - length + row;
+        for (int kv_head = 0; kv_head < kv_heads; kv_head++) {
+          const int64_t source = (static_cast<int64_t>(start + row) * kv_heads + kv_head) * head_dim;
+          float* key_target = keys[request] + kv_head * key_head_strides[request] + position * head_dim;
+          float* value_target = values[request] + kv_head * value_head_strides[request] + position * head_dim;
+          std::copy(new_keys + source, new_keys + source + head_dim, key_target);
+          std::copy(new_values + source, new_values + source + head_dim, value_target);
+        }
+      }
     }
     // q = scale * q, laid out (heads, length, head_dim) as the transposed query MLX multiplies.
     scaled.resize(static_cast<size_t>(heads) * length * head_dim);
