@@ -21,7 +21,7 @@ from collections.abc import Callable
 import mlx.core as mx
 
 from services.ids import RequestId
-from shard_server.batch_plan import DecodeRow, plan_batch
+from shard_server.batch_plan import DecodeRow, WaitingPrompt, plan_batch
 from shard_server.prefill import prefill_chunks
 from shard_server.prefix_cache import prefix_key
 from shard_server.ring_messages import (
@@ -145,11 +145,13 @@ class FirstShardDriver:
         return journal
 
     def plan(self, loaded: LoadedStage) -> PlannedBatch:
-        """The next batch: decode rows of running requests and at most one prompt chunk."""
+        """The next batch: decode rows of running requests, then prompt chunks within the row budget."""
         decoding = sum(
             1 for state in loaded.requests.values() if state.driver is not None and state.driver.generated > 0
         )
-        plan = plan_batch(loaded.ready, loaded.prefill_waiting, decoding, loaded.ring_size)
+        plan = plan_batch(
+            loaded.ready, self._waiting_prompts(loaded), decoding, loaded.ring_size, loaded.prefill_step_size
+        )
         del loaded.ready[: len(plan.decode_rows)]
         segments: list[Segment] = []
         states: list[RequestState] = []
@@ -161,16 +163,15 @@ class FirstShardDriver:
             segments.append(Segment(row.request_id, row.position, 1, True, None))
             states.append(state)
             tokens.append(row.token_id)
-        if plan.prefill_request is not None:
-            request_id = plan.prefill_request
+        for request_id in plan.prefill_requests:
             state = loaded.requests.get(request_id)
-            if state is None or state.driver is None:
-                loaded.prefill_waiting.popleft()
-            else:
-                segments.append(self._prompt_chunk(loaded, request_id, state, state.driver))
-                states.append(state)
-                start, end = state.driver.chunks[state.driver.next_chunk - 1]
-                tokens.extend(state.driver.prompt_tokens[start:end])
+            driver = state.driver if state is not None else None
+            if state is None or driver is None:
+                continue  # _waiting_prompts offers only requests it holds, with a driver
+            start, end = driver.chunks[driver.next_chunk]
+            segments.append(self._prompt_chunk(loaded, request_id, state, driver))
+            states.append(state)
+            tokens.extend(driver.prompt_tokens[start:end])
         started = time.perf_counter()
         for segment in segments:
             if segment.sample:
@@ -178,13 +179,26 @@ class FirstShardDriver:
         inputs = loaded.stage.embed(mx.array(tokens, dtype=mx.int32)[None])  # (1, rows, hidden)
         return PlannedBatch(tuple(segments), tuple(states), inputs)
 
+    @staticmethod
+    def _waiting_prompts(loaded: LoadedStage) -> list[WaitingPrompt]:
+        """Requests with prompt chunks left, in arrival order (ended ones dropped from the queue)."""
+        waiting: list[WaitingPrompt] = []
+        for request_id in list(loaded.prefill_waiting):
+            state = loaded.requests.get(request_id)
+            if state is None or state.driver is None:
+                loaded.prefill_waiting.remove(request_id)
+                continue
+            start, end = state.driver.chunks[state.driver.next_chunk]
+            waiting.append(WaitingPrompt(request_id, end - start))
+        return waiting
+
     def _prompt_chunk(self, loaded: LoadedStage, request_id: RequestId, state: RequestState, driver: Driver) -> Segment:
         """Takes the request's next prompt chunk; the last one samples the first token."""
         start, end = driver.chunks[driver.next_chunk]
         driver.next_chunk += 1
         last_chunk = driver.next_chunk == len(driver.chunks)
         if last_chunk:
-            loaded.prefill_waiting.popleft()
+            loaded.prefill_waiting.remove(request_id)
         first_step = not driver.first_step_sent
         driver.first_step_sent = True
         return Segment(

@@ -118,6 +118,29 @@ def test_concurrent_seeded_requests_each_match_their_solo_run(tiny_home: Path, s
 
 
 @pytest.mark.parametrize("shard_count", [1, 3])
+def test_a_burst_of_short_prompts_prefilled_in_shared_batches_matches_each_solo_run(
+    tiny_home: Path, shard_addresses: list[str], shard_count: int
+) -> None:
+    # Eight prompts of 2-4 tokens arrive at once: their chunks (1-3 rows, then the sampled token)
+    # share batches within the prefill step's row budget, beside the decode rows of earlier ones.
+    instance_id = _assign(shard_addresses, "qwen2", shard_count)
+    model_dir = models_root(tiny_home) / "tiny-qwen2"
+    prompts = [PROMPT[index : index + 2 + index % 3] for index in range(8)]
+    seeds = [100 + index for index in range(8)]
+    before = shard_stats(shard_addresses[0])
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        futures = [
+            pool.submit(generate_tokens, shard_addresses[0], instance_id, prompt, 12, 0.9, 1.0, seed)
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]
+        results = [future.result()[0] for future in futures]
+    for prompt, seed, tokens in zip(prompts, seeds, results, strict=True):
+        assert tokens == reference_tokens(model_dir, prompt, 12, PREFILL_STEP_SIZE, 0.9, 1.0, seed=seed)
+    after = shard_stats(shard_addresses[0])
+    assert after.batched_rows - before.batched_rows > after.steps - before.steps
+
+
+@pytest.mark.parametrize("shard_count", [1, 3])
 def test_a_request_sharing_a_stored_prompt_prefix_reuses_it_exactly(
     tiny_home: Path, shard_addresses: list[str], shard_count: int
 ) -> None:
