@@ -63,10 +63,15 @@ class BlasThreads:
         self._set_threads = set_threads
         self._current: int | None = None
 
-    def fit(self, active_requests: int) -> None:
-        if self._set_threads is None:
-            return
+    @property
+    def most(self) -> int:
+        """The most threads any batch gets."""
+        return max(self._policy.alone, self._policy.shared)
+
+    def fit(self, active_requests: int) -> int:
+        """Sets the BLAS's count for the next batch; returns it (the policy's, where nothing is set)."""
         wanted = self._policy.threads_for(active_requests)
-        if wanted != self._current:
+        if self._set_threads is not None and wanted != self._current:
             self._set_threads(wanted)
             self._current = wanted
+        return wanted

@@ -171,6 +171,11 @@ class ModelStage:
         """hidden (1, rows, hidden) of several requests -> hidden after this stage's layers."""
         return forward_rows(self.layers, hidden, requests, batched=self.batch_invariant, native=self.native_attention)
 
+    def use_threads(self, threads: int) -> None:
+        """Threads for the native attention's next calls (the BLAS thread count of the batch)."""
+        if self.native_attention is not None:
+            self.native_attention.threads = max(1, threads)
+
     def logits(self, hidden: mx.array) -> mx.array:
         """Last stage: final norm and LM head, (1, rows, hidden) -> (1, rows, vocab)."""
         inner = self._inner()
@@ -179,10 +184,11 @@ class ModelStage:
             return embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), normed)
         return cast(nn.Linear, self._model["lm_head"])(normed)
 
-    def check_batching(self, max_rows: int) -> bool:
+    def check_batching(self, max_rows: int, threads: int = 1) -> bool:
         """Decides (and returns) whether requests may share a batch: see `check_batch_invariance`.
 
-        Where they may, also whether the native attention gives MLX's results bitwise here.
+        Where they may, also whether the native attention gives MLX's results bitwise here, with
+        its requests shared among `threads` threads (the most the shard will use).
         """
         head: list[RowFunction] = [self.logits] if self.stage.is_last else []
         dtype = self.activation_dtype()
@@ -190,6 +196,7 @@ class ModelStage:
         self.native_attention = None
         native = load_native_attention() if self.batch_invariant and dtype == mx.float32 else None
         if native is not None:
+            native.threads = max(1, threads)
             # Grouped heads (fewer BLAS calls) where they are exact here, else MLX's own call shapes.
             for candidate in (native.grouped(), native):
                 if check_batch_invariance(self.layers[0], [], self.hidden_size, dtype, max_rows, native=candidate):

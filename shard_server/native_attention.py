@@ -106,16 +106,19 @@ class NativeAttention:
 
     `group_heads`: the query heads of one KV head share a matmul (fewer, larger BLAS calls); exact
     only where the BLAS's row results do not depend on the row count, so shards check it at load.
+    `threads`: how many threads share a call's requests (each request wholly on one thread, so the
+    count never changes a result); the stage worker sets it to the BLAS thread count of each batch.
     """
 
-    def __init__(self, library: ctypes.CDLL, group_heads: bool = False) -> None:
+    def __init__(self, library: ctypes.CDLL, group_heads: bool = False, threads: int = 1) -> None:
         self._library = library
         self._kernel = cast(_Kernel, library.strata_request_attention)
         self.group_heads = group_heads
+        self.threads = max(1, threads)
 
     def grouped(self) -> "NativeAttention":
         """The same library with query heads grouped per KV head."""
-        return NativeAttention(self._library, group_heads=True)
+        return NativeAttention(self._library, group_heads=True, threads=self.threads)
 
     def attend(
         self,
@@ -192,6 +195,7 @@ class NativeAttention:
             ctypes.c_int(head_dim),
             ctypes.c_float(scale),
             ctypes.c_int(1 if self.group_heads else 0),
+            ctypes.c_int(self.threads),
         )
         if status != 0:
             raise RuntimeError(f"the native attention refused a step of {len(caches)} requests ({status})")

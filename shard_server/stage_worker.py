@@ -188,7 +188,8 @@ class StageWorker:
                 self._fail_on(previous, request_id, "the model instance was re-placed")
         try:
             stage = ModelStage(item.model_dir, item.stage, item.compute_dtype)
-            batched = stage.check_batching(item.prefill_step_size + MAX_DECODE_ROWS)
+            most_threads = self._blas_threads.most if self._blas_threads is not None else 1
+            batched = stage.check_batching(item.prefill_step_size + MAX_DECODE_ROWS, most_threads)
         except (ModelLoadError, OSError, ValueError) as error:
             self._emit(StageLoadFailed(item.instance_id, str(error)))
             return
@@ -241,7 +242,7 @@ class StageWorker:
         if planned is None or not planned.segments:
             return
         if self._blas_threads is not None:
-            self._blas_threads.fit(len(loaded.requests))
+            loaded.stage.use_threads(self._blas_threads.fit(len(loaded.requests)))
         started = time.perf_counter()
         try:
             self._compute(loaded, planned)

@@ -9,10 +9,19 @@
 // own SIMD `exp`; one `cblas_sgemm` per (kv head, repeat) for the output. `cblas_sgemm` resolves to
 // the same BLAS MLX calls (the preloaded shim). The shard checks the result bitwise against MLX at
 // load and falls back to MLX ops when it differs, so this file can never make a result inexact.
+//
+// Requests are independent, so several threads may each take whole requests (a request's arithmetic
+// is the same on any thread): the shard passes the cores its BLAS may use, and the caller's thread
+// works beside a small pool that sleeps between calls.
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "mlx/backend/cpu/simd/simd.h"
@@ -83,6 +92,112 @@ void softmax_rows(float* data, int rows, int length) {
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// The same softmax with every helper inlined and compiled for FMA and SSE4.1: MLX's `exp` calls
+// `std::fma` and `std::floor`, which the x86-64 baseline makes library calls (most of a request's
+// attention time); the instructions compute the same correctly rounded results.
+__attribute__((target("fma,sse4.1"), flatten)) void softmax_rows_fma(float* data, int rows, int length) {
+  softmax_rows(data, rows, length);
+}
+
+void softmax_rows_fastest(float* data, int rows, int length) {
+  static const bool hardware = __builtin_cpu_supports("fma") && __builtin_cpu_supports("sse4.1");
+  if (hardware) {
+    softmax_rows_fma(data, rows, length);
+  } else {
+    softmax_rows(data, rows, length);
+  }
+}
+#else
+void softmax_rows_fastest(float* data, int rows, int length) { softmax_rows(data, rows, length); }
+#endif
+
+// Threads that take items of one job at a time; the calling thread takes items too. Created on
+// first use and never destroyed (detached, asleep on a condition variable), so process exit never
+// waits for them nor finds a joinable thread.
+class WorkerPool {
+ public:
+  template <typename Work>
+  void run(int threads, int items, Work& work) {
+    std::lock_guard<std::mutex> one_job_at_a_time(run_mutex_);
+    const int helpers = std::min(threads, items) - 1;
+    if (helpers <= 0) {
+      for (int item = 0; item < items; item++) {
+        work(item);
+      }
+      return;
+    }
+    grow(helpers);
+    std::atomic<int> next(0);
+    auto take_items = [&]() {
+      for (int item = next.fetch_add(1); item < items; item = next.fetch_add(1)) {
+        work(item);
+      }
+    };
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = take_items;
+      helpers_wanted_ = helpers;
+      helpers_busy_ = helpers;
+      generation_++;
+    }
+    wake_.notify_all();
+    take_items();
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return helpers_busy_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void grow(int helpers) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (static_cast<int>(started_) < helpers) {
+      const int index = started_++;
+      std::thread([this, index] { serve(index); }).detach();
+    }
+  }
+
+  void serve(int index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (index >= helpers_wanted_) {
+        continue;
+      }
+      std::function<void()> job = job_;
+      lock.unlock();
+      job();
+      lock.lock();
+      if (--helpers_busy_ == 0) {
+        done_.notify_one();
+      }
+    }
+  }
+
+  std::mutex run_mutex_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::function<void()> job_;
+  uint64_t generation_ = 0;
+  int helpers_wanted_ = 0;
+  int helpers_busy_ = 0;
+  int started_ = 0;
+};
+
+WorkerPool& pool() {
+  static WorkerPool* instance = new WorkerPool();  // never deleted: see WorkerPool
+  return *instance;
+}
+
+struct Scratch {
+  std::vector<float> scaled;
+  std::vector<float> scores;
+  std::vector<float> attended;
+};
+
 }  // namespace
 
 extern "C" {
@@ -95,27 +210,32 @@ extern "C" {
 // update without an MLX op per request (the caller owns those buffers and the positions are unread).
 // With group_heads, the query heads sharing a KV head go through one matmul of repeats * rows rows
 // instead of one per head: equal only where the BLAS gives row results independent of the row count,
-// which the shard checks at load before using it.
+// which the shard checks at load before using it. `threads` threads (the caller's included) share the
+// requests, each request wholly on one thread.
 // Returns 0, or -1 when the arguments cannot be served (the caller then uses MLX ops).
 int strata_request_attention(int request_count, const int32_t* row_starts, const int32_t* row_counts,
                              const int32_t* key_counts, float* const* keys, const int64_t* key_head_strides,
                              float* const* values, const int64_t* value_head_strides, const float* queries,
                              const float* new_keys, const float* new_values, const int32_t* write_rows,
-                             float* output, int heads, int kv_heads, int head_dim, float scale, int group_heads) {
-  if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim <= 0) {
+                             float* output, int heads, int kv_heads, int head_dim, float scale, int group_heads,
+                             int threads) {
+  if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim <= 0 || threads < 1) {
     return -1;
   }
-  const int repeats = heads / kv_heads;
-  std::vector<float> scaled;
-  std::vector<float> scores;
-  std::vector<float> attended;
   for (int request = 0; request < request_count; request++) {
+    if (row_counts[request] <= 0 || key_counts[request] < row_counts[request]) {
+      return -1;
+    }
+  }
+  const int repeats = heads / kv_heads;
+  auto attend = [&](int request) {
+    thread_local Scratch scratch;
+    std::vector<float>& scaled = scratch.scaled;
+    std::vector<float>& scores = scratch.scores;
+    std::vector<float>& attended = scratch.attended;
     const int length = row_counts[request];
     const int key_count = key_counts[request];
     const int start = row_starts[request];
-    if (length <= 0 || key_count < length) {
-      return -1;
-    }
     if (write_rows[request]) {
       for (int row = 0; row < length; row++) {
         const int64_t position = key_count - length + row;
@@ -161,7 +281,7 @@ int strata_request_attention(int request_count, const int32_t* row_starts, const
         }
       }
     }
-    softmax_rows(scores.data(), heads * length, key_count);
+    softmax_rows_fastest(scores.data(), heads * length, key_count);
     attended.resize(static_cast<size_t>(heads) * length * head_dim);
     for (int call = 0; call < calls; call++) {
       const int kv_head = group_heads ? call : call / repeats;
@@ -179,7 +299,8 @@ int strata_request_attention(int request_count, const int32_t* row_starts, const
         }
       }
     }
-  }
+  };
+  pool().run(threads, request_count, attend);
   return 0;
 }
 

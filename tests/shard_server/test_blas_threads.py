@@ -18,14 +18,15 @@ def test_the_blas_is_called_only_when_the_count_changes() -> None:
     calls: list[int] = []
     threads = BlasThreads(ThreadPolicy(alone=2, shared=1), calls.append)
 
-    for active in (1, 1, 3, 5, 1, 1):
-        threads.fit(active)
+    counts = [threads.fit(active) for active in (1, 1, 3, 5, 1, 1)]
 
     assert calls == [2, 1, 2]
+    assert counts == [2, 2, 1, 1, 2, 2]  # what the batch's native attention uses too
+    assert threads.most == 2
 
 
-def test_without_a_controllable_blas_nothing_happens() -> None:
-    BlasThreads(ThreadPolicy(alone=2, shared=1), None).fit(1)
+def test_without_a_controllable_blas_nothing_is_set_but_the_policy_still_counts() -> None:
+    assert BlasThreads(ThreadPolicy(alone=2, shared=1), None).fit(1) == 2
 
 
 def test_defaults_come_from_the_environment() -> None:

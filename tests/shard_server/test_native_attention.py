@@ -82,10 +82,14 @@ class _Step:
         )
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 4, 16), (8, 2, 128)])
-def test_native_attention_equals_mlx_attention_bitwise(heads: int, kv_heads: int, head_dim: int, grouped: bool) -> None:
+def test_native_attention_equals_mlx_attention_bitwise(
+    heads: int, kv_heads: int, head_dim: int, grouped: bool, threads: int
+) -> None:
     native = _require_native()
+    native.threads = threads  # requests shared among threads: the same arithmetic each
     # Decode rows over short, long and past-one-cache-block contexts (some caches grow, some take
     # the rows in place); prefill chunks from 0 and after a context (causal mask).
     cases = [(1, 5), (1, 100), (1, 255), (1, 256), (1, 700), (3, 0), (7, 40), (1, 0), (64, 0), (50, 400), (1, 1023)]
@@ -123,8 +127,9 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_float32_stage_uses_it_and_batches_stay_exact(tiny_llama: Path) -> None:
     _require_native()
     stage = ModelStage(tiny_llama, StageRange(0, NUM_LAYERS, NUM_LAYERS), "float32")
-    assert stage.check_batching(40)
+    assert stage.check_batching(40, threads=2)
     assert stage.native_attention is not None
+    assert stage.native_attention.threads == 2
     prompts = [[3, 5, 7, 11], [13], [17, 19, 23, 29, 31, 37], [41, 43]]
     outputs: list[mx.array] = []
     for native in (stage.native_attention, None):
