@@ -320,22 +320,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if command == "shard":
-        from shard_server.main import ShardOptions, serve_shard
+        from shard_server.main import ShardOptions, run_shard
 
-        asyncio.run(
-            serve_shard(
-                ShardOptions(
-                    home,
-                    arguments.host,
-                    arguments.port,
-                    arguments.coordinator,
-                    arguments.memory_limit,
-                    admission=admission_limits(arguments),
-                    discovery=discovery_options(arguments),
-                )
+        run_shard(
+            ShardOptions(
+                home,
+                arguments.host,
+                arguments.port,
+                arguments.coordinator,
+                arguments.memory_limit,
+                admission=admission_limits(arguments),
+                discovery=discovery_options(arguments),
             )
         )
-        return 0
     raise AssertionError(f"unhandled command {command}")
 
 

@@ -2,11 +2,14 @@
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import psutil
@@ -40,6 +43,21 @@ class ShardOptions:
     memory_limit_bytes: int | None
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+
+
+def run_shard(options: ShardOptions) -> NoReturn:
+    """Serves until SIGTERM or SIGINT, then exits 0 without the interpreter's native teardown.
+
+    By then the server, the stage worker and every link are closed; but MLX's and gRPC's own native
+    threads outlive them, and their static destructors at interpreter exit now and then abort the
+    process ("terminate called without an active exception", SIGABRT), which a service manager
+    reads as a crash on every other stop.
+    """
+    asyncio.run(serve_shard(options))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def offered_memory(limit: int | None) -> int:
