@@ -90,19 +90,32 @@ def test_greedy_and_seeded_output_equal_single_process_mlx_lm(
     assert seeded != greedy  # the seeded run really sampled
 
 
-def test_concurrent_seeded_requests_each_match_their_solo_run(tiny_home: Path, shard_addresses: list[str]) -> None:
-    instance_id = _assign(shard_addresses, "llama", 3)
-    model_dir = models_root(tiny_home) / "tiny-llama"
-    seeds = [11, 22, 33, 44]
-    prompts = [PROMPT, PROMPT[:5], PROMPT[2:], [1, 2, 3]]
-    with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
+def _check_concurrent_runs(
+    model_dir: Path,
+    address: str,
+    instance_id: str,
+    prompts: list[list[int]],
+    seeds: list[int],
+    new_tokens: int,
+    temperature: float,
+) -> None:
+    """Starts every prompt at once (seeded sampling); each must give its solo mlx-lm tokens."""
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
         futures = [
-            pool.submit(generate_tokens, shard_addresses[0], instance_id, prompt, NEW_TOKENS, 1.0, 1.0, seed)
+            pool.submit(generate_tokens, address, instance_id, prompt, new_tokens, temperature, 1.0, seed)
             for prompt, seed in zip(prompts, seeds, strict=True)
         ]
         results = [future.result()[0] for future in futures]
     for prompt, seed, tokens in zip(prompts, seeds, results, strict=True):
-        assert tokens == reference_tokens(model_dir, prompt, NEW_TOKENS, PREFILL_STEP_SIZE, 1.0, 1.0, seed=seed)
+        expected = reference_tokens(model_dir, prompt, new_tokens, PREFILL_STEP_SIZE, temperature, 1.0, seed=seed)
+        assert tokens == expected
+
+
+def test_concurrent_seeded_requests_each_match_their_solo_run(tiny_home: Path, shard_addresses: list[str]) -> None:
+    instance_id = _assign(shard_addresses, "llama", 3)
+    model_dir = models_root(tiny_home) / "tiny-llama"
+    prompts = [PROMPT, PROMPT[:5], PROMPT[2:], [1, 2, 3]]
+    _check_concurrent_runs(model_dir, shard_addresses[0], instance_id, prompts, [11, 22, 33, 44], NEW_TOKENS, 1.0)
     for address in shard_addresses:
         stats = shard_stats(address)
         assert stats.batch_invariant
@@ -127,16 +140,8 @@ def test_a_burst_of_short_prompts_prefilled_in_shared_batches_matches_each_solo_
     instance_id = _assign(shard_addresses, "qwen2", shard_count)
     model_dir = models_root(tiny_home) / "tiny-qwen2"
     prompts = [PROMPT[index : index + 2 + index % 3] for index in range(8)]
-    seeds = [100 + index for index in range(8)]
     before = shard_stats(shard_addresses[0])
-    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-        futures = [
-            pool.submit(generate_tokens, shard_addresses[0], instance_id, prompt, 12, 0.9, 1.0, seed)
-            for prompt, seed in zip(prompts, seeds, strict=True)
-        ]
-        results = [future.result()[0] for future in futures]
-    for prompt, seed, tokens in zip(prompts, seeds, results, strict=True):
-        assert tokens == reference_tokens(model_dir, prompt, 12, PREFILL_STEP_SIZE, 0.9, 1.0, seed=seed)
+    _check_concurrent_runs(model_dir, shard_addresses[0], instance_id, prompts, list(range(100, 108)), 12, 0.9)
     after = shard_stats(shard_addresses[0])
     assert after.batched_rows - before.batched_rows > after.steps - before.steps
 
