@@ -1,6 +1,8 @@
 """Single-process mlx-lm on the same weights, compute dtype and BLAS: the figures strata is held to."""
 
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,22 @@ class BaselineFigures:
     single_stream_tokens_per_second: float
     batch_tokens_per_second: dict[int, float]
     """Aggregate decode tok/s of `batch_generate` with that many rows."""
+    runs: tuple["BaselineFigures", ...] = ()
+    """When these figures are a mean: the runs it was taken over, in order."""
+
+
+def averaged(runs: Sequence[BaselineFigures]) -> BaselineFigures:
+    """The mean of runs made at different times of one benchmark (a shared machine's speed drifts)."""
+    rows = [
+        row
+        for row in sorted(runs[0].batch_tokens_per_second)
+        if all(row in run.batch_tokens_per_second for run in runs)
+    ]
+    return BaselineFigures(
+        statistics.fmean(run.single_stream_tokens_per_second for run in runs),
+        {row: statistics.fmean(run.batch_tokens_per_second[row] for run in runs) for row in rows},
+        tuple(runs),
+    )
 
 
 def measure_baselines(

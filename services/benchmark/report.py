@@ -154,6 +154,22 @@ def _plot(path: Path, baselines: BaselineFigures, clusters: tuple[ClusterFigures
     return True
 
 
+def _baseline_runs(baselines: BaselineFigures) -> list[str]:
+    """Where the baselines are a mean: each run's figures, so the machine's drift shows."""
+    if len(baselines.runs) < 2:
+        return []
+    described = [
+        f"run {index}: one stream {run.single_stream_tokens_per_second:.1f}, "
+        + ", ".join(f"{rows} rows {rate:.1f}" for rows, rate in sorted(run.batch_tokens_per_second.items()))
+        for index, run in enumerate(baselines.runs, start=1)
+    ]
+    return [
+        f"The mlx-lm figures are the mean of {len(baselines.runs)} runs, before and after the clusters "
+        f"({'; '.join(described)}).",
+        "",
+    ]
+
+
 def write_report(
     path: Path,
     compute_dtype: str,
@@ -197,6 +213,7 @@ def write_report(
         "mlx-lm `batch_generate` on the same weights (aggregate decode tok/s): "
         + ", ".join(f"{rows} rows {rate:.1f}" for rows, rate in sorted(baselines.batch_tokens_per_second.items())),
         "",
+        *_baseline_runs(baselines),
         "## Memory",
         "",
         *_memory_table(clusters),

@@ -21,7 +21,7 @@ from pathlib import Path
 from coordinator.model_spec import model_spec
 from coordinator.placement import stage_weight_bytes
 from services.auth import cluster_security, write_cluster_token
-from services.benchmark.baselines import BaselineFigures, measure_baselines
+from services.benchmark.baselines import BaselineFigures, averaged, measure_baselines
 from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.report import ClusterFigures, HopOverhead, ScaleOutFigures, ShardFigures, write_report
@@ -244,6 +244,14 @@ def run_benchmark(options: BenchOptions) -> Path:
     )
     print(f"  one stream {baselines.single_stream_tokens_per_second:.1f} tok/s", flush=True)
     clusters = tuple(_measure_cluster(options, shards) for shards in options.shard_counts)
+    # Again after the clusters: the ratios use the mean, so a drift of the machine's speed during the
+    # run weighs on both sides alike.
+    print("baselines again, after the clusters", flush=True)
+    again = measure_baselines(
+        model_dir, options.compute_dtype, options.max_tokens, options.concurrencies, options.prefill_step_size
+    )
+    print(f"  one stream {again.single_stream_tokens_per_second:.1f} tok/s", flush=True)
+    baselines = averaged((baselines, again))
     scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
     llama_cpp = _measure_llama_cpp(options)
     return write_report(
