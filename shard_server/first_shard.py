@@ -168,10 +168,10 @@ class FirstShardDriver:
             driver = state.driver if state is not None else None
             if state is None or driver is None:
                 continue  # _waiting_prompts offers only requests it holds, with a driver
-            start, end = driver.chunks[driver.next_chunk]
-            segments.append(self._prompt_chunk(loaded, request_id, state, driver))
+            segment = self._prompt_chunk(loaded, request_id, state, driver)
+            segments.append(segment)
             states.append(state)
-            tokens.extend(driver.prompt_tokens[start:end])
+            tokens.extend(driver.prompt_tokens[segment.position : segment.position + segment.length])
         started = time.perf_counter()
         for segment in segments:
             if segment.sample:
