@@ -174,7 +174,7 @@ class ModelStage:
     def use_threads(self, threads: int) -> None:
         """Threads for the native attention's next calls (the BLAS thread count of the batch)."""
         if self.native_attention is not None:
-            self.native_attention.threads = max(1, threads)
+            self.native_attention.threads = threads
 
     def logits(self, hidden: mx.array) -> mx.array:
         """Last stage: final norm and LM head, (1, rows, hidden) -> (1, rows, vocab)."""
@@ -196,7 +196,7 @@ class ModelStage:
         self.native_attention = None
         native = load_native_attention() if self.batch_invariant and dtype == mx.float32 else None
         if native is not None:
-            native.threads = max(1, threads)
+            native.threads = threads
             # Grouped heads (fewer BLAS calls) where they are exact here, else MLX's own call shapes.
             for candidate in (native.grouped(), native):
                 if check_batch_invariance(self.layers[0], [], self.hidden_size, dtype, max_rows, native=candidate):

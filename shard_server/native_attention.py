@@ -114,7 +114,15 @@ class NativeAttention:
         self._library = library
         self._kernel = cast(_Kernel, library.strata_request_attention)
         self.group_heads = group_heads
-        self.threads = max(1, threads)
+        self._threads = max(1, threads)
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, threads: int) -> None:
+        self._threads = max(1, threads)
 
     def grouped(self) -> "NativeAttention":
         """The same library with query heads grouped per KV head."""

@@ -151,7 +151,7 @@ class WorkerPool {
  private:
   void grow(int helpers) {
     std::lock_guard<std::mutex> lock(mutex_);
-    while (static_cast<int>(started_) < helpers) {
+    while (started_ < helpers) {
       const int index = started_++;
       std::thread([this, index] { serve(index); }).detach();
     }
