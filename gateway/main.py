@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,16 @@ async def serve_gateway(options: GatewayOptions) -> None:
         uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="off")
     )
     logger.info("gateway listening on http://%s:%d", options.host, options.port)
+
+    def request_exit() -> None:
+        server.should_exit = True
+
+    # uvicorn re-raises the signal it stopped for once it has shut down; with a handler of ours in
+    # place, that re-raise does not kill the process, so the cleanup below (unannouncing the gateway
+    # from discovery, closing channels) runs and the gateway exits 0.
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, request_exit)
     try:
         await server.serve()
     finally:

@@ -187,19 +187,30 @@ def run_local_cluster(options: LocalClusterOptions) -> int:
                 break
             time.sleep(0.25)
     finally:
-        stop_services(children)
+        if stop_services(children):
+            exit_code = 1
     return exit_code
 
 
-def stop_services(children: Children) -> None:
-    for _, child in reversed(children):
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+def stop_services(children: Children) -> list[str]:
+    """Stops every running child by SIGTERM (killing any that outlive the grace period).
+
+    Returns the names of those that did not exit 0 once asked to stop: each service handles
+    SIGTERM with a clean shutdown, so anything else is worth reporting.
+    """
+    signalled = [(name, child) for name, child in reversed(children) if child.poll() is None]
+    for _, child in signalled:
+        child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for name, child in reversed(children):
+    unclean: list[str] = []
+    for name, child in signalled:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             print(f"strata: {name} did not stop in time; killing it", file=sys.stderr)
             child.kill()
             child.wait()
+        if child.returncode != 0:
+            unclean.append(name)
+            print(f"strata: {name} stopped with status {child.returncode}", file=sys.stderr)
+    return unclean

@@ -81,6 +81,7 @@ def _stop_and_check_children(home: Path, logs: Path) -> None:
         children = child_pids(process.pid)
         assert len(children) == 4  # coordinator, two shard servers, gateway
         process.process.send_signal(signal.SIGTERM)
+        # 0 only when every child also exited 0 (`strata run` reports any that did not).
         assert process.process.wait(timeout=30) == 0
         deadline = time.monotonic() + 10
         while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
