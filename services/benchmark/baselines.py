@@ -19,23 +19,28 @@ from services.compute_dtype import ComputeDtype, convert_module
 class BaselineFigures:
     single_stream_tokens_per_second: float
     batch_tokens_per_second: dict[int, float]
-    """Aggregate decode tok/s of `batch_generate` with that many rows."""
+    """Aggregate decode tok/s of `batch_generate` with that many rows: its `generation_tps`, prefill excluded."""
+    batch_end_to_end_tokens_per_second: dict[int, float]
+    """The same call's generated tokens over its whole wall time, prefill included: the definition of
+    a cluster's output throughput (vLLM's), which counts each request's prefill in the duration."""
     runs: tuple["BaselineFigures", ...] = ()
     """When these figures are a mean: the runs it was taken over, in order."""
 
 
 def averaged(runs: Sequence[BaselineFigures]) -> BaselineFigures:
     """The mean of runs made at different times of one benchmark (a shared machine's speed drifts)."""
-    rows = [
-        row
-        for row in sorted(runs[0].batch_tokens_per_second)
-        if all(row in run.batch_tokens_per_second for run in runs)
-    ]
     return BaselineFigures(
         statistics.fmean(run.single_stream_tokens_per_second for run in runs),
-        {row: statistics.fmean(run.batch_tokens_per_second[row] for run in runs) for row in rows},
+        _mean_per_row([run.batch_tokens_per_second for run in runs]),
+        _mean_per_row([run.batch_end_to_end_tokens_per_second for run in runs]),
         tuple(runs),
     )
+
+
+def _mean_per_row(rates: Sequence[dict[int, float]]) -> dict[int, float]:
+    """The mean for each row count every run measured."""
+    rows = [row for row in sorted(rates[0]) if all(row in rate for rate in rates)]
+    return {row: statistics.fmean(rate[row] for rate in rates) for row in rows}
 
 
 def measure_baselines(
@@ -51,8 +56,11 @@ def measure_baselines(
         times.append(time.perf_counter())
     single = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
     batches: dict[int, float] = {}
+    end_to_end: dict[int, float] = {}
     for rows in batch_sizes:
         prompts = [tokenizer.encode_text(prompt_for(index)) for index in range(rows)]
+        started = time.perf_counter()
         response = batch_generate(model, wrapped_tokenizer, prompts, max_tokens=max_tokens)
         batches[rows] = response.stats.generation_tps
-    return BaselineFigures(single, batches)
+        end_to_end[rows] = response.stats.generation_tokens / (time.perf_counter() - started)
+    return BaselineFigures(single, batches, end_to_end)

@@ -14,6 +14,7 @@ def generate_step(
 
 class BatchStats:
     generation_tps: float
+    generation_tokens: int
     prompt_tps: float
 
 class BatchResponse:
