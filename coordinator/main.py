@@ -52,6 +52,8 @@ class CoordinatorOptions:
     """Start from an empty log (a local cluster whose shards all start anew)."""
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     """How to find other services; replica addresses found this way go to `PeerSet.update`."""
+    instances_per_model: int = 1
+    """Instances of each model to keep, each on shard servers of its own (coordinator.planner)."""
 
 
 def _shard_from_peer(peer: PeerInfo) -> ShardServer | None:
@@ -104,6 +106,7 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
         options.prefill_step_size,
         options.compute_dtype,
         voter_target=options.expect,
+        instances_per_model=options.instances_per_model,
     )
     presence = CoordinatorPresence(options.discovery, node_id(options.home), replica_id, store)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(

@@ -1,9 +1,19 @@
-"""The coordinator's next move, decided purely from state: the first rule that fires wins."""
+"""The coordinator's next move, decided purely from state: the first rule that fires wins.
 
+A model is kept at `instances_per_model` instances (1 by default). The first is placed over every
+shard server there is, less the share the others will need; each further one over shard servers
+that hold no stage yet. So with two hosts and a model that fits on each, 2 instances give two
+independent copies (requests spread over both, no activation crosses the network) where 1 gives a
+pipeline over both (more memory for the model and its KV cache, one copy's throughput).
+"""
+
+import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.placement import Placement, PlacementRefusal, place, slowest_stage_work
-from coordinator.state import ClusterState, ModelInstance, ShardServer
+from coordinator.state import ClusterState, ModelInstance, ModelSpec, ShardServer
 from services.ids import InstanceId, ModelId
 
 
@@ -29,7 +39,7 @@ class CannotPlace:
 Action = PlaceInstance | RemoveInstance | CannotPlace
 
 
-def plan(state: ClusterState, minimum_shards: int) -> Action | None:
+def plan(state: ClusterState, minimum_shards: int, instances_per_model: int = 1) -> Action | None:
     for instance in state.instances.values():
         if instance.status == "failed":
             return RemoveInstance(instance.instance_id)
@@ -47,22 +57,40 @@ def plan(state: ClusterState, minimum_shards: int) -> Action | None:
         if instance not in staying and instance.model_id in ready_elsewhere:
             # Drain: its replacement serves now, so this one can go without a failure.
             return RemoveInstance(instance.instance_id)
-    served = {instance.model_id for instance in staying}
+    served = Counter(instance.model_id for instance in staying)
     shards = [state.shards[shard_id] for shard_id in sorted(state.shards) if shard_id not in draining_shards]
+    holding = {stage.shard_id for instance in state.instances.values() for stage in instance.stages}
+    free = [shard for shard in shards if shard.shard_id not in holding]
     # The minimum only delays a model's first placement (so a starting cluster loads it once, over
     # all its shards); re-placing a model after a loss goes ahead on whatever remains.
     enough_for_first_placement = len(state.shards) >= max(1, minimum_shards)
     refusal: CannotPlace | None = None
     for model_id, model in sorted(state.models.items()):
-        if model_id in served or (model_id not in state.placed_models and not enough_for_first_placement):
+        have = served[model_id]
+        if have >= instances_per_model or (model_id not in state.placed_models and not enough_for_first_placement):
             continue
-        result = place(model, shards)
+        result = _place_share(model, shards if have == 0 else free, instances_per_model - have)
         if isinstance(result, PlacementRefusal):
-            # One model that does not fit must not keep the others from being placed.
-            refusal = refusal or CannotPlace(model_id, result.reason)
-            continue
+            if have == 0:
+                # One model that does not fit must not keep the others from being placed.
+                refusal = refusal or CannotPlace(model_id, result.reason)
+            continue  # a further instance waits for shard servers it fits on
         return PlaceInstance(InstanceId(f"{model_id}@{state.last_index + 1}"), model_id, result)
-    return refusal or _rebalance(state, staying, shards)
+    return refusal or (_rebalance(state, staying, shards) if instances_per_model == 1 else None)
+
+
+def _place_share(model: ModelSpec, shards: Sequence[ShardServer], missing: int) -> Placement | PlacementRefusal:
+    """One of `missing` instances over its even share of `shards` (in ring order), or over more
+    of them when the model does not fit that share."""
+    if not shards:
+        return PlacementRefusal("no shard server is free")
+    refusal = PlacementRefusal("no shard server is free")
+    for count in range(math.ceil(len(shards) / max(1, missing)), len(shards) + 1):
+        result = place(model, shards[:count])
+        if isinstance(result, Placement):
+            return result
+        refusal = result
+    return refusal
 
 
 def _rebalance(state: ClusterState, staying: list[ModelInstance], shards: list[ShardServer]) -> Action | None:

@@ -51,8 +51,10 @@ class CoordinatorReplica:
         compute_dtype: ComputeDtype = "stored",
         shard_lease_seconds: float = DEFAULT_SHARD_LEASE_SECONDS,
         voter_target: int = 1,
+        instances_per_model: int = 1,
     ) -> None:
         self._node = node
+        self._instances_per_model = instances_per_model
         self._voter_target = voter_target
         self._leases = ShardLeases(shard_lease_seconds)
         self._leading_term = 0
@@ -141,7 +143,7 @@ class CoordinatorReplica:
         for model in self._models:
             if self._state.models.get(model.model_id) != model:
                 await self.append(ModelRegistered(model=model))
-        action = plan(self._state, self._minimum_shards)
+        action = plan(self._state, self._minimum_shards, self._instances_per_model)
         match action:
             case None:
                 await self._node.wait_for_change(IDLE_RECHECK_SECONDS)

@@ -6,7 +6,7 @@ any replica can serve the stream, and it reconnects with backoff from the first 
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from coordinator.event_follower import EventFollower
@@ -54,17 +54,22 @@ class ClusterView:
     def is_ready(self, model_id: ModelId) -> bool:
         return self.ready_instance(model_id) is not None
 
-    def ready_instance(self, model_id: ModelId, avoiding: InstanceId | None = None) -> ReadyInstance | None:
-        """A ready instance of the model, other than `avoiding` (one that just failed a request)."""
+    def ready_instance(
+        self, model_id: ModelId, avoiding: InstanceId | None = None, load: Mapping[InstanceId, int] | None = None
+    ) -> ReadyInstance | None:
+        """The ready instance of the model with the least `load` (requests this gateway runs on it),
+        other than `avoiding` (one that just failed a request); the first placed among equals."""
         state = self._follower.state
+        candidates: list[ReadyInstance] = []
         for instance in state.instances.values():
             if instance.instance_id == avoiding:
                 continue
             if instance.model_id == model_id and instance.status == "ready" and instance.stages:
                 first = state.shards.get(instance.stages[0].shard_id)
                 if first is not None:
-                    return ReadyInstance(InstanceId(instance.instance_id), first.address)
-        return None
+                    candidates.append(ReadyInstance(InstanceId(instance.instance_id), first.address))
+        counts = load or {}
+        return min(candidates, key=lambda candidate: counts.get(candidate.instance_id, 0), default=None)
 
     def is_serving(self, instance_id: InstanceId) -> bool:
         """Whether the instance is still placed and ready (false once removed, failed or re-placed)."""

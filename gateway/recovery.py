@@ -24,7 +24,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -68,7 +69,9 @@ class RecoveryPolicy:
 class InstanceWatch(Protocol):
     """What recovery needs from the cluster view."""
 
-    def ready_instance(self, model_id: ModelId, avoiding: InstanceId | None = None) -> ReadyInstance | None: ...
+    def ready_instance(
+        self, model_id: ModelId, avoiding: InstanceId | None = None, load: Mapping[InstanceId, int] | None = None
+    ) -> ReadyInstance | None: ...
 
     async def wait_for_change(self, timeout_seconds: float) -> None: ...
 
@@ -116,10 +119,12 @@ class RecoveringTokenSource:
         self._view = view
         self._policy = policy or RecoveryPolicy()
         self._clock = clock
+        self._running: Counter[InstanceId] = Counter()
+        """Runs in flight per instance: a request goes to the least busy (instances of one model)."""
 
     async def generate(self, request: TokenRequest) -> AsyncGenerator[TokenEvent]:
         journal = Journal(request)
-        instance = self._view.ready_instance(request.model_id)
+        instance = self._view.ready_instance(request.model_id, load=self._running)
         if instance is None:
             raise ModelUnavailableError(f"no instance of {request.model_id} is ready yet")
         while True:
@@ -145,6 +150,7 @@ class RecoveringTokenSource:
         events = self._runs.generate_on(instance, journal.request, call_id, tuple(journal.tokens))
         removed = asyncio.create_task(self._view.wait_until_not_serving(instance.instance_id))
         step: asyncio.Future[TokenEvent] | None = None
+        self._running[instance.instance_id] += 1
         try:
             while True:
                 step = asyncio.ensure_future(anext(events))
@@ -160,6 +166,9 @@ class RecoveringTokenSource:
                     return
                 yield event
         finally:
+            self._running[instance.instance_id] -= 1
+            if self._running[instance.instance_id] <= 0:
+                del self._running[instance.instance_id]
             removed.cancel()
             if step is not None and not step.done():
                 # Cancelled while waiting (the client left): the pending read holds `events`, which
@@ -207,9 +216,9 @@ class RecoveringTokenSource:
             left = self._policy.deadline_seconds - journal.recovery_seconds_used(now)
             if left <= 0:
                 raise self._give_up(journal, f"no instance of {model_id} was ready within the recovery deadline")
-            instance = self._view.ready_instance(model_id, avoiding=failed)
+            instance = self._view.ready_instance(model_id, avoiding=failed, load=self._running)
             if instance is None and now - outage_started >= self._policy.same_instance_after_seconds:
-                instance = self._view.ready_instance(model_id)
+                instance = self._view.ready_instance(model_id, load=self._running)
             if instance is not None:
                 return instance
             await self._view.wait_for_change(min(left, 1.0))

@@ -80,6 +80,24 @@ def _add_api_key_file(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_instances(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--instances",
+        type=_positive_int,
+        default=1,
+        help="instances of each model to keep, each on shard servers of its own: 1 pipelines the model over "
+        "every shard server; more give independent copies that requests spread over, where the model fits "
+        "(default: %(default)s)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
     _add_home(gateway)
     gateway.add_argument("--host", default="127.0.0.1")
@@ -113,6 +131,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-port", type=int, default=SHARD_PORT, help="port of the first shard; others follow")
     run.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
     run.add_argument("--compute-dtype", default="auto", choices=["auto", *COMPUTE_DTYPES])
+    _add_instances(run)
     _add_api_key_file(run)
 
     _add_gateway_arguments(commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway"))
@@ -126,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--min-shards", type=int, default=1, help="shard servers to wait for before placing (default: %(default)s)"
     )
     coordinator.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    _add_instances(coordinator)
     coordinator.add_argument(
         "--compute-dtype",
         default="auto",
@@ -220,6 +240,7 @@ def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None) -> int
         compute_dtype=arguments.compute_dtype,
         tls=tls,
         api_key_file=arguments.api_key_file,
+        instances=arguments.instances,
     )
     return run_local_cluster(options)
 
@@ -297,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot_every=arguments.snapshot_every,
             fresh_state=arguments.fresh_state,
             discovery=discovery_options(arguments),
+            instances_per_model=arguments.instances,
         )
         asyncio.run(serve_coordinator(options))
         return 0

@@ -42,6 +42,8 @@ class LocalClusterOptions:
     tls: TlsFiles | None = None
     """Mutual TLS for every child; the cluster token is the home's (children share the home)."""
     api_key_file: Path | None = None
+    instances: int = 1
+    """Instances of the model (coordinator.planner): 1 pipelines it over every shard server."""
 
 
 def _die_with_parent() -> None:
@@ -89,6 +91,8 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
                 str(options.prefill_step_size),
                 "--compute-dtype",
                 options.compute_dtype,
+                "--instances",
+                str(options.instances),
                 # Every shard starts anew too: a state from an earlier run would point at dead shards.
                 "--fresh-state",
             ),

@@ -48,6 +48,9 @@ class ClusterFigures:
 class ScaleOutFigures:
     one_host: dict[int, float]
     two_hosts: dict[int, float]
+    """One instance pipelined over both hosts."""
+    two_instances: dict[int, float]
+    """The same two hosts with an instance of the model on each (`--instances 2`)."""
     in_namespaces: bool
     """Hosts simulated by network namespaces (else: pinned processes on loopback)."""
 
@@ -245,19 +248,30 @@ def write_report(
                 "Hosts simulated by network namespaces on one bridge, each with its own STRATA_HOME and address "
                 "(only the control host has the model; shard hosts fetch their layers over the bridge), every "
                 "process pinned with `taskset`: shard host A on the first core, shard host B with the control "
-                "host (coordinator, gateway, load client) on the second, in both runs."
+                "host (coordinator, gateway, load client) on the second, in every run."
                 if scale_out.in_namespaces
                 else "Network namespaces were unavailable: shard servers pinned one per core (`taskset`) on "
                 "loopback, as one-core hosts; the coordinator, gateway and load client share the second core."
             ),
             "",
-            "| concurrency | one one-core host tok/s | two one-core hosts tok/s | ratio |",
-            "| ---: | ---: | ---: | ---: |",
+            "| concurrency | one one-core host tok/s | two hosts, one instance pipelined over both tok/s | ratio "
+            "| two hosts, an instance on each tok/s | ratio |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for concurrency in sorted(scale_out.one_host):
-            one, two = scale_out.one_host[concurrency], scale_out.two_hosts.get(concurrency, float("nan"))
-            lines.append(f"| {concurrency} | {one:.1f} | {two:.1f} | {_ratio(two, one)} |")
-        lines.append("")
+            one = scale_out.one_host[concurrency]
+            two = scale_out.two_hosts.get(concurrency, float("nan"))
+            copies = scale_out.two_instances.get(concurrency, float("nan"))
+            lines.append(
+                f"| {concurrency} | {one:.1f} | {two:.1f} | {_ratio(two, one)} | {copies:.1f} | {_ratio(copies, one)} |"
+            )
+        lines += [
+            "",
+            "The pipeline splits the layers over both hosts (for a model that fits on neither alone); with "
+            "`--instances 2` each host holds the whole model and the gateway sends each request to the one "
+            "running fewer (for a model that fits on each).",
+            "",
+        ]
     lines += _llama_cpp_section(llama_cpp, clusters)
     path.parent.mkdir(parents=True, exist_ok=True)
     plot_path = path.with_suffix(".png")

@@ -24,6 +24,7 @@ from services.auth import cluster_security, write_cluster_token
 from services.benchmark.baselines import BaselineFigures, averaged, measure_baselines
 from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
+from services.benchmark.ready_instances import ready_instance_count
 from services.benchmark.report import ClusterFigures, HopOverhead, ScaleOutFigures, ShardFigures, write_report
 from services.benchmark.scale_out import measure_scale_out_in_namespaces, namespaces_unavailable
 from services.compute_dtype import ComputeDtype
@@ -61,12 +62,16 @@ class _Running:
 
 
 @contextlib.contextmanager
-def _cluster(options: BenchOptions, shards: int, cores: Mapping[str, int] | None = None) -> Generator[_Running]:
+def _cluster(
+    options: BenchOptions, shards: int, cores: Mapping[str, int] | None = None, instances: int = 1
+) -> Generator[_Running]:
     with home_sharing_models(options.home) as home:
-        yield from _cluster_in(options, home, shards, cores)
+        yield from _cluster_in(options, home, shards, cores, instances)
 
 
-def _cluster_in(options: BenchOptions, home: Path, shards: int, cores: Mapping[str, int] | None) -> Generator[_Running]:
+def _cluster_in(
+    options: BenchOptions, home: Path, shards: int, cores: Mapping[str, int] | None, instances: int
+) -> Generator[_Running]:
     token = cluster_security().token
     if token is not None:  # the private home's services use this process's token
         write_cluster_token(home, token)
@@ -82,16 +87,17 @@ def _cluster_in(options: BenchOptions, home: Path, shards: int, cores: Mapping[s
         model_id=options.model_id,
         prefill_step_size=options.prefill_step_size,
         compute_dtype=options.compute_dtype,
+        instances=instances,
     )
     children = start_services(local, cores)
     try:
         url = f"http://127.0.0.1:{gateway_port}"
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while not gateway_ready(url):
+        coordinator = f"127.0.0.1:{coordinator_port}"
+        while not (gateway_ready(url) and ready_instance_count(coordinator) >= instances):
             if time.monotonic() > deadline or any(child.poll() is not None for _, child in children):
                 raise RuntimeError(f"the {shards}-shard cluster did not become ready")
             time.sleep(0.25)
-        coordinator = f"127.0.0.1:{coordinator_port}"
         with cluster_sync_channel(coordinator) as channel:
             state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
         instance = next(instance for instance in state.instances if instance.status == "ready")
@@ -195,10 +201,10 @@ def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) ->
     """In network namespaces where they can be made; else pinned processes on loopback."""
     problem = namespaces_unavailable()
     if problem is None:
-        one_host, two_hosts = measure_scale_out_in_namespaces(
+        one_host, two_hosts, two_instances = measure_scale_out_in_namespaces(
             options.home, options.model_id, concurrencies, options.max_tokens
         )
-        return ScaleOutFigures(one_host, two_hosts, in_namespaces=True)
+        return ScaleOutFigures(one_host, two_hosts, two_instances, in_namespaces=True)
     print(f"scale-out in network namespaces unavailable ({problem}): pinned processes on loopback", flush=True)
     return _measure_scale_out_on_loopback(options, concurrencies)
 
@@ -212,16 +218,19 @@ def _measure_scale_out_on_loopback(options: BenchOptions, concurrencies: tuple[i
     control = {"coordinator": second, "gateway": second}
     one_host: dict[int, float] = {}
     two_hosts: dict[int, float] = {}
+    two_instances: dict[int, float] = {}
     own_affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {second})  # the load client sits with the gateway in both runs
     try:
-        for label, pinning, target in (
-            ("one one-core host", {**control, "shard 1": first}, one_host),
-            ("two one-core hosts", {**control, "shard 1": first, "shard 2": second}, two_hosts),
+        both = {**control, "shard 1": first, "shard 2": second}
+        for label, pinning, instances, target in (
+            ("one one-core host", {**control, "shard 1": first}, 1, one_host),
+            ("two one-core hosts, one instance over both", both, 1, two_hosts),
+            ("two one-core hosts, an instance on each", both, 2, two_instances),
         ):
             shards = 1 if label.startswith("one") else 2
             print(f"scale-out: {label}", flush=True)
-            with _cluster(options, shards, pinning) as running:
+            with _cluster(options, shards, pinning, instances) as running:
                 asyncio.run(run_load(running.gateway_url, options.model_id, 1, 1, 8))
                 for concurrency in concurrencies:
                     result = asyncio.run(
@@ -233,7 +242,7 @@ def _measure_scale_out_on_loopback(options: BenchOptions, concurrencies: tuple[i
                     print(f"  concurrency {concurrency}: {result.output_throughput:.1f} tok/s", flush=True)
     finally:
         os.sched_setaffinity(0, own_affinity)
-    return ScaleOutFigures(one_host, two_hosts, in_namespaces=False)
+    return ScaleOutFigures(one_host, two_hosts, two_instances, in_namespaces=False)
 
 
 def run_benchmark(options: BenchOptions) -> Path:

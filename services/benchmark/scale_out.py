@@ -3,8 +3,9 @@
 Simulated hosts (services/netns_lab.py) on one bridge, each with its own STRATA_HOME and address:
 a control host (coordinator, gateway and load client) and two shard hosts. Every process is pinned
 with `taskset`: shard host A to the first core; shard host B and the control host to the second, in
-both runs. Run 1 starts a shard server on host A only; run 2 on A and B (the coordinator waits for
-both before placing). Only the control host has the model: shard hosts fetch their layers from it
+every run. Run 1 starts a shard server on host A only; runs 2 and 3 on A and B (the coordinator waits
+for both before placing): run 2 pipelines one instance of the model over both, run 3 keeps one
+instance on each (`--instances 2`). Only the control host has the model: shard hosts fetch their layers from it
 over the bridge, as real hosts would. Services find each other by static `--peer` (no multicast).
 """
 
@@ -65,14 +66,15 @@ class _ScaleOutLab:
         command = ["taskset", "-c", str(core), sys.executable, "-m", "services.cli", *arguments, *common]
         self.lab.spawn(host, name, command)
 
-    def start(self, shards: int, run: int) -> None:
+    def start(self, shards: int, instances: int, run: int) -> None:
         peers = ["--peer", self.coordinator]
         self._strata(
             self.control,
             f"coordinator-{run}",
             self.control_core,
-            ["coordinator", "--model", self.model_id, "--min-shards", str(shards), "--fresh-state"],
-        )
+            ["coordinator", "--model", self.model_id, "--min-shards", str(shards), "--instances", str(instances),
+             "--fresh-state"],
+        )  # fmt: skip
         for index, host in enumerate(self.shard_hosts[:shards]):
             core = self.shard_core if index == 0 else self.control_core
             self._strata(host, f"shard-{run}", core, ["shard", *peers])
@@ -92,8 +94,14 @@ class _ScaleOutLab:
             raise RuntimeError(f"the load client failed: {result.stderr[-2000:]}")
         return LoadFigures.model_validate_json(result.stdout).output_throughput
 
-    def wait_ready(self) -> None:
-        """Until one small completion succeeds (the coordinator places once every shard is there)."""
+    def ready_instances(self) -> int:
+        command = [sys.executable, "-m", "services.benchmark.ready_instances", self.coordinator]
+        result = self.lab.run(self.control, command, 60.0)
+        return int(result.stdout) if result.returncode == 0 and result.stdout.strip().isdigit() else 0
+
+    def wait_ready(self, instances: int) -> None:
+        """Until `instances` are ready and one small completion succeeds (the coordinator places once
+        every shard is there)."""
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             for host in self.lab.hosts:
@@ -101,33 +109,38 @@ class _ScaleOutLab:
                     if service.process.poll() is not None:
                         raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
             try:
-                self.load(1, 1, 4)
-                return
+                if self.ready_instances() >= instances:
+                    self.load(1, 1, 4)
+                    return
             except RuntimeError:
-                time.sleep(2.0)
+                pass
+            time.sleep(2.0)
         raise RuntimeError(f"the cluster was not ready within {READY_TIMEOUT_SECONDS:.0f} s\n{self.lab.logs()}")
 
 
 def measure_scale_out_in_namespaces(
     model_home: Path, model_id: ModelId, concurrencies: tuple[int, ...], max_tokens: int
-) -> tuple[dict[int, float], dict[int, float]]:
-    """Aggregate output tok/s per concurrency: (one one-core host, two one-core hosts)."""
+) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """Aggregate output tok/s per concurrency: (one one-core host, two one-core hosts with one instance
+    over both, two with an instance each)."""
     first, second = sorted(os.sched_getaffinity(0))[:2]
     token = cluster_security().token or ensure_cluster_token(model_home)
     # The hosts' homes have no token file; a one-core host runs one BLAS thread.
     environment = {"OPENBLAS_NUM_THREADS": "1", TOKEN_ENVIRONMENT_VARIABLE: token}
     previous = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
-    results: tuple[dict[int, float], dict[int, float]] = ({}, {})
+    results: tuple[dict[int, float], dict[int, float], dict[int, float]] = ({}, {}, {})
     try:
         with tempfile.TemporaryDirectory(prefix="strata-scale-out-") as root, NetnsLab.create(Path(root)) as lab:
             hosts = _ScaleOutLab(lab, model_home, model_id, (first, second))
-            for run, target in enumerate(results):
-                shards = run + 1
-                print(f"scale-out in network namespaces: {shards} one-core shard host(s)", flush=True)
-                hosts.start(shards, run)
+            for run, (target, shards, instances) in enumerate(zip(results, (1, 2, 2), (1, 1, 2), strict=True)):
+                print(
+                    f"scale-out in network namespaces: {shards} one-core shard host(s), {instances} instance(s)",
+                    flush=True,
+                )
+                hosts.start(shards, instances, run)
                 try:
-                    hosts.wait_ready()
+                    hosts.wait_ready(instances)
                     for concurrency in concurrencies:
                         target[concurrency] = hosts.load(concurrency, 2 * concurrency, max_tokens)
                         print(f"  concurrency {concurrency}: {target[concurrency]:.1f} tok/s", flush=True)

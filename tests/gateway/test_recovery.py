@@ -4,7 +4,7 @@ refusals are not retried. (The real thing, with shard processes killed, is tests
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -62,11 +62,12 @@ class FakeCluster:
         self.changed = asyncio.Event()
 
     # InstanceWatch
-    def ready_instance(self, model_id: ModelId, avoiding: InstanceId | None = None) -> ReadyInstance | None:
-        for instance_id in self.ready:
-            if instance_id != avoiding:
-                return ReadyInstance(instance_id, f"{instance_id}:1")
-        return None
+    def ready_instance(
+        self, model_id: ModelId, avoiding: InstanceId | None = None, load: Mapping[InstanceId, int] | None = None
+    ) -> ReadyInstance | None:
+        candidates = [instance_id for instance_id in self.ready if instance_id != avoiding]
+        chosen = min(candidates, key=lambda instance_id: (load or {}).get(instance_id, 0), default=None)
+        return None if chosen is None else ReadyInstance(chosen, f"{chosen}:1")
 
     async def wait_for_change(self, timeout_seconds: float) -> None:
         try:
@@ -195,3 +196,19 @@ async def test_closing_the_stream_early_cancels_the_run() -> None:
     assert await anext(events) == GeneratedToken(token_id=SCRIPT[0])
     await events.aclose()
     assert len(cluster.calls) == 1
+
+
+async def test_requests_spread_over_ready_instances_by_runs_in_flight() -> None:
+    cluster = FakeCluster(ready=[InstanceId("a"), InstanceId("b")])
+    source = RecoveringTokenSource(cluster, cluster, RecoveryPolicy(deadline_seconds=5))
+    first = source.generate(_request(4))
+    second = source.generate(_request(4))
+
+    assert isinstance(await anext(first), GeneratedToken)  # running on a
+    assert isinstance(await anext(second), GeneratedToken)
+    await first.aclose()
+    await second.aclose()
+    third = await _collect(source, _request(2))  # nothing in flight: the first placed again
+
+    assert [instance for instance, _, _ in cluster.calls] == [InstanceId("a"), InstanceId("b"), InstanceId("a")]
+    assert _tokens(third) == SCRIPT[:2]
