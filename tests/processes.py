@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -25,7 +26,14 @@ from services.service_process import ServiceProcess
 SESSION_CLUSTER_TOKEN = os.environ.setdefault(TOKEN_ENVIRONMENT_VARIABLE, secrets.token_urlsafe(32))
 """One cluster token for the whole test session, in this process's environment: every service a test
 starts (each with its own STRATA_HOME) and every channel the test opens agree on it."""
-__all__ = ["ServiceProcess", "free_port", "start_strata", "wait_for_grpc_health", "wait_for_http_ok"]
+__all__ = [
+    "ServiceProcess",
+    "free_port",
+    "start_coordinator",
+    "start_strata",
+    "wait_for_grpc_health",
+    "wait_for_http_ok",
+]
 
 
 def start_strata(
@@ -48,6 +56,16 @@ def start_strata(
             env=environment,
         )
     return ServiceProcess(name, process, log_path)
+
+
+def start_coordinator(processes: list[ServiceProcess], home: Path, log_dir: Path, arguments: Sequence[str]) -> str:
+    """`strata coordinator --no-mdns ARGUMENTS` on a free loopback port, once it serves; returns its
+    address. The process joins `processes` first, so the caller stops it even if it never serves."""
+    address = f"127.0.0.1:{free_port()}"
+    command = ["coordinator", "--no-mdns", "--port", address.rsplit(":", 1)[1], *arguments]
+    processes.append(start_strata("coordinator", command, home, log_dir))
+    wait_for_grpc_health(processes[-1], address)
+    return address
 
 
 def wait_for_grpc_health(service: ServiceProcess, address: str, timeout_seconds: float = 60.0) -> None:

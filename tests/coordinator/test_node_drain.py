@@ -20,7 +20,7 @@ from tests.coordinator.test_shard_lease_replacement import (
     PROMPT,
     wait_for_ready_instance,
 )
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
+from tests.processes import ServiceProcess, free_port, start_coordinator, start_strata, wait_for_grpc_health
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.tiny_architectures import build_tiny_model
 
@@ -31,20 +31,15 @@ def test_draining_a_node_moves_its_instance_without_a_failure(tmp_path: Path) ->
     homes = [tmp_path / f"node-{index}" for index in range(3)]
     for home in homes:
         build_tiny_model("llama", ModelStore(models_root(home)).model_dir(ModelId(MODEL)))
-    coordinator = f"127.0.0.1:{free_port()}"
     logs = tmp_path / "logs"
     processes: list[ServiceProcess] = []
     try:
-        processes.append(
-            start_strata(
-                "coordinator",
-                ["coordinator", "--no-mdns", "--port", coordinator.rsplit(":", 1)[1], "--model", MODEL,
-                 "--prefill-step-size", str(PREFILL_STEP_SIZE), "--compute-dtype", "stored"],
-                homes[0],
-                logs,
-            )
-        )  # fmt: skip
-        wait_for_grpc_health(processes[0], coordinator)
+        coordinator = start_coordinator(
+            processes,
+            homes[0],
+            logs,
+            ["--model", MODEL, "--prefill-step-size", str(PREFILL_STEP_SIZE), "--compute-dtype", "stored"],
+        )
         for index in (1, 2):
             port = free_port()
             arguments = ["shard", "--no-mdns", "--port", str(port), "--coordinator", coordinator]

@@ -17,7 +17,7 @@ from services.model_store import ModelStore
 from services.settings import models_root
 from strata_wire import coordinator_pb2, shard_pb2, shard_pb2_grpc
 from tests.coordinator.replica_processes import get_state
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
+from tests.processes import ServiceProcess, free_port, start_coordinator, start_strata, wait_for_grpc_health
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
@@ -47,19 +47,14 @@ def wait_for_ready_instance(
 def test_an_expired_shard_lease_re_places_the_instance_and_old_terms_are_refused(tmp_path: Path) -> None:
     home = tmp_path / "home"
     build_tiny_model("llama", ModelStore(models_root(home)).model_dir(ModelId(MODEL)))
-    coordinator = f"127.0.0.1:{free_port()}"
     processes: list[ServiceProcess] = []
     try:
-        processes.append(
-            start_strata(
-                "coordinator",
-                ["coordinator", "--no-mdns", "--port", coordinator.rsplit(":", 1)[1], "--model", MODEL,
-                 "--prefill-step-size", str(PREFILL_STEP_SIZE), "--compute-dtype", "stored"],
-                home,
-                tmp_path / "logs",
-            )
-        )  # fmt: skip
-        wait_for_grpc_health(processes[0], coordinator)
+        coordinator = start_coordinator(
+            processes,
+            home,
+            tmp_path / "logs",
+            ["--model", MODEL, "--prefill-step-size", str(PREFILL_STEP_SIZE), "--compute-dtype", "stored"],
+        )
         shards: dict[str, ServiceProcess] = {}
         for index in range(2):
             port = free_port()

@@ -23,7 +23,14 @@ from services.settings import models_root
 from strata_wire import coordinator_pb2
 from tests.coordinator.replica_processes import get_state
 from tests.gateway.tiny_tokenizer import build_model_directory
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health, wait_for_http_ok
+from tests.processes import (
+    ServiceProcess,
+    free_port,
+    start_coordinator,
+    start_strata,
+    wait_for_grpc_health,
+    wait_for_http_ok,
+)
 from tests.tiny_architectures import build_tiny_model
 
 MODEL = "tiny-llama"
@@ -71,20 +78,15 @@ def tiny_cluster(tmp_path: Path, shard_count: int, coordinator_arguments: Sequen
     """Started and healthy; the coordinator waits for every shard before placing (`--min-shards`)."""
     home = model_home(tmp_path / "home", tmp_path)
     logs = tmp_path / "logs"
-    coordinator = f"127.0.0.1:{free_port()}"
     processes: list[ServiceProcess] = []
     try:
-        processes.append(
-            start_strata(
-                "coordinator",
-                ["coordinator", "--no-mdns", "--port", coordinator.rsplit(":", 1)[1], "--model", MODEL,
-                 "--prefill-step-size", str(PREFILL_STEP_SIZE), "--compute-dtype", "stored",
-                 "--min-shards", str(shard_count), *coordinator_arguments],
-                home,
-                logs,
-            )
+        coordinator = start_coordinator(
+            processes,
+            home,
+            logs,
+            ["--model", MODEL, "--prefill-step-size", str(PREFILL_STEP_SIZE), "--compute-dtype", "stored",
+             "--min-shards", str(shard_count), *coordinator_arguments],
         )  # fmt: skip
-        wait_for_grpc_health(processes[0], coordinator)
         shards: dict[str, ServiceProcess] = {}
         for index in range(shard_count):
             port = free_port()
