@@ -81,16 +81,14 @@ def plan(state: ClusterState, minimum_shards: int, instances_per_model: int = 1)
 
 def _place_share(model: ModelSpec, shards: Sequence[ShardServer], missing: int) -> Placement | PlacementRefusal:
     """One of `missing` instances over its even share of `shards` (in ring order), or over more
-    of them when the model does not fit that share."""
-    if not shards:
-        return PlacementRefusal("no shard server is free")
-    refusal = PlacementRefusal("no shard server is free")
-    for count in range(math.ceil(len(shards) / max(1, missing)), len(shards) + 1):
-        result = place(model, shards[:count])
+    of them when the model does not fit that share. With one missing: `place` over all of them."""
+    share = math.ceil(len(shards) / missing)
+    result = place(model, shards[:share])
+    for count in range(share + 1, len(shards) + 1):
         if isinstance(result, Placement):
-            return result
-        refusal = result
-    return refusal
+            break
+        result = place(model, shards[:count])
+    return result
 
 
 def _rebalance(state: ClusterState, staying: list[ModelInstance], shards: list[ShardServer]) -> Action | None:

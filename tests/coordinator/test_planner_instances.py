@@ -5,10 +5,11 @@ from coordinator.events import (
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    NodeDrainRequested,
     ShardLeaseExpired,
     ShardRegistered,
 )
-from coordinator.planner import Action, PlaceInstance, RemoveInstance, plan
+from coordinator.planner import Action, CannotPlace, PlaceInstance, RemoveInstance, plan
 from coordinator.state import ClusterState
 from services.ids import ShardId
 from tests.coordinator.builders import apply_all, apply_next, shard_server, tiny_model
@@ -109,3 +110,15 @@ def test_the_second_instance_does_not_wait_for_the_first_to_load() -> None:
     assert isinstance(first, PlaceInstance)
     assert isinstance(second, PlaceInstance)
     assert second.instance_id != first.instance_id
+
+
+def test_with_every_shard_draining_the_refusal_says_none_is_registered() -> None:
+    state = apply_all(
+        cluster(2),
+        [NodeDrainRequested(node_id=shard_server(f"shard-{index}").node_id) for index in range(TWO)],
+    )
+
+    for instances in (1, TWO):
+        action = plan(state, minimum_shards=1, instances_per_model=instances)
+        assert isinstance(action, CannotPlace)
+        assert action.reason == "no shard server is registered"
