@@ -46,10 +46,17 @@ def node_id(home: Path) -> NodeId:
         return NodeId(path.read_text().strip())
     home.mkdir(parents=True, exist_ok=True)
     created = f"node-{uuid.uuid4().hex[:12]}"
-    temporary = path.with_suffix(".tmp")
+    # Services of one host may start together on a fresh home: each writes its own temporary file and
+    # links it into place only if no id is there yet, so all of them read back the one that won.
+    temporary = home / f"node-id.{uuid.uuid4().hex}.tmp"
     temporary.write_text(created + "\n")
-    temporary.replace(path)
-    return NodeId(created)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+    return NodeId(path.read_text().strip())
 
 
 @contextlib.contextmanager
