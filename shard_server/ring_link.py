@@ -7,6 +7,9 @@ The queue is bounded (messages and bytes): the stage worker waits for room (`wai
 its own thread) before it emits a message, so a next shard that reads slowly slows this one down
 instead of growing its memory. A next shard that stops reading altogether (no room within the
 stall limit) breaks the link: its queued messages are dropped and the requests fail.
+
+Messages come encoded (`encode_ring_message`, on the worker thread): the event loop, which every
+message must cross, only queues them.
 """
 
 import asyncio
@@ -14,6 +17,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -29,6 +33,20 @@ MAX_QUEUED_MESSAGES = 256
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
 STALL_SECONDS = 30.0
 """How long the worker waits for room before the next shard counts as no longer reading."""
+
+
+@dataclass(frozen=True)
+class EncodedRingMessage:
+    message: shard_pb2.RingMessage
+    size: int
+    kind: str
+    """The domain message's type, for logs."""
+
+
+def encode_ring_message(message: RingMessage) -> EncodedRingMessage:
+    """Thread-safe; call it where the message is made, so the event loop does not."""
+    encoded = ring_message_to_pb(message)
+    return EncodedRingMessage(encoded, encoded.ByteSize(), type(message).__name__)
 
 
 class RingLink:
@@ -63,7 +81,7 @@ class RingLink:
     def _full(self) -> bool:
         return self._queued_messages >= self._max_messages or self._queued_bytes >= self._max_bytes
 
-    def send(self, message: RingMessage) -> None:
+    def send(self, encoded: EncodedRingMessage) -> None:
         with self._room:
             full = self._full()
         if full:
@@ -74,12 +92,10 @@ class RingLink:
         if self._outbox is None or self._task is None or self._task.done():
             self._outbox = asyncio.Queue()
             self._task = asyncio.create_task(self._run(self._outbox))
-        encoded = ring_message_to_pb(message)
-        size = encoded.ByteSize()
         with self._room:
             self._queued_messages += 1
-            self._queued_bytes += size
-        self._outbox.put_nowait((encoded, size))
+            self._queued_bytes += encoded.size
+        self._outbox.put_nowait((encoded.message, encoded.size))
 
     def _taken(self, size: int) -> None:
         with self._room:

@@ -171,4 +171,6 @@ class StageLoadFailed:
     message: str
 
 
-Effect = SendToNext | TokenGenerated | RequestFinished | RequestFailed | StageLoaded | StageLoadFailed
+LocalEffect = TokenGenerated | RequestFinished | RequestFailed | StageLoaded | StageLoadFailed
+"""Effects for this shard's own service (its clients, its pending loads)."""
+Effect = SendToNext | LocalEffect

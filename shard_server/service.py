@@ -25,13 +25,14 @@ from shard_server.admission import (
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
 from shard_server.model_stage import StageRange
 from shard_server.ring_checks import check_ring_message
-from shard_server.ring_link import RingLink
+from shard_server.ring_link import EncodedRingMessage, RingLink, encode_ring_message
 from shard_server.ring_messages import (
     CancelRequest,
     ClientEvent,
     Effect,
     LinkBroken,
     LoadStage,
+    LocalEffect,
     RequestFailed,
     RequestFailure,
     RequestFinished,
@@ -40,6 +41,7 @@ from shard_server.ring_messages import (
     StageLoadFailed,
     TokenGenerated,
 )
+from shard_server.stage_state import StageStats
 from shard_server.stage_worker import StageWorker
 from shard_server.wire import WireError, client_event_to_pb, ring_message_from_pb, start_request_from_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
@@ -48,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 CLIENT_EVENTS_LIMIT = 1024
 """Events buffered for one Generate call; a client that stops reading fails its request instead."""
+
+STATS_WAIT_SECONDS = 2.0
+"""How long GetStats waits for the worker's fresh counters before it answers with its last snapshot."""
 
 StageOutcome = StageLoaded | StageLoadFailed
 
@@ -99,20 +104,24 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     # --- effects from the worker thread, applied on the event loop ---
 
     def _emit_from_worker(self, effect: Effect) -> None:
+        if not isinstance(effect, SendToNext):
+            self._loop.call_soon_threadsafe(self._apply_effect, effect)
+            return
         link = self._link
-        if isinstance(effect, SendToNext) and link is not None:
+        if link is not None:
             # Backpressure: the worker waits while the next shard has not taken earlier messages.
             # After the stall limit the send goes ahead and breaks the link (bounded either way).
             link.wait_for_room()
-        self._loop.call_soon_threadsafe(self._apply_effect, effect)
+        self._loop.call_soon_threadsafe(self._send_to_next, encode_ring_message(effect.message))
 
-    def _apply_effect(self, effect: Effect) -> None:
+    def _send_to_next(self, encoded: EncodedRingMessage) -> None:
+        if self._link is None:
+            logger.error("no next shard to send %s to", encoded.kind)
+            return
+        self._link.send(encoded)
+
+    def _apply_effect(self, effect: LocalEffect) -> None:
         match effect:
-            case SendToNext():
-                if self._link is None:
-                    logger.error("no next shard to send %s to", type(effect.message).__name__)
-                    return
-                self._link.send(effect.message)
             case TokenGenerated() | RequestFinished() | RequestFailed():
                 client = self._clients.get(effect.request_id)
                 if client is not None and not client.full():
@@ -340,10 +349,27 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 logger.warning("the ring link from the previous shard of %s ended", instance_at_open)
                 self._worker.submit(LinkBroken(f"the link from the previous shard of {instance_at_open} dropped"))
 
+    async def _fresh_worker_stats(self) -> StageStats:
+        """The worker's counters now; its last snapshot when it stays busy (a long prefill chunk)."""
+        answer: asyncio.Future[StageStats] = self._loop.create_future()
+
+        def settle(stats: StageStats) -> None:
+            if not answer.done():
+                answer.set_result(stats)
+
+        def reply(stats: StageStats) -> None:  # on the worker thread
+            self._loop.call_soon_threadsafe(settle, stats)
+
+        self._worker.request_stats(reply)
+        try:
+            return await asyncio.wait_for(answer, STATS_WAIT_SECONDS)
+        except TimeoutError:
+            return self._worker.stats()
+
     async def GetStats(
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.ShardStats:
-        stats = self._worker.stats()
+        stats = await self._fresh_worker_stats()
         admission = self._admission.stats()
         return shard_pb2.ShardStats(
             shard_id=self._shard_id,

@@ -10,6 +10,9 @@ and at most one prompt chunk; other shards run the batches they receive, in orde
 and leave between steps. Per request each shard keeps a KV cache; the first shard also drives the
 request (prompt chunks, stop conditions) and the last shard keeps its sampler with the request's
 own random key.
+
+The counters' snapshot (`stats`) is taken only when asked for (`request_stats`), between batches:
+work done after a batch goes out holds the interpreter lock that the event loop needs to send it.
 """
 
 import logging
@@ -17,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -64,11 +68,17 @@ class RequestError(Exception):
     """A request cannot go on (bad position, unknown request, bad tensor)."""
 
 
+@dataclass(frozen=True)
+class _StatsWanted:
+    reply: Callable[[StageStats], None]
+    """Called on the worker thread with a fresh snapshot."""
+
+
 class StageWorker:
     def __init__(self, emit: Callable[[Effect], None], blas_threads: BlasThreads | None = None) -> None:
         self._emit = emit
         self._blas_threads = blas_threads
-        self._queue: queue.Queue[WorkItem | None] = queue.Queue()
+        self._queue: queue.Queue[WorkItem | _StatsWanted | None] = queue.Queue()
         self._loaded: LoadedStage | None = None
         self._steps = 0
         self._batched_rows = 0
@@ -90,8 +100,13 @@ class StageWorker:
         self._queue.put(item)
 
     def stats(self) -> StageStats:
+        """The last snapshot taken (at load, or for `request_stats`)."""
         with self._stats_lock:
             return self._stats
+
+    def request_stats(self, reply: Callable[[StageStats], None]) -> None:
+        """Thread-safe: `reply` gets a fresh snapshot on the worker thread, before its next batch."""
+        self._queue.put(_StatsWanted(reply))
 
     # --- the loop ---
 
@@ -112,11 +127,13 @@ class StageWorker:
                 self._take_guarded(item)
             if self._has_batch_to_run():
                 self._run_one_batch()
-            self._refresh_stats()
 
-    def _take_guarded(self, item: WorkItem) -> None:
+    def _take_guarded(self, item: WorkItem | _StatsWanted) -> None:
         try:
-            self._take(item)
+            if isinstance(item, _StatsWanted):
+                item.reply(self._refresh_stats())
+            else:
+                self._take(item)
         except Exception:  # the worker must outlive any single bad item
             logger.exception("stage worker failed on %s", type(item).__name__)
 
@@ -124,7 +141,7 @@ class StageWorker:
         loaded = self._loaded
         return loaded is not None and bool(loaded.ready or loaded.prefill_waiting or loaded.received)
 
-    def _refresh_stats(self) -> None:
+    def _refresh_stats(self) -> StageStats:
         loaded = self._loaded
         if loaded is None:
             snapshot = StageStats(
@@ -154,6 +171,7 @@ class StageWorker:
             )
         with self._stats_lock:
             self._stats = snapshot
+        return snapshot
 
     # --- taking in work ---
 
@@ -191,6 +209,7 @@ class StageWorker:
             most_threads = self._blas_threads.most if self._blas_threads is not None else 1
             batched = stage.check_batching(item.prefill_step_size + MAX_DECODE_ROWS, most_threads)
         except (ModelLoadError, OSError, ValueError) as error:
+            self._refresh_stats()
             self._emit(StageLoadFailed(item.instance_id, str(error)))
             return
         self._loaded = LoadedStage(item.instance_id, stage, item.prefill_step_size, max(1, item.ring_size))
@@ -211,6 +230,7 @@ class StageWorker:
             if stage.native_attention is not None
             else "attention through MLX ops, per request",
         )
+        self._refresh_stats()
         self._emit(StageLoaded(item.instance_id, stage.weight_bytes))
 
     def _start(self, item: StartRequest) -> None:

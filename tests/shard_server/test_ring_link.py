@@ -10,7 +10,7 @@ import pytest
 
 from services.ids import RequestId
 from services.tensor_codec import EncodedTensor
-from shard_server.ring_link import RingLink
+from shard_server.ring_link import RingLink, encode_ring_message
 from shard_server.ring_messages import BatchStep, Segment
 from strata_wire import shard_pb2
 
@@ -70,11 +70,11 @@ def test_a_next_shard_that_stops_reading_makes_the_sender_wait_then_break_the_li
         try:
             sent = 0
             while await asyncio.to_thread(link.wait_for_room, 0.5):  # as the worker thread does
-                link.send(_step(sent))
+                link.send(encode_ring_message(_step(sent)))
                 sent += 1
                 assert sent <= MOST_IN_FLIGHT, "the queue never filled"
             assert broken == []
-            link.send(_step(sent))  # the stall limit passed: the send breaks the link
+            link.send(encode_ring_message(_step(sent)))  # the stall limit passed: the send breaks the link
             assert len(broken) == 1
             assert "stopped reading" in broken[0]
             assert await asyncio.to_thread(link.wait_for_room, 0.5)  # the dropped messages freed the room
@@ -96,7 +96,7 @@ def test_a_reading_next_shard_receives_everything_in_order_through_the_bounded_q
         try:
             for index in range(20):
                 assert await asyncio.to_thread(link.wait_for_room, 5.0)
-                link.send(_step(index))
+                link.send(encode_ring_message(_step(index)))
             for _ in range(100):
                 if servicer.received == 20:
                     done.set()
