@@ -13,6 +13,7 @@ from typing import Protocol, cast
 from services.benchmark.baselines import BaselineFigures
 from services.benchmark.llama_cpp import LlamaCppFigures
 from services.benchmark.load_client import LoadResult
+from services.benchmark.transport_floor import TransportFloor
 
 MEBIBYTE = 1024 * 1024
 
@@ -187,6 +188,20 @@ def _baseline_runs(baselines: BaselineFigures) -> list[str]:
     ]
 
 
+def _transport_floor_lines(floor: TransportFloor | None) -> list[str]:
+    if floor is None:
+        return []
+    return [
+        f"The gRPC floor under a hop, measured in this run: a one-row batch step to another process and back, "
+        f"halved, takes {floor.back_to_back * 1000:.2f} ms back to back and {floor.after_compute * 1000:.2f} ms "
+        f"when the sender computed and the receiver sat idle for {floor.compute_burst_seconds * 1000:.0f} ms "
+        "before it, as in a ring (`services/benchmark/transport_floor.py`). The per-hop overhead above the second "
+        "figure is strata's own: in each shard the hand-offs between the thread that owns the model and the event "
+        "loop that owns the streams, and the decoding of the message.",
+        "",
+    ]
+
+
 def write_report(
     path: Path,
     compute_dtype: str,
@@ -195,6 +210,7 @@ def write_report(
     clusters: tuple[ClusterFigures, ...],
     scale_out: ScaleOutFigures | None,
     llama_cpp: LlamaCppFigures | str,
+    transport_floor: TransportFloor | None = None,
 ) -> Path:
     single = baselines.single_stream_tokens_per_second
     lines = [
@@ -223,6 +239,7 @@ def write_report(
         "Per-hop overhead = (ring step time - compute time of all shards) / hops, per step, from the compute "
         "time each batch carries round the ring (the first shard's last 1024 steps, batch 1).",
         "",
+        *_transport_floor_lines(transport_floor),
     ]
     for cluster in clusters:
         lines += [f"## Load, {cluster.shards} shard server(s)", "", *_load_table(cluster, baselines), ""]

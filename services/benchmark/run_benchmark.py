@@ -27,11 +27,13 @@ from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.ready_instances import ready_instance_count
 from services.benchmark.report import ClusterFigures, HopOverhead, ScaleOutFigures, ShardFigures, write_report
 from services.benchmark.scale_out import measure_scale_out_in_namespaces, namespaces_unavailable
+from services.benchmark.transport_floor import measure_transport_floor
 from services.compute_dtype import ComputeDtype
 from services.embedded_model import EmbeddedModelMissingError, find_embedded_gguf
 from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
+from services.model_files import read_config
 from services.ports import free_port
 from services.settings import home_sharing_models, models_root
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
@@ -261,10 +263,14 @@ def run_benchmark(options: BenchOptions) -> Path:
     )
     print(f"  one stream {again.single_stream_tokens_per_second:.1f} tok/s", flush=True)
     baselines = averaged((baselines, again))
+    print("gRPC floor under a hop", flush=True)
+    hidden_size = read_config(model_dir).get("hidden_size")
+    floor = measure_transport_floor(hidden_size if isinstance(hidden_size, int) else 1)
+    print(f"  one way {floor.back_to_back * 1e3:.2f} ms, {floor.after_compute * 1e3:.2f} ms after compute", flush=True)
     scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
     llama_cpp = _measure_llama_cpp(options)
     return write_report(
-        options.output, options.compute_dtype, options.max_tokens, baselines, clusters, scale_out, llama_cpp
+        options.output, options.compute_dtype, options.max_tokens, baselines, clusters, scale_out, llama_cpp, floor
     )
 
 
