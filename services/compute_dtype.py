@@ -9,7 +9,10 @@ from typing import Literal, get_args
 
 import mlx.core as mx
 from mlx import nn
+from mlx.utils import tree_flatten
 from mlx_lm.utils import dequantize_model
+
+from services.mlx_typing import evaluate
 
 ComputeDtype = Literal["stored", "float32", "float16", "bfloat16"]
 COMPUTE_DTYPES: tuple[ComputeDtype, ...] = get_args(ComputeDtype)
@@ -35,4 +38,8 @@ def convert_module(module: nn.Module, dtype: ComputeDtype) -> nn.Module:
         return module
     converted = dequantize_model(module)
     converted.set_dtype(_MLX_DTYPES[dtype])
+    # One parameter at a time: evaluated together, the dequantized intermediates of every layer would
+    # be alive at once, and that transient set the shard's peak memory.
+    for _, array in tree_flatten(converted.parameters()):
+        evaluate(array)
     return converted
