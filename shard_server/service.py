@@ -41,7 +41,6 @@ from shard_server.ring_messages import (
     StageLoadFailed,
     TokenGenerated,
 )
-from shard_server.stage_state import StageStats
 from shard_server.stage_worker import StageWorker
 from shard_server.wire import WireError, client_event_to_pb, ring_message_from_pb, start_request_from_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
@@ -349,27 +348,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 logger.warning("the ring link from the previous shard of %s ended", instance_at_open)
                 self._worker.submit(LinkBroken(f"the link from the previous shard of {instance_at_open} dropped"))
 
-    async def _fresh_worker_stats(self) -> StageStats:
-        """The worker's counters now; its last snapshot when it stays busy (a long prefill chunk)."""
-        answer: asyncio.Future[StageStats] = self._loop.create_future()
-
-        def settle(stats: StageStats) -> None:
-            if not answer.done():
-                answer.set_result(stats)
-
-        def reply(stats: StageStats) -> None:  # on the worker thread
-            self._loop.call_soon_threadsafe(settle, stats)
-
-        self._worker.request_stats(reply)
-        try:
-            return await asyncio.wait_for(answer, STATS_WAIT_SECONDS)
-        except TimeoutError:
-            return self._worker.stats()
-
     async def GetStats(
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.ShardStats:
-        stats = await self._fresh_worker_stats()
+        stats = await asyncio.to_thread(self._worker.fresh_stats, STATS_WAIT_SECONDS)
         admission = self._admission.stats()
         return shard_pb2.ShardStats(
             shard_id=self._shard_id,

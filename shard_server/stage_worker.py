@@ -11,7 +11,7 @@ and leave between steps. Per request each shard keeps a KV cache; the first shar
 request (prompt chunks, stop conditions) and the last shard keeps its sampler with the request's
 own random key.
 
-The counters' snapshot (`stats`) is taken only when asked for (`request_stats`), between batches:
+The counters' snapshot (`stats`) is taken only when asked for (`fresh_stats`), between batches:
 work done after a batch goes out holds the interpreter lock that the event loop needs to send it.
 """
 
@@ -104,9 +104,18 @@ class StageWorker:
         with self._stats_lock:
             return self._stats
 
-    def request_stats(self, reply: Callable[[StageStats], None]) -> None:
-        """Thread-safe: `reply` gets a fresh snapshot on the worker thread, before its next batch."""
+    def fresh_stats(self, timeout_seconds: float) -> StageStats:
+        """Blocks (never call it on the event loop) for a snapshot the worker takes before its next batch;
+        the last snapshot when the worker stays busy longer (a long prefill chunk, a stalled link)."""
+        answered = threading.Event()
+        answers: list[StageStats] = []
+
+        def reply(stats: StageStats) -> None:
+            answers.append(stats)
+            answered.set()
+
         self._queue.put(_StatsWanted(reply))
+        return answers[0] if answered.wait(timeout_seconds) else self.stats()
 
     # --- the loop ---
 
