@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -100,22 +101,19 @@ class StageWorker:
         self._queue.put(item)
 
     def stats(self) -> StageStats:
-        """The last snapshot taken (at load, or for `request_stats`)."""
+        """The last snapshot taken (at load, or for `fresh_stats`)."""
         with self._stats_lock:
             return self._stats
 
     def fresh_stats(self, timeout_seconds: float) -> StageStats:
         """Blocks (never call it on the event loop) for a snapshot the worker takes before its next batch;
         the last snapshot when the worker stays busy longer (a long prefill chunk, a stalled link)."""
-        answered = threading.Event()
-        answers: list[StageStats] = []
-
-        def reply(stats: StageStats) -> None:
-            answers.append(stats)
-            answered.set()
-
-        self._queue.put(_StatsWanted(reply))
-        return answers[0] if answered.wait(timeout_seconds) else self.stats()
+        answer: Future[StageStats] = Future()
+        self._queue.put(_StatsWanted(answer.set_result))
+        try:
+            return answer.result(timeout_seconds)
+        except TimeoutError:
+            return self.stats()
 
     # --- the loop ---
 

@@ -33,7 +33,7 @@ from services.embedded_model import EmbeddedModelMissingError, find_embedded_ggu
 from services.grpc_server import cluster_sync_channel
 from services.ids import ModelId
 from services.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
-from services.model_files import read_config
+from services.model_files import read_manifest
 from services.ports import free_port
 from services.settings import home_sharing_models, models_root
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
@@ -264,8 +264,7 @@ def run_benchmark(options: BenchOptions) -> Path:
     print(f"  one stream {again.single_stream_tokens_per_second:.1f} tok/s", flush=True)
     baselines = averaged((baselines, again))
     print("gRPC floor under a hop", flush=True)
-    hidden_size = read_config(model_dir).get("hidden_size")
-    floor = measure_transport_floor(hidden_size if isinstance(hidden_size, int) else 1)
+    floor = measure_transport_floor(read_manifest(model_dir).hidden_size)
     print(f"  one way {floor.back_to_back * 1e3:.2f} ms, {floor.after_compute * 1e3:.2f} ms after compute", flush=True)
     scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
     llama_cpp = _measure_llama_cpp(options)
