@@ -85,6 +85,20 @@ class BlasThreadControl:
         return result if isinstance(result, int) else 1
 
 
+def blas_description() -> str:
+    """What computes this process's float32 products, in words (for reports)."""
+    if not fast_blas_loaded():
+        return "MLX's bundled reference BLAS"
+    try:
+        kernel = ctypes.CDLL(str(shim_path())).strata_sgemm_kernel
+    except (OSError, AttributeError):
+        return "OpenBLAS"
+    kernel.restype = ctypes.c_int
+    if kernel() == 1:
+        return "strata's A * W^T kernel, OpenBLAS for the other products"
+    return "OpenBLAS"
+
+
 def blas_thread_control() -> BlasThreadControl | None:
     """Control over the OpenBLAS behind the shim, or None when this process computes without it."""
     if not fast_blas_loaded():

@@ -14,6 +14,7 @@ from services.benchmark.baselines import BaselineFigures
 from services.benchmark.llama_cpp import LlamaCppFigures
 from services.benchmark.load_client import LoadResult
 from services.benchmark.transport_floor import TransportFloor
+from services.fast_blas import blas_description
 
 MEBIBYTE = 1024 * 1024
 
@@ -218,7 +219,8 @@ def write_report(
         "",
         f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
         f"{len(os.sched_getaffinity(0))} cores. Model: the embedded SmolLM2-135M-Instruct, "
-        f"compute dtype {compute_dtype}, same BLAS for strata and the mlx-lm baselines (all in one run: compare "
+        f"compute dtype {compute_dtype}, same BLAS for strata and the mlx-lm baselines ({blas_description()}; "
+        "all in one run: compare "
         f"ratios, not absolute figures, which move with the machine's load). Requests: {max_tokens} new tokens, "
         "greedy, streamed through the gateway; metrics as in vLLM's serving benchmark.",
         "",

@@ -14,7 +14,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.fast_blas import BlasThreadControl, blas_thread_control, fast_blas_loaded, shim_path
+from services.fast_blas import (
+    BlasThreadControl,
+    blas_description,
+    blas_thread_control,
+    fast_blas_loaded,
+    shim_path,
+)
 
 
 def _cpu_has(flag: str) -> bool:
@@ -45,6 +51,7 @@ def test_the_kernel_is_on_where_the_cpu_has_avx2_and_fma(control: BlasThreadCont
     wanted = platform.machine() == "x86_64" and _cpu_has("avx2") and _cpu_has("fma")
 
     assert kernel() == (1 if wanted else 0)
+    assert blas_description() == ("strata's A * W^T kernel, OpenBLAS for the other products" if wanted else "OpenBLAS")
 
 
 @pytest.mark.parametrize(("columns", "depth"), [(7, 13), (192, 64), (1536, 576)])
