@@ -144,7 +144,12 @@ def forward_rows(
     batched: bool,
     native: NativeAttention | None = None,
 ) -> mx.array:
-    """Runs every block of a stage over the batch. hidden: (1, rows, hidden_size)."""
+    """Runs every block of a stage over the batch. hidden: (1, rows, hidden_size).
+
+    Each block's graph starts computing as soon as it is built (`async_eval`), while Python builds
+    the next: building the graph of 30 blocks takes ~20% of a one-row step here, which would
+    otherwise come on top of the compute. The ops, hence the results, are the same.
+    """
     for layer, block in enumerate(blocks):
         if len(requests) == 1:
             rows = requests[0]
@@ -154,6 +159,7 @@ def forward_rows(
             hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, native)
         else:
             hidden = _alone(block, hidden, requests, layer)
+        mx.async_eval(hidden)
     return hidden
 
 
