@@ -11,12 +11,18 @@ import mlx.core as mx
 import mlx.nn as nn
 
 _evaluate = cast(Callable[..., None], getattr(mx, "eval"))  # noqa: B009 - its stub is unannotated
+_evaluate_async = cast(Callable[..., None], getattr(mx, "async_eval"))  # noqa: B009
 _quantize = cast(Callable[..., None], getattr(nn, "quantize"))  # noqa: B009
 
 
 def evaluate(*arrays_or_trees: Any) -> None:
     """Computes the given arrays (or trees of arrays) now."""
     _evaluate(*arrays_or_trees)
+
+
+def start_evaluating(*arrays_or_trees: Any) -> None:
+    """Starts computing the given arrays (or trees of arrays) and returns at once."""
+    _evaluate_async(*arrays_or_trees)
 
 
 def quantize_module(

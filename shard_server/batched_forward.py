@@ -18,6 +18,7 @@ from mlx import nn
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
+from services.mlx_typing import start_evaluating
 from shard_server.native_attention import NativeAttention, request_rows_view
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -146,7 +147,7 @@ def forward_rows(
 ) -> mx.array:
     """Runs every block of a stage over the batch. hidden: (1, rows, hidden_size).
 
-    Each block's graph starts computing as soon as it is built (`async_eval`), while Python builds
+    Each block's graph starts computing as soon as it is built (`mx.async_eval`), while Python builds
     the next: building the graph of 30 blocks takes ~20% of a one-row step here, which would
     otherwise come on top of the compute. The ops, hence the results, are the same.
     """
@@ -159,7 +160,7 @@ def forward_rows(
             hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, native)
         else:
             hidden = _alone(block, hidden, requests, layer)
-        mx.async_eval(hidden)
+        start_evaluating(hidden)
     return hidden
 
 
