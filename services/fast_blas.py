@@ -85,16 +85,23 @@ class BlasThreadControl:
         return result if isinstance(result, int) else 1
 
 
+def strata_kernel_active() -> bool:
+    """Whether the preloaded shim computes A * W^T with strata's kernel (AVX2 and FMA, not turned off)."""
+    if not fast_blas_loaded():
+        return False
+    try:
+        kernel = ctypes.CDLL(str(shim_path())).strata_sgemm_kernel
+    except (OSError, AttributeError):
+        return False
+    kernel.restype = ctypes.c_int
+    return kernel() == 1
+
+
 def blas_description() -> str:
     """What computes this process's float32 products, in words (for reports)."""
     if not fast_blas_loaded():
         return "MLX's bundled reference BLAS"
-    try:
-        kernel = ctypes.CDLL(str(shim_path())).strata_sgemm_kernel
-    except (OSError, AttributeError):
-        return "OpenBLAS"
-    kernel.restype = ctypes.c_int
-    if kernel() == 1:
+    if strata_kernel_active():
         return "strata's A * W^T kernel, OpenBLAS for the other products"
     return "OpenBLAS"
 
