@@ -47,6 +47,22 @@ def scalar_int(array: mx.array) -> int:
     return value
 
 
+def to_int_list(array: mx.array) -> list[int]:
+    """A one-dimensional integer array's values."""
+    values = array.tolist()
+    if not isinstance(values, list) or not all(isinstance(value, int) for value in values):
+        raise TypeError("expected a one-dimensional integer array")
+    return [value for value in values if isinstance(value, int)]
+
+
+def to_bool_list(array: mx.array) -> list[bool]:
+    """A one-dimensional boolean array's values."""
+    values = array.tolist()
+    if not isinstance(values, list) or not all(isinstance(value, bool) for value in values):
+        raise TypeError("expected a one-dimensional boolean array")
+    return [value for value in values if isinstance(value, bool)]
+
+
 def load_module_weights(module: nn.Module, weights: list[tuple[str, mx.array]]) -> None:
     """Sets the named parameters; the caller has checked that they are exactly the module's."""
     load = cast(Callable[..., object], getattr(module, "load_weights"))  # noqa: B009

@@ -53,7 +53,7 @@ from shard_server.ring_messages import (
     StartRequest,
     WorkItem,
 )
-from shard_server.sampler import RequestSampler
+from shard_server.sampler import RequestSampler, sample_rows
 from shard_server.stage_state import (
     LoadedStage,
     PlannedBatch,
@@ -391,16 +391,18 @@ class StageWorker:
             evaluate(cache_arrays(planned.states))
             return
         logits = loaded.stage.logits(mx.take(hidden, mx.array(sampled_rows), axis=1))  # (1, sampled, vocab)
-        tokens: list[SampledToken] = []
-        index = 0
+        sampled: list[tuple[Segment, RequestSampler]] = []
         for segment, state in zip(planned.segments, planned.states, strict=True):
             if not segment.sample:
                 continue
             if state.sampler is None:
                 raise RequestError(f"request {segment.request_id} reached the last shard without sampling options")
-            token_id = state.sampler.sample(logits[:, index : index + 1])
-            tokens.append(SampledToken(segment.request_id, token_id, segment.position + segment.length))
-            index += 1
+            sampled.append((segment, state.sampler))
+        token_ids = sample_rows([sampler for _, sampler in sampled], logits)
+        tokens = [
+            SampledToken(segment.request_id, token_id, segment.position + segment.length)
+            for (segment, _), token_id in zip(sampled, token_ids, strict=True)
+        ]
         evaluate(cache_arrays(planned.states))
         if loaded.stage.stage.is_first:
             for token in tokens:

@@ -8,7 +8,7 @@ from mlx_lm.sample_utils import make_sampler
 
 from services.mlx_typing import scalar_int
 from services.sampling import SamplingOptions
-from shard_server.sampler import RequestSampler
+from shard_server.sampler import RequestSampler, clear_greedy_tokens, sample_rows
 
 VOCAB = 64
 STEPS = 24
@@ -160,3 +160,87 @@ def test_top_k_one_always_takes_the_most_likely_token() -> None:
     for step_logits in random_logits(8):
         expected = scalar_int(mx.argmax(step_logits[:, -1, :], axis=-1))
         assert sampler.sample(step_logits) == expected
+
+
+def mlx_lm_greedy(row: mx.array) -> int:
+    """mlx-lm's greedy token for one row of logits (vocab,): the argmax of its logprobs."""
+    return scalar_int(mx.argmax(row - mx.logsumexp(row, keepdims=True), axis=-1))
+
+
+def near_tie_row(vocab: int = 64) -> mx.array:
+    """Logits whose plain argmax is not mlx-lm's: the top value is one float above another, both far
+    below logsumexp's scale, so the subtraction rounds them to the same logprob and mlx-lm's argmax
+    takes the first of the two."""
+    base = 1e-3
+    values = [base] * vocab
+    values[1] = float(mx.array(base) + mx.array(1e-10))  # the next float32 above 1e-3
+    return mx.array(values)
+
+
+def test_the_near_tie_row_is_a_real_trap() -> None:
+    row = near_tie_row()
+
+    assert scalar_int(mx.argmax(row)) == 1
+    assert mlx_lm_greedy(row) == 0
+
+
+def test_clear_greedy_leaves_near_ties_and_non_finite_rows_to_the_full_computation() -> None:
+    clear = 3.0 * mx.random.normal((64,), key=mx.random.key(4))
+    infinite = mx.zeros((64,))
+    infinite[7] = float("inf")
+    missing = mx.zeros((64,))
+    missing[3] = float("nan")
+    logits = mx.stack([clear, near_tie_row(), infinite, missing])
+
+    tokens = clear_greedy_tokens(logits)
+
+    assert tokens == [mlx_lm_greedy(clear), None, None, None]
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
+def test_clear_greedy_tokens_are_mlx_lms_on_random_and_tied_rows(dtype: mx.Dtype) -> None:
+    key = mx.random.key(21)
+    rows: list[mx.array] = []
+    for scale in (0.01, 1.0, 8.0, 30.0):
+        key, draw = mx.random.split(key)
+        rows.append(scale * mx.random.normal((16, 4096), key=draw))
+    logits = mx.concatenate(rows).astype(dtype)
+    tied = mx.zeros((4096,), dtype=dtype)
+    tied[100] = 5.0
+    tied[3000] = 5.0  # the same top value twice: both argmaxes take the first
+    logits = mx.concatenate([logits, tied[None]])
+
+    tokens = clear_greedy_tokens(logits)
+
+    if dtype == mx.float32:  # half dtypes round coarsely: more rows go to the full computation
+        assert sum(token is not None for token in tokens) >= len(tokens) - 2  # proven for nearly every row
+    for row, token in enumerate(tokens):
+        if token is not None:
+            assert token == mlx_lm_greedy(logits[row])
+    assert tokens[-1] == 100
+
+
+def test_sample_rows_draws_what_each_request_draws_alone() -> None:
+    options = [
+        SETTINGS["greedy"],
+        SETTINGS["temperature 0.7, top_p 0.9"].model_copy(update={"seed": 3}),
+        SETTINGS["greedy"],
+        SETTINGS["temperature 1.0"].model_copy(update={"seed": 4}),
+        SETTINGS["greedy"],
+    ]
+    batched = [RequestSampler(option) for option in options]
+    alone = [RequestSampler(option) for option in options]
+    for step_logits in random_logits(6):
+        step = mx.concatenate([step_logits[:, -1:, :]] * (len(options) - 1) + [near_tie_row()[None, None]], axis=1)
+        expected = [sampler.sample(step[:, row : row + 1]) for row, sampler in enumerate(alone)]
+
+        assert sample_rows(batched, step) == expected
+    assert [sampler.key_position for sampler in batched] == [sampler.key_position for sampler in alone]
+
+
+def test_sample_rows_with_only_greedy_rows_matches_mlx_lm() -> None:
+    samplers = [RequestSampler(SamplingOptions()) for _ in range(3)]
+    for step_logits in random_logits(9):
+        step = mx.concatenate([step_logits[:, -1:, :], near_tie_row()[None, None], -step_logits[:, -1:, :]], axis=1)
+
+        assert sample_rows(samplers, step) == [mlx_lm_greedy(step[0, row]) for row in range(3)]
