@@ -3,7 +3,8 @@
 Each stage must fit its shard's available memory, counted in compute-dtype bytes: its layers, the
 embedding on the first stage (and on the last with tied embeddings), the norm and LM head on the
 last, and KV room per layer. Among the splits that fit, the one whose slowest stage does the least
-work wins (work = parameters read per token; the LM head counts: on SmolLM2 it weighs ~8 layers).
+work wins (work = parameters read per token, plus a layer's fixed work: see `coordinator.model_spec`;
+the LM head counts: on SmolLM2 it weighs ~5 layers).
 Every stage gets at least one layer. Shards keep their given order (the ring order).
 """
 

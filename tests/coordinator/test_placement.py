@@ -150,7 +150,7 @@ def test_explanation_lists_each_shards_range() -> None:
 
 
 def test_lm_head_work_moves_layers_off_the_last_shard() -> None:
-    # SmolLM2's head weighs about 8 layers: with 30 layers on two equal shards, 19 + (11 + 8) is the best split.
+    # A head that weighs 8 layers: with 30 layers on two equal shards, 19 + (11 + 8) is the best split.
     model = tiny_model(num_layers=30, layer_work=10, head=WeightCost(bytes=0, work=80))
 
     result = place(model, [shard_server("shard-a", 10**9), shard_server("shard-b", 10**9)])
