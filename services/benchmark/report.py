@@ -4,8 +4,9 @@ import importlib
 import math
 import os
 import platform
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
@@ -46,8 +47,14 @@ class ClusterFigures:
     shard_figures: tuple[ShardFigures, ...]
 
 
+ScaleOutRound = tuple[dict[int, float], dict[int, float], dict[int, float]]
+"""Aggregate tok/s per concurrency: one one-core host, two pipelined, two with an instance each."""
+
+
 @dataclass(frozen=True)
 class ScaleOutFigures:
+    """Means over the rounds (a shared machine's speed drifts between runs minutes apart)."""
+
     one_host: dict[int, float]
     two_hosts: dict[int, float]
     """One instance pipelined over both hosts."""
@@ -55,6 +62,27 @@ class ScaleOutFigures:
     """The same two hosts with an instance of the model on each (`--instances 2`)."""
     in_namespaces: bool
     """Hosts simulated by network namespaces (else: pinned processes on loopback)."""
+    rounds: tuple[ScaleOutRound, ...] = ()
+
+
+def scale_out_from_rounds(rounds: Sequence[ScaleOutRound], in_namespaces: bool) -> ScaleOutFigures:
+    def mean(setup: int) -> dict[int, float]:
+        concurrencies = [c for c in sorted(rounds[0][setup]) if all(c in figures[setup] for figures in rounds)]
+        return {c: statistics.fmean(figures[setup][c] for figures in rounds) for c in concurrencies}
+
+    return ScaleOutFigures(mean(0), mean(1), mean(2), in_namespaces, tuple(rounds))
+
+
+def scale_out_rounds_line(scale_out: ScaleOutFigures) -> str:
+    parts: list[str] = []
+    for concurrency in sorted(scale_out.one_host):
+        pipelined = ", ".join(_ratio(r[1].get(concurrency, float("nan")), r[0][concurrency]) for r in scale_out.rounds)
+        copies = ", ".join(_ratio(r[2].get(concurrency, float("nan")), r[0][concurrency]) for r in scale_out.rounds)
+        parts.append(f"at {concurrency}, pipelined {pipelined}, an instance on each {copies}")
+    return (
+        f"The figures above are means over {len(scale_out.rounds)} rounds, each running every setup once, in "
+        f"alternating order; the ratio in each round: {'; '.join(parts)}."
+    )
 
 
 def _ms(seconds: float) -> str:
@@ -284,6 +312,8 @@ def write_report(
             lines.append(
                 f"| {concurrency} | {one:.1f} | {two:.1f} | {_ratio(two, one)} | {copies:.1f} | {_ratio(copies, one)} |"
             )
+        if len(scale_out.rounds) > 1:
+            lines += ["", scale_out_rounds_line(scale_out)]
         lines += [
             "",
             "The pipeline splits the layers over both hosts (for a model that fits on neither alone); with "

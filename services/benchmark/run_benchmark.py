@@ -25,7 +25,14 @@ from services.benchmark.baselines import BaselineFigures, averaged, measure_base
 from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.ready_instances import ready_instance_count
-from services.benchmark.report import ClusterFigures, HopOverhead, ScaleOutFigures, ShardFigures, write_report
+from services.benchmark.report import (
+    ClusterFigures,
+    HopOverhead,
+    ScaleOutFigures,
+    ShardFigures,
+    scale_out_from_rounds,
+    write_report,
+)
 from services.benchmark.scale_out import measure_scale_out_in_namespaces, namespaces_unavailable
 from services.benchmark.transport_floor import measure_transport_floor
 from services.compute_dtype import ComputeDtype
@@ -203,10 +210,8 @@ def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) ->
     """In network namespaces where they can be made; else pinned processes on loopback."""
     problem = namespaces_unavailable()
     if problem is None:
-        one_host, two_hosts, two_instances = measure_scale_out_in_namespaces(
-            options.home, options.model_id, concurrencies, options.max_tokens
-        )
-        return ScaleOutFigures(one_host, two_hosts, two_instances, in_namespaces=True)
+        rounds = measure_scale_out_in_namespaces(options.home, options.model_id, concurrencies, options.max_tokens)
+        return scale_out_from_rounds(rounds, in_namespaces=True)
     print(f"scale-out in network namespaces unavailable ({problem}): pinned processes on loopback", flush=True)
     return _measure_scale_out_on_loopback(options, concurrencies)
 

@@ -3,10 +3,11 @@
 Simulated hosts (services/netns_lab.py) on one bridge, each with its own STRATA_HOME and address:
 a control host (coordinator, gateway and load client) and two shard hosts. Every process is pinned
 with `taskset`: shard host A to the first core; shard host B and the control host to the second, in
-every run. Run 1 starts a shard server on host A only; runs 2 and 3 on A and B (the coordinator waits
-for both before placing): run 2 pipelines one instance of the model over both, run 3 keeps one
-instance on each (`--instances 2`). Only the control host has the model: shard hosts fetch their layers from it
-over the bridge, as real hosts would. Services find each other by static `--peer` (no multicast).
+every run. Setup 1 starts a shard server on host A only; setups 2 and 3 on A and B (the coordinator
+waits for both before placing): setup 2 pipelines one instance of the model over both, setup 3 keeps
+one instance on each (`--instances 2`). Each setup runs once per round, in alternating order. Only the
+control host has the model: shard hosts fetch their layers from it over the bridge, as real hosts
+would. Services find each other by static `--peer` (no multicast).
 """
 
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from services.auth import TOKEN_ENVIRONMENT_VARIABLE, cluster_security, ensure_cluster_token
+from services.benchmark.report import ScaleOutRound
 from services.ids import ModelId
 from services.netns_lab import NetnsHost, NetnsLab, namespace_problem
 from services.settings import COORDINATOR_PORT, GATEWAY_PORT, models_root
@@ -118,38 +120,50 @@ class _ScaleOutLab:
         raise RuntimeError(f"the cluster was not ready within {READY_TIMEOUT_SECONDS:.0f} s\n{self.lab.logs()}")
 
 
+SETUPS = ((1, 1), (2, 1), (2, 2))
+"""(shard hosts, instances): one one-core host; two with one instance pipelined over both; two with an
+instance on each."""
+
+
 def measure_scale_out_in_namespaces(
-    model_home: Path, model_id: ModelId, concurrencies: tuple[int, ...], max_tokens: int
-) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
-    """Aggregate output tok/s per concurrency: (one one-core host, two one-core hosts with one instance
-    over both, two with an instance each)."""
+    model_home: Path, model_id: ModelId, concurrencies: tuple[int, ...], max_tokens: int, rounds: int = 2
+) -> tuple[ScaleOutRound, ...]:
+    """Every setup once per round; odd rounds run them in reverse order, so that a machine whose speed
+    drifts during the run favours none of them."""
     first, second = sorted(os.sched_getaffinity(0))[:2]
     token = cluster_security().token or ensure_cluster_token(model_home)
     # The hosts' homes have no token file; a one-core host runs one BLAS thread.
     environment = {"OPENBLAS_NUM_THREADS": "1", TOKEN_ENVIRONMENT_VARIABLE: token}
     previous = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
-    results: tuple[dict[int, float], dict[int, float], dict[int, float]] = ({}, {}, {})
+    results: list[ScaleOutRound] = []
     try:
         with tempfile.TemporaryDirectory(prefix="strata-scale-out-") as root, NetnsLab.create(Path(root)) as lab:
             hosts = _ScaleOutLab(lab, model_home, model_id, (first, second))
-            for run, (target, shards, instances) in enumerate(zip(results, (1, 2, 2), (1, 1, 2), strict=True)):
-                print(
-                    f"scale-out in network namespaces: {shards} one-core shard host(s), {instances} instance(s)",
-                    flush=True,
-                )
-                hosts.start(shards, instances, run)
-                try:
-                    hosts.wait_ready(instances)
-                    for concurrency in concurrencies:
-                        target[concurrency] = hosts.load(concurrency, 2 * concurrency, max_tokens)
-                        print(f"  concurrency {concurrency}: {target[concurrency]:.1f} tok/s", flush=True)
-                finally:
-                    hosts.stop_all()
+            for round_index in range(rounds):
+                figures: ScaleOutRound = ({}, {}, {})
+                order = list(enumerate(SETUPS))
+                for setup_index, (shards, instances) in order[::-1] if round_index % 2 else order:
+                    print(
+                        f"scale-out in network namespaces, round {round_index + 1} of {rounds}: {shards} one-core "
+                        f"shard host(s), {instances} instance(s)",
+                        flush=True,
+                    )
+                    target = figures[setup_index]
+                    run = round_index * len(SETUPS) + setup_index
+                    hosts.start(shards, instances, run)
+                    try:
+                        hosts.wait_ready(instances)
+                        for concurrency in concurrencies:
+                            target[concurrency] = hosts.load(concurrency, 2 * concurrency, max_tokens)
+                            print(f"  concurrency {concurrency}: {target[concurrency]:.1f} tok/s", flush=True)
+                    finally:
+                        hosts.stop_all()
+                results.append(figures)
     finally:
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    return results
+    return tuple(results)
