@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm import load
 from mlx_lm.generate import batch_generate, generate_step
 
@@ -43,6 +44,28 @@ def _mean_per_row(rates: Sequence[dict[int, float]]) -> dict[int, float]:
     return {row: statistics.fmean(rate[row] for rate in rates) for row in rows}
 
 
+def _one_stream_rate(model: nn.Module, prompt: list[int], max_tokens: int, prefill_step_size: int) -> float:
+    """Decode rate from the first token to the last (prefill excluded), as the cluster's."""
+    times: list[float] = []
+    for _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens, prefill_step_size=prefill_step_size):
+        times.append(time.perf_counter())
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+
+
+class OneStreamBaseline:
+    """mlx-lm loaded once in this process, for one-stream runs in the same minutes as a cluster's."""
+
+    def __init__(self, model_dir: Path, compute_dtype: ComputeDtype, max_tokens: int, prefill_step_size: int) -> None:
+        model, _ = load(str(model_dir))
+        self._model = convert_module(model, compute_dtype)
+        self._prompt = ModelTokenizer.from_directory(model_dir).encode_text(prompt_for(0))
+        self._max_tokens = max_tokens
+        self._prefill_step_size = prefill_step_size
+
+    def decode_rate(self) -> float:
+        return _one_stream_rate(self._model, self._prompt, self._max_tokens, self._prefill_step_size)
+
+
 def measure_baselines(
     model_dir: Path, compute_dtype: ComputeDtype, max_tokens: int, batch_sizes: tuple[int, ...], prefill_step_size: int
 ) -> BaselineFigures:
@@ -50,11 +73,7 @@ def measure_baselines(
     model = convert_module(model, compute_dtype)
     tokenizer = ModelTokenizer.from_directory(model_dir)
     prompt = tokenizer.encode_text(prompt_for(0))
-    # One stream: decode rate from the first token to the last (prefill excluded), as the cluster's.
-    times: list[float] = []
-    for _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens, prefill_step_size=prefill_step_size):
-        times.append(time.perf_counter())
-    single = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    single = _one_stream_rate(model, prompt, max_tokens, prefill_step_size)
     batches: dict[int, float] = {}
     end_to_end: dict[int, float] = {}
     for rows in batch_sizes:

@@ -45,6 +45,12 @@ class ClusterFigures:
     per_hop: HopOverhead
     loads: dict[int, LoadResult]
     shard_figures: tuple[ShardFigures, ...]
+    paired_mlx_lm: tuple[float, ...] = ()
+    """mlx-lm's one-stream decode rate right before and right after this cluster's."""
+
+    @property
+    def paired_mlx_lm_mean(self) -> float:
+        return statistics.fmean(self.paired_mlx_lm) if self.paired_mlx_lm else float("nan")
 
 
 ScaleOutRound = tuple[dict[int, float], dict[int, float], dict[int, float]]
@@ -254,17 +260,24 @@ def write_report(
         "",
         "## One stream",
         "",
-        "| setup | decode tok/s | vs mlx-lm | per-hop overhead ms, batch 1: p50 | p99 |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| mlx-lm `generate_step`, one process | {single:.1f} | 1.00x | | |",
+        "| setup | decode tok/s | vs mlx-lm (run's mean) | mlx-lm in the same minutes | vs it "
+        "| per-hop overhead ms, batch 1: p50 | p99 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| mlx-lm `generate_step`, one process | {single:.1f} | 1.00x | | | | |",
     ]
     for cluster in clusters:
+        rate = cluster.single_stream_tokens_per_second
+        paired = " / ".join(f"{value:.1f}" for value in cluster.paired_mlx_lm) or "n/a"
         lines.append(
-            f"| strata, {cluster.shards} shard server(s) | {cluster.single_stream_tokens_per_second:.1f} "
-            f"| {_ratio(cluster.single_stream_tokens_per_second, single)} | {_ms(cluster.per_hop.p50)} "
-            f"| {_ms(cluster.per_hop.p99)} |"
+            f"| strata, {cluster.shards} shard server(s) | {rate:.1f} | {_ratio(rate, single)} | {paired} "
+            f"| {_ratio(rate, cluster.paired_mlx_lm_mean)} | {_ms(cluster.per_hop.p50)} | {_ms(cluster.per_hop.p99)} |"
         )
     lines += [
+        "",
+        "mlx-lm in the same minutes: its one stream run in this process right before and right after the "
+        "cluster's (the cluster idle meanwhile); the ratio beside it uses their mean, which the machine's "
+        "drift over the run does not move. The first ratio uses the mean of the runs before and after all "
+        "clusters.",
         "",
         "Per-hop overhead = (ring step time - compute time of all shards) / hops, per step, from the compute "
         "time each batch carries round the ring (the first shard's last 1024 steps, batch 1).",

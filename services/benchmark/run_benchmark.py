@@ -21,7 +21,7 @@ from pathlib import Path
 from coordinator.model_spec import model_spec
 from coordinator.placement import stage_weight_bytes
 from services.auth import cluster_security, write_cluster_token
-from services.benchmark.baselines import BaselineFigures, averaged, measure_baselines
+from services.benchmark.baselines import BaselineFigures, OneStreamBaseline, averaged, measure_baselines
 from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.ready_instances import ready_instance_count
@@ -180,14 +180,18 @@ def _load_levels(running: _Running, options: BenchOptions) -> tuple[dict[int, Lo
     return results, peak_kv
 
 
-def _measure_cluster(options: BenchOptions, shards: int) -> ClusterFigures:
+def _measure_cluster(options: BenchOptions, shards: int, paired: OneStreamBaseline) -> ClusterFigures:
     print(f"strata with {shards} shard server(s)", flush=True)
     with _cluster(options, shards) as running:
         asyncio.run(run_load(running.gateway_url, options.model_id, 1, 1, 8))  # warm up
+        # mlx-lm's one stream right before and right after the cluster's (the cluster sits idle): a ratio
+        # that the machine's drift over the run's minutes does not move.
+        before = paired.decode_rate()
         decode_rate, per_hop = _single_stream(running, options)
+        after = paired.decode_rate()
         print(
-            f"  one stream: {decode_rate:.1f} tok/s, per-hop overhead p50 {per_hop.p50 * 1000:.2f} ms "
-            f"(p99 {per_hop.p99 * 1000:.2f})",
+            f"  one stream: {decode_rate:.1f} tok/s (mlx-lm in the same minutes {before:.1f}, {after:.1f}), "
+            f"per-hop overhead p50 {per_hop.p50 * 1000:.2f} ms (p99 {per_hop.p99 * 1000:.2f})",
             flush=True,
         )
         results, peak_kv = _load_levels(running, options)
@@ -203,7 +207,7 @@ def _measure_cluster(options: BenchOptions, shards: int) -> ClusterFigures:
             )
             for address, pid, stage in zip(running.shard_addresses, running.shard_pids, running.stages, strict=True)
         )
-    return ClusterFigures(shards, decode_rate, per_hop, results, shard_figures)
+    return ClusterFigures(shards, decode_rate, per_hop, results, shard_figures, (before, after))
 
 
 def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) -> ScaleOutFigures | None:
@@ -259,7 +263,9 @@ def run_benchmark(options: BenchOptions) -> Path:
         model_dir, options.compute_dtype, options.max_tokens, options.concurrencies, options.prefill_step_size
     )
     print(f"  one stream {baselines.single_stream_tokens_per_second:.1f} tok/s", flush=True)
-    clusters = tuple(_measure_cluster(options, shards) for shards in options.shard_counts)
+    paired = OneStreamBaseline(model_dir, options.compute_dtype, options.max_tokens, options.prefill_step_size)
+    clusters = tuple(_measure_cluster(options, shards, paired) for shards in options.shard_counts)
+    del paired
     # Again after the clusters: the ratios use the mean, so a drift of the machine's speed during the
     # run weighs on both sides alike.
     print("baselines again, after the clusters", flush=True)
