@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx_lm import load
 from mlx_lm.generate import batch_generate, generate_step
 
@@ -44,42 +43,35 @@ def _mean_per_row(rates: Sequence[dict[int, float]]) -> dict[int, float]:
     return {row: statistics.fmean(rate[row] for rate in rates) for row in rows}
 
 
-def _one_stream_rate(model: nn.Module, prompt: list[int], max_tokens: int, prefill_step_size: int) -> float:
-    """Decode rate from the first token to the last (prefill excluded), as the cluster's."""
-    times: list[float] = []
-    for _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens, prefill_step_size=prefill_step_size):
-        times.append(time.perf_counter())
-    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-
-
-class OneStreamBaseline:
-    """mlx-lm loaded once in this process, for one-stream runs in the same minutes as a cluster's."""
+class BaselineModel:
+    """mlx-lm loaded once in this process: the runs before and after the clusters, and the one-stream
+    runs in the same minutes as each cluster's, all use it."""
 
     def __init__(self, model_dir: Path, compute_dtype: ComputeDtype, max_tokens: int, prefill_step_size: int) -> None:
-        model, _ = load(str(model_dir))
+        model, self._wrapped_tokenizer = load(str(model_dir))
         self._model = convert_module(model, compute_dtype)
-        self._prompt = ModelTokenizer.from_directory(model_dir).encode_text(prompt_for(0))
+        self._tokenizer = ModelTokenizer.from_directory(model_dir)
+        self._prompt = self._tokenizer.encode_text(prompt_for(0))
         self._max_tokens = max_tokens
         self._prefill_step_size = prefill_step_size
 
-    def decode_rate(self) -> float:
-        return _one_stream_rate(self._model, self._prompt, self._max_tokens, self._prefill_step_size)
+    def one_stream_rate(self) -> float:
+        """Decode rate from the first token to the last (prefill excluded), as the cluster's."""
+        times: list[float] = []
+        for _ in generate_step(
+            mx.array(self._prompt), self._model, max_tokens=self._max_tokens, prefill_step_size=self._prefill_step_size
+        ):
+            times.append(time.perf_counter())
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
-
-def measure_baselines(
-    model_dir: Path, compute_dtype: ComputeDtype, max_tokens: int, batch_sizes: tuple[int, ...], prefill_step_size: int
-) -> BaselineFigures:
-    model, wrapped_tokenizer = load(str(model_dir))
-    model = convert_module(model, compute_dtype)
-    tokenizer = ModelTokenizer.from_directory(model_dir)
-    prompt = tokenizer.encode_text(prompt_for(0))
-    single = _one_stream_rate(model, prompt, max_tokens, prefill_step_size)
-    batches: dict[int, float] = {}
-    end_to_end: dict[int, float] = {}
-    for rows in batch_sizes:
-        prompts = [tokenizer.encode_text(prompt_for(index)) for index in range(rows)]
-        started = time.perf_counter()
-        response = batch_generate(model, wrapped_tokenizer, prompts, max_tokens=max_tokens)
-        batches[rows] = response.stats.generation_tps
-        end_to_end[rows] = response.stats.generation_tokens / (time.perf_counter() - started)
-    return BaselineFigures(single, batches, end_to_end)
+    def measure(self, batch_sizes: tuple[int, ...]) -> BaselineFigures:
+        single = self.one_stream_rate()
+        batches: dict[int, float] = {}
+        end_to_end: dict[int, float] = {}
+        for rows in batch_sizes:
+            prompts = [self._tokenizer.encode_text(prompt_for(index)) for index in range(rows)]
+            started = time.perf_counter()
+            response = batch_generate(self._model, self._wrapped_tokenizer, prompts, max_tokens=self._max_tokens)
+            batches[rows] = response.stats.generation_tps
+            end_to_end[rows] = response.stats.generation_tokens / (time.perf_counter() - started)
+        return BaselineFigures(single, batches, end_to_end)

@@ -21,7 +21,7 @@ from pathlib import Path
 from coordinator.model_spec import model_spec
 from coordinator.placement import stage_weight_bytes
 from services.auth import cluster_security, write_cluster_token
-from services.benchmark.baselines import BaselineFigures, OneStreamBaseline, averaged, measure_baselines
+from services.benchmark.baselines import BaselineFigures, BaselineModel, averaged
 from services.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.benchmark.load_client import LoadResult, run_load
 from services.benchmark.ready_instances import ready_instance_count
@@ -180,15 +180,15 @@ def _load_levels(running: _Running, options: BenchOptions) -> tuple[dict[int, Lo
     return results, peak_kv
 
 
-def _measure_cluster(options: BenchOptions, shards: int, paired: OneStreamBaseline) -> ClusterFigures:
+def _measure_cluster(options: BenchOptions, shards: int, paired: BaselineModel) -> ClusterFigures:
     print(f"strata with {shards} shard server(s)", flush=True)
     with _cluster(options, shards) as running:
         asyncio.run(run_load(running.gateway_url, options.model_id, 1, 1, 8))  # warm up
         # mlx-lm's one stream right before and right after the cluster's (the cluster sits idle): a ratio
         # that the machine's drift over the run's minutes does not move.
-        before = paired.decode_rate()
+        before = paired.one_stream_rate()
         decode_rate, per_hop = _single_stream(running, options)
-        after = paired.decode_rate()
+        after = paired.one_stream_rate()
         print(
             f"  one stream: {decode_rate:.1f} tok/s (mlx-lm in the same minutes {before:.1f}, {after:.1f}), "
             f"per-hop overhead p50 {per_hop.p50 * 1000:.2f} ms (p99 {per_hop.p99 * 1000:.2f})",
@@ -259,20 +259,16 @@ def _measure_scale_out_on_loopback(options: BenchOptions, concurrencies: tuple[i
 def run_benchmark(options: BenchOptions) -> Path:
     model_dir = models_root(options.home) / options.model_id
     print(f"baselines: mlx-lm in this process ({options.compute_dtype})", flush=True)
-    baselines: BaselineFigures = measure_baselines(
-        model_dir, options.compute_dtype, options.max_tokens, options.concurrencies, options.prefill_step_size
-    )
+    mlx_lm = BaselineModel(model_dir, options.compute_dtype, options.max_tokens, options.prefill_step_size)
+    baselines: BaselineFigures = mlx_lm.measure(options.concurrencies)
     print(f"  one stream {baselines.single_stream_tokens_per_second:.1f} tok/s", flush=True)
-    paired = OneStreamBaseline(model_dir, options.compute_dtype, options.max_tokens, options.prefill_step_size)
-    clusters = tuple(_measure_cluster(options, shards, paired) for shards in options.shard_counts)
-    del paired
+    clusters = tuple(_measure_cluster(options, shards, mlx_lm) for shards in options.shard_counts)
     # Again after the clusters: the ratios use the mean, so a drift of the machine's speed during the
     # run weighs on both sides alike.
     print("baselines again, after the clusters", flush=True)
-    again = measure_baselines(
-        model_dir, options.compute_dtype, options.max_tokens, options.concurrencies, options.prefill_step_size
-    )
+    again = mlx_lm.measure(options.concurrencies)
     print(f"  one stream {again.single_stream_tokens_per_second:.1f} tok/s", flush=True)
+    del mlx_lm  # its weights are not needed for the rest of the run
     baselines = averaged((baselines, again))
     print("gRPC floor under a hop", flush=True)
     floor = measure_transport_floor(read_manifest(model_dir).hidden_size)
