@@ -5,7 +5,7 @@ checker everywhere, these wrappers fix the types once, at the boundary.
 """
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -13,6 +13,8 @@ import mlx.nn as nn
 _evaluate = cast(Callable[..., None], getattr(mx, "eval"))  # noqa: B009 - its stub is unannotated
 _evaluate_async = cast(Callable[..., None], getattr(mx, "async_eval"))  # noqa: B009
 _quantize = cast(Callable[..., None], getattr(nn, "quantize"))  # noqa: B009
+
+_Scalar = TypeVar("_Scalar", int, bool)
 
 
 def evaluate(*arrays_or_trees: Any) -> None:
@@ -47,20 +49,22 @@ def scalar_int(array: mx.array) -> int:
     return value
 
 
+def _values_of(array: mx.array, kind: type[_Scalar]) -> list[_Scalar]:
+    values = array.tolist()
+    checked = [value for value in values if isinstance(value, kind)] if isinstance(values, list) else []
+    if not isinstance(values, list) or len(checked) != len(values):
+        raise TypeError(f"expected a one-dimensional array of {kind.__name__}")
+    return checked
+
+
 def to_int_list(array: mx.array) -> list[int]:
     """A one-dimensional integer array's values."""
-    values = array.tolist()
-    if not isinstance(values, list) or not all(isinstance(value, int) for value in values):
-        raise TypeError("expected a one-dimensional integer array")
-    return [value for value in values if isinstance(value, int)]
+    return _values_of(array, int)
 
 
 def to_bool_list(array: mx.array) -> list[bool]:
     """A one-dimensional boolean array's values."""
-    values = array.tolist()
-    if not isinstance(values, list) or not all(isinstance(value, bool) for value in values):
-        raise TypeError("expected a one-dimensional boolean array")
-    return [value for value in values if isinstance(value, bool)]
+    return _values_of(array, bool)
 
 
 def load_module_weights(module: nn.Module, weights: list[tuple[str, mx.array]]) -> None:

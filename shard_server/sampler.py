@@ -47,7 +47,7 @@ class RequestSampler:
         """logits: (1, positions, vocab); samples from the last position as mlx-lm's generate_step."""
         last = logits[:, -1, :]  # (1, vocab)
         logprobs = last - mx.logsumexp(last, keepdims=True)
-        if self.options.temperature == 0:
+        if self.greedy:
             return scalar_int(mx.argmax(logprobs, axis=-1))
         if 0 < self.options.top_p < 1.0:
             logprobs = apply_top_p(logprobs, self.options.top_p)
