@@ -223,16 +223,25 @@ def _baseline_runs(baselines: BaselineFigures) -> list[str]:
     ]
 
 
-def _transport_floor_lines(floor: TransportFloor | None) -> list[str]:
+def _transport_floor_lines(floor: TransportFloor | None, clusters: tuple[ClusterFigures, ...]) -> list[str]:
     if floor is None:
         return []
+    above = [
+        f"{cluster.shards} shards {_ratio(cluster.per_hop.p50, floor.ring_hop)}"
+        for cluster in clusters
+        if not math.isnan(cluster.per_hop.p50)
+    ]
     return [
-        f"The gRPC floor under a hop, measured in this run: a one-row batch step to another process and back, "
-        f"halved, takes {floor.back_to_back * 1000:.2f} ms back to back and {floor.after_compute * 1000:.2f} ms "
-        f"when the sender computed and the receiver sat idle for {floor.compute_burst_seconds * 1000:.0f} ms "
-        "before it, as in a ring (`services/benchmark/transport_floor.py`). The per-hop overhead above the second "
-        "figure is strata's own: in each shard the hand-offs between the thread that owns the model and the event "
-        "loop that owns the streams, and the decoding of the message.",
+        "The floor under a hop, measured in this run (`services/benchmark/transport_floor.py`, "
+        f"`ring_floor.py`). A one-row batch step to another process and back over a gRPC stream, halved, takes "
+        f"{floor.back_to_back * 1000:.2f} ms back to back and {floor.after_compute * 1000:.2f} ms when the sender "
+        f"computed for {floor.compute_burst_seconds * 1000:.0f} ms first. A ring hop with no model in it takes "
+        f"{floor.ring_hop * 1000:.2f} ms one way: two processes built as shards are (an event loop owning the "
+        "gRPC streams, a model thread holding each message, BLAS threads as `strata run` sets them), each "
+        f"computing {floor.ring_step_seconds * 1000:.0f} ms between messages, timed from one model thread to the "
+        "other. That is what every hop of a ring at batch 1 crosses before any of strata's own work (encoding "
+        "activations, planning batches, caches); strata's per-hop p50 against it: "
+        f"{', '.join(above) or 'n/a'}. The round trip halved reads lower because its return leg starts warm.",
         "",
     ]
 
@@ -282,7 +291,7 @@ def write_report(
         "Per-hop overhead = (ring step time - compute time of all shards) / hops, per step, from the compute "
         "time each batch carries round the ring (the first shard's last 1024 steps, batch 1).",
         "",
-        *_transport_floor_lines(transport_floor),
+        *_transport_floor_lines(transport_floor, clusters),
     ]
     for cluster in clusters:
         lines += [f"## Load, {cluster.shards} shard server(s)", "", *_load_table(cluster, baselines), ""]

@@ -272,7 +272,11 @@ def run_benchmark(options: BenchOptions) -> Path:
     baselines = averaged((baselines, again))
     print("gRPC floor under a hop", flush=True)
     floor = measure_transport_floor(read_manifest(model_dir).hidden_size)
-    print(f"  one way {floor.back_to_back * 1e3:.2f} ms, {floor.after_compute * 1e3:.2f} ms after compute", flush=True)
+    print(
+        f"  one way {floor.back_to_back * 1e3:.2f} ms, {floor.after_compute * 1e3:.2f} ms after compute, "
+        f"{floor.ring_hop * 1e3:.2f} ms in a ring with no model",
+        flush=True,
+    )
     scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
     llama_cpp = _measure_llama_cpp(options)
     return write_report(

@@ -2,9 +2,10 @@
 
 `python -m services.benchmark.transport_floor PORT` serves an echo of Shard.Ring on 127.0.0.1 (a
 reply for every message). The benchmark sends it a one-row batch step, as a ring hop at batch 1
-carries, and halves the round trip: once back to back, and once after each side sat through a burst
-of matrix products, as a ring's shards do (the sender computed, the receiver waited idle). The
-second figure is what a hop meets; what the per-hop overhead adds above it is strata's own work.
+carries, and halves the round trip: once back to back, and once after the sender sat through a burst
+of matrix products while the receiver waited idle. Both read low for a ring: the echo's return leg
+starts warm. The figure a ring hop meets is `ring_floor`'s, measured with them: model thread to model
+thread, both sides idle or busy for a step between messages, as in a ring at batch 1.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from services.benchmark.ring_floor import RING_STEP_SECONDS, measure_ring_hop
 from services.ports import free_port
 from strata_wire import common_pb2, shard_pb2
 
@@ -35,6 +37,9 @@ class TransportFloor:
     back_to_back: float
     after_compute: float
     compute_burst_seconds: float
+    ring_hop: float
+    """Model thread to model thread in a two-process ring with no model (`ring_floor`)."""
+    ring_step_seconds: float
 
 
 def _step_message(hidden_size: int) -> shard_pb2.RingMessage:
@@ -83,7 +88,11 @@ def measure_transport_floor(hidden_size: int) -> TransportFloor:
         server.wait(timeout=10)
     # The first exchanges open the stream and warm both sides up.
     return TransportFloor(
-        statistics.median(back_to_back[20:]), statistics.median(after_compute[5:]), COMPUTE_BURST_SECONDS
+        statistics.median(back_to_back[20:]),
+        statistics.median(after_compute[5:]),
+        COMPUTE_BURST_SECONDS,
+        measure_ring_hop(),
+        RING_STEP_SECONDS,
     )
 
 

@@ -22,6 +22,8 @@ def test_bench_writes_report_and_plot(embedded_home: Path, tmp_path: Path) -> No
         assert heading in text
     assert "| strata, 2 shard server(s) |" in text
     assert "mean of 2 runs, before and after the clusters" in text
-    assert "The gRPC floor under a hop" in text
+    assert "The floor under a hop" in text
+    assert "A ring hop with no model in it takes" in text
+    assert "strata's per-hop p50 against it: 2 shards" in text
     assert "mlx-lm in the same minutes" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 1000

@@ -1,0 +1,49 @@
+"""The ring with no model that `make bench` measures a hop's floor with: two real processes over gRPC."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from services.benchmark import ring_floor
+from services.benchmark.ring_floor import RingFloorError, measure_ring_hop
+from services.ports import free_port
+
+
+@pytest.mark.timeout(120)
+def test_a_hop_with_no_model_is_timed_from_one_model_thread_to_the_other() -> None:
+    one_way = measure_ring_hop(rounds=12, step_seconds=0.002, ready_seconds=30.0)
+
+    assert math.isfinite(one_way)
+    assert 0.0 < one_way < 1.0
+
+
+@pytest.mark.timeout(120)
+def test_a_side_whose_peer_never_answers_fails_with_a_message() -> None:
+    nobody = free_port()
+    side = subprocess.run(
+        [sys.executable, "-m", "services.benchmark.ring_floor", str(free_port()), str(nobody), "0", "3", "0.01", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert side.returncode == 1
+    assert "no message from the peer in time" in side.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_ring_whose_sides_time_out_raises_instead_of_hanging() -> None:
+    # The second side waits for a first message that takes 50 ms of compute, for at most 1 ms.
+    with pytest.raises(RingFloorError, match="a side of the ring failed"):
+        measure_ring_hop(rounds=3, step_seconds=0.05, ready_seconds=0.001)
+
+
+@pytest.mark.timeout(120)
+def test_a_ring_that_does_not_finish_in_time_is_stopped_and_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ring_floor, "START_SECONDS", 0.0)  # no time to start: the wait runs out at once
+
+    with pytest.raises(RingFloorError, match="did not finish within"):
+        measure_ring_hop(rounds=3, step_seconds=0.05, ready_seconds=0.001)
