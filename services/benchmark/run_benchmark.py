@@ -33,7 +33,7 @@ from services.benchmark.report import (
     scale_out_from_rounds,
     write_report,
 )
-from services.benchmark.scale_out import measure_scale_out_in_namespaces, namespaces_unavailable
+from services.benchmark.scale_out import REQUESTS_PER_SLOT, measure_scale_out_in_namespaces, namespaces_unavailable
 from services.benchmark.transport_floor import measure_transport_floor
 from services.compute_dtype import ComputeDtype
 from services.embedded_model import EmbeddedModelMissingError, find_embedded_gguf
@@ -246,7 +246,11 @@ def _measure_scale_out_on_loopback(options: BenchOptions, concurrencies: tuple[i
                 for concurrency in concurrencies:
                     result = asyncio.run(
                         run_load(
-                            running.gateway_url, options.model_id, concurrency, 2 * concurrency, options.max_tokens
+                            running.gateway_url,
+                            options.model_id,
+                            concurrency,
+                            REQUESTS_PER_SLOT * concurrency,
+                            options.max_tokens,
                         )
                     )
                     target[concurrency] = result.output_throughput
