@@ -134,5 +134,8 @@ async def serve_shard(options: ShardOptions) -> None:
     logger.info("shard %s stopping", shard_id)
     registering.cancel()
     await presence.stop()
+    # The stream to the next shard ends first, so that its server sees it close instead of cancelling
+    # it at the end of its own grace period (when the whole ring stops at once).
+    await service.close_link()
     await server.stop()
     await service.stop()

@@ -94,10 +94,14 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     def start(self) -> None:
         self._worker.start()
 
-    async def stop(self) -> None:
+    async def close_link(self) -> None:
+        """Ends the stream to the next shard; it also wakes a worker waiting for room in the link."""
         link, self._link = self._link, None
         if link is not None:
-            await link.close()  # first: it wakes a worker waiting for room in the link
+            await link.close()
+
+    async def stop(self) -> None:
+        await self.close_link()
         self._worker.stop()
 
     # --- effects from the worker thread, applied on the event loop ---

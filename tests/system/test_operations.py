@@ -76,10 +76,11 @@ def test_strata_run_stops_every_child_on_sigterm(embedded_home: Path, tmp_path: 
 
 
 def _stop_and_check_children(home: Path, logs: Path) -> None:
-    process, _, _ = start_local_cluster(home, logs)
+    process, gateway_url, _ = start_local_cluster(home, logs)
     try:
         children = child_pids(process.pid)
         assert len(children) == 4  # coordinator, two shard servers, gateway
+        _complete_once(gateway_url)  # the ring's streams are open when the cluster stops
         process.process.send_signal(signal.SIGTERM)
         # 0 only when every child also exited 0 (`strata run` reports any that did not).
         assert process.process.wait(timeout=30) == 0
@@ -87,5 +88,20 @@ def _stop_and_check_children(home: Path, logs: Path) -> None:
         while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [pid for pid in children if pid_alive(pid)]
+        # Each shard ends its stream to the next before its server stops: none is cut at a grace deadline.
+        log = process.log_path.read_text(errors="replace")
+        assert "Exception not handled" not in log
+        assert "Traceback" not in log
     finally:
         process.stop()
+
+
+def _complete_once(gateway_url: str) -> None:
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        reply = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=60)
+        if reply.status_code == 200:
+            return
+        time.sleep(1.0)
+    raise AssertionError("the cluster did not answer a completion within 120 s")
