@@ -9,7 +9,7 @@ crosses (model thread -> event loop -> gRPC -> event loop -> model thread, each 
 for a step in between), without strata's own work: no encoding of activations, no batch planning,
 no cache lookups. What strata's per-hop overhead adds above this figure is strata's.
 
-`python -m services.benchmark.ring_floor PORT PEER_PORT STARTS ROUNDS STEP_SECONDS READY_SECONDS`
+`python -m services.benchmark.ring_floor PORT PEER_PORT STARTS ROUNDS STEP_SECONDS READY_SECONDS HIDDEN_SIZE`
 runs one side and prints its one-way times (JSON) when done. The clock is `time.perf_counter`,
 the system's monotonic clock on Linux and macOS, the same for both processes.
 """
@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 
 from services.ports import free_port
-from strata_wire import common_pb2, shard_pb2
+from strata_wire import common_pb2, shard_pb2, shard_pb2_grpc
 
 RING_ROUNDS = 80
 RING_STEP_SECONDS = 0.03
@@ -38,27 +38,49 @@ WARM_UP_ROUNDS = 5
 READY_SECONDS = 30.0
 START_SECONDS = 30.0
 """Allowed for starting the two processes (imports, servers), beyond the run itself."""
-METHOD = "/strata.v1.Shard/Ring"
-SERVICE = "strata.v1.Shard"
-HIDDEN_SIZE = 576
-"""The embedded model's: the message is the one-row batch step a hop carries at batch 1."""
+SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
+RING_MATRIX_SIZE = 256
 
 
 class RingFloorError(Exception):
     """A side of the ring failed or did not finish in time."""
 
 
-def _compute_for(seconds: float, matrix: np.ndarray[tuple[int, int], np.dtype[np.float32]]) -> None:
+def compute_for(seconds: float, size: int) -> None:
+    """Matrix products of `size` x `size` for `seconds`: a burst of compute, as a shard's step."""
+    matrix = np.ones((size, size), dtype=np.float32)
     product = np.empty_like(matrix)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         np.matmul(matrix, matrix, out=product)
 
 
-def _step_message(stamp: float, hidden: common_pb2.Tensor) -> shard_pb2.RingMessage:
-    segment = shard_pb2.StepSegment(request_id="ring-floor", position=0, length=1, sample=True)
-    # compute_seconds carries the sender's clock: this message never reaches a shard.
+def step_message(hidden_size: int, stamp: float = 0.0) -> shard_pb2.RingMessage:
+    """The one-row batch step a hop carries at batch 1; `compute_seconds` carries the sender's clock
+    (these messages never reach a shard)."""
+    segment = shard_pb2.StepSegment(request_id="hop-floor", position=0, length=1, sample=True)
+    hidden = common_pb2.Tensor(dtype="float32", shape=[1, 1, hidden_size], data=bytes(4 * hidden_size))
     return shard_pb2.RingMessage(batch=shard_pb2.BatchStep(segments=[segment], hidden=hidden, compute_seconds=stamp))
+
+
+async def start_ring_server(
+    port: int,
+    ring: Callable[
+        [AsyncIterator[shard_pb2.RingMessage], grpc.aio.ServicerContext[object, object]],
+        AsyncIterator[shard_pb2.RingReply],
+    ],
+) -> grpc.aio.Server:
+    """A started server on 127.0.0.1:`port` whose only method is Shard.Ring, served by `ring`."""
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(
+        ring,
+        request_deserializer=shard_pb2.RingMessage.FromString,
+        response_serializer=shard_pb2.RingReply.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Ring": handler}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server
 
 
 def _model_thread(
@@ -70,21 +92,20 @@ def _model_thread(
     ready_seconds: float,
 ) -> list[float]:
     """Takes `rounds` messages, computing a step after each (and before the first, if it starts)."""
-    matrix = np.ones((256, 256), dtype=np.float32)
     one_way: list[float] = []
     if starts:
-        _compute_for(step_seconds, matrix)
+        compute_for(step_seconds, RING_MATRIX_SIZE)
         send(time.perf_counter())
     for _ in range(rounds):
         stamp = inbox.get(timeout=ready_seconds)
         one_way.append(time.perf_counter() - stamp)
-        _compute_for(step_seconds, matrix)
+        compute_for(step_seconds, RING_MATRIX_SIZE)
         send(time.perf_counter())
     return one_way
 
 
 async def run_side(
-    port: int, peer_port: int, starts: bool, rounds: int, step_seconds: float, ready_seconds: float
+    port: int, peer_port: int, starts: bool, rounds: int, step_seconds: float, ready_seconds: float, hidden_size: int
 ) -> list[float]:
     """One side of the ring: serves Ring on 127.0.0.1:`port`, streams to `peer_port`."""
     loop = asyncio.get_running_loop()
@@ -98,23 +119,11 @@ async def run_side(
         for reply in ():  # a Ring stream answers only refusals: none here
             yield reply
 
-    server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(
-        take,
-        request_deserializer=shard_pb2.RingMessage.FromString,
-        response_serializer=shard_pb2.RingReply.SerializeToString,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Ring": handler}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    server = await start_ring_server(port, take)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{peer_port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), ready_seconds)
-            ring = channel.stream_stream(
-                METHOD,
-                request_serializer=shard_pb2.RingMessage.SerializeToString,
-                response_deserializer=shard_pb2.RingReply.FromString,
-            )
+            ring = shard_pb2_grpc.ShardStub(channel).Ring
             outbox: asyncio.Queue[shard_pb2.RingMessage | None] = asyncio.Queue()
 
             async def outgoing() -> AsyncIterator[shard_pb2.RingMessage]:
@@ -122,11 +131,10 @@ async def run_side(
                     yield message
 
             call = ring(outgoing())
-            hidden = common_pb2.Tensor(dtype="float32", shape=[1, 1, HIDDEN_SIZE], data=bytes(4 * HIDDEN_SIZE))
 
             def send(stamp: float) -> None:
                 # Built on the model thread, as a shard encodes what it sends; the loop only queues it.
-                loop.call_soon_threadsafe(outbox.put_nowait, _step_message(stamp, hidden))
+                loop.call_soon_threadsafe(outbox.put_nowait, step_message(hidden_size, stamp))
 
             one_way = await asyncio.to_thread(_model_thread, inbox, send, starts, rounds, step_seconds, ready_seconds)
             outbox.put_nowait(None)
@@ -144,7 +152,10 @@ async def _drain(call: grpc.aio.StreamStreamCall[shard_pb2.RingMessage, shard_pb
 
 
 def measure_ring_hop(
-    rounds: int = RING_ROUNDS, step_seconds: float = RING_STEP_SECONDS, ready_seconds: float = READY_SECONDS
+    hidden_size: int,
+    rounds: int = RING_ROUNDS,
+    step_seconds: float = RING_STEP_SECONDS,
+    ready_seconds: float = READY_SECONDS,
 ) -> float:
     """Median one-way time of a hop with no model, in seconds (warm-up rounds left out)."""
     ports = (free_port(), free_port())
@@ -167,6 +178,7 @@ def measure_ring_hop(
                 str(rounds),
                 str(step_seconds),
                 str(ready_seconds),
+                str(hidden_size),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -198,16 +210,18 @@ def measure_ring_hop(
 
 
 def main() -> int:
-    if len(sys.argv) != 7:
+    if len(sys.argv) != 8:
         print(
-            "usage: python -m services.benchmark.ring_floor PORT PEER_PORT STARTS ROUNDS STEP_SECONDS READY_SECONDS",
+            "usage: python -m services.benchmark.ring_floor PORT PEER_PORT STARTS ROUNDS STEP_SECONDS READY_SECONDS "
+            "HIDDEN_SIZE",
             file=sys.stderr,
         )
         return 2
     port, peer_port, starts, rounds = (int(value) for value in sys.argv[1:5])
     step_seconds, ready_seconds = float(sys.argv[5]), float(sys.argv[6])
+    hidden_size = int(sys.argv[7])
     try:
-        one_way = asyncio.run(run_side(port, peer_port, bool(starts), rounds, step_seconds, ready_seconds))
+        one_way = asyncio.run(run_side(port, peer_port, bool(starts), rounds, step_seconds, ready_seconds, hidden_size))
     except (queue.Empty, TimeoutError) as error:
         print(f"ring side on port {port}: no message from the peer in time ({type(error).__name__})", file=sys.stderr)
         return 1

@@ -17,17 +17,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 
-from services.benchmark.ring_floor import RING_STEP_SECONDS, measure_ring_hop
+from services.benchmark.ring_floor import (
+    RING_STEP_SECONDS,
+    compute_for,
+    measure_ring_hop,
+    start_ring_server,
+    step_message,
+)
 from services.ports import free_port
-from strata_wire import common_pb2, shard_pb2
+from strata_wire import shard_pb2, shard_pb2_grpc
 
 ROUND_TRIPS = 200
 ROUND_TRIPS_AFTER_COMPUTE = 60
 COMPUTE_BURST_SECONDS = 0.05
 READY_SECONDS = 30.0
-METHOD = "/strata.v1.Shard/Ring"
+COMPUTE_MATRIX_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -42,32 +47,15 @@ class TransportFloor:
     ring_step_seconds: float
 
 
-def _step_message(hidden_size: int) -> shard_pb2.RingMessage:
-    segment = shard_pb2.StepSegment(request_id="transport-floor", position=0, length=1, sample=True)
-    hidden = common_pb2.Tensor(dtype="float32", shape=[1, 1, hidden_size], data=bytes(4 * hidden_size))
-    return shard_pb2.RingMessage(batch=shard_pb2.BatchStep(segments=[segment], hidden=hidden))
-
-
-def _compute_burst(seconds: float) -> None:
-    matrix = np.ones((512, 512), dtype=np.float32)
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        matrix = (matrix @ matrix) / 512.0
-
-
 async def _one_way_times(port: int, message: shard_pb2.RingMessage) -> tuple[list[float], list[float]]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        ring = channel.stream_stream(
-            METHOD,
-            request_serializer=shard_pb2.RingMessage.SerializeToString,
-            response_deserializer=shard_pb2.RingReply.FromString,
-        )
+        ring = shard_pb2_grpc.ShardStub(channel).Ring
         call = ring()
         times: tuple[list[float], list[float]] = ([], [])
         for index in range(ROUND_TRIPS + ROUND_TRIPS_AFTER_COMPUTE):
             after_compute = index >= ROUND_TRIPS
             if after_compute:
-                await asyncio.to_thread(_compute_burst, COMPUTE_BURST_SECONDS)
+                await asyncio.to_thread(compute_for, COMPUTE_BURST_SECONDS, COMPUTE_MATRIX_SIZE)
             started = time.perf_counter()
             await call.write(message)
             await call.read()
@@ -82,7 +70,7 @@ def measure_transport_floor(hidden_size: int) -> TransportFloor:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=READY_SECONDS)
-        back_to_back, after_compute = asyncio.run(_one_way_times(port, _step_message(hidden_size)))
+        back_to_back, after_compute = asyncio.run(_one_way_times(port, step_message(hidden_size)))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -91,7 +79,7 @@ def measure_transport_floor(hidden_size: int) -> TransportFloor:
         statistics.median(back_to_back[20:]),
         statistics.median(after_compute[5:]),
         COMPUTE_BURST_SECONDS,
-        measure_ring_hop(),
+        measure_ring_hop(hidden_size),
         RING_STEP_SECONDS,
     )
 
@@ -103,15 +91,7 @@ async def _serve(port: int) -> None:
         async for message in messages:
             yield shard_pb2.RingReply(request_id=message.request_id)
 
-    server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(
-        echo,
-        request_deserializer=shard_pb2.RingMessage.FromString,
-        response_serializer=shard_pb2.RingReply.SerializeToString,
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("strata.v1.Shard", {"Ring": handler}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    server = await start_ring_server(port, echo)
     await server.wait_for_termination()  # until the benchmark terminates this process
 
 

@@ -10,10 +10,12 @@ from services.benchmark import ring_floor
 from services.benchmark.ring_floor import RingFloorError, measure_ring_hop
 from services.ports import free_port
 
+HIDDEN_SIZE = 576
+
 
 @pytest.mark.timeout(120)
 def test_a_hop_with_no_model_is_timed_from_one_model_thread_to_the_other() -> None:
-    one_way = measure_ring_hop(rounds=12, step_seconds=0.002, ready_seconds=30.0)
+    one_way = measure_ring_hop(HIDDEN_SIZE, rounds=12, step_seconds=0.002, ready_seconds=30.0)
 
     assert math.isfinite(one_way)
     assert 0.0 < one_way < 1.0
@@ -23,7 +25,18 @@ def test_a_hop_with_no_model_is_timed_from_one_model_thread_to_the_other() -> No
 def test_a_side_whose_peer_never_answers_fails_with_a_message() -> None:
     nobody = free_port()
     side = subprocess.run(
-        [sys.executable, "-m", "services.benchmark.ring_floor", str(free_port()), str(nobody), "0", "3", "0.01", "1"],
+        [
+            sys.executable,
+            "-m",
+            "services.benchmark.ring_floor",
+            str(free_port()),
+            str(nobody),
+            "0",
+            "3",
+            "0.01",
+            "1",
+            str(HIDDEN_SIZE),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -38,7 +51,7 @@ def test_a_side_whose_peer_never_answers_fails_with_a_message() -> None:
 def test_a_ring_whose_sides_time_out_raises_instead_of_hanging() -> None:
     # The second side waits for a first message that takes 50 ms of compute, for at most 1 ms.
     with pytest.raises(RingFloorError, match="a side of the ring failed"):
-        measure_ring_hop(rounds=3, step_seconds=0.05, ready_seconds=0.001)
+        measure_ring_hop(HIDDEN_SIZE, rounds=3, step_seconds=0.05, ready_seconds=0.001)
 
 
 @pytest.mark.timeout(120)
@@ -46,4 +59,4 @@ def test_a_ring_that_does_not_finish_in_time_is_stopped_and_raises(monkeypatch: 
     monkeypatch.setattr(ring_floor, "START_SECONDS", 0.0)  # no time to start: the wait runs out at once
 
     with pytest.raises(RingFloorError, match="did not finish within"):
-        measure_ring_hop(rounds=3, step_seconds=0.05, ready_seconds=0.001)
+        measure_ring_hop(HIDDEN_SIZE, rounds=3, step_seconds=0.05, ready_seconds=0.001)
