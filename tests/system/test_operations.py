@@ -12,6 +12,7 @@ import pytest
 
 from services.settings import home_sharing_models
 from tests.processes import child_pids, pid_alive
+from tests.robustness.cluster_probe import complete
 from tests.system.conftest import RunningCluster, start_local_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -80,7 +81,7 @@ def _stop_and_check_children(home: Path, logs: Path) -> None:
     try:
         children = child_pids(process.pid)
         assert len(children) == 4  # coordinator, two shard servers, gateway
-        _complete_once(gateway_url)  # the ring's streams are open when the cluster stops
+        complete(gateway_url)  # the ring's streams are open when the cluster stops
         process.process.send_signal(signal.SIGTERM)
         # 0 only when every child also exited 0 (`strata run` reports any that did not).
         assert process.process.wait(timeout=30) == 0
@@ -94,14 +95,3 @@ def _stop_and_check_children(home: Path, logs: Path) -> None:
         assert "Traceback" not in log
     finally:
         process.stop()
-
-
-def _complete_once(gateway_url: str) -> None:
-    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        reply = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=60)
-        if reply.status_code == 200:
-            return
-        time.sleep(1.0)
-    raise AssertionError("the cluster did not answer a completion within 120 s")
