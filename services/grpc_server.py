@@ -14,9 +14,16 @@ from services.auth_interceptors import SyncTokenClientInterceptor, TokenServerIn
 from services.grpc_decode import MalformedRequestInterceptor
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
+SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+CHANNEL_OPTIONS = [
+    *SERVER_OPTIONS,
+    # gRPC backs off up to 120 s between attempts to reach a peer that was down; on a LAN a service back
+    # from a restart must be reached within about a second (less than a Raft election timeout).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 
@@ -32,7 +39,7 @@ class GrpcServer:
         if security.token:
             interceptors.append(TokenServerInterceptor(security.token))
         interceptors.append(MalformedRequestInterceptor())  # after the token check: INVALID_ARGUMENT, not UNKNOWN
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
         self._service_names = service_names

@@ -185,6 +185,8 @@ class RaftNode:
             hears_live_leader=hears_leader or leads,
         )
         decision = rules.decide_vote(view, request)
+        if request.pre_vote:
+            return self.current_term, decision.granted
         if decision.term > self.current_term:
             self._become_follower(decision.term, leader="")
         self._save(term=decision.term, voted_for=decision.voted_for)
@@ -302,6 +304,9 @@ class RaftNode:
                 await self._run_election()
 
     async def _run_election(self) -> None:
+        self._election_deadline = self._next_election_deadline()
+        if not await self._majority_would_vote():
+            return
         term = self.current_term + 1
         self._role = "candidate"
         self._leader_id = ""
@@ -327,6 +332,32 @@ class RaftNode:
             self._become_leader()
         else:
             self._role = "follower"
+
+    async def _majority_would_vote(self) -> bool:
+        """The pre-vote round: asks for votes in the next term without taking it, so a replica no majority
+        would elect (one restarted, or cut off, while a leader holds its lease) leaves every term as it is."""
+        term, role, heard = self.current_term, self._role, self._last_heard_leader
+        request = rules.VoteRequest(
+            term + 1, self.replica_id, self._storage.last_index, self._storage.last_term, pre_vote=True
+        )
+        others = [voter for voter in self.voters if voter != self.replica_id]
+        replies = await asyncio.gather(*(self._peer(voter).request_vote(request) for voter in others))
+        if (self.current_term, self._role, self._last_heard_leader) != (term, role, heard):
+            return False  # a leader or a newer term turned up meanwhile
+        granted = {self.replica_id}
+        for voter, reply in zip(others, replies, strict=True):
+            if reply is None:
+                continue
+            reply_term, would_grant = reply
+            if reply_term > term:
+                self._become_follower(reply_term, leader="")
+                return False
+            if would_grant:
+                granted.add(voter)
+        if not rules.won_election(granted, self.voters):
+            logger.info("no majority would elect this replica in term %d; staying a follower", term + 1)
+            return False
+        return True
 
     def _become_leader(self) -> None:
         logger.info("elected leader for term %d", self.current_term)

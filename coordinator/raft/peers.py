@@ -21,6 +21,7 @@ class PeerClient:
             candidate_id=request.candidate_id,
             last_log_index=request.last_log_index,
             last_log_term=request.last_log_term,
+            pre_vote=request.pre_vote,
         )
         try:
             reply = await self._stub.RequestVote(message, timeout=self._timeout)

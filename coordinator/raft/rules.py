@@ -26,6 +26,8 @@ class VoteRequest:
     candidate_id: str
     last_log_index: int
     last_log_term: int
+    pre_vote: bool = False
+    """Only asks whether the vote would be granted; the voter's term and vote stay as they are."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class VoteDecision:
 
 
 def decide_vote(voter: VoterView, request: VoteRequest) -> VoteDecision:
+    if request.pre_vote:
+        would = _decide_real_vote(voter, request)
+        return VoteDecision(granted=would.granted, term=voter.current_term, voted_for=voter.voted_for)
+    return _decide_real_vote(voter, request)
+
+
+def _decide_real_vote(voter: VoterView, request: VoteRequest) -> VoteDecision:
     unchanged = VoteDecision(granted=False, term=voter.current_term, voted_for=voter.voted_for)
     if voter.hears_live_leader:
         # The lease: while the leader is live a candidate (say, one coming back from a partition) can

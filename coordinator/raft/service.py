@@ -16,7 +16,9 @@ class RaftService(raft_pb2_grpc.RaftServicer):
         self, request: raft_pb2.RequestVoteRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> raft_pb2.RequestVoteReply:
         term, granted = self._node.handle_request_vote(
-            VoteRequest(request.term, request.candidate_id, request.last_log_index, request.last_log_term)
+            VoteRequest(
+                request.term, request.candidate_id, request.last_log_index, request.last_log_term, request.pre_vote
+            )
         )
         return raft_pb2.RequestVoteReply(term=term, vote_granted=granted)
 

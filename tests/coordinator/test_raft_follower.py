@@ -86,6 +86,19 @@ def test_a_vote_is_durable(tmp_path: Path) -> None:
     assert (hard.current_term, hard.voted_for) == (2, "c:1")
 
 
+def test_a_pre_vote_is_answered_without_touching_the_term_or_the_vote(tmp_path: Path) -> None:
+    node = follower(tmp_path)
+    node.handle_request_vote(VoteRequest(term=2, candidate_id="a:1", last_log_index=0, last_log_term=0))
+
+    term, granted = node.handle_request_vote(
+        VoteRequest(term=7, candidate_id="c:1", last_log_index=0, last_log_term=0, pre_vote=True)
+    )
+
+    assert (term, granted) == (2, True)
+    hard = RaftStorage(tmp_path).hard_state
+    assert (hard.current_term, hard.voted_for) == (2, "a:1")
+
+
 def test_a_snapshot_replaces_state_and_log(tmp_path: Path) -> None:
     node = follower(tmp_path)
     node.handle_append_entries(append(1, 0, 0, [entry(1, 1), entry(2, 1)], commit=1))

@@ -26,8 +26,12 @@ def voter(
     )
 
 
-def request(term: int = 4, candidate: str = "b", last_index: int = 10, last_term: int = 3) -> VoteRequest:
-    return VoteRequest(term=term, candidate_id=candidate, last_log_index=last_index, last_log_term=last_term)
+def request(
+    term: int = 4, candidate: str = "b", last_index: int = 10, last_term: int = 3, pre_vote: bool = False
+) -> VoteRequest:
+    return VoteRequest(
+        term=term, candidate_id=candidate, last_log_index=last_index, last_log_term=last_term, pre_vote=pre_vote
+    )
 
 
 def test_majority_of_one_three_four_and_five() -> None:
@@ -82,6 +86,18 @@ def test_while_a_leader_is_live_no_vote_and_no_term_change() -> None:
     decision = decide_vote(voter(term=3, hears_leader=True), request(term=9))
 
     assert (decision.granted, decision.term, decision.voted_for) == (False, 3, None)
+
+
+def test_a_pre_vote_says_the_vote_would_be_granted_but_keeps_the_term_and_the_vote() -> None:
+    decision = decide_vote(voter(term=3, voted_for="c"), request(term=4, candidate="b", pre_vote=True))
+
+    assert (decision.granted, decision.term, decision.voted_for) == (True, 3, "c")
+
+
+def test_a_pre_vote_is_refused_while_a_leader_is_live_or_when_the_log_is_behind() -> None:
+    assert not decide_vote(voter(hears_leader=True), request(pre_vote=True)).granted
+    behind = decide_vote(voter(last_index=10, last_term=3), request(last_index=9, last_term=3, pre_vote=True))
+    assert (behind.granted, behind.term) == (False, 3)
 
 
 def test_an_election_needs_a_majority_of_voters() -> None:

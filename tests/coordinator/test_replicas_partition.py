@@ -1,6 +1,7 @@
 """Partition: three replicas on three simulated hosts (network namespaces); the leader's cable is
 pulled. The isolated leader must stop committing; the majority elects a leader and goes on; once
-healed, the old leader follows, drops what it could not commit and every replica agrees."""
+healed, the old leader follows that leader (it never raised its term), drops what it could not
+commit and every replica agrees."""
 
 import json
 import time
@@ -65,6 +66,7 @@ def test_an_isolated_leader_stops_committing_and_the_majority_goes_on(tmp_path: 
         assert all(replica.process.poll() is None for replica in replicas)
         wait_for(lab, hosts, single_leader, "no single leader")
         leader_address = own_state(lab, hosts[0])["leader"]
+        first_term = own_state(lab, hosts[0])["term"]
         old_leader = next(host for host in hosts if f"{host.address}:{PORT}" == leader_address)
         majority = [host for host in hosts if host is not old_leader]
         assert probe(lab, majority[0], "command", f"{majority[0].address}:{PORT}", "partition", "1", "30")[
@@ -84,6 +86,11 @@ def test_an_isolated_leader_stops_committing_and_the_majority_goes_on(tmp_path: 
             "acknowledged"
         ]
 
+        # Pre-vote: cut off, it has tried elections all along, yet no term moved; so back on the
+        # network it cannot depose the majority's leader with a higher term.
+        assert own_state(lab, old_leader)["term"] == first_term
+        new_leader = own_state(lab, majority[0])
+
         lab.set_link(old_leader, up=True)
         wait_for(
             lab,
@@ -101,3 +108,4 @@ def test_an_isolated_leader_stops_committing_and_the_majority_goes_on(tmp_path: 
         # 2 was never acknowledged: it may be in the log (a retry can carry it over) but at most once.
         assert applied in ([1, 3], [1, 2, 3])
         assert own_state(lab, old_leader)["role"] == "follower"
+        assert {(state["leader"], state["term"]) for state in states} == {(new_leader["leader"], new_leader["term"])}
