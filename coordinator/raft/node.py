@@ -305,7 +305,15 @@ class RaftNode:
 
     async def _run_election(self) -> None:
         self._election_deadline = self._next_election_deadline()
-        if not await self._majority_would_vote():
+        # The pre-vote round: would a majority elect us in the next term? Asking takes no term, so a
+        # replica no majority would elect (one restarted, or cut off, while a leader holds its lease)
+        # leaves every term as it is.
+        would_grant = await self._poll_voters(
+            rules.VoteRequest(
+                self.current_term + 1, self.replica_id, self._storage.last_index, self._storage.last_term, True
+            )
+        )
+        if would_grant is None or not rules.won_election(would_grant, self.voters):
             return
         term = self.current_term + 1
         self._role = "candidate"
@@ -313,11 +321,24 @@ class RaftNode:
         self._save(term=term, voted_for=self.replica_id)
         self._election_deadline = self._next_election_deadline()
         logger.info("starting an election for term %d", term)
-        request = rules.VoteRequest(term, self.replica_id, self._storage.last_index, self._storage.last_term)
+        granted = await self._poll_voters(
+            rules.VoteRequest(term, self.replica_id, self._storage.last_index, self._storage.last_term)
+        )
+        if granted is None:
+            return
+        if rules.won_election(granted, self.voters):
+            self._become_leader()
+        else:
+            self._role = "follower"
+
+    async def _poll_voters(self, request: rules.VoteRequest) -> set[str] | None:
+        """Asks every other voter; those that granted, this replica included. None when a leader or a
+        newer term turned up meanwhile (a reply with a newer term makes this replica follow it)."""
+        term, role, heard = self.current_term, self._role, self._last_heard_leader
         others = [voter for voter in self.voters if voter != self.replica_id]
         replies = await asyncio.gather(*(self._peer(voter).request_vote(request) for voter in others))
-        if self._role != "candidate" or self.current_term != term:
-            return
+        if (self.current_term, self._role, self._last_heard_leader) != (term, role, heard):
+            return None
         granted = {self.replica_id}
         for voter, reply in zip(others, replies, strict=True):
             if reply is None:
@@ -325,39 +346,10 @@ class RaftNode:
             reply_term, vote_granted = reply
             if reply_term > term:
                 self._become_follower(reply_term, leader="")
-                return
+                return None
             if vote_granted:
                 granted.add(voter)
-        if rules.won_election(granted, self.voters):
-            self._become_leader()
-        else:
-            self._role = "follower"
-
-    async def _majority_would_vote(self) -> bool:
-        """The pre-vote round: asks for votes in the next term without taking it, so a replica no majority
-        would elect (one restarted, or cut off, while a leader holds its lease) leaves every term as it is."""
-        term, role, heard = self.current_term, self._role, self._last_heard_leader
-        request = rules.VoteRequest(
-            term + 1, self.replica_id, self._storage.last_index, self._storage.last_term, pre_vote=True
-        )
-        others = [voter for voter in self.voters if voter != self.replica_id]
-        replies = await asyncio.gather(*(self._peer(voter).request_vote(request) for voter in others))
-        if (self.current_term, self._role, self._last_heard_leader) != (term, role, heard):
-            return False  # a leader or a newer term turned up meanwhile
-        granted = {self.replica_id}
-        for voter, reply in zip(others, replies, strict=True):
-            if reply is None:
-                continue
-            reply_term, would_grant = reply
-            if reply_term > term:
-                self._become_follower(reply_term, leader="")
-                return False
-            if would_grant:
-                granted.add(voter)
-        if not rules.won_election(granted, self.voters):
-            logger.info("no majority would elect this replica in term %d; staying a follower", term + 1)
-            return False
-        return True
+        return granted
 
     def _become_leader(self) -> None:
         logger.info("elected leader for term %d", self.current_term)
