@@ -310,7 +310,11 @@ class RaftNode:
         # leaves every term as it is.
         would_grant = await self._poll_voters(
             rules.VoteRequest(
-                self.current_term + 1, self.replica_id, self._storage.last_index, self._storage.last_term, True
+                self.current_term + 1,
+                self.replica_id,
+                self._storage.last_index,
+                self._storage.last_term,
+                pre_vote=True,
             )
         )
         if would_grant is None or not rules.won_election(would_grant, self.voters):
