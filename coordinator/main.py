@@ -8,7 +8,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.model_spec import model_spec
+from coordinator.presence import CoordinatorPresence
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import PeerSet
 from coordinator.raft.node import RaftNode
@@ -16,17 +16,17 @@ from coordinator.raft.service import RaftService
 from coordinator.raft.storage import RaftStorage
 from coordinator.replica import CoordinatorReplica
 from coordinator.service import CoordinatorService
-from coordinator.state import ModelSpec, ShardServer
-from discovery.coordinator_presence import CoordinatorPresence
 from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
-from discovery.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from discovery.peer import PeerInfo
 from discovery.peer_source import DiscoveryOptions
-from services.compute_dtype import ComputeDtype
-from services.grpc_server import GrpcServer
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root, node_id
+from services.cluster.state import ModelSpec, ShardServer
+from services.kernel.compute_dtype import ComputeDtype
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root, node_id
+from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
+from services.models.model_spec import model_spec
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import GrpcServer
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 logger = logging.getLogger(__name__)

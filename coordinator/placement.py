@@ -3,7 +3,7 @@
 Each stage must fit its shard's available memory, counted in compute-dtype bytes: its layers, the
 embedding on the first stage (and on the last with tied embeddings), the norm and LM head on the
 last, and KV room per layer. Among the splits that fit, the one whose slowest stage does the least
-work wins (work = parameters read per token, plus a layer's fixed work: see `coordinator.model_spec`;
+work wins (work = parameters read per token, plus a layer's fixed work: see `services.models.model_spec`;
 the LM head counts: on SmolLM2 it weighs ~5 layers).
 Every stage gets at least one layer. Shards keep their given order (the ring order).
 """
@@ -11,7 +11,7 @@ Every stage gets at least one layer. Shards keep their given order (the ring ord
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coordinator.state import ModelSpec, ShardServer, StageAssignment
+from services.cluster.state import ModelSpec, ShardServer, StageAssignment
 
 _BestSplits = dict[int, tuple[int, tuple[int, ...]]]
 """For each end layer reached: (work of the slowest stage so far, end layer of each stage)."""

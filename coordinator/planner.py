@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.placement import Placement, PlacementRefusal, place, slowest_stage_work
-from coordinator.state import ClusterState, ModelInstance, ModelSpec, ShardServer
-from services.ids import InstanceId, ModelId
+from services.cluster.state import ClusterState, ModelInstance, ModelSpec, ShardServer
+from services.kernel.ids import InstanceId, ModelId
 
 
 @dataclass(frozen=True)

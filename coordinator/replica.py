@@ -10,7 +10,12 @@ import time
 
 import grpc
 
-from coordinator.events import (
+from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
+from coordinator.raft.interface import NotLeaderError
+from coordinator.raft.membership import caught_up_learner, promoted, with_learner, without_replica
+from coordinator.raft.node import RaftNode
+from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
+from services.cluster.events import (
     CommandOrigin,
     Event,
     InstancePlaced,
@@ -23,15 +28,10 @@ from coordinator.events import (
     StageFailed,
     StageLoaded,
 )
-from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
-from coordinator.raft.interface import NotLeaderError
-from coordinator.raft.membership import caught_up_learner, promoted, with_learner, without_replica
-from coordinator.raft.node import RaftNode
-from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
-from coordinator.state import ClusterState, ModelInstance, ModelSpec, ShardServer, StageAssignment
-from services.compute_dtype import ComputeDtype
-from services.grpc_server import cluster_channel
-from services.ids import NodeId
+from services.cluster.state import ClusterState, ModelInstance, ModelSpec, ShardServer, StageAssignment
+from services.kernel.compute_dtype import ComputeDtype
+from services.kernel.ids import NodeId
+from services.platform.grpc_server import cluster_channel
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)

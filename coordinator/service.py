@@ -9,16 +9,16 @@ from typing import TypeVar
 
 import grpc
 
-from coordinator.events import CommandOrigin
 from coordinator.placement import PlacementRefusal, place
 from coordinator.raft.interface import NotLeaderError
 from coordinator.replica import CoordinatorReplica
-from coordinator.state import ShardServer
 from coordinator.watch import committed_after
 from coordinator.wire import replicas_to_pb, stage_to_pb, state_to_pb
 from discovery.peer import RefusedPeer
-from services.grpc_server import cluster_channel
-from services.ids import ModelId, NodeId, ShardId
+from services.cluster.events import CommandOrigin
+from services.cluster.state import ShardServer
+from services.kernel.ids import ModelId, NodeId, ShardId
+from services.platform.grpc_server import cluster_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 DEVICES = ("cpu", "gpu", "metal")

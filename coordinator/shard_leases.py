@@ -7,7 +7,7 @@ that was registering with the previous leader.
 
 from collections.abc import Iterable, Mapping
 
-from services.ids import ShardId
+from services.kernel.ids import ShardId
 
 DEFAULT_SHARD_LEASE_SECONDS = 10.0
 """Five missed registrations (shards register every 2 s)."""

@@ -4,8 +4,8 @@ from collections.abc import Mapping
 
 from coordinator.raft.interface import ReplicaPosition
 from coordinator.raft.node import RaftNode
-from coordinator.state import ClusterState, ShardServer, StageAssignment
-from services.ids import ShardId
+from services.cluster.state import ClusterState, ShardServer, StageAssignment
+from services.kernel.ids import ShardId
 from strata_wire import coordinator_pb2
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 
 from discovery.peer import PeerInfo, parse_role
-from services.ids import NodeId
+from services.kernel.ids import NodeId
 from strata_wire import discovery_pb2, discovery_pb2_grpc
 
 PEER_SERVICE_NAME = discovery_pb2.DESCRIPTOR.services_by_name["Peer"].full_name

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from services.ids import NodeId, ShardId
+from services.kernel.ids import NodeId, ShardId
 
 PROTOCOL_VERSION = 1
 """Bumped whenever a wire change stops old and new services from working together."""

@@ -13,7 +13,7 @@ import grpc
 
 from discovery.identity_service import peer_from_pb
 from discovery.peer_table import PeerTable
-from services.grpc_server import cluster_channel
+from services.platform.grpc_server import cluster_channel
 from strata_wire import discovery_pb2, discovery_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from discovery.peer import PeerInfo, parse_role
-from services.ids import NodeId
+from services.kernel.ids import NodeId
 
 MODELS_SEPARATOR = ","
 

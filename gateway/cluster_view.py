@@ -9,8 +9,8 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from coordinator.event_follower import EventFollower
-from services.ids import InstanceId, ModelId
+from services.cluster.event_follower import EventFollower
+from services.kernel.ids import InstanceId, ModelId
 
 CHANGE_POLL_SECONDS = 1.0
 """Longest wait between two looks at the state (a change wakes the waiters at once)."""

@@ -32,7 +32,7 @@ from gateway.generation_request import (
 )
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
-from services.ids import ModelId
+from services.kernel.ids import ModelId
 
 
 class TokenizerProvider(Protocol):

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.ids import ModelId, RequestId
-from services.sampling import SamplingOptions
+from services.kernel.ids import ModelId, RequestId
+from services.kernel.sampling import SamplingOptions
 
 MAX_SEED = 2**63 - 1
 """Seeds are kept in [0, 2**63 - 1] so they fit every wire format (int64 and uint64 alike)."""

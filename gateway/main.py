@@ -10,7 +10,6 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
-from discovery.gateway_presence import GatewayPresence
 from discovery.peer_source import DiscoveryOptions
 from gateway.api_keys import ApiKeyGuard, load_api_keys
 from gateway.app import create_app
@@ -18,10 +17,11 @@ from gateway.cluster_view import ClusterView
 from gateway.completion_engine import CompletionEngine
 from gateway.generation_request import ModelNotFoundError
 from gateway.pipeline_client import PipelineClient
+from gateway.presence import GatewayPresence
 from gateway.tokenization import ModelTokenizer
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root, node_id
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root, node_id
+from services.models.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from gateway.openai_schemas import (
     unix_time,
 )
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
-from services.ids import ModelId, RequestId
+from services.kernel.ids import ModelId, RequestId
 
 logger = logging.getLogger(__name__)
 

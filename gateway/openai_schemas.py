@@ -30,7 +30,7 @@ from gateway.generation_request import (
     TextPrompt,
     sampling_options,
 )
-from services.ids import ModelId, RequestId
+from services.kernel.ids import ModelId, RequestId
 
 MAX_STOP_STRINGS = 4
 MAX_STOP_STRING_LENGTH = 1024

@@ -19,10 +19,9 @@ from gateway.token_source import (
     TokenEvent,
     TokenRequest,
 )
-from services.grpc_server import cluster_channel
-from services.ids import RequestId
-from shard_server.admission import DEFAULT_RETRY_AFTER_SECONDS, RETRY_AFTER_METADATA
-from shard_server.wire import sampling_to_pb
+from services.kernel.ids import RequestId
+from services.platform.grpc_server import cluster_channel
+from services.wire.generate_call import DEFAULT_RETRY_AFTER_SECONDS, RETRY_AFTER_METADATA, sampling_to_pb
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 TOKEN_TIMEOUT_SECONDS = 300.0

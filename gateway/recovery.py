@@ -39,7 +39,7 @@ from gateway.token_source import (
     TokenEvent,
     TokenRequest,
 )
-from services.ids import InstanceId, ModelId, RequestId
+from services.kernel.ids import InstanceId, ModelId, RequestId
 
 logger = logging.getLogger(__name__)
 

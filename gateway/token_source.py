@@ -10,8 +10,8 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from services.ids import ModelId, RequestId
-from services.sampling import SamplingOptions
+from services.kernel.ids import ModelId, RequestId
+from services.kernel.sampling import SamplingOptions
 
 
 class TokenRequest(BaseModel):

@@ -14,7 +14,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from services.ids import RequestId
+from services.kernel.ids import RequestId
 
 DEFAULT_MAX_WAITING = 64
 """Requests that may wait for room at once; beyond that they are refused at once."""
@@ -22,8 +22,6 @@ DEFAULT_MAX_WAIT_SECONDS = 30.0
 """Longest wait for room before a queued request is refused."""
 DEFAULT_RETRY_AFTER_SECONDS = 2
 """The retry hint of a refusal: about the time a short request takes to finish and free room."""
-RETRY_AFTER_METADATA = "retry-after-seconds"
-"""Trailing metadata of a RESOURCE_EXHAUSTED refusal: when the client may try again, in seconds."""
 
 
 @dataclass(frozen=True)

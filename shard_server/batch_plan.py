@@ -11,7 +11,7 @@ steps instead of stalling the running streams.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.ids import RequestId
+from services.kernel.ids import RequestId
 
 MAX_DECODE_ROWS = 64
 

@@ -18,7 +18,7 @@ from mlx import nn
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
-from services.mlx_typing import start_evaluating
+from services.platform.mlx_typing import start_evaluating
 from shard_server.native_attention import NativeAttention, request_rows_view
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")

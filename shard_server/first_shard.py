@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
-from services.ids import RequestId
+from services.kernel.ids import RequestId
 from shard_server.batch_plan import DecodeRow, WaitingPrompt, plan_batch
 from shard_server.prefill import prefill_chunks
 from shard_server.prefix_cache import prefix_key

@@ -15,14 +15,14 @@ import grpc
 import psutil
 
 from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
-from discovery.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from discovery.peer_source import DiscoveryOptions
-from discovery.shard_presence import ShardPresence
-from services.grpc_server import GrpcServer, cluster_channel
-from services.ids import ShardId
-from services.model_store import ModelStore
-from services.settings import models_root, node_id
+from services.kernel.ids import ShardId
+from services.kernel.settings import models_root, node_id
+from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import GrpcServer, cluster_channel
 from shard_server.admission import AdmissionLimits
+from shard_server.presence import ShardPresence
 from shard_server.service import ShardService
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 

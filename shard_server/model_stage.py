@@ -20,9 +20,10 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
-from services.compute_dtype import ComputeDtype, convert_module
-from services.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
-from services.model_files import weight_files_for_stage
+from services.kernel.compute_dtype import ComputeDtype
+from services.models.model_files import weight_files_for_stage
+from services.platform.mlx_compute import convert_module
+from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
 from shard_server.native_attention import NativeAttention, load_native_attention
 

@@ -25,8 +25,8 @@ import numpy.typing as npt
 from mlx_lm.models.cache import KVCache
 from typing_extensions import Buffer
 
-from services.fast_blas import fast_blas_loaded
-from services.mlx_typing import evaluate
+from services.platform.fast_blas import fast_blas_loaded
+from services.platform.mlx_typing import evaluate
 
 LIBRARY_NAME = "libstrata_attention.so"
 SOURCE = Path(__file__).parent / "native" / "request_attention.cpp"

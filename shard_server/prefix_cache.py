@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from services.mlx_typing import evaluate
+from services.platform.mlx_typing import evaluate
 
 DEFAULT_PREFIX_CACHE_BYTES = 256 * 1024 * 1024
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.grpc_server import cluster_channel
-from services.ids import RequestId
+from services.kernel.ids import RequestId
+from services.platform.grpc_server import cluster_channel
 from shard_server.ring_messages import RingMessage
 from shard_server.wire import ring_message_to_pb
 from strata_wire import shard_pb2, shard_pb2_grpc

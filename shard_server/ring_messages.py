@@ -6,10 +6,10 @@ Inbound work for the stage worker and outbound effects it asks the service to ca
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.compute_dtype import ComputeDtype
-from services.ids import InstanceId, RequestId
-from services.sampling import SamplingOptions
-from services.tensor_codec import EncodedTensor
+from services.kernel.compute_dtype import ComputeDtype
+from services.kernel.ids import InstanceId, RequestId
+from services.kernel.sampling import SamplingOptions
+from services.platform.tensor_codec import EncodedTensor
 from shard_server.model_stage import StageRange
 
 # --- Work the stage worker runs, in arrival order. ---

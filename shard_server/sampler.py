@@ -20,8 +20,8 @@ from functools import partial
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
-from services.mlx_typing import evaluate, scalar_int, to_bool_list, to_int_list
-from services.sampling import SamplingOptions
+from services.kernel.sampling import SamplingOptions
+from services.platform.mlx_typing import evaluate, scalar_int, to_bool_list, to_int_list
 
 
 @partial(mx.compile)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.model_spec import kv_bytes_per_layer
-from services.compute_dtype import ComputeDtype, parse_compute_dtype
-from services.fast_blas import blas_thread_control
-from services.ids import InstanceId, ModelId, RequestId, ShardId
-from services.model_files import read_config
-from services.model_store import ModelStore
+from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
+from services.kernel.ids import InstanceId, ModelId, RequestId, ShardId
+from services.models.model_files import read_config
+from services.models.model_spec import kv_bytes_per_layer
+from services.models.model_store import ModelStore
+from services.platform.fast_blas import blas_thread_control
+from services.wire.generate_call import RETRY_AFTER_METADATA
 from shard_server.admission import (
-    RETRY_AFTER_METADATA,
     AdmissionGate,
     AdmissionLimits,
     AdmissionRefusedError,

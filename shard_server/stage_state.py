@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from services.ids import InstanceId, RequestId
-from services.sampling import SamplingOptions
+from services.kernel.ids import InstanceId, RequestId
+from services.kernel.sampling import SamplingOptions
 from shard_server.batch_plan import DecodeRow
 from shard_server.model_stage import ModelStage
 from shard_server.prefix_cache import PrefixDirectory, PrefixStore

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from services.ids import RequestId
-from services.mlx_typing import evaluate
-from services.tensor_codec import TensorDecodeError, decode, encode
+from services.kernel.ids import RequestId
+from services.platform.mlx_typing import evaluate
+from services.platform.tensor_codec import TensorDecodeError, decode, encode
 from shard_server.batch_plan import MAX_DECODE_ROWS
 from shard_server.batched_forward import RequestRows
 from shard_server.blas_threads import BlasThreads

@@ -2,9 +2,9 @@
 
 import math
 
-from services.ids import RequestId
-from services.sampling import SamplingOptions
-from services.tensor_codec import EncodedTensor
+from services.kernel.ids import RequestId
+from services.platform.tensor_codec import EncodedTensor
+from services.wire.generate_call import sampling_from_pb, sampling_to_pb
 from shard_server.ring_messages import (
     BatchStep,
     ClientEvent,
@@ -25,26 +25,6 @@ from strata_wire import common_pb2, shard_pb2
 
 class WireError(ValueError):
     """A message is malformed (missing body, out-of-range field)."""
-
-
-def sampling_from_pb(message: common_pb2.SamplingParams) -> SamplingOptions:
-    return SamplingOptions(
-        temperature=message.temperature,
-        top_p=message.top_p,
-        top_k=message.top_k,
-        seed=message.seed,
-        key_position=message.key_position,
-    )
-
-
-def sampling_to_pb(options: SamplingOptions) -> common_pb2.SamplingParams:
-    return common_pb2.SamplingParams(
-        temperature=options.temperature,
-        top_p=options.top_p,
-        top_k=options.top_k,
-        seed=options.seed,
-        key_position=options.key_position,
-    )
 
 
 def start_request_from_pb(message: shard_pb2.GenerateRequest) -> StartRequest:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.security_options import TlsFiles
+from services.platform.security_options import TlsFiles
 
 VALID_FOR = datetime.timedelta(days=1)
 

@@ -1,4 +1,4 @@
-"""The simulated-hosts lab (services/netns_lab.py) for tests, and the rule for when it is unavailable.
+"""The simulated-hosts lab (services/app/netns_lab.py) for tests, and the rule for when it is unavailable.
 
 `require_namespaces()` probes whether a namespace can be created here; tests skip with the reason
 when not, except under CI=true, where that is a failure.
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from services.netns_lab import NetnsHost, NetnsLab, namespace_problem
+from services.app.netns_lab import NetnsHost, NetnsLab, namespace_problem
 
 __all__ = ["NetnsHost", "NetnsLab", "namespace_problem", "require_namespaces"]
 

@@ -11,17 +11,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from services.auth import TOKEN_ENVIRONMENT_VARIABLE
-from services.fast_blas import fast_blas_loaded
-from services.grpc_server import cluster_sync_channel
-from services.ports import free_port
-from services.service_process import ServiceProcess
+from services.app.ports import free_port
+from services.app.service_process import ServiceProcess
+from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE
+from services.platform.fast_blas import fast_blas_loaded
+from services.platform.grpc_server import cluster_sync_channel
 
 SESSION_CLUSTER_TOKEN = os.environ.setdefault(TOKEN_ENVIRONMENT_VARIABLE, secrets.token_urlsafe(32))
 """One cluster token for the whole test session, in this process's environment: every service a test
@@ -37,20 +37,26 @@ __all__ = [
 
 
 def start_strata(
-    name: str, arguments: list[str], home: Path, log_dir: Path, *, session_token: bool = True
+    name: str,
+    arguments: list[str],
+    home: Path,
+    log_dir: Path,
+    *,
+    session_token: bool = True,
+    extra_environment: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
     """`strata ARGUMENTS` with its own STRATA_HOME; `session_token=False`: the token comes from the home
-    (its cluster.token, created on first start), as on a real host."""
+    (its cluster.token, created on first start), as on a real host. `extra_environment` is added last."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name.replace(' ', '-')}.log"
     # Services compute with the BLAS this test process uses, so in-process references stay exact.
     blas = "fast" if fast_blas_loaded() else "reference"
-    environment = {**os.environ, "STRATA_HOME": str(home), "STRATA_BLAS": blas}
+    environment = {**os.environ, "STRATA_HOME": str(home), "STRATA_BLAS": blas, **(extra_environment or {})}
     if not session_token:
         environment.pop(TOKEN_ENVIRONMENT_VARIABLE, None)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *arguments],
+            [sys.executable, "-m", "services.app.cli", *arguments],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
@@ -58,12 +64,19 @@ def start_strata(
     return ServiceProcess(name, process, log_path)
 
 
-def start_coordinator(processes: list[ServiceProcess], home: Path, log_dir: Path, arguments: Sequence[str]) -> str:
+def start_coordinator(
+    processes: list[ServiceProcess],
+    home: Path,
+    log_dir: Path,
+    arguments: Sequence[str],
+    *,
+    extra_environment: Mapping[str, str] | None = None,
+) -> str:
     """`strata coordinator --no-mdns ARGUMENTS` on a free loopback port, once it serves; returns its
     address. The process joins `processes` first, so the caller stops it even if it never serves."""
     address = f"127.0.0.1:{free_port()}"
     command = ["coordinator", "--no-mdns", "--port", address.rsplit(":", 1)[1], *arguments]
-    processes.append(start_strata("coordinator", command, home, log_dir))
+    processes.append(start_strata("coordinator", command, home, log_dir, extra_environment=extra_environment))
     wait_for_grpc_health(processes[-1], address)
     return address
 

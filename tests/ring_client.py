@@ -10,8 +10,9 @@ from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.utils import load_model
 
-from services.compute_dtype import ComputeDtype, convert_module
-from services.grpc_server import cluster_sync_channel
+from services.kernel.compute_dtype import ComputeDtype
+from services.platform.grpc_server import cluster_sync_channel
+from services.platform.mlx_compute import convert_module
 from strata_wire import common_pb2, shard_pb2, shard_pb2_grpc
 
 

@@ -9,7 +9,7 @@ import mlx.core as mx
 from mlx import nn
 from mlx.utils import tree_flatten
 
-from services.model_files import save_model_directory
+from services.models.model_writer import save_model_directory
 
 NUM_LAYERS = 6
 VOCAB_SIZE = 512

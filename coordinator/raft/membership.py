@@ -12,9 +12,9 @@ from collections.abc import Iterable
 
 import grpc
 
-from coordinator.events import ReplicasConfigured
 from coordinator.raft.node import RaftNode
-from services.grpc_server import cluster_channel
+from services.cluster.events import ReplicasConfigured
+from services.platform.grpc_server import cluster_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 
-from coordinator.events import IndexedEvent
 from coordinator.raft.storage import LogEntry, Snapshot
-from coordinator.state import ClusterState
+from services.cluster.events import IndexedEvent
+from services.cluster.state import ClusterState
 from strata_wire import raft_pb2
 
 

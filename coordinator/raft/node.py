@@ -12,15 +12,15 @@ import random
 import time
 from typing import Literal
 
-from coordinator.apply import apply
-from coordinator.events import CommandOrigin, Event, IndexedEvent, ReplicasConfigured, TermStarted
 from coordinator.raft import rules
 from coordinator.raft.interface import DEFAULT_TIMINGS, NotLeaderError, RaftTimings
 from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest
 from coordinator.raft.peers import PeerClient
 from coordinator.raft.replication import replicate_to
 from coordinator.raft.storage import HardState, LogEntry, RaftStorage, Snapshot
-from coordinator.state import ClusterState
+from services.cluster.apply import apply
+from services.cluster.events import CommandOrigin, Event, IndexedEvent, ReplicasConfigured, TermStarted
+from services.cluster.state import ClusterState
 
 logger = logging.getLogger(__name__)
 

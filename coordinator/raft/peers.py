@@ -4,7 +4,7 @@ import grpc
 
 from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest, append_to_pb, snapshot_to_pb
 from coordinator.raft.rules import VoteRequest
-from services.grpc_server import cluster_channel
+from services.platform.grpc_server import cluster_channel
 from strata_wire import raft_pb2, raft_pb2_grpc
 
 

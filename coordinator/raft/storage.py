@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from coordinator.events import IndexedEvent
-from coordinator.state import ClusterState, Frozen
+from services.cluster.events import IndexedEvent
+from services.cluster.state import ClusterState, Frozen
 
 HARD_STATE_FILE = "hard_state.json"
 SNAPSHOT_FILE = "snapshot.json"

@@ -1,15 +1,15 @@
 """Small cluster pieces shared by the coordinator tests: a tiny model, shard servers, states."""
 
-from coordinator.apply import apply
-from coordinator.events import (
+from services.cluster.apply import apply
+from services.cluster.events import (
     Event,
     IndexedEvent,
     InstancePlaced,
     ModelRegistered,
     ShardRegistered,
 )
-from coordinator.state import ClusterState, ModelSpec, ShardServer, StageAssignment, WeightCost
-from services.ids import InstanceId, ModelId, NodeId, ShardId
+from services.cluster.state import ClusterState, ModelSpec, ShardServer, StageAssignment, WeightCost
+from services.kernel.ids import InstanceId, ModelId, NodeId, ShardId
 
 MODEL_ID = ModelId("tiny")
 INSTANCE_ID = InstanceId("tiny@4")

@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from services.grpc_server import cluster_sync_channel
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.events import IndexedEvent
-from services.grpc_server import cluster_sync_channel
+from services.cluster.events import IndexedEvent
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
 

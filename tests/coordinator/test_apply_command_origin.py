@@ -1,9 +1,9 @@
 """apply with a command origin: a retried (client id, sequence) applies once and keeps its log slot."""
 
-from coordinator.apply import apply
-from coordinator.events import CommandOrigin, IndexedEvent, ShardRegistered
-from coordinator.state import ClusterState
-from services.ids import ShardId
+from services.cluster.apply import apply
+from services.cluster.events import CommandOrigin, IndexedEvent, ShardRegistered
+from services.cluster.state import ClusterState
+from services.kernel.ids import ShardId
 from tests.coordinator.builders import populated_state, shard_server
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from coordinator.apply import EventIndexError, apply
-from coordinator.events import IndexedEvent, ShardRegistered
-from coordinator.state import ClusterState
+from services.cluster.apply import EventIndexError, apply
+from services.cluster.events import IndexedEvent, ShardRegistered
+from services.cluster.state import ClusterState
 from tests.coordinator.builders import populated_state, shard_server
 
 EVENT = ShardRegistered(shard=shard_server("shard-c"))

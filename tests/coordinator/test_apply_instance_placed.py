@@ -1,8 +1,8 @@
 """apply(InstancePlaced): records a new instance, loading, with its stages as assigned."""
 
-from coordinator.events import InstancePlaced
-from coordinator.state import ClusterState, ModelInstance, StageAssignment
-from services.ids import InstanceId, ShardId
+from services.cluster.events import InstancePlaced
+from services.cluster.state import ClusterState, ModelInstance, StageAssignment
+from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import (
     MODEL_ID,
     apply_next,

@@ -1,7 +1,7 @@
 """apply(InstanceReady): the instance's status becomes ready; its stages and message stay."""
 
-from coordinator.events import InstanceReady, StageLoaded
-from services.ids import InstanceId, ShardId
+from services.cluster.events import InstanceReady, StageLoaded
+from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state
 
 

@@ -1,7 +1,7 @@
 """apply(InstanceRemoved): drops one instance; the model stays registered for re-placement."""
 
-from coordinator.events import InstanceRemoved
-from services.ids import InstanceId
+from services.cluster.events import InstanceRemoved
+from services.kernel.ids import InstanceId
 from tests.coordinator.builders import (
     INSTANCE_ID,
     MODEL_ID,

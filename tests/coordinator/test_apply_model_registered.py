@@ -1,8 +1,8 @@
 """apply(ModelRegistered): adds or replaces one model spec, nothing else."""
 
-from coordinator.events import ModelRegistered
-from coordinator.state import ClusterState
-from services.ids import ModelId
+from services.cluster.events import ModelRegistered
+from services.cluster.state import ClusterState
+from services.kernel.ids import ModelId
 from tests.coordinator.builders import MODEL_ID, apply_next, fields_other_than, populated_state, tiny_model
 
 

@@ -1,7 +1,7 @@
 """apply(NodeDrainRequested): the node is marked draining (once); a restart of its shard ends the drain."""
 
-from coordinator.events import NodeDrainRequested, ShardRegistered
-from services.ids import NodeId
+from services.cluster.events import NodeDrainRequested, ShardRegistered
+from services.kernel.ids import NodeId
 from tests.coordinator.builders import apply_next, fields_other_than, populated_state, shard_server
 
 NODE = NodeId("node-of-shard-b")

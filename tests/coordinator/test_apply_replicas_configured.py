@@ -1,7 +1,7 @@
 """apply(ReplicasConfigured): the membership (voters, learners) is replaced; nothing else changes."""
 
-from coordinator.events import ReplicasConfigured
-from coordinator.state import ClusterState
+from services.cluster.events import ReplicasConfigured
+from services.cluster.state import ClusterState
 from tests.coordinator.builders import apply_next, fields_other_than, populated_state
 
 

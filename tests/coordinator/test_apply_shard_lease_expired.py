@@ -1,7 +1,7 @@
 """apply(ShardLeaseExpired): the shard leaves the state; every instance with a stage on it fails."""
 
-from coordinator.events import ShardLeaseExpired
-from services.ids import InstanceId, ShardId
+from services.cluster.events import ShardLeaseExpired
+from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state, shard_server
 
 

@@ -4,9 +4,9 @@ also fails the instances it held, since its stages died with the old process."""
 import pytest
 from pydantic import ValidationError
 
-from coordinator.events import ShardRegistered
-from coordinator.state import ClusterState
-from services.ids import ShardId
+from services.cluster.events import ShardRegistered
+from services.cluster.state import ClusterState
+from services.kernel.ids import ShardId
 from tests.coordinator.builders import (
     INSTANCE_ID,
     apply_all,

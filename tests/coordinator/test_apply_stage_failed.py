@@ -1,7 +1,7 @@
 """apply(StageFailed): marks the stage failed and the whole instance failed, with the shard's message."""
 
-from coordinator.events import StageFailed, StageLoaded
-from services.ids import InstanceId, ShardId
+from services.cluster.events import StageFailed, StageLoaded
+from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state
 
 

@@ -1,7 +1,7 @@
 """apply(StageLoaded): marks one stage of one instance loaded; the instance stays loading."""
 
-from coordinator.events import StageLoaded
-from services.ids import InstanceId, ShardId
+from services.cluster.events import StageLoaded
+from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state
 
 

@@ -1,6 +1,6 @@
 """apply(TermStarted): the leader's first entry sets the fencing term and the leader; nothing else."""
 
-from coordinator.events import TermStarted
+from services.cluster.events import TermStarted
 from tests.coordinator.builders import apply_next, fields_other_than, populated_state
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.event_follower import EventFollower
-from coordinator.events import IndexedEvent, ShardRegistered
-from coordinator.state import ClusterState
-from services.ids import ShardId
+from services.cluster.event_follower import EventFollower
+from services.cluster.events import IndexedEvent, ShardRegistered
+from services.cluster.state import ClusterState
+from services.kernel.ids import ShardId
 from strata_wire import coordinator_pb2
 from tests.coordinator.builders import shard_server
 from tests.coordinator.replica_processes import CommandClient, ReplicaSet, get_state, wait_for_leader

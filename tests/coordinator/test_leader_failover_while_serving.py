@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS
-from services.grpc_server import cluster_sync_channel
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.coordinator.replica_processes import ReplicaSet, get_state, wait_for_leader
 from tests.coordinator.test_shard_lease_replacement import (

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from coordinator.model_spec import LAYER_FIXED_WORK, model_spec
 from coordinator.placement import Placement, place
-from coordinator.state import ModelSpec, WeightCost
-from services.ids import ModelId
-from services.model_files import read_manifest
+from services.cluster.state import ModelSpec, WeightCost
+from services.kernel.ids import ModelId
+from services.models.model_files import read_manifest
+from services.models.model_spec import LAYER_FIXED_WORK, model_spec
 from tests.coordinator.builders import shard_server
 from tests.coordinator.test_placement import ranges
 from tests.tiny_architectures import build_tiny_model

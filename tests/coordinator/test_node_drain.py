@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.events import ShardLeaseExpired, StageFailed
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.cluster.events import ShardLeaseExpired, StageFailed
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root
+from services.models.model_store import ModelStore
 from tests.coordinator.replica_processes import committed_records, get_state
 from tests.coordinator.test_shard_lease_replacement import (
     MODEL,
@@ -53,7 +53,7 @@ def test_draining_a_node_moves_its_instance_without_a_failure(tmp_path: Path) ->
         drained_node = next(shard.node_id for shard in state.shards if shard.shard_id == drained_shard)
 
         drain = subprocess.run(
-            [sys.executable, "-m", "services.cli", "drain", drained_node, "--coordinator", coordinator,
+            [sys.executable, "-m", "services.app.cli", "drain", drained_node, "--coordinator", coordinator,
              "--timeout", "120"],
             capture_output=True, text=True, timeout=180, check=False,
         )  # fmt: skip

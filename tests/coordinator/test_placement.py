@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import pytest
 
 from coordinator.placement import Placement, PlacementRefusal, place
-from coordinator.state import ModelSpec, ShardServer, StageAssignment, WeightCost
-from services.ids import ModelId
+from services.cluster.state import ModelSpec, ShardServer, StageAssignment, WeightCost
+from services.kernel.ids import ModelId
 from tests.coordinator.builders import shard_server, tiny_model
 
 RANDOM_CASES = 400

@@ -2,11 +2,11 @@
 
 import pytest
 
-from coordinator.events import InstanceRemoved, ModelRegistered, ShardRegistered, StageFailed
 from coordinator.placement import place
 from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
-from coordinator.state import ClusterState
-from services.ids import InstanceId, ModelId, ShardId
+from services.cluster.events import InstanceRemoved, ModelRegistered, ShardRegistered, StageFailed
+from services.cluster.state import ClusterState
+from services.kernel.ids import InstanceId, ModelId, ShardId
 from tests.coordinator.builders import (
     INSTANCE_ID,
     MODEL_ID,
@@ -171,7 +171,7 @@ def test_a_model_that_cannot_fit_does_not_block_one_that_can() -> None:
 
 
 def test_after_a_lease_expiry_the_instance_is_removed_then_placed_on_the_remaining_shards() -> None:
-    from coordinator.events import ShardLeaseExpired
+    from services.cluster.events import ShardLeaseExpired
 
     state = apply_next(populated_state(), ShardLeaseExpired(shard_id=ShardId("shard-b")))
 
@@ -184,7 +184,7 @@ def test_after_a_lease_expiry_the_instance_is_removed_then_placed_on_the_remaini
 
 
 def test_an_instance_left_loading_by_a_dead_leader_is_removed_by_the_next_one() -> None:
-    from coordinator.events import TermStarted
+    from services.cluster.events import TermStarted
 
     state = apply_next(populated_state(), TermStarted(term=2, leader="b:1"))
 
@@ -197,7 +197,7 @@ def test_an_instance_loading_in_the_current_term_is_left_to_finish() -> None:
 
 def drained_state() -> ClusterState:
     """The tiny model ready on shard-a + shard-b, a spare shard-c, and shard-b's node draining."""
-    from coordinator.events import InstanceReady, NodeDrainRequested
+    from services.cluster.events import InstanceReady, NodeDrainRequested
 
     state = apply_all(
         populated_state(),
@@ -214,7 +214,7 @@ def test_a_drain_first_places_a_replacement_away_from_the_node() -> None:
 
 
 def test_a_drain_removes_the_old_instance_once_the_replacement_is_ready() -> None:
-    from coordinator.events import InstancePlaced, InstanceReady
+    from services.cluster.events import InstancePlaced, InstanceReady
 
     state = drained_state()
     action = plan(state, minimum_shards=1)
@@ -237,7 +237,7 @@ def test_a_drain_removes_the_old_instance_once_the_replacement_is_ready() -> Non
 
 
 def test_a_drain_with_nowhere_to_go_keeps_the_instance_and_says_why() -> None:
-    from coordinator.events import InstanceReady, NodeDrainRequested
+    from services.cluster.events import InstanceReady, NodeDrainRequested
 
     state = apply_next(populated_state(), InstanceReady(instance_id=INSTANCE_ID))
     for shard in ("shard-a", "shard-b"):
@@ -251,13 +251,13 @@ def test_a_drain_with_nowhere_to_go_keeps_the_instance_and_says_why() -> None:
 
 def ready_on_two_shards() -> ClusterState:
     """The tiny model (4 layers) ready on shard-a [0, 2) and shard-b [2, 4)."""
-    from coordinator.events import InstanceReady
+    from services.cluster.events import InstanceReady
 
     return apply_next(populated_state(), InstanceReady(instance_id=INSTANCE_ID))
 
 
 def test_the_minimum_does_not_block_re_placing_a_model_after_a_loss() -> None:
-    from coordinator.events import ShardLeaseExpired
+    from services.cluster.events import ShardLeaseExpired
 
     # Started with a minimum of two shards; one leaves: the model goes on the one that remains.
     state = apply_next(ready_on_two_shards(), ShardLeaseExpired(shard_id=ShardId("shard-b")))
@@ -297,7 +297,7 @@ def test_a_loading_instance_is_not_re_placed_when_a_shard_joins() -> None:
     loading = apply_next(loading, ModelRegistered(model=tiny_model(num_layers=6)))
     action = plan(loading, minimum_shards=2)
     assert isinstance(action, PlaceInstance)
-    from coordinator.events import InstancePlaced
+    from services.cluster.events import InstancePlaced
 
     placed = InstancePlaced(
         instance_id=action.instance_id, model_id=MODEL_ID, num_layers=6, stages=action.placement.stages
@@ -309,7 +309,7 @@ def test_a_loading_instance_is_not_re_placed_when_a_shard_joins() -> None:
 
 def ready_on(shard_count: int, num_layers: int) -> ClusterState:
     """A model of `num_layers` equal layers placed and ready on shard-0 .. shard-{shard_count - 1}."""
-    from coordinator.events import InstancePlaced, InstanceReady
+    from services.cluster.events import InstancePlaced, InstanceReady
 
     state = state_with(0, models=())
     state = apply_all(

@@ -1,6 +1,7 @@
 """plan(..., instances_per_model=N): each model kept at N instances on shard servers of their own."""
 
-from coordinator.events import (
+from coordinator.planner import Action, CannotPlace, PlaceInstance, RemoveInstance, plan
+from services.cluster.events import (
     InstancePlaced,
     InstanceReady,
     InstanceRemoved,
@@ -9,9 +10,8 @@ from coordinator.events import (
     ShardLeaseExpired,
     ShardRegistered,
 )
-from coordinator.planner import Action, CannotPlace, PlaceInstance, RemoveInstance, plan
-from coordinator.state import ClusterState
-from services.ids import ShardId
+from services.cluster.state import ClusterState
+from services.kernel.ids import ShardId
 from tests.coordinator.builders import apply_all, apply_next, shard_server, tiny_model
 
 TWO = 2

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from coordinator.events import IndexedEvent, ShardRegistered, TermStarted
 from coordinator.raft.messages import AppendRequest, SnapshotRequest
 from coordinator.raft.node import RaftNode
 from coordinator.raft.rules import VoteRequest
 from coordinator.raft.storage import LogEntry, RaftStorage, Snapshot
-from coordinator.state import ClusterState
+from services.cluster.events import IndexedEvent, ShardRegistered, TermStarted
+from services.cluster.state import ClusterState
 from tests.coordinator.builders import shard_server
 
 VOTERS = ("a:1", "b:1", "c:1")

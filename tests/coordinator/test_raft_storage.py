@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.events import IndexedEvent, ShardRegistered
 from coordinator.raft.storage import LOG_FILE, CompactedError, HardState, LogEntry, RaftStorage, Snapshot
-from coordinator.state import ClusterState
+from services.cluster.events import IndexedEvent, ShardRegistered
+from services.cluster.state import ClusterState
 from tests.coordinator.builders import shard_server
 
 

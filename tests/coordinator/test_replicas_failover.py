@@ -70,7 +70,7 @@ def test_replicas_started_at_the_same_instant_form_one_cluster(tmp_path: Path) -
 
         follower = next(number for number in range(3) if number != leader)
         status = subprocess.run(
-            [sys.executable, "-m", "services.cli", "status", "--coordinator", replicas.addresses[follower]],
+            [sys.executable, "-m", "services.app.cli", "status", "--coordinator", replicas.addresses[follower]],
             capture_output=True,
             text=True,
             timeout=60,

@@ -46,7 +46,7 @@ def test_a_dead_voter_is_removed_and_a_late_replica_joins_then_votes(tmp_path: P
         dead, follower = (number for number in range(3) if number != leader)
         replicas.kill(dead)
         removal = subprocess.run(
-            [sys.executable, "-m", "services.cli", "cluster", "remove-replica", replicas.addresses[dead],
+            [sys.executable, "-m", "services.app.cli", "cluster", "remove-replica", replicas.addresses[dead],
              "--coordinator", replicas.addresses[follower]],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip

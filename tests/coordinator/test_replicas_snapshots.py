@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.raft.storage import LOG_FILE
-from services.grpc_server import cluster_sync_channel
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.coordinator.replica_processes import CommandClient, ReplicaSet, wait_for_leader, wait_until_converged
 

@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS
-from services.grpc_server import cluster_sync_channel
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, shard_pb2, shard_pb2_grpc
 from tests.coordinator.replica_processes import get_state
 from tests.processes import ServiceProcess, free_port, start_coordinator, start_strata, wait_for_grpc_health

@@ -1,7 +1,7 @@
 """Shard leases on the leader: renewals keep a shard, silence expires it, a new leader starts afresh."""
 
 from coordinator.shard_leases import ShardLeases, expired_shards
-from services.ids import ShardId
+from services.kernel.ids import ShardId
 
 A, B = ShardId("shard-a"), ShardId("shard-b")
 

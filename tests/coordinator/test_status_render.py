@@ -1,6 +1,6 @@
 """`strata status` formatting: leader, term, replicas with log positions, nodes, instances with layers."""
 
-from coordinator.operator_commands import render_status
+from services.app.operator_commands import render_status
 from strata_wire import coordinator_pb2
 
 

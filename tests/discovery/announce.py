@@ -9,7 +9,7 @@ import sys
 
 from discovery.peer import PeerInfo, parse_role
 from discovery.peer_source import Discovery, DiscoveryOptions
-from services.ids import NodeId
+from services.kernel.ids import NodeId
 
 
 async def announce(cluster: str, role: str, port: int, version: int, interface: str) -> None:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from services.embedded_model import EMBEDDED_MODEL_ID
+from services.models.embedded_model import EMBEDDED_MODEL_ID
 
 QUESTION = "What is the capital of France?"
 

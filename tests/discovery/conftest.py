@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from services.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.settings import models_root
+from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.models.model_import import import_gguf
+from services.models.model_store import ModelStore
 
 
 @pytest.fixture(scope="session")
 def embedded_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("embedded-models")
-    ModelStore(models_root(home)).import_gguf(EMBEDDED_MODEL_ID, find_embedded_gguf())
+    import_gguf(ModelStore(models_root(home)), EMBEDDED_MODEL_ID, find_embedded_gguf())
     return models_root(home)
 
 

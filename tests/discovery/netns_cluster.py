@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
 
-from services.embedded_model import EMBEDDED_MODEL_ID
-from services.settings import COORDINATOR_PORT, GATEWAY_PORT, SHARD_PORT, models_root
+from services.kernel.settings import COORDINATOR_PORT, GATEWAY_PORT, SHARD_PORT, models_root
+from services.models.embedded_model import EMBEDDED_MODEL_ID
 from tests.netns import NetnsHost, NetnsLab
 from tests.processes import ServiceProcess
 

@@ -8,7 +8,7 @@ import sys
 
 import grpc
 
-from services.grpc_server import cluster_sync_channel
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.embedded_model import EMBEDDED_MODEL_ID
-from services.grpc_server import cluster_sync_channel
+from services.models.embedded_model import EMBEDDED_MODEL_ID
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.discovery.ask import ask_until_answered
 from tests.discovery.conftest import give_model

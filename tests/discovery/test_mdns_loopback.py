@@ -13,7 +13,7 @@ import pytest
 from discovery.mdns import RECORD_TTL_SECONDS
 from discovery.peer import PROTOCOL_VERSION, PeerInfo, Role
 from discovery.peer_source import Discovery, DiscoveryOptions
-from services.ids import NodeId
+from services.kernel.ids import NodeId
 from tests.processes import free_port
 
 pytestmark = [pytest.mark.timeout(90)]

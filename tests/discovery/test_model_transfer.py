@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from discovery.gateway_presence import GatewayPresence
-from discovery.model_fetch import FetchError, ModelFetcher, partial_path
-from discovery.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service, sha256_of
 from discovery.peer_source import DiscoveryOptions
-from services.grpc_server import GrpcServer
-from services.ids import ModelId, NodeId
-from services.model_files import CONFIG_FILE, INDEX_FILE, read_config, weight_files_for_stage
-from services.model_store import ModelStore
+from gateway.presence import GatewayPresence
+from services.kernel.ids import ModelId, NodeId
+from services.models.model_fetch import FetchError, ModelFetcher, partial_path
+from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service, sha256_of
+from services.models.model_files import CONFIG_FILE, INDEX_FILE, read_config, weight_files_for_stage
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import GrpcServer
 from tests.tiny_architectures import build_tiny_model
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -7,7 +7,7 @@ import pytest
 from discovery.peer import PROTOCOL_VERSION, PeerInfo, host_share, refusal_reason, split_address
 from discovery.peer_table import PeerTable
 from discovery.txt_record import TxtRecordError, from_properties, to_properties
-from services.ids import NodeId
+from services.kernel.ids import NodeId
 
 pytestmark = [pytest.mark.timeout(30)]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.grpc_server import cluster_sync_channel
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata
 

@@ -12,8 +12,8 @@ from discovery.cli_options import add_discovery_arguments, discovery_options
 from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
 from discovery.peer import PROTOCOL_VERSION, PeerInfo
 from discovery.peer_source import Discovery, DiscoveryOptions
-from services.grpc_server import GrpcServer
-from services.ids import NodeId
+from services.kernel.ids import NodeId
+from services.platform.grpc_server import GrpcServer
 
 pytestmark = [pytest.mark.timeout(60)]
 

@@ -19,7 +19,7 @@ from gateway.token_source import (
     TokenRequest,
 )
 from gateway.tokenization import ModelTokenizer
-from services.ids import ModelId, RequestId
+from services.kernel.ids import ModelId, RequestId
 
 MODEL = ModelId("tiny-chat")
 

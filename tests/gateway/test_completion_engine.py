@@ -18,8 +18,8 @@ from gateway.generation_request import (
 )
 from gateway.token_source import ModelUnavailableError, PipelineError
 from gateway.tokenization import REPLACEMENT_CHARACTER, ModelTokenizer
-from services.ids import ModelId, RequestId
-from services.sampling import SamplingOptions
+from services.kernel.ids import ModelId, RequestId
+from services.kernel.sampling import SamplingOptions
 from tests.gateway.fakes import MODEL, REPLY_TEXT, ScriptedTokenSource, StaticTokenizers, scripted_source
 from tests.gateway.tiny_tokenizer import build_model_directory
 

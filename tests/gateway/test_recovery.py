@@ -20,8 +20,8 @@ from gateway.token_source import (
     TokenEvent,
     TokenRequest,
 )
-from services.ids import InstanceId, ModelId, RequestId
-from services.sampling import SamplingOptions
+from services.kernel.ids import InstanceId, ModelId, RequestId
+from services.kernel.sampling import SamplingOptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 

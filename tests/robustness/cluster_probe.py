@@ -5,8 +5,8 @@ import time
 import httpx
 from grpc_health.v1 import health_pb2
 
-from services.embedded_model import EMBEDDED_MODEL_ID
-from services.grpc_server import cluster_sync_channel
+from services.models.embedded_model import EMBEDDED_MODEL_ID
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 PROMPT = "The capital of France is"

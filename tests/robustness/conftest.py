@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from services.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
-from services.grpc_server import cluster_sync_channel
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.settings import models_root
+from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.models.model_import import import_gguf
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health, wait_for_http_ok
 
@@ -45,7 +46,7 @@ def _ready_instance(coordinator: str) -> coordinator_pb2.ModelInstance | None:
 def overload_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverloadCluster]:
     home = tmp_path_factory.mktemp("overload-home")
     logs = tmp_path_factory.mktemp("overload-logs")
-    ModelStore(models_root(home)).import_gguf(EMBEDDED_MODEL_ID, find_embedded_gguf())
+    import_gguf(ModelStore(models_root(home)), EMBEDDED_MODEL_ID, find_embedded_gguf())
     coordinator_port, gateway_port = free_port(), free_port()
     shard_ports = [free_port(), free_port()]
     coordinator = f"127.0.0.1:{coordinator_port}"

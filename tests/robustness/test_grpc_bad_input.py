@@ -10,10 +10,10 @@ from typing import cast
 import grpc
 import pytest
 
-from services.auth import cluster_security
-from services.auth_interceptors import SyncTokenClientInterceptor
-from services.embedded_model import EMBEDDED_MODEL_ID
-from services.grpc_server import MAX_MESSAGE_BYTES, cluster_sync_channel
+from services.models.embedded_model import EMBEDDED_MODEL_ID
+from services.platform.auth import cluster_security
+from services.platform.auth_interceptors import SyncTokenClientInterceptor
+from services.platform.grpc_server import MAX_MESSAGE_BYTES, cluster_sync_channel
 from strata_wire import common_pb2, coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 from tests.robustness.cluster_probe import grpc_serving, wait_until_idle
 from tests.robustness.conftest import OverloadCluster

@@ -17,8 +17,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.embedded_model import EMBEDDED_MODEL_ID
-from services.grpc_server import cluster_sync_channel
+from services.models.embedded_model import EMBEDDED_MODEL_ID
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, discovery_pb2, model_transfer_pb2, raft_pb2, shard_pb2
 from tests.robustness.cluster_probe import complete, grpc_serving
 from tests.robustness.conftest import OverloadCluster

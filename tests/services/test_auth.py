@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.api_keys import API_KEYS_ENVIRONMENT_VARIABLE, load_api_keys
-from services.auth import (
+from services.platform.auth import (
     TOKEN_ENVIRONMENT_VARIABLE,
     ClusterSecurity,
     bearer_matches,

@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.parametrize(("command", "value"), [("coordinator", "0"), ("run", "-1"), ("coordinator", "two")])
 def test_instances_below_one_or_not_a_number_is_a_usage_error(command: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", command, "--instances", value],
+        [sys.executable, "-m", "services.app.cli", command, "--instances", value],
         capture_output=True,
         text=True,
         timeout=60,

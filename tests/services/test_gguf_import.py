@@ -14,10 +14,11 @@ from mlx_lm.models.llama import Model
 from mlx_lm.utils import load_model
 from transformers import AutoTokenizer
 
-from services.embedded_model import EMBEDDED_MODEL_ID, EmbeddedModelMissingError, find_embedded_gguf
-from services.gguf_import import import_gguf
-from services.model_files import read_config, read_manifest, weight_files_for_stage
-from services.model_store import ModelStore
+from services.models import gguf_import
+from services.models.embedded_model import EMBEDDED_MODEL_ID, EmbeddedModelMissingError, find_embedded_gguf
+from services.models.model_files import read_config, read_manifest, weight_files_for_stage
+from services.models.model_import import import_gguf
+from services.models.model_store import ModelStore
 from tests.services.tiny_models import NUM_LAYERS, VOCAB_SIZE, model_weights, tiny_llama
 
 GgufValue = mx.array | str | list[str]
@@ -95,7 +96,7 @@ def tiny_gguf(directory: Path, **metadata_overrides: GgufValue) -> tuple[Path, M
 def test_tiny_gguf_imports_to_the_same_model_and_tokenizer(tmp_path: Path) -> None:
     gguf_path, reference = tiny_gguf(tmp_path)
 
-    import_gguf(gguf_path, tmp_path / "model")
+    gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
     config = read_config(tmp_path / "model")
     assert config["rope_traditional"] is True
@@ -121,7 +122,7 @@ def test_tiny_gguf_imports_to_the_same_model_and_tokenizer(tmp_path: Path) -> No
 def test_add_bos_token_prepends_bos(tmp_path: Path) -> None:
     gguf_path, _ = tiny_gguf(tmp_path, **{"tokenizer.ggml.add_bos_token": mx.array(True)})
 
-    import_gguf(gguf_path, tmp_path / "model")
+    gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     assert tokenizer.encode("hi") == [1, TOKENS.index("hi")]
@@ -141,7 +142,7 @@ def test_add_bos_token_prepends_bos(tmp_path: Path) -> None:
 def test_unsupported_gguf_is_refused(tmp_path: Path, metadata: dict[str, GgufValue], message: str) -> None:
     gguf_path, _ = tiny_gguf(tmp_path, **metadata)
     with pytest.raises(ValueError, match=message):
-        import_gguf(gguf_path, tmp_path / "model")
+        gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
 
 @pytest.mark.timeout(60)
@@ -151,7 +152,7 @@ def test_unknown_tensor_is_refused(tmp_path: Path) -> None:
     tensors["rope_freqs.weight"] = mx.ones((32,))
     gguf_path = write_gguf(tmp_path / "tiny.gguf", tensors, tiny_metadata())
     with pytest.raises(ValueError, match="rope_freqs"):
-        import_gguf(gguf_path, tmp_path / "model")
+        gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
 
 def test_missing_embedded_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,7 +169,7 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch: pytest.Monkey
 def test_embedded_model_imports_and_answers(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     started = time.perf_counter()
-    model_dir = store.import_gguf(EMBEDDED_MODEL_ID, find_embedded_gguf())
+    model_dir = import_gguf(store, EMBEDDED_MODEL_ID, find_embedded_gguf())
     import_seconds = time.perf_counter() - started
     print(f"embedded GGUF import took {import_seconds:.2f} s")
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.grpc_decode import MalformedRequestInterceptor
+from services.platform.grpc_decode import MalformedRequestInterceptor
 from strata_wire import shard_pb2
 
 pytestmark = pytest.mark.timeout(30)

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import pytest
 
-from services.mlx_typing import to_bool_list, to_int_list
+from services.platform.mlx_typing import to_bool_list, to_int_list
 
 
 def test_lists_of_one_dimensional_arrays() -> None:

@@ -8,15 +8,15 @@ import pytest
 from mlx_lm.models.llama import Model
 from mlx_lm.utils import load_model
 
-from services.model_files import (
+from services.models.model_files import (
     EMBED_FILE,
     HEAD_FILE,
     INDEX_FILE,
     has_layered_layout,
     read_manifest,
-    save_model_directory,
     weight_files_for_stage,
 )
+from services.models.model_writer import save_model_directory
 from tests.services.tiny_models import (
     EMBED_PARAMETERS,
     LAYER_PARAMETERS,

@@ -8,9 +8,11 @@ import pytest
 from mlx_lm.models.llama import Model
 from mlx_lm.utils import load_model
 
-from services.ids import ModelId
-from services.model_files import INDEX_FILE, has_layered_layout, save_model_directory
-from services.model_store import ModelStore, default_models_root, parse_model_id
+from services.kernel.ids import ModelId
+from services.models.model_files import INDEX_FILE, has_layered_layout
+from services.models.model_import import import_directory
+from services.models.model_store import ModelStore, default_models_root, parse_model_id
+from services.models.model_writer import save_model_directory
 from tests.services.tiny_models import model_weights, tiny_llama
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,7 +52,7 @@ def test_single_file_model_is_resplit_into_the_layered_layout(tmp_path: Path) ->
     model = single_file_model(tmp_path / "source")
     store = ModelStore(tmp_path / "models")
 
-    model_dir = store.import_directory(MODEL_ID, tmp_path / "source")
+    model_dir = import_directory(store, MODEL_ID, tmp_path / "source")
 
     assert model_dir == tmp_path / "models" / MODEL_ID
     assert store.has_model(MODEL_ID)
@@ -69,7 +71,7 @@ def test_layered_model_is_copied_file_for_file(tmp_path: Path) -> None:
     save_model_directory(tmp_path / "source", config, model_weights(model))
     store = ModelStore(tmp_path / "models")
 
-    model_dir = store.import_directory(MODEL_ID, tmp_path / "source")
+    model_dir = import_directory(store, MODEL_ID, tmp_path / "source")
 
     assert directory_contents(model_dir) == directory_contents(tmp_path / "source")
 
@@ -78,13 +80,13 @@ def test_reimport_is_a_no_op_unless_replace(tmp_path: Path) -> None:
     single_file_model(tmp_path / "first", seed=0)
     single_file_model(tmp_path / "second", seed=1)
     store = ModelStore(tmp_path / "models")
-    model_dir = store.import_directory(MODEL_ID, tmp_path / "first")
+    model_dir = import_directory(store, MODEL_ID, tmp_path / "first")
     first_contents = directory_contents(model_dir)
 
-    store.import_directory(MODEL_ID, tmp_path / "second")
+    import_directory(store, MODEL_ID, tmp_path / "second")
     assert directory_contents(model_dir) == first_contents
 
-    store.import_directory(MODEL_ID, tmp_path / "second", replace=True)
+    import_directory(store, MODEL_ID, tmp_path / "second", replace=True)
     assert directory_contents(model_dir) != first_contents
     assert (model_dir / INDEX_FILE).is_file()
     assert [entry.name for entry in (tmp_path / "models").iterdir()] == [MODEL_ID]
@@ -94,13 +96,13 @@ def test_failed_import_leaves_the_store_as_it_was(tmp_path: Path) -> None:
     single_file_model(tmp_path / "good")
     single_file_model(tmp_path / "broken", config_overrides={"num_hidden_layers": "four"})
     store = ModelStore(tmp_path / "models")
-    model_dir = store.import_directory(MODEL_ID, tmp_path / "good")
+    model_dir = import_directory(store, MODEL_ID, tmp_path / "good")
     before = directory_contents(model_dir)
 
     with pytest.raises(ValueError, match="num_hidden_layers"):
-        store.import_directory(MODEL_ID, tmp_path / "broken", replace=True)
+        import_directory(store, MODEL_ID, tmp_path / "broken", replace=True)
     with pytest.raises(ValueError, match="num_hidden_layers"):
-        store.import_directory(ModelId("other"), tmp_path / "broken")
+        import_directory(store, ModelId("other"), tmp_path / "broken")
 
     assert directory_contents(model_dir) == before
     assert [entry.name for entry in (tmp_path / "models").iterdir()] == [MODEL_ID]
@@ -115,14 +117,14 @@ def test_incomplete_leftover_is_not_listed_and_gets_replaced(tmp_path: Path) -> 
 
     assert not store.has_model(MODEL_ID)
     assert store.list_models() == []
-    store.import_directory(MODEL_ID, tmp_path / "source")
+    import_directory(store, MODEL_ID, tmp_path / "source")
     assert store.has_model(MODEL_ID)
 
 
 def test_remove(tmp_path: Path) -> None:
     single_file_model(tmp_path / "source")
     store = ModelStore(tmp_path / "models")
-    store.import_directory(MODEL_ID, tmp_path / "source")
+    import_directory(store, MODEL_ID, tmp_path / "source")
 
     store.remove(MODEL_ID)
 
@@ -137,10 +139,10 @@ def test_import_directory_needs_config_and_weights(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"config\.json"):
-        store.import_directory(MODEL_ID, tmp_path / "empty")
+        import_directory(store, MODEL_ID, tmp_path / "empty")
     (tmp_path / "empty" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="safetensors"):
-        store.import_directory(MODEL_ID, tmp_path / "empty")
+        import_directory(store, MODEL_ID, tmp_path / "empty")
 
 
 def test_list_models_of_a_missing_root_is_empty(tmp_path: Path) -> None:

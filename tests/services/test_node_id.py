@@ -3,7 +3,7 @@
 import threading
 from pathlib import Path
 
-from services.settings import node_id
+from services.kernel.settings import node_id
 
 CREATORS = 16
 ROUNDS = 20

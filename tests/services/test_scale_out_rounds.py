@@ -1,6 +1,6 @@
 """The scale-out figures of `make bench`: means over rounds, and each round's ratios reported beside them."""
 
-from services.benchmark.report import scale_out_from_rounds, scale_out_rounds_line
+from services.app.benchmark.report import scale_out_from_rounds, scale_out_rounds_line
 
 
 def test_figures_are_means_over_rounds_and_each_rounds_ratio_is_reported() -> None:

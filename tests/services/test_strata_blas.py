@@ -1,4 +1,4 @@
-"""The BLAS preloaded under MLX (services/native/strata_blas.c): strata's kernel for A * W^T.
+"""The BLAS preloaded under MLX (services/platform/native/strata_blas.c): strata's kernel for A * W^T.
 
 Its row results must not depend on how many rows share a call, nor on the thread count: batching
 and the thread policy rely on it. Everything else it forwards to OpenBLAS.
@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.fast_blas import (
+from services.platform.fast_blas import (
     BlasThreadControl,
     blas_description,
     blas_thread_control,

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from services.tensor_codec import EncodedTensor, TensorDecodeError, decode, dtype_name, encode
+from services.platform.tensor_codec import EncodedTensor, TensorDecodeError, decode, dtype_name, encode
 
 LIMIT = 1 << 20
 SHAPES = [(), (0,), (1,), (7,), (2, 3), (1, 5, 4), (2, 0, 3), (0, 0)]

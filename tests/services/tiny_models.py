@@ -7,7 +7,7 @@ from mlx import nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
 
-from services.mlx_typing import quantize_module
+from services.platform.mlx_typing import quantize_module
 
 NUM_LAYERS = 4
 HIDDEN_SIZE = 64

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from services.ids import RequestId
+from services.kernel.ids import RequestId
 from shard_server.admission import AdmissionGate, AdmissionLimits, AdmissionRefusedError, kv_budget_tokens
 
 pytestmark = pytest.mark.timeout(10)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.ids import RequestId
+from services.kernel.ids import RequestId
 from shard_server.batch_plan import MAX_DECODE_ROWS, DecodeRow, WaitingPrompt, decode_cap, plan_batch
 
 

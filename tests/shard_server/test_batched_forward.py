@@ -6,8 +6,8 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from services.ids import ModelId
-from services.model_store import ModelStore
+from services.kernel.ids import ModelId
+from services.models.model_store import ModelStore
 from shard_server.batched_forward import RequestRows, check_batch_invariance, forward_rows, is_batchable
 from shard_server.model_stage import ModelStage, StageRange
 from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model

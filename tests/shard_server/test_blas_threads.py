@@ -43,7 +43,7 @@ def test_defaults_come_from_the_environment() -> None:
 def test_the_preloaded_openblas_takes_the_thread_count() -> None:
     import pytest
 
-    from services.fast_blas import blas_thread_control, fast_blas_loaded
+    from services.platform.fast_blas import blas_thread_control, fast_blas_loaded
 
     if not fast_blas_loaded():
         pytest.skip("this process runs MLX's reference BLAS (STRATA_BLAS=reference)")

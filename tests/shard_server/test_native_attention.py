@@ -10,8 +10,8 @@ import pytest
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
-from services.ids import ModelId
-from services.model_store import ModelStore
+from services.kernel.ids import ModelId
+from services.models.model_store import ModelStore
 from shard_server.batched_forward import RequestRows
 from shard_server.model_stage import ModelStage, StageRange
 from shard_server.native_attention import (

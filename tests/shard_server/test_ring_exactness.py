@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from services.grpc_server import cluster_sync_channel
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import cluster_sync_channel
 from shard_server.native_attention import load_native_attention
 from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from services.ids import RequestId
-from services.tensor_codec import EncodedTensor
+from services.kernel.ids import RequestId
+from services.platform.tensor_codec import EncodedTensor
 from shard_server.ring_link import RingLink, encode_ring_message
 from shard_server.ring_messages import BatchStep, Segment
 from strata_wire import shard_pb2

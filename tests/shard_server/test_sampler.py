@@ -6,8 +6,8 @@ import mlx.core as mx
 import pytest
 from mlx_lm.sample_utils import make_sampler
 
-from services.mlx_typing import scalar_int
-from services.sampling import SamplingOptions
+from services.kernel.sampling import SamplingOptions
+from services.platform.mlx_typing import scalar_int
 from shard_server.sampler import RequestSampler, clear_greedy_tokens, sample_rows
 
 VOCAB = 64

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from services.ids import RequestId
-from services.sampling import SamplingOptions
-from services.tensor_codec import EncodedTensor
+from services.kernel.ids import RequestId
+from services.kernel.sampling import SamplingOptions
+from services.platform.tensor_codec import EncodedTensor
+from services.wire.generate_call import sampling_from_pb, sampling_to_pb
 from shard_server.ring_messages import (
     BatchStep,
     ReleaseRequest,
@@ -23,8 +24,6 @@ from shard_server.wire import (
     client_event_to_pb,
     ring_message_from_pb,
     ring_message_to_pb,
-    sampling_from_pb,
-    sampling_to_pb,
 )
 from strata_wire import shard_pb2
 

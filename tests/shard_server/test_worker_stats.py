@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ids import InstanceId
+from services.kernel.ids import InstanceId
 from shard_server.model_stage import StageRange
 from shard_server.ring_messages import Effect, LoadStage, StageLoadFailed
 from shard_server.stage_worker import StageWorker

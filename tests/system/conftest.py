@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from services.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
-from services.grpc_server import cluster_sync_channel
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.settings import models_root
+from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.models.model_import import import_gguf
+from services.models.model_store import ModelStore
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_http_ok
 
@@ -28,7 +29,7 @@ class RunningCluster:
 @pytest.fixture(scope="session")
 def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("embedded-home")
-    ModelStore(models_root(home)).import_gguf(EMBEDDED_MODEL_ID, find_embedded_gguf())
+    import_gguf(ModelStore(models_root(home)), EMBEDDED_MODEL_ID, find_embedded_gguf())
     return home
 
 

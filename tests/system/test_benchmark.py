@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def test_bench_writes_report_and_plot(embedded_home: Path, tmp_path: Path) -> None:
     report = tmp_path / "benchmarks.md"
     command = [
-        sys.executable, "-m", "services.cli", "bench", "--home", str(embedded_home), "--shards", "2",
+        sys.executable, "-m", "services.app.cli", "bench", "--home", str(embedded_home), "--shards", "2",
         "--concurrency", "2", "--max-tokens", "6", "--no-scale-out", "--output", str(report),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=540, check=False)

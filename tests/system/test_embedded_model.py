@@ -5,9 +5,9 @@ from openai import OpenAI
 
 from gateway.generation_request import ChatMessage
 from gateway.tokenization import ModelTokenizer
-from services.compute_dtype import default_compute_dtype
-from services.embedded_model import EMBEDDED_MODEL_ID
-from services.settings import DEFAULT_PREFILL_STEP_SIZE, models_root
+from services.kernel.compute_dtype import default_compute_dtype
+from services.kernel.settings import DEFAULT_PREFILL_STEP_SIZE, models_root
+from services.models.embedded_model import EMBEDDED_MODEL_ID
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.system.conftest import RunningCluster
 

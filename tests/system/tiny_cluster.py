@@ -17,9 +17,9 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from services.ids import ModelId
-from services.model_store import ModelStore
-from services.settings import models_root
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root
+from services.models.model_store import ModelStore
 from strata_wire import coordinator_pb2
 from tests.coordinator.replica_processes import get_state
 from tests.gateway.tiny_tokenizer import build_model_directory

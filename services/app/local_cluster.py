@@ -1,0 +1,220 @@
+"""`strata run`: a whole cluster on this host, each service its own process on 127.0.0.1.
+
+Starts one coordinator, N shard servers and one gateway, waits until the gateway can serve, prints
+the URL and a curl line, and stops every child on Ctrl-C or SIGTERM (and if any child dies).
+Children also get SIGTERM from the kernel if this process dies without cleaning up (Linux).
+"""
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from services.kernel.ids import ModelId
+from services.platform.security_options import TlsFiles
+from shard_server.blas_threads import SHARED_THREADS_VARIABLE
+
+READY_TIMEOUT_SECONDS = 900.0
+STOP_GRACE_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class LocalClusterOptions:
+    home: Path
+    host: str
+    gateway_port: int
+    coordinator_port: int
+    first_shard_port: int
+    shards: int
+    model_id: ModelId
+    prefill_step_size: int
+    compute_dtype: str
+    tls: TlsFiles | None = None
+    """Mutual TLS for every child; the cluster token is the home's (children share the home)."""
+    api_key_file: Path | None = None
+    instances: int = 1
+    """Instances of the model (coordinator.planner): 1 pipelines it over every shard server."""
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _strata(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "services.app.cli", *arguments]
+
+
+def _shard_environment(shards: int) -> dict[str, str]:
+    """Shards on one host share its cores. A shard computing alone (one request in flight: the others
+    wait for it) uses them all; while requests pipeline, each keeps its share. Idle OpenBLAS threads
+    must sleep at once rather than spin, or they steal the core the next shard needs."""
+    environment = dict(os.environ)
+    cores = len(os.sched_getaffinity(0))
+    environment.setdefault("OPENBLAS_NUM_THREADS", str(cores))
+    environment.setdefault(SHARED_THREADS_VARIABLE, str(max(1, cores // max(1, shards))))
+    if shards > 1:
+        environment.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
+    return environment
+
+
+def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
+    # The children know each other's addresses: no mDNS, so a local cluster never announces on the LAN.
+    home = ["--home", str(options.home), "--no-mdns", *(options.tls.arguments() if options.tls else [])]
+    coordinator = f"{options.host}:{options.coordinator_port}"
+    commands = [
+        (
+            "coordinator",
+            _strata(
+                "coordinator",
+                *home,
+                "--host",
+                options.host,
+                "--port",
+                str(options.coordinator_port),
+                "--model",
+                options.model_id,
+                "--min-shards",
+                str(options.shards),
+                "--prefill-step-size",
+                str(options.prefill_step_size),
+                "--compute-dtype",
+                options.compute_dtype,
+                "--instances",
+                str(options.instances),
+                # Every shard starts anew too: a state from an earlier run would point at dead shards.
+                "--fresh-state",
+            ),
+        )
+    ]
+    for index in range(options.shards):
+        port = options.first_shard_port + index
+        commands.append(
+            (
+                f"shard {index + 1}",
+                _strata("shard", *home, "--host", options.host, "--port", str(port), "--coordinator", coordinator),
+            )
+        )
+    commands.append(
+        (
+            "gateway",
+            _strata(
+                "gateway",
+                *home,
+                "--host",
+                options.host,
+                "--port",
+                str(options.gateway_port),
+                "--coordinator",
+                coordinator,
+                *(["--api-key-file", str(options.api_key_file)] if options.api_key_file else []),
+            ),
+        )
+    )
+    return commands
+
+
+Children = list[tuple[str, subprocess.Popen[bytes]]]
+
+
+def start_services(options: LocalClusterOptions, cores: Mapping[str, int] | None = None) -> Children:
+    """Starts every service as its own process; `cores` pins a service (by name) to one CPU core."""
+    children: Children = []
+    shard_environment = _shard_environment(options.shards)
+    for name, command in _commands(options):
+        environment = shard_environment if name.startswith("shard") else None
+        core = (cores or {}).get(name)
+        pinned = command if core is None else ["taskset", "-c", str(core), *command]
+        if core is not None and environment is not None:
+            environment = {**environment, "OPENBLAS_NUM_THREADS": "1", SHARED_THREADS_VARIABLE: "1"}
+        children.append((name, subprocess.Popen(pinned, env=environment, preexec_fn=_die_with_parent)))  # noqa: PLW1509
+    return children
+
+
+def gateway_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _curl_line(url: str, model_id: ModelId) -> str:
+    body = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+    }
+    return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+
+
+def run_local_cluster(options: LocalClusterOptions) -> int:
+    stop_requested = False
+
+    def request_stop(signal_number: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    children: Children = []
+    url = f"http://{options.host}:{options.gateway_port}"
+    exit_code = 0
+    try:
+        children = start_services(options)
+        announced = False
+        started = time.monotonic()
+        while not stop_requested:
+            dead = [(name, child.returncode) for name, child in children if child.poll() is not None]
+            if dead:
+                print(f"strata: {dead[0][0]} exited with status {dead[0][1]}; stopping", file=sys.stderr)
+                exit_code = 1
+                break
+            if not announced and gateway_ready(url):
+                announced = True
+                print(f"\nstrata is serving {options.model_id} at {url}\n\n  {_curl_line(url, options.model_id)}\n")
+                print("Press Ctrl-C to stop.\n", flush=True)
+            if not announced and time.monotonic() - started > READY_TIMEOUT_SECONDS:
+                print(f"strata: not ready after {READY_TIMEOUT_SECONDS:.0f} s; stopping", file=sys.stderr)
+                exit_code = 1
+                break
+            time.sleep(0.25)
+    finally:
+        if stop_services(children):
+            exit_code = 1
+    return exit_code
+
+
+def stop_services(children: Children) -> list[str]:
+    """Stops every running child by SIGTERM (killing any that outlive the grace period).
+
+    Returns the names of those that did not exit 0 once asked to stop: each service handles
+    SIGTERM with a clean shutdown, so anything else is worth reporting.
+    """
+    signalled = [(name, child) for name, child in reversed(children) if child.poll() is None]
+    for _, child in signalled:
+        child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    unclean: list[str] = []
+    for name, child in signalled:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"strata: {name} did not stop in time; killing it", file=sys.stderr)
+            child.kill()
+            child.wait()
+        if child.returncode != 0:
+            unclean.append(name)
+            print(f"strata: {name} stopped with status {child.returncode}", file=sys.stderr)
+    return unclean

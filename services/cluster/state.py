@@ -1,0 +1,83 @@
+"""Cluster state: frozen, strict pydantic models, changed only by `apply` (see apply.py)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from services.kernel.ids import InstanceId, ModelId, NodeId, ShardId
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True)
+
+
+class ShardServer(Frozen):
+    shard_id: ShardId
+    node_id: NodeId
+    address: str
+    available_memory_bytes: int
+    device: Literal["cpu", "gpu", "metal"]
+    incarnation: str = ""
+    """Random per shard process; "" when unknown (found by discovery rather than registered)."""
+
+
+class WeightCost(Frozen):
+    """Bytes held in the compute dtype, and work per token (parameters read)."""
+
+    bytes: int
+    work: int
+
+
+class ModelSpec(Frozen):
+    model_id: ModelId
+    num_layers: int
+    layers: tuple[WeightCost, ...]
+    embedding: WeightCost
+    head: WeightCost
+    """Final norm and LM head; with tied embeddings the head's work is the embedding matrix."""
+    tied_embeddings: bool
+    kv_bytes_per_layer: int
+    """KV room reserved per layer held (context length x concurrent rows budget)."""
+
+
+StageStatus = Literal["assigned", "loaded", "failed"]
+InstanceStatus = Literal["loading", "ready", "failed"]
+
+
+class StageAssignment(Frozen):
+    shard_id: ShardId
+    start_layer: int
+    end_layer: int
+    status: StageStatus = "assigned"
+
+
+class ModelInstance(Frozen):
+    instance_id: InstanceId
+    model_id: ModelId
+    num_layers: int
+    stages: tuple[StageAssignment, ...]
+    status: InstanceStatus = "loading"
+    message: str = ""
+    placed_term: int = 0
+    """Leader term that placed it: a loading instance of an older term was abandoned by a dead leader."""
+
+
+class ClusterState(Frozen):
+    term: int = 1
+    """Term of the leader whose first entry was applied last: what shards are fenced with."""
+    leader: str = ""
+    """Replica id (host:port) of that leader."""
+    last_index: int = 0
+    applied_commands: dict[str, int] = {}
+    """Highest command sequence applied per client id, so a retried command applies once."""
+    voters: tuple[str, ...] = ()
+    """Coordinator replicas (host:port) that vote and count towards commits."""
+    learners: tuple[str, ...] = ()
+    """Replicas that receive the log but do not vote yet; promoted one at a time."""
+    draining_nodes: tuple[NodeId, ...] = ()
+    """Nodes whose instances move elsewhere before they stop; a node's restart ends its drain."""
+    shards: dict[ShardId, ShardServer] = {}
+    models: dict[ModelId, ModelSpec] = {}
+    instances: dict[InstanceId, ModelInstance] = {}
+    placed_models: tuple[ModelId, ...] = ()
+    """Models placed at least once: the planner's wait for a minimum of shards holds only before that."""

@@ -1,0 +1,300 @@
+"""The on-disk layout of a model in strata, and what can be learnt from it without loading tensors.
+
+A model directory holds `config.json`, tokenizer files and the weights split by responsibility, so a
+shard reads only the files of its layer range:
+
+    model-embed.safetensors          model.embed_tokens.*
+    model-layer-00000.safetensors    model.layers.0.*   (one file per transformer layer)
+    model-head.safetensors           model.norm.*, lm_head.* and anything else not per-layer
+    model.safetensors.index.json     {"metadata": {...}, "weight_map": {key: file name}}
+
+Every weight file name starts with `model`, so `mlx_lm.load` (which globs `model*.safetensors`) loads the
+whole directory as it is. Layer numbers are global: a shard serving `[start, end)` keeps the keys
+`model.layers.{start..end-1}.*` unchanged.
+
+`read_manifest` reads only `config.json` and the safetensors headers (8-byte little-endian length, then
+JSON), so it is cheap enough to call on every start and on every placement decision.
+"""
+
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Literal, cast
+
+from pydantic import BaseModel, ConfigDict
+
+CONFIG_FILE = "config.json"
+INDEX_FILE = "model.safetensors.index.json"
+EMBED_FILE = "model-embed.safetensors"
+HEAD_FILE = "model-head.safetensors"
+DEFAULT_CONTEXT_LENGTH = 4096
+
+# Keys such as "model.layers.12.mlp.up_proj.weight"; the prefix before "layers" varies by architecture.
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_EMBED_KEY = re.compile(r"(?:^|\.)embed_tokens\.")
+# A safetensors header is JSON; anything this large is a corrupt or foreign file.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+WeightGroup = Literal["embed", "head"] | int
+"""Which part of the model a tensor belongs to: the embedding, a layer (by global index) or the head."""
+
+
+class WeightGroupStats(BaseModel):
+    """Size of one part of the model."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    stored_bytes: int
+    """Bytes of its tensors on disk (packed quantized data, scales and biases included)."""
+    parameter_count: int
+    """Logical weights: a quantized matrix counts as its unpacked size; scales and biases do not count."""
+
+
+class ModelManifest(BaseModel):
+    """What placement and loading need to know about a stored model, read without loading tensors."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    context_length: int
+    tie_word_embeddings: bool
+    """When true the head multiplies by the embedding matrix, so the last shard needs the embed file."""
+    embedding: WeightGroupStats
+    layers: tuple[WeightGroupStats, ...]
+    """Indexed by global layer number."""
+    head: WeightGroupStats
+    """The final norm and `lm_head` when the model has one (not the tied embedding)."""
+
+    @property
+    def total_stored_bytes(self) -> int:
+        return self.embedding.stored_bytes + self.head.stored_bytes + sum(layer.stored_bytes for layer in self.layers)
+
+    @property
+    def total_parameter_count(self) -> int:
+        return (
+            self.embedding.parameter_count
+            + self.head.parameter_count
+            + sum(layer.parameter_count for layer in self.layers)
+        )
+
+
+def weight_group_of(key: str) -> WeightGroup:
+    """The part of the model a tensor key belongs to."""
+    if layer_match := _LAYER_KEY.search(key):
+        return int(layer_match.group(1))
+    if _EMBED_KEY.search(key):
+        return "embed"
+    return "head"
+
+
+def weight_file_for_group(group: WeightGroup) -> str:
+    """The file name that holds a group's tensors in strata's layout."""
+    if group == "embed":
+        return EMBED_FILE
+    if group == "head":
+        return HEAD_FILE
+    return f"model-layer-{group:05d}.safetensors"
+
+
+def read_config(model_dir: Path) -> dict[str, object]:
+    """The model's config.json as a dict."""
+    loaded: object = json.loads((model_dir / CONFIG_FILE).read_text())
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{model_dir / CONFIG_FILE} is not a JSON object")
+    return cast(dict[str, object], loaded)
+
+
+def read_weight_map(model_dir: Path) -> dict[str, str]:
+    """Tensor key -> file name, from the index when present, else from the headers of every weight file."""
+    index_path = model_dir / INDEX_FILE
+    if index_path.exists():
+        loaded: object = json.loads(index_path.read_text())
+        weight_map = cast(dict[str, object], loaded).get("weight_map") if isinstance(loaded, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index_path} has no weight_map object")
+        return {str(key): str(file_name) for key, file_name in cast(dict[object, object], weight_map).items()}
+    return {
+        key: weight_file.name
+        for weight_file in sorted(model_dir.glob("model*.safetensors"))
+        for key in read_safetensors_header(weight_file)
+    }
+
+
+def has_layered_layout(model_dir: Path) -> bool:
+    """Whether the directory's index places every tensor in the file strata's layout assigns it."""
+    if not (model_dir / INDEX_FILE).exists():
+        return False
+    weight_map = read_weight_map(model_dir)
+    return bool(weight_map) and all(
+        file_name == weight_file_for_group(weight_group_of(key)) for key, file_name in weight_map.items()
+    )
+
+
+def read_safetensors_header(weight_file: Path) -> dict[str, "TensorHeader"]:
+    """The tensor entries of a safetensors header, without reading tensor data."""
+    with weight_file.open("rb") as stream:
+        length_bytes = stream.read(8)
+        if len(length_bytes) != 8:
+            raise ValueError(f"{weight_file} is too short to be a safetensors file")
+        (header_length,) = struct.unpack("<Q", length_bytes)
+        if header_length > _MAX_HEADER_BYTES:
+            raise ValueError(f"{weight_file} declares a {header_length}-byte header; not a safetensors file")
+        header: object = json.loads(stream.read(header_length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{weight_file} header is not a JSON object")
+    entries = cast(dict[str, object], header)
+    return {
+        key: TensorHeader.from_entry(weight_file, key, entry) for key, entry in entries.items() if key != "__metadata__"
+    }
+
+
+class TensorHeader(BaseModel):
+    """One tensor's entry in a safetensors header."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    dtype: str
+    shape: tuple[int, ...]
+    stored_bytes: int
+
+    @classmethod
+    def from_entry(cls, weight_file: Path, key: str, entry: object) -> "TensorHeader":
+        if not isinstance(entry, dict):
+            raise ValueError(f"{weight_file}: header entry {key!r} is not an object")
+        fields = cast(dict[str, object], entry)
+        dtype, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+        if not (isinstance(dtype, str) and isinstance(shape, list) and isinstance(offsets, list)):
+            raise ValueError(f"{weight_file}: header entry {key!r} lacks dtype, shape or data_offsets")
+        dims = [_as_int(dim, f"{weight_file}: shape of {key!r}") for dim in cast(list[object], shape)]
+        start, end = (_as_int(offset, f"{weight_file}: offsets of {key!r}") for offset in cast(list[object], offsets))
+        return cls(dtype=dtype, shape=tuple(dims), stored_bytes=end - start)
+
+
+def read_manifest(model_dir: Path) -> ModelManifest:
+    """Sizes of the model's parts, from config.json and the safetensors headers only."""
+    config = read_config(model_dir)
+    weight_map = read_weight_map(model_dir)
+    headers: dict[str, TensorHeader] = {}
+    for file_name in sorted(set(weight_map.values())):
+        headers.update(read_safetensors_header(model_dir / file_name))
+    missing = sorted(set(weight_map) - set(headers))
+    if missing:
+        raise ValueError(f"{model_dir}: the index names tensors absent from the weight files: {missing[:5]}")
+
+    num_layers = config_int(config, "num_hidden_layers")
+    stored: dict[WeightGroup, int] = {}
+    parameters: dict[WeightGroup, int] = {}
+    for key, header in headers.items():
+        group = weight_group_of(key)
+        stored[group] = stored.get(group, 0) + header.stored_bytes
+        parameters[group] = parameters.get(group, 0) + _parameter_count(key, header, headers, config)
+
+    def stats(group: WeightGroup) -> WeightGroupStats:
+        return WeightGroupStats(stored_bytes=stored.get(group, 0), parameter_count=parameters.get(group, 0))
+
+    context_length = _optional_config_value(config, "max_position_embeddings") or DEFAULT_CONTEXT_LENGTH
+    return ModelManifest(
+        model_type=str(config.get("model_type", "")),
+        num_layers=num_layers,
+        hidden_size=config_int(config, "hidden_size"),
+        vocab_size=config_int(config, "vocab_size"),
+        context_length=_as_int(context_length, "config.json max_position_embeddings"),
+        tie_word_embeddings=_ties_word_embeddings(config, weight_map),
+        embedding=stats("embed"),
+        layers=tuple(stats(layer) for layer in range(num_layers)),
+        head=stats("head"),
+    )
+
+
+def weight_files_for_stage(model_dir: Path, start_layer: int, end_layer: int) -> list[Path]:
+    """The weight files a shard serving global layers `[start_layer, end_layer)` must read.
+
+    Its layer files; the embedding when it is the first stage; the head when it is the last, and the
+    embedding too when the head is tied to it. Ordered embed, layers, head.
+    """
+    config = read_config(model_dir)
+    num_layers = config_int(config, "num_hidden_layers")
+    if not 0 <= start_layer < end_layer <= num_layers:
+        raise ValueError(f"stage [{start_layer}, {end_layer}) is not a non-empty range of {num_layers} layers")
+    weight_map = read_weight_map(model_dir)
+    is_last = end_layer == num_layers
+    wants_embed = start_layer == 0 or (is_last and _ties_word_embeddings(config, weight_map))
+
+    def needed(group: WeightGroup) -> bool:
+        if group == "embed":
+            return wants_embed
+        if group == "head":
+            return is_last
+        return start_layer <= group < end_layer
+
+    def order(group: WeightGroup) -> float:
+        return -1 if group == "embed" else math.inf if group == "head" else group
+
+    files: dict[str, float] = {}
+    for key, file_name in weight_map.items():
+        group = weight_group_of(key)
+        if needed(group):
+            files[file_name] = min(files.get(file_name, math.inf), order(group))
+    return [model_dir / name for name in sorted(files, key=lambda name: (files[name], name))]
+
+
+def _parameter_count(
+    key: str, header: TensorHeader, headers: Mapping[str, TensorHeader], config: Mapping[str, object]
+) -> int:
+    """Logical weights in one tensor; quantization scales and biases count as zero."""
+    module_path, _, leaf = key.rpartition(".")
+    scales = headers.get(f"{module_path}.scales")
+    if scales is None:
+        return math.prod(header.shape)
+    if leaf in ("scales", "biases"):
+        return 0
+    return math.prod(scales.shape) * _group_size(module_path, config)
+
+
+def _group_size(module_path: str, config: Mapping[str, object]) -> int:
+    quantization = config.get("quantization")
+    if not isinstance(quantization, dict):
+        raise ValueError(f"{module_path} is quantized but config.json has no quantization settings")
+    settings = cast(dict[str, object], quantization)
+    override = settings.get(module_path)
+    if isinstance(override, dict) and "group_size" in override:
+        return _as_int(cast(dict[str, object], override)["group_size"], f"group_size of {module_path}")
+    return _as_int(settings.get("group_size"), "config.json quantization group_size")
+
+
+def _ties_word_embeddings(config: Mapping[str, object], weight_map: Iterable[str]) -> bool:
+    # Absent from config: tied exactly when there is no separate head matrix to use.
+    tied = _optional_config_value(config, "tie_word_embeddings")
+    if tied is None:
+        return not any(key.startswith("lm_head.") for key in weight_map)
+    return bool(tied)
+
+
+def _optional_config_value(config: Mapping[str, object], key: str) -> object | None:
+    # Multimodal configs keep the language model's settings under "text_config".
+    if key in config:
+        return config[key]
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):
+        return cast(dict[str, object], text_config).get(key)
+    return None
+
+
+def config_int(config: Mapping[str, object], key: str) -> int:
+    return _as_int(_optional_config_value(config, key), f"config.json {key!r}")
+
+
+def _as_int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} is {value!r}, not an integer")
+    return value
+
+
+def write_json(path: Path, content: object) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n")
