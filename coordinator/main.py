@@ -12,6 +12,7 @@ from coordinator.presence import CoordinatorPresence
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import PeerSet
 from coordinator.raft.node import RaftNode
+from coordinator.raft.peers import PeerClient
 from coordinator.raft.service import RaftService
 from coordinator.raft.storage import RaftStorage
 from coordinator.replica import CoordinatorReplica
@@ -96,7 +97,7 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
         logger.info("discarding the stored cluster state in %s", state_folder)
         shutil.rmtree(state_folder)
     storage = RaftStorage(state_folder)
-    node = RaftNode(replica_id, storage, snapshot_every=options.snapshot_every)
+    node = RaftNode(replica_id, storage, PeerClient, snapshot_every=options.snapshot_every)
     peer_set = PeerSet(node, options.expect)
     peer_set.update(options.peers)
     replica = CoordinatorReplica(

@@ -13,9 +13,8 @@ import time
 from typing import Literal
 
 from coordinator.raft import rules
-from coordinator.raft.interface import DEFAULT_TIMINGS, NotLeaderError, RaftTimings
+from coordinator.raft.interface import DEFAULT_TIMINGS, NotLeaderError, PeerConnector, RaftPeer, RaftTimings
 from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest
-from coordinator.raft.peers import PeerClient
 from coordinator.raft.replication import replicate_to
 from coordinator.raft.storage import HardState, LogEntry, RaftStorage, Snapshot
 from services.cluster.apply import apply
@@ -33,10 +32,13 @@ class RaftNode:
         self,
         replica_id: str,
         storage: RaftStorage,
+        connect_peer: PeerConnector,
         timings: RaftTimings = DEFAULT_TIMINGS,
         snapshot_every: int = 1000,
     ) -> None:
-        self.replica_id = replica_id
+        """`connect_peer` opens the transport to a peer replica (gRPC in a coordinator: PeerClient)."""
+        self._replica_id = replica_id
+        self._connect_peer = connect_peer
         self._storage = storage
         self._timings = timings
         self._snapshot_every = snapshot_every
@@ -46,7 +48,7 @@ class RaftNode:
         self._commit_index = storage.snapshot.last_index
         self._last_heard_leader = float("-inf")
         self._election_deadline = self._next_election_deadline()
-        self._peers: dict[str, PeerClient] = {}
+        self._peers: dict[str, RaftPeer] = {}
         self._next_index: dict[str, int] = {}
         self._match_index: dict[str, int] = {}
         self._acked_send_time: dict[str, float] = {}
@@ -57,6 +59,10 @@ class RaftNode:
         self._ticker: asyncio.Task[None] | None = None
 
     # ---- what the replica and the services read
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
 
     @property
     def state(self) -> ClusterState:
@@ -406,16 +412,16 @@ class RaftNode:
 
     # ---- what replication reports (replication.py)
 
-    def _peer(self, voter: str) -> PeerClient:
+    def _peer(self, voter: str) -> RaftPeer:
         if voter not in self._peers:
-            self._peers[voter] = PeerClient(voter, self._timings.rpc_timeout_seconds)
+            self._peers[voter] = self._connect_peer(voter, self._timings.rpc_timeout_seconds)
         return self._peers[voter]
 
     @property
     def heartbeat_seconds(self) -> float:
         return self._timings.heartbeat_seconds
 
-    def leader_view(self, voter: str) -> tuple[PeerClient, int, asyncio.Event]:
+    def leader_view(self, voter: str) -> tuple[RaftPeer, int, asyncio.Event]:
         return self._peer(voter), self._next_index[voter], self._wake_peer[voter]
 
     def record_ack(self, voter: str, term: int, sent_at: float, reply_term: int, match: int | None, hint: int) -> None:

@@ -3,17 +3,47 @@
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from coordinator.raft.interface import RaftPeer
 from coordinator.raft.messages import AppendRequest, SnapshotRequest
-
-if TYPE_CHECKING:
-    from coordinator.raft.node import RaftNode
+from coordinator.raft.storage import RaftStorage
 
 MAX_ENTRIES_PER_APPEND = 128
 
 
-async def replicate_to(node: "RaftNode", voter: str, term: int) -> None:
+class ReplicatingLeader(Protocol):
+    """What a leader's replication loop reads from and reports to its node (RaftNode is one)."""
+
+    @property
+    def replica_id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def current_term(self) -> int: ...
+
+    @property
+    def voters(self) -> tuple[str, ...]: ...
+
+    @property
+    def commit_index(self) -> int: ...
+
+    @property
+    def storage(self) -> RaftStorage: ...
+
+    @property
+    def heartbeat_seconds(self) -> float: ...
+
+    def leader_view(self, voter: str) -> tuple[RaftPeer, int, asyncio.Event]: ...
+
+    def record_ack(
+        self, voter: str, term: int, sent_at: float, reply_term: int, match: int | None, hint: int
+    ) -> None: ...
+
+
+async def replicate_to(node: ReplicatingLeader, voter: str, term: int) -> None:
     """Runs while `node` leads in `term`; cancelled when it steps down."""
     while node.role == "leader" and node.current_term == term:
         peer, next_index, wake = node.leader_view(voter)
@@ -39,16 +69,16 @@ async def replicate_to(node: "RaftNode", voter: str, term: int) -> None:
         # After entries or a refusal, go straight on with what remains.
 
 
-async def _wait(wake: asyncio.Event, node: "RaftNode") -> None:
+async def _wait(wake: asyncio.Event, node: ReplicatingLeader) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), node.heartbeat_seconds)
 
 
-def snapshot_request(node: "RaftNode") -> SnapshotRequest:
+def snapshot_request(node: ReplicatingLeader) -> SnapshotRequest:
     return SnapshotRequest(node.current_term, node.replica_id, node.storage.snapshot, node.voters)
 
 
-def append_request(node: "RaftNode", next_index: int) -> AppendRequest:
+def append_request(node: ReplicatingLeader, next_index: int) -> AppendRequest:
     """What the follower lacks from `next_index` on (at most a batch), after the entry it must hold."""
     storage = node.storage
     prev = next_index - 1

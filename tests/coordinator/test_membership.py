@@ -6,6 +6,7 @@ from pathlib import Path
 
 from coordinator.raft.membership import PeerSet, choose_voters, promoted, with_learner, without_replica
 from coordinator.raft.node import RaftNode
+from coordinator.raft.peers import PeerClient
 from coordinator.raft.storage import RaftStorage
 from services.cluster.events import ReplicasConfigured
 from tests.processes import free_port
@@ -50,7 +51,7 @@ def test_a_dead_voter_is_removed_but_never_the_leader() -> None:
 
 def test_a_peer_set_bootstraps_its_node_once_expect_is_known_and_no_cluster_exists(tmp_path: Path) -> None:
     me, first, second = (f"127.0.0.1:{free_port()}" for _ in range(3))
-    node = RaftNode(me, RaftStorage(tmp_path))
+    node = RaftNode(me, RaftStorage(tmp_path), PeerClient)
     peers = PeerSet(node, expect=3)
     peers.update([first, second])
 
@@ -61,9 +62,9 @@ def test_a_peer_set_bootstraps_its_node_once_expect_is_known_and_no_cluster_exis
 
 
 def test_a_formed_cluster_keeps_its_voters(tmp_path: Path) -> None:
-    RaftNode("127.0.0.1:7002", RaftStorage(tmp_path)).bootstrap(("127.0.0.1:7001", "127.0.0.1:7002"))
+    RaftNode("127.0.0.1:7002", RaftStorage(tmp_path), PeerClient).bootstrap(("127.0.0.1:7001", "127.0.0.1:7002"))
 
-    node = RaftNode("127.0.0.1:7002", RaftStorage(tmp_path))
+    node = RaftNode("127.0.0.1:7002", RaftStorage(tmp_path), PeerClient)
     peers = PeerSet(node, expect=2)
     peers.update(["127.0.0.1:7000"])
     asyncio.run(asyncio.wait_for(peers.run(), timeout=30))
@@ -72,11 +73,11 @@ def test_a_formed_cluster_keeps_its_voters(tmp_path: Path) -> None:
 
 
 def test_a_lone_replica_bootstraps_at_once_and_keeps_its_log_when_its_port_changes(tmp_path: Path) -> None:
-    first = RaftNode("127.0.0.1:7001", RaftStorage(tmp_path))
+    first = RaftNode("127.0.0.1:7001", RaftStorage(tmp_path), PeerClient)
     PeerSet(first, expect=1).update([])
     assert first.voters == ("127.0.0.1:7001",)
 
-    node = RaftNode("127.0.0.1:7009", RaftStorage(tmp_path))
+    node = RaftNode("127.0.0.1:7009", RaftStorage(tmp_path), PeerClient)
     PeerSet(node, expect=1).update([])
 
     assert node.voters == ("127.0.0.1:7009",)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from coordinator.raft.messages import AppendRequest, SnapshotRequest
 from coordinator.raft.node import RaftNode
+from coordinator.raft.peers import PeerClient
 from coordinator.raft.rules import VoteRequest
 from coordinator.raft.storage import LogEntry, RaftStorage, Snapshot
 from services.cluster.events import IndexedEvent, ShardRegistered, TermStarted
@@ -25,7 +26,7 @@ def append(
 
 
 def follower(tmp_path: Path) -> RaftNode:
-    return RaftNode("b:1", RaftStorage(tmp_path))
+    return RaftNode("b:1", RaftStorage(tmp_path), PeerClient)
 
 
 def test_entries_are_stored_and_applied_up_to_the_leader_commit(tmp_path: Path) -> None:
