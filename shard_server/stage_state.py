@@ -42,26 +42,28 @@ class RequestState:
     driver: Driver | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageStats:
-    instance_id: InstanceId | None
-    start_layer: int
-    end_layer: int
-    active_requests: int
-    kv_cache_bytes: int
-    steps: int
-    batched_rows: int
-    batch_invariant: bool
-    native_attention: bool
-    compute_seconds: float
+    """A snapshot of one shard's stage, as GetStats reports it; built by keyword, zero when idle."""
+
+    instance_id: InstanceId | None = None
+    start_layer: int = 0
+    end_layer: int = 0
+    active_requests: int = 0
+    kv_cache_bytes: int = 0
+    steps: int = 0
+    batched_rows: int = 0
+    batch_invariant: bool = False
+    native_attention: bool = False
+    compute_seconds: float = 0.0
     """Time spent running batches through this stage (forward, sampling, evaluation)."""
-    ring_seconds: float
+    ring_seconds: float = 0.0
     """First shard: total time from launching a request's step to receiving its token."""
-    ring_samples: int
-    prefix_cache_bytes: int
-    prefix_hits: int
+    ring_samples: int = 0
+    prefix_cache_bytes: int = 0
+    prefix_hits: int = 0
     """First shard: requests that started from a stored prompt prefix."""
-    reused_prompt_tokens: int
+    reused_prompt_tokens: int = 0
     replayed_tokens: int = 0
     """First shard: journal tokens fed again by recovering requests."""
     replay_divergences: int = 0

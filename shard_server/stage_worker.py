@@ -86,7 +86,7 @@ class StageWorker:
         self._stats_lock = threading.Lock()
         self._compute_seconds = 0.0
         self._first = FirstShardDriver(emit, lambda request_id: self._release(request_id, pass_on=True))
-        self._stats = StageStats(None, 0, 0, 0, 0, 0, 0, False, False, 0.0, 0.0, 0, 0, 0, 0)
+        self._stats = StageStats()
         self._thread = threading.Thread(target=self._run, name="stage-worker", daemon=True)
 
     def start(self) -> None:
@@ -152,29 +152,29 @@ class StageWorker:
         loaded = self._loaded
         if loaded is None:
             snapshot = StageStats(
-                None, 0, 0, 0, 0, self._steps, self._batched_rows, False, False, self._compute_seconds, 0.0, 0, 0, 0, 0
+                steps=self._steps, batched_rows=self._batched_rows, compute_seconds=self._compute_seconds
             )
         else:
             kv_bytes = sum(cache.nbytes for state in loaded.requests.values() for cache in state.cache)
             snapshot = StageStats(
-                loaded.instance_id,
-                loaded.stage.stage.start_layer,
-                loaded.stage.stage.end_layer,
-                len(loaded.requests),
-                kv_bytes,
-                self._steps,
-                self._batched_rows,
-                loaded.stage.batch_invariant,
-                loaded.stage.native_attention is not None,
-                self._compute_seconds,
-                self._first.ring_seconds,
-                self._first.ring_samples,
-                loaded.prefixes.nbytes,
-                self._first.prefix_hits,
-                self._first.reused_prompt_tokens,
-                self._first.replayed_tokens,
-                self._first.replay_divergences,
-                tuple(self._first.hop_overheads),
+                instance_id=loaded.instance_id,
+                start_layer=loaded.stage.stage.start_layer,
+                end_layer=loaded.stage.stage.end_layer,
+                active_requests=len(loaded.requests),
+                kv_cache_bytes=kv_bytes,
+                steps=self._steps,
+                batched_rows=self._batched_rows,
+                batch_invariant=loaded.stage.batch_invariant,
+                native_attention=loaded.stage.native_attention is not None,
+                compute_seconds=self._compute_seconds,
+                ring_seconds=self._first.ring_seconds,
+                ring_samples=self._first.ring_samples,
+                prefix_cache_bytes=loaded.prefixes.nbytes,
+                prefix_hits=self._first.prefix_hits,
+                reused_prompt_tokens=self._first.reused_prompt_tokens,
+                replayed_tokens=self._first.replayed_tokens,
+                replay_divergences=self._first.replay_divergences,
+                hop_overheads=tuple(self._first.hop_overheads),
             )
         with self._stats_lock:
             self._stats = snapshot

@@ -90,7 +90,3 @@ def cluster_sync_channel(address: str, security: ClusterSecurity | None = None) 
     if security.token:
         return grpc.intercept_channel(channel, SyncTokenClientInterceptor(security.token))
     return channel
-
-
-insecure_channel = cluster_channel
-"""The old name, kept while concurrent branches still import it; new code uses `cluster_channel`."""

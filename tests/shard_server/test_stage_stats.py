@@ -6,7 +6,7 @@ from shard_server.stage_state import StageStats
 
 
 def stats_with(overheads: tuple[float, ...]) -> StageStats:
-    return StageStats(None, 0, 0, 0, 0, 0, 0, False, False, 0.0, 0.0, 0, 0, 0, 0, hop_overheads=overheads)
+    return StageStats(hop_overheads=overheads)
 
 
 def test_no_steps_give_zero() -> None:
