@@ -1,16 +1,16 @@
 """Writing a model directory in strata's layout (config, weight index, one weight file per group)."""
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
 import mlx.core as mx
 
+from services.models.model_config import CONFIG_FILE, parse_model_config
 from services.models.model_files import (
-    CONFIG_FILE,
     INDEX_FILE,
     WeightGroup,
-    config_int,
     weight_file_for_group,
     weight_group_of,
     write_json,
@@ -27,7 +27,8 @@ def save_model_directory(destination: Path, config: Mapping[str, object], weight
     stale_files = sorted(destination.glob("model*.safetensors")) + sorted(destination.glob(INDEX_FILE))
     if stale_files:
         raise FileExistsError(f"{destination} already holds weight files: {[p.name for p in stale_files]}")
-    num_layers = config_int(config, "num_hidden_layers")
+    # Parsed as every reader will parse it, so no directory is written that the store would refuse.
+    num_layers = parse_model_config(json.loads(json.dumps(dict(config))), destination / CONFIG_FILE).num_layers
     groups: dict[WeightGroup, dict[str, mx.array]] = {}
     for key in sorted(weights):
         groups.setdefault(weight_group_of(key), {})[key] = weights[key]

@@ -1,10 +1,15 @@
 """The one config.json parser: context length, nested text configs, layer kinds, MLA, experts, KV bytes."""
 
+import json
+import math
+import struct
 from pathlib import Path
 
 import pytest
 from pydantic import JsonValue
 
+from gateway.tokenization import ModelTokenizer
+from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, strata_home
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.kv_footprint import (
@@ -23,6 +28,10 @@ from services.models.model_config import (
     parse_model_config,
     read_model_config,
 )
+from services.models.model_files import read_manifest
+from services.models.model_spec import model_spec
+from shard_server.admission import kv_budget_tokens
+from tests.gateway.tiny_tokenizer import build_model_directory
 
 pytestmark = pytest.mark.unit
 
@@ -106,6 +115,44 @@ def test_no_context_length_key_gives_the_default() -> None:
 def test_a_mistyped_context_length_is_refused() -> None:
     with pytest.raises(ModelConfigError, match=r"'seq_length' is '8k', not a positive integer"):
         parse(max_position_embeddings=None, seq_length="8k")
+
+
+def write_safetensors(path: Path, tensors: dict[str, list[int]]) -> None:
+    """A float32 safetensors file of zeros, written without MLX: the manifest reads headers only."""
+    header: dict[str, object] = {}
+    offset = 0
+    for key, shape in tensors.items():
+        size = FLOAT32_BYTES * math.prod(shape)
+        header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + bytes(offset))
+
+
+def test_gateway_store_and_admission_agree_on_a_seq_length_context(tmp_path: Path) -> None:
+    # The bug this parser fixes: the gateway read seq_length (8192), the store defaulted to 4096, so
+    # requests past 4096 tokens were admitted by the gateway and refused by the shard forever.
+    directory = build_model_directory(tmp_path / "model")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    del config["max_position_embeddings"]
+    config.update(seq_length=8192, tie_word_embeddings=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(config))
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    write_safetensors(
+        directory / "model.safetensors",
+        {
+            "model.embed_tokens.weight": [vocab, hidden],
+            "model.layers.0.mlp.up_proj.weight": [hidden, hidden],
+            "model.layers.1.mlp.up_proj.weight": [hidden, hidden],
+            "model.norm.weight": [hidden],
+        },
+    )
+
+    gateway_context = ModelTokenizer.from_directory(directory).context_length
+    parsed = read_model_config(directory)
+    spec = model_spec(ModelId("tiny"), directory)
+    assert gateway_context == read_manifest(directory).context_length == 8192
+    assert kv_budget_tokens(spec.kv_bytes_per_layer, kv_bytes_per_token_per_layer(parsed)) == 8192
 
 
 # --- required fields ---
