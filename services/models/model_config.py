@@ -161,10 +161,6 @@ class ModelConfig(_Frozen):
     raw: dict[str, JsonValue] = Field(repr=False)
     """The file as parsed; never mutate it (`as_dict` gives a copy)."""
 
-    @classmethod
-    def from_model_dir(cls, model_dir: Path) -> "ModelConfig":
-        return read_model_config(model_dir)
-
     def as_dict(self) -> dict[str, object]:
         """A fresh copy of the file as parsed, for mlx-lm's `ModelArgs.from_dict` (which mutates nested
         dicts) and for writing the config elsewhere."""

@@ -187,7 +187,8 @@ class TensorHeader(BaseModel):
 
 def read_manifest(model_dir: Path, config: ModelConfig | None = None) -> ModelManifest:
     """Sizes of the model's parts, from config.json (`config` when already parsed) and the safetensors headers."""
-    config = config or read_model_config(model_dir)
+    if config is None:
+        config = read_model_config(model_dir)
     weight_map = read_weight_map(model_dir)
     headers: dict[str, TensorHeader] = {}
     for file_name in sorted(set(weight_map.values())):
@@ -225,7 +226,8 @@ def weight_files_for_stage(
     embedding too when the head is tied to it. Ordered embed, layers, head. `config`: the model's,
     when the caller has already parsed it.
     """
-    config = config or read_model_config(model_dir)
+    if config is None:
+        config = read_model_config(model_dir)
     num_layers = config.num_layers
     if not 0 <= start_layer < end_layer <= num_layers:
         raise ValueError(f"stage [{start_layer}, {end_layer}) is not a non-empty range of {num_layers} layers")

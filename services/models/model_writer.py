@@ -20,8 +20,9 @@ from services.models.model_files import (
 def save_model_directory(destination: Path, config: Mapping[str, object], weights: Mapping[str, mx.array]) -> None:
     """Write `config` and `weights` into `destination` in strata's layout.
 
-    Raises FileExistsError when `destination` already holds weight files (mlx-lm would load them too) and
-    ValueError when a layer below `config["num_hidden_layers"]` has no weights.
+    Raises FileExistsError when `destination` already holds weight files (mlx-lm would load them too),
+    ModelConfigError (a ValueError) when `config` would not parse, and ValueError when a layer below
+    `config["num_hidden_layers"]` has no weights.
     """
     destination.mkdir(parents=True, exist_ok=True)
     stale_files = sorted(destination.glob("model*.safetensors")) + sorted(destination.glob(INDEX_FILE))
