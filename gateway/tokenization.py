@@ -1,8 +1,9 @@
 """Text to token ids and back, for one model: prompts in, streamed text out.
 
 - `ModelTokenizer` wraps the Hugging Face tokenizer of a model directory (tokenizer.json,
-  tokenizer_config.json with its `chat_template`, config.json with `max_position_embeddings` and
-  `eos_token_id`). Encoding may take a while for a long prompt: call it from a worker thread.
+  tokenizer_config.json with its `chat_template`, config.json through `read_model_config`, so its
+  context length is the one the store and placement use, and `eos_token_id`). Encoding may take a
+  while for a long prompt: call it from a worker thread.
 - `IncrementalDetokenizer` turns token ids, fed one at a time, into text deltas that never hold a
   broken UTF-8 sequence, and whose concatenation equals decoding all the ids at once.
 - `StopStringMatcher` holds back text that could still become a stop string and reports a match;
@@ -20,19 +21,14 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.generation_request import ChatMessage, ChatPrompt, TextPrompt
+from services.models.model_config import ModelConfigError, read_model_config
 
 REPLACEMENT_CHARACTER = "\ufffd"
 """What a decoder emits for an incomplete UTF-8 sequence: the sign to wait for more tokens."""
 
-_CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
-
 
 class ChatTemplateError(ValueError):
     """The model has no chat template, or its template refused the conversation."""
-
-
-class ModelConfigError(ValueError):
-    """The model directory lacks what the gateway needs (context length, tokenizer files)."""
 
 
 class ModelTokenizer:
@@ -56,15 +52,12 @@ class ModelTokenizer:
     def from_directory(cls, directory: Path) -> "ModelTokenizer":
         """Loads a Hugging Face style model directory. Blocking: reads files."""
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model_config = _read_json_object(directory / "config.json")
+        model_config = read_model_config(directory)
         generation_config = _read_json_object(directory / "generation_config.json")
-        stop_token_ids = {
-            *_token_ids(model_config.get("eos_token_id")),
-            *_token_ids(generation_config.get("eos_token_id")),
-        }
+        stop_token_ids = {*model_config.eos_token_ids, *_token_ids(generation_config.get("eos_token_id"))}
         if tokenizer.eos_token_id is not None:
             stop_token_ids.add(tokenizer.eos_token_id)
-        return cls(tokenizer, context_length=_context_length(model_config, directory), stop_token_ids=stop_token_ids)
+        return cls(tokenizer, context_length=model_config.context_length, stop_token_ids=stop_token_ids)
 
     @property
     def context_length(self) -> int:
@@ -239,17 +232,3 @@ def _token_ids(value: object) -> list[int]:
         items = cast(list[object], value)
         return [item for item in items if isinstance(item, int) and not isinstance(item, bool)]
     return []
-
-
-def _context_length(model_config: dict[str, object], directory: Path) -> int:
-    text_config = model_config.get("text_config")
-    candidates = [model_config]
-    if isinstance(text_config, dict):
-        candidates.append(cast(dict[str, object], text_config))
-    for config in candidates:
-        for key in _CONTEXT_LENGTH_KEYS:
-            value = config.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    keys = ", ".join(_CONTEXT_LENGTH_KEYS)
-    raise ModelConfigError(f"{directory / 'config.json'} names no context length (none of {keys})")

@@ -9,7 +9,6 @@ share a step through `batched_forward`.
 """
 
 import importlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
 from services.kernel.compute_dtype import ComputeDtype
+from services.models.model_config import ModelConfig, Quantization, read_model_config
 from services.models.model_files import weight_files_for_stage
 from services.platform.mlx_compute import convert_module
 from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
@@ -62,11 +62,10 @@ def _model_classes(model_type: str) -> tuple[Callable[[object], nn.Module], Mode
     return cast(Callable[[object], nn.Module], module.Model), cast(ModelArguments, module.ModelArgs)
 
 
-def _check_full_attention(config: dict[str, object]) -> None:
-    layer_types = config.get("layer_types")
-    if isinstance(layer_types, list) and any(kind != "full_attention" for kind in cast(list[object], layer_types)):
+def _check_full_attention(config: ModelConfig) -> None:
+    if any(kind != "full" for kind in config.layer_attention):
         raise ModelLoadError("models with sliding-window layers are not supported yet")
-    if config.get("use_sliding_window") is True:
+    if config.raw.get("use_sliding_window") is True:
         raise ModelLoadError("models with sliding-window attention are not supported yet")
 
 
@@ -74,27 +73,29 @@ class ModelStage:
     """Owns the weights of one stage. Not thread-safe: one worker thread owns it."""
 
     def __init__(self, model_dir: Path, stage: StageRange, compute_dtype: ComputeDtype = "stored") -> None:
-        config = cast(dict[str, object], json.loads((model_dir / "config.json").read_text()))
-        num_layers = config.get("num_hidden_layers")
-        if num_layers != stage.num_layers:
-            raise ModelLoadError(f"model has {num_layers} layers, the assignment says {stage.num_layers}")
+        config = read_model_config(model_dir)
+        self.config = config
+        """The model's config, parsed here once; the service takes its figures from it."""
+        if config.num_layers != stage.num_layers:
+            raise ModelLoadError(f"model has {config.num_layers} layers, the assignment says {stage.num_layers}")
         if not 0 <= stage.start_layer < stage.end_layer <= stage.num_layers:
             raise ModelLoadError(
                 f"layer range [{stage.start_layer}, {stage.end_layer}) is not inside [0, {stage.num_layers})"
             )
         _check_full_attention(config)
-        model_class, arguments_class = _model_classes(str(config.get("model_type")))
-        arguments = arguments_class.from_dict(config)
+        model_class, arguments_class = _model_classes(config.model_type)
+        arguments = arguments_class.from_dict(config.as_dict())
         self.stage = stage
-        self.tied_embeddings = bool(config.get("tie_word_embeddings", True))
+        # Absent: tied, as mlx-lm's llama and qwen ModelArgs default.
+        self.tied_embeddings = config.tie_word_embeddings is not False
         self._model = model_class(arguments)
         self._drop_other_parts()
-        self._load_weights(model_dir, config)
+        self._load_weights(model_dir)
         self._model = convert_module(self._model, compute_dtype)
         evaluate(self._model.parameters())
         self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])
         self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))
-        self._hidden_size = int(str(config.get("hidden_size", 0)))
+        self._hidden_size = config.hidden_size
         self.batch_invariant = False
         """Whether rows of different requests may share one batch (see `check_batching`)."""
         self.native_attention: NativeAttention | None = None
@@ -117,17 +118,16 @@ class ModelStage:
             if "lm_head" in self._model:
                 del self._model["lm_head"]
 
-    def _load_weights(self, model_dir: Path, config: dict[str, object]) -> None:
+    def _load_weights(self, model_dir: Path) -> None:
         weights: dict[str, mx.array] = {}
-        for path in weight_files_for_stage(model_dir, self.stage.start_layer, self.stage.end_layer):
+        for path in weight_files_for_stage(model_dir, self.stage.start_layer, self.stage.end_layer, self.config):
             loaded = mx.load(str(path))
             if not isinstance(loaded, dict):
                 raise ModelLoadError(f"{path} is not a safetensors file")
             weights.update(loaded)
         expected = {name for name, _ in tree_flatten(self._model.parameters())}
-        quantization = config.get("quantization")
-        if isinstance(quantization, dict):
-            self._quantize(cast(dict[str, object], quantization), weights)
+        if self.config.quantization is not None:
+            self._quantize(self.config.quantization, weights)
             expected = {name for name, _ in tree_flatten(self._model.parameters())}
         kept = {name: array for name, array in weights.items() if name in expected}
         missing = expected - kept.keys()
@@ -136,19 +136,14 @@ class ModelStage:
         load_module_weights(self._model, list(kept.items()))
         evaluate(self._model.parameters())
 
-    def _quantize(self, quantization: dict[str, object], weights: dict[str, mx.array]) -> None:
-        group_size = quantization.get("group_size", 64)
-        bits = quantization.get("bits", 4)
-        if not isinstance(group_size, int) or not isinstance(bits, int):
-            raise ModelLoadError("config quantization must give integer group_size and bits")
-
+    def _quantize(self, quantization: Quantization, weights: dict[str, mx.array]) -> None:
         def quantized_here(path: str, module: nn.Module) -> bool | dict[str, int]:
-            override = quantization.get(path)
-            if isinstance(override, dict):
-                return cast(dict[str, int], override)
+            override = quantization.modules.get(path)
+            if override is not None and not isinstance(override, bool):
+                return {"group_size": override.group_size, "bits": override.bits}
             return hasattr(module, "to_quantized") and f"{path}.scales" in weights
 
-        quantize_module(self._model, group_size, bits, quantized_here)
+        quantize_module(self._model, quantization.group_size, quantization.bits, quantized_here)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]

@@ -9,6 +9,7 @@ from pathlib import Path
 from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import InstanceId, RequestId
 from services.kernel.sampling import SamplingOptions
+from services.models.model_config import ModelConfig
 from services.platform.tensor_codec import EncodedTensor
 from shard_server.model_stage import StageRange
 
@@ -163,6 +164,8 @@ ClientEvent = TokenGenerated | RequestFinished | RequestFailed
 class StageLoaded:
     instance_id: InstanceId
     weight_bytes: int
+    config: ModelConfig
+    """The model's config as the stage parsed it: the service's figures (vocab, hidden, KV) come from it."""
 
 
 @dataclass(frozen=True)

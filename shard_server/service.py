@@ -10,8 +10,8 @@ import grpc
 
 from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
 from services.kernel.ids import InstanceId, ModelId, RequestId, ShardId
-from services.models.model_files import read_config
-from services.models.model_spec import kv_bytes_per_layer
+from services.models.kv_footprint import kv_bytes_per_token_per_layer
+from services.models.model_config import ModelConfig
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
 from services.wire.generate_call import RETRY_AFTER_METADATA
@@ -183,10 +183,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, outcome.message)
                 raise AssertionError("unreachable")
             self._instance_id = instance_id
-            self._vocab_size = self._store_vocab_size(self._store.model_dir(ModelId(request.model_id)))
-            self._hidden_size = self._config_int(model_dir, "hidden_size")
+            # The config the stage parsed: a shard may hold just the weight files of its own layers.
+            self._vocab_size = outcome.config.vocab_size
+            self._hidden_size = outcome.config.hidden_size
             self._serves_first_stage = stage.is_first
-            self._admission.configure(self._admission_limits(model_dir, request.kv_budget_bytes_per_layer))
+            self._admission.configure(self._admission_limits(outcome.config, request.kv_budget_bytes_per_layer))
             await self._relink(request.next_address, stage)
             return shard_pb2.AssignReply(weight_bytes=outcome.weight_bytes)
 
@@ -203,17 +204,6 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._pending_loads[instance_id] = outcome
         self._worker.submit(LoadStage(instance_id, model_dir, stage, prefill_step_size, compute_dtype, ring_size))
         return await outcome
-
-    @staticmethod
-    def _store_vocab_size(model_dir: Path) -> int:
-        # From config.json only: a shard may hold just the weight files of its own layers.
-        vocab_size = read_config(model_dir).get("vocab_size")
-        return vocab_size if isinstance(vocab_size, int) else 0
-
-    @staticmethod
-    def _config_int(model_dir: Path, key: str) -> int:
-        value = read_config(model_dir).get(key)
-        return value if isinstance(value, int) else 0
 
     @staticmethod
     def _assign_problem(request: shard_pb2.AssignRequest) -> str | None:
@@ -233,11 +223,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             return "next_address is required in a ring of several shards"
         return None
 
-    def _admission_limits(self, model_dir: Path, budget_bytes_per_layer: int) -> AdmissionLimits:
+    def _admission_limits(self, config: ModelConfig, budget_bytes_per_layer: int) -> AdmissionLimits:
         overrides = self._admission_overrides
         if overrides.kv_budget_tokens is not None:
             return overrides
-        per_token = kv_bytes_per_layer(read_config(model_dir), context_length=1, concurrent_rows=1)
+        per_token = kv_bytes_per_token_per_layer(config)
         return replace(overrides, kv_budget_tokens=kv_budget_tokens(budget_bytes_per_layer, per_token))
 
     async def _relink(self, next_address: str, stage: StageRange) -> None:

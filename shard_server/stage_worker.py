@@ -238,7 +238,7 @@ class StageWorker:
             else "attention through MLX ops, per request",
         )
         self._refresh_stats()
-        self._emit(StageLoaded(item.instance_id, stage.weight_bytes))
+        self._emit(StageLoaded(item.instance_id, stage.weight_bytes, stage.config))
 
     def _start(self, item: StartRequest) -> None:
         loaded = self._loaded

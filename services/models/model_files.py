@@ -12,8 +12,9 @@ Every weight file name starts with `model`, so `mlx_lm.load` (which globs `model
 whole directory as it is. Layer numbers are global: a shard serving `[start, end)` keeps the keys
 `model.layers.{start..end-1}.*` unchanged.
 
-`read_manifest` reads only `config.json` and the safetensors headers (8-byte little-endian length, then
-JSON), so it is cheap enough to call on every start and on every placement decision.
+`read_manifest` reads only `config.json` (through `read_model_config`) and the safetensors headers
+(8-byte little-endian length, then JSON), so it is cheap enough to call on every start and on every
+placement decision.
 """
 
 import json
@@ -26,11 +27,11 @@ from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict
 
-CONFIG_FILE = "config.json"
+from services.models.model_config import ModelConfig, read_model_config
+
 INDEX_FILE = "model.safetensors.index.json"
 EMBED_FILE = "model-embed.safetensors"
 HEAD_FILE = "model-head.safetensors"
-DEFAULT_CONTEXT_LENGTH = 4096
 
 # Keys such as "model.layers.12.mlp.up_proj.weight"; the prefix before "layers" varies by architecture.
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -58,11 +59,7 @@ class ModelManifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, strict=True)
 
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-    context_length: int
+    config: ModelConfig
     tie_word_embeddings: bool
     """When true the head multiplies by the embedding matrix, so the last shard needs the embed file."""
     embedding: WeightGroupStats
@@ -70,6 +67,26 @@ class ModelManifest(BaseModel):
     """Indexed by global layer number."""
     head: WeightGroupStats
     """The final norm and `lm_head` when the model has one (not the tied embedding)."""
+
+    @property
+    def model_type(self) -> str:
+        return self.config.model_type
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
 
     @property
     def total_stored_bytes(self) -> int:
@@ -100,14 +117,6 @@ def weight_file_for_group(group: WeightGroup) -> str:
     if group == "head":
         return HEAD_FILE
     return f"model-layer-{group:05d}.safetensors"
-
-
-def read_config(model_dir: Path) -> dict[str, object]:
-    """The model's config.json as a dict."""
-    loaded: object = json.loads((model_dir / CONFIG_FILE).read_text())
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{model_dir / CONFIG_FILE} is not a JSON object")
-    return cast(dict[str, object], loaded)
 
 
 def read_weight_map(model_dir: Path) -> dict[str, str]:
@@ -176,9 +185,10 @@ class TensorHeader(BaseModel):
         return cls(dtype=dtype, shape=tuple(dims), stored_bytes=end - start)
 
 
-def read_manifest(model_dir: Path) -> ModelManifest:
-    """Sizes of the model's parts, from config.json and the safetensors headers only."""
-    config = read_config(model_dir)
+def read_manifest(model_dir: Path, config: ModelConfig | None = None) -> ModelManifest:
+    """Sizes of the model's parts, from config.json (`config` when already parsed) and the safetensors headers."""
+    if config is None:
+        config = read_model_config(model_dir)
     weight_map = read_weight_map(model_dir)
     headers: dict[str, TensorHeader] = {}
     for file_name in sorted(set(weight_map.values())):
@@ -187,7 +197,7 @@ def read_manifest(model_dir: Path) -> ModelManifest:
     if missing:
         raise ValueError(f"{model_dir}: the index names tensors absent from the weight files: {missing[:5]}")
 
-    num_layers = config_int(config, "num_hidden_layers")
+    num_layers = config.num_layers
     stored: dict[WeightGroup, int] = {}
     parameters: dict[WeightGroup, int] = {}
     for key, header in headers.items():
@@ -198,13 +208,8 @@ def read_manifest(model_dir: Path) -> ModelManifest:
     def stats(group: WeightGroup) -> WeightGroupStats:
         return WeightGroupStats(stored_bytes=stored.get(group, 0), parameter_count=parameters.get(group, 0))
 
-    context_length = _optional_config_value(config, "max_position_embeddings") or DEFAULT_CONTEXT_LENGTH
     return ModelManifest(
-        model_type=str(config.get("model_type", "")),
-        num_layers=num_layers,
-        hidden_size=config_int(config, "hidden_size"),
-        vocab_size=config_int(config, "vocab_size"),
-        context_length=_as_int(context_length, "config.json max_position_embeddings"),
+        config=config,
         tie_word_embeddings=_ties_word_embeddings(config, weight_map),
         embedding=stats("embed"),
         layers=tuple(stats(layer) for layer in range(num_layers)),
@@ -212,14 +217,18 @@ def read_manifest(model_dir: Path) -> ModelManifest:
     )
 
 
-def weight_files_for_stage(model_dir: Path, start_layer: int, end_layer: int) -> list[Path]:
+def weight_files_for_stage(
+    model_dir: Path, start_layer: int, end_layer: int, config: ModelConfig | None = None
+) -> list[Path]:
     """The weight files a shard serving global layers `[start_layer, end_layer)` must read.
 
     Its layer files; the embedding when it is the first stage; the head when it is the last, and the
-    embedding too when the head is tied to it. Ordered embed, layers, head.
+    embedding too when the head is tied to it. Ordered embed, layers, head. `config`: the model's,
+    when the caller has already parsed it.
     """
-    config = read_config(model_dir)
-    num_layers = config_int(config, "num_hidden_layers")
+    if config is None:
+        config = read_model_config(model_dir)
+    num_layers = config.num_layers
     if not 0 <= start_layer < end_layer <= num_layers:
         raise ValueError(f"stage [{start_layer}, {end_layer}) is not a non-empty range of {num_layers} layers")
     weight_map = read_weight_map(model_dir)
@@ -244,9 +253,7 @@ def weight_files_for_stage(model_dir: Path, start_layer: int, end_layer: int) ->
     return [model_dir / name for name in sorted(files, key=lambda name: (files[name], name))]
 
 
-def _parameter_count(
-    key: str, header: TensorHeader, headers: Mapping[str, TensorHeader], config: Mapping[str, object]
-) -> int:
+def _parameter_count(key: str, header: TensorHeader, headers: Mapping[str, TensorHeader], config: ModelConfig) -> int:
     """Logical weights in one tensor; quantization scales and biases count as zero."""
     module_path, _, leaf = key.rpartition(".")
     scales = headers.get(f"{module_path}.scales")
@@ -257,37 +264,17 @@ def _parameter_count(
     return math.prod(scales.shape) * _group_size(module_path, config)
 
 
-def _group_size(module_path: str, config: Mapping[str, object]) -> int:
-    quantization = config.get("quantization")
-    if not isinstance(quantization, dict):
-        raise ValueError(f"{module_path} is quantized but config.json has no quantization settings")
-    settings = cast(dict[str, object], quantization)
-    override = settings.get(module_path)
-    if isinstance(override, dict) and "group_size" in override:
-        return _as_int(cast(dict[str, object], override)["group_size"], f"group_size of {module_path}")
-    return _as_int(settings.get("group_size"), "config.json quantization group_size")
+def _group_size(module_path: str, config: ModelConfig) -> int:
+    if config.quantization is None:
+        raise ValueError(f"{module_path} is quantized but {config.source} has no quantization settings")
+    return config.quantization.group_size_of(module_path)
 
 
-def _ties_word_embeddings(config: Mapping[str, object], weight_map: Iterable[str]) -> bool:
+def _ties_word_embeddings(config: ModelConfig, weight_map: Iterable[str]) -> bool:
     # Absent from config: tied exactly when there is no separate head matrix to use.
-    tied = _optional_config_value(config, "tie_word_embeddings")
-    if tied is None:
+    if config.tie_word_embeddings is None:
         return not any(key.startswith("lm_head.") for key in weight_map)
-    return bool(tied)
-
-
-def _optional_config_value(config: Mapping[str, object], key: str) -> object | None:
-    # Multimodal configs keep the language model's settings under "text_config".
-    if key in config:
-        return config[key]
-    text_config = config.get("text_config")
-    if isinstance(text_config, dict):
-        return cast(dict[str, object], text_config).get(key)
-    return None
-
-
-def config_int(config: Mapping[str, object], key: str) -> int:
-    return _as_int(_optional_config_value(config, key), f"config.json {key!r}")
+    return config.tie_word_embeddings
 
 
 def _as_int(value: object, what: str) -> int:

@@ -10,12 +10,8 @@ import mlx.core as mx
 
 from services.kernel.ids import ModelId
 from services.models import gguf_import
-from services.models.model_files import (
-    CONFIG_FILE,
-    INDEX_FILE,
-    has_layered_layout,
-    read_config,
-)
+from services.models.model_config import CONFIG_FILE, read_model_config
+from services.models.model_files import INDEX_FILE, has_layered_layout
 from services.models.model_store import ModelStore
 from services.models.model_writer import save_model_directory
 
@@ -48,7 +44,7 @@ def _copy_model(source_dir: Path, destination: Path) -> None:
             if not isinstance(loaded, dict):
                 raise ValueError(f"{weight_file} did not load as a safetensors file")
             weights.update(loaded)
-        save_model_directory(destination, read_config(source_dir), weights)
+        save_model_directory(destination, read_model_config(source_dir).as_dict(), weights)
     for entry in sorted(source_dir.iterdir()):
         if not entry.is_file() or entry.name.startswith("."):
             continue

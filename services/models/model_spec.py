@@ -5,9 +5,8 @@ from pathlib import Path
 from services.cluster.state import ModelSpec, WeightCost
 from services.kernel.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
 from services.kernel.ids import ModelId
-from services.models.model_files import WeightGroupStats, read_config, read_manifest
-
-FLOAT32_BYTES = 4
+from services.models.kv_footprint import kv_bytes_per_layer
+from services.models.model_files import WeightGroupStats, read_manifest
 
 LAYER_FIXED_WORK = 2_000_000
 """Work a transformer layer does per token beyond reading its weights (norms, rotary embedding,
@@ -27,26 +26,14 @@ def _layer_cost(cost: WeightCost) -> WeightCost:
     return WeightCost(bytes=cost.bytes, work=cost.work + LAYER_FIXED_WORK)
 
 
-def _config_int(config: dict[str, object], key: str, default: int) -> int:
-    value = config.get(key, default)
-    return value if isinstance(value, int) else default
-
-
-def kv_bytes_per_layer(config: dict[str, object], context_length: int, concurrent_rows: int) -> int:
-    """Keys and values for `concurrent_rows` full contexts, counted in float32 (an upper bound)."""
-    hidden = _config_int(config, "hidden_size", 0)
-    heads = _config_int(config, "num_attention_heads", 1)
-    kv_heads = _config_int(config, "num_key_value_heads", heads)
-    head_dim = _config_int(config, "head_dim", hidden // max(heads, 1))
-    return 2 * kv_heads * head_dim * context_length * concurrent_rows * FLOAT32_BYTES
-
-
 def model_spec(
     model_id: ModelId, model_dir: Path, compute_dtype: ComputeDtype = "stored", concurrent_rows: int = 1
 ) -> ModelSpec:
-    """Bytes are counted in the compute dtype; work is parameters read per token, plus each layer's fixed work."""
+    """Bytes are counted in the compute dtype; work is parameters read per token, plus each layer's fixed work.
+
+    KV: the most any one layer caches for `concurrent_rows` full contexts (see `kv_footprint`).
+    """
     manifest = read_manifest(model_dir)
-    config = read_config(model_dir)
     embedding = _cost(manifest.embedding, compute_dtype)
     head = _cost(manifest.head, compute_dtype)
     if manifest.tie_word_embeddings:
@@ -60,5 +47,5 @@ def model_spec(
         embedding=WeightCost(bytes=embedding.bytes, work=0),
         head=head,
         tied_embeddings=manifest.tie_word_embeddings,
-        kv_bytes_per_layer=kv_bytes_per_layer(config, manifest.context_length, concurrent_rows),
+        kv_bytes_per_layer=kv_bytes_per_layer(manifest.config, manifest.context_length, concurrent_rows),
     )

@@ -17,10 +17,8 @@ from pathlib import Path
 
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, strata_home
-from services.models.model_files import (
-    CONFIG_FILE,
-    INDEX_FILE,
-)
+from services.models.model_config import CONFIG_FILE
+from services.models.model_files import INDEX_FILE
 
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 

@@ -1,16 +1,16 @@
 """Writing a model directory in strata's layout (config, weight index, one weight file per group)."""
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import cast
 
 import mlx.core as mx
 
+from services.models.model_config import CONFIG_FILE, parse_model_config
 from services.models.model_files import (
-    CONFIG_FILE,
     INDEX_FILE,
     WeightGroup,
-    config_int,
     weight_file_for_group,
     weight_group_of,
     write_json,
@@ -20,14 +20,16 @@ from services.models.model_files import (
 def save_model_directory(destination: Path, config: Mapping[str, object], weights: Mapping[str, mx.array]) -> None:
     """Write `config` and `weights` into `destination` in strata's layout.
 
-    Raises FileExistsError when `destination` already holds weight files (mlx-lm would load them too) and
-    ValueError when a layer below `config["num_hidden_layers"]` has no weights.
+    Raises FileExistsError when `destination` already holds weight files (mlx-lm would load them too),
+    ModelConfigError (a ValueError) when `config` would not parse, and ValueError when a layer below
+    `config["num_hidden_layers"]` has no weights.
     """
     destination.mkdir(parents=True, exist_ok=True)
     stale_files = sorted(destination.glob("model*.safetensors")) + sorted(destination.glob(INDEX_FILE))
     if stale_files:
         raise FileExistsError(f"{destination} already holds weight files: {[p.name for p in stale_files]}")
-    num_layers = config_int(config, "num_hidden_layers")
+    # Parsed as every reader will parse it, so no directory is written that the store would refuse.
+    num_layers = parse_model_config(json.loads(json.dumps(dict(config))), destination / CONFIG_FILE).num_layers
     groups: dict[WeightGroup, dict[str, mx.array]] = {}
     for key in sorted(weights):
         groups.setdefault(weight_group_of(key), {})[key] = weights[key]

@@ -9,9 +9,10 @@ import pytest
 from discovery.peer_source import DiscoveryOptions
 from gateway.presence import GatewayPresence
 from services.kernel.ids import ModelId, NodeId
+from services.models.model_config import CONFIG_FILE, read_model_config
 from services.models.model_fetch import FetchError, ModelFetcher, partial_path
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service, sha256_of
-from services.models.model_files import CONFIG_FILE, INDEX_FILE, read_config, weight_files_for_stage
+from services.models.model_files import INDEX_FILE, weight_files_for_stage
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import GrpcServer
 from tests.tiny_architectures import build_tiny_model
@@ -47,8 +48,7 @@ def test_fetch_metadata_then_one_stage_then_resume(source_store: ModelStore, tmp
             model_dir = target.model_dir(MODEL)
             assert _names(model_dir) == {CONFIG_FILE, INDEX_FILE, "tokenizer.json"}
             assert target.has_model(MODEL)
-            num_layers = read_config(model_dir)["num_hidden_layers"]
-            assert isinstance(num_layers, int)
+            num_layers = read_model_config(model_dir).num_layers
             assert num_layers >= 2
             await fetcher.ensure_stage(MODEL, 1, num_layers, sources)
             needed = {path.name for path in weight_files_for_stage(model_dir, 1, num_layers)}

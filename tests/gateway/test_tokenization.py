@@ -1,12 +1,14 @@
 """ModelTokenizer over a real tokenizer directory: chat template, plain text, EOS ids, context."""
 
+import json
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from gateway.generation_request import ChatMessage, ChatPrompt, TextPrompt
-from gateway.tokenization import ChatTemplateError, ModelConfigError, ModelTokenizer
+from gateway.tokenization import ChatTemplateError, ModelTokenizer
+from services.models.model_config import DEFAULT_CONTEXT_LENGTH, ModelConfigError
 from tests.gateway.tiny_tokenizer import END_OF_TEXT, IM_END, build_model_directory, train_byte_level_bpe
 
 
@@ -52,8 +54,16 @@ def test_context_length_comes_from_config(tmp_path: Path) -> None:
     assert tokenizer.context_length == 1234
 
 
-def test_missing_context_length_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_context_length_is_the_default_the_store_uses(tmp_path: Path) -> None:
+    directory = build_model_directory(tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    del config["max_position_embeddings"]
+    (directory / "config.json").write_text(json.dumps(config))
+    assert ModelTokenizer.from_directory(directory).context_length == DEFAULT_CONTEXT_LENGTH
+
+
+def test_an_incomplete_config_is_a_clear_error(tmp_path: Path) -> None:
     directory = build_model_directory(tmp_path)
     (directory / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(ModelConfigError, match="context length"):
+    with pytest.raises(ModelConfigError, match=r"config\.json has no 'num_hidden_layers'"):
         ModelTokenizer.from_directory(directory)

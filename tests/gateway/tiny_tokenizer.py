@@ -72,6 +72,10 @@ def build_model_directory(
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     model_config = {
         "model_type": "llama",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "vocab_size": tokenizer.get_vocab_size(),
         "max_position_embeddings": context_length,
         "eos_token_id": tokenizer.token_to_id(END_OF_TEXT),
     }

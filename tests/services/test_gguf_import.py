@@ -16,7 +16,8 @@ from transformers import AutoTokenizer
 
 from services.models import gguf_import
 from services.models.embedded_model import EMBEDDED_MODEL_ID, EmbeddedModelMissingError, find_embedded_gguf
-from services.models.model_files import read_config, read_manifest, weight_files_for_stage
+from services.models.model_config import read_model_config
+from services.models.model_files import read_manifest, weight_files_for_stage
 from services.models.model_import import import_gguf
 from services.models.model_store import ModelStore
 from tests.services.tiny_models import NUM_LAYERS, VOCAB_SIZE, model_weights, tiny_llama
@@ -98,7 +99,13 @@ def test_tiny_gguf_imports_to_the_same_model_and_tokenizer(tmp_path: Path) -> No
 
     gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
-    config = read_config(tmp_path / "model")
+    parsed = read_model_config(tmp_path / "model")
+    assert (parsed.context_length, parsed.context_length_key, parsed.tie_word_embeddings) == (
+        512,
+        "max_position_embeddings",
+        False,
+    )
+    config = parsed.as_dict()
     assert config["rope_traditional"] is True
     assert config["tie_word_embeddings"] is False
     assert config["rms_norm_eps"] == 1e-5

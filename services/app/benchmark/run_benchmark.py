@@ -39,7 +39,7 @@ from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import ModelId
 from services.kernel.settings import home_sharing_models, models_root
 from services.models.embedded_model import EmbeddedModelMissingError, find_embedded_gguf
-from services.models.model_files import read_manifest
+from services.models.model_config import read_model_config
 from services.models.model_spec import model_spec
 from services.platform.auth import cluster_security, write_cluster_token
 from services.platform.grpc_server import cluster_sync_channel
@@ -275,7 +275,7 @@ def run_benchmark(options: BenchOptions) -> Path:
     del mlx_lm  # its weights are not needed for the rest of the run
     baselines = averaged((baselines, again))
     print("gRPC floor under a hop", flush=True)
-    floor = measure_transport_floor(read_manifest(model_dir).hidden_size)
+    floor = measure_transport_floor(read_model_config(model_dir).hidden_size)
     print(
         f"  one way {floor.back_to_back * 1e3:.2f} ms, {floor.after_compute * 1e3:.2f} ms after compute, "
         f"{floor.ring_hop * 1e3:.2f} ms in a ring with no model",
