@@ -6,6 +6,8 @@ Refusals are raised as `services.kernel.status_errors` errors; the server's stat
 them with their gRPC status.
 """
 
+from __future__ import annotations
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeAlias, TypeVar
 

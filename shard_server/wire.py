@@ -24,7 +24,7 @@ from shard_server.ring_messages import (
     TokenGenerated,
 )
 from shard_server.stage_state import StageStats
-from strata_wire import common_pb2, shard_pb2
+from strata_wire import common_pb2, coordinator_pb2, shard_pb2
 
 
 class WireError(InvalidArgumentError, ValueError):
@@ -225,6 +225,20 @@ def stats_to_pb(shard_id: ShardId, stats: StageStats, admission: AdmissionStats)
         rejected_requests=admission.rejected_requests,
         kv_budget_tokens=admission.kv_budget_tokens or 0,
         reserved_kv_tokens=admission.reserved_tokens,
+    )
+
+
+def registration_to_pb(
+    *, shard_id: ShardId, node_id: str, address: str, available_memory_bytes: int, incarnation: str
+) -> coordinator_pb2.RegisterShardRequest:
+    """This shard server, as it announces itself to the coordinator."""
+    return coordinator_pb2.RegisterShardRequest(
+        shard_id=shard_id,
+        node_id=node_id,
+        address=address,
+        available_memory_bytes=available_memory_bytes,
+        device="cpu",
+        incarnation=incarnation,
     )
 
 
