@@ -10,11 +10,13 @@ import time
 
 import grpc
 
+from coordinator.placement import Placement, PlacementRefusal, place
 from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import caught_up_learner, promoted, with_learner, without_replica
 from coordinator.raft.node import RaftNode
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
+from coordinator.wire import assign_request_to_pb
 from services.cluster.events import (
     CommandOrigin,
     Event,
@@ -30,15 +32,28 @@ from services.cluster.events import (
 )
 from services.cluster.state import ClusterState, ModelInstance, ModelSpec, ShardServer, StageAssignment
 from services.kernel.compute_dtype import ComputeDtype
-from services.kernel.ids import NodeId
+from services.kernel.ids import ModelId, NodeId
+from services.kernel.status_errors import FailedPreconditionError, NotFoundError
 from services.platform.grpc_server import cluster_channel
-from strata_wire import shard_pb2, shard_pb2_grpc
+from strata_wire import shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 ASSIGN_TIMEOUT_SECONDS = 600.0
 RETRY_DELAY_SECONDS = 2.0
 IDLE_RECHECK_SECONDS = 1.0
+
+
+class MembershipChangeRefusedError(FailedPreconditionError):
+    """The replica cannot be removed (the message says why)."""
+
+
+class UnknownNodeError(NotFoundError):
+    """No shard server of the node is registered."""
+
+
+class UnknownModelError(NotFoundError):
+    """The model is not registered."""
 
 
 class CoordinatorReplica:
@@ -98,24 +113,32 @@ class CoordinatorReplica:
         logger.info("replica %s joins as a learner", replica_id)
         return await self.append(change)
 
-    async def remove_replica(self, replica_id: str) -> ClusterState | str:
-        """Commits the membership without `replica_id`, or returns why not."""
+    async def remove_replica(self, replica_id: str) -> ClusterState:
+        """Commits the membership without `replica_id`; raises `MembershipChangeRefusedError` saying why not."""
         if not self._node.leads_with_lease():
             raise NotLeaderError(self._node.leader_id)
         change = without_replica(self._node.voters, self._node.learners, replica_id, self._node.replica_id)
         if isinstance(change, str):
-            return change
+            raise MembershipChangeRefusedError(change)
         logger.info("removing replica %s", replica_id)
         return await self.append(change)
 
-    async def drain_node(self, node_id: NodeId) -> ClusterState | str:
-        """Commits the drain of `node_id`, or returns why not."""
+    async def drain_node(self, node_id: NodeId) -> ClusterState:
+        """Commits the drain of `node_id`; raises `UnknownNodeError` when none of its shards is registered."""
         if not self._node.leads_with_lease():
             raise NotLeaderError(self._node.leader_id)
         if all(shard.node_id != node_id for shard in self._state.shards.values()):
-            return f"no shard server of node {node_id!r} is registered"
+            raise UnknownNodeError(f"no shard server of node {node_id!r} is registered")
         logger.info("draining node %s", node_id)
         return await self.append(NodeDrainRequested(node_id=node_id))
+
+    def preview_placement(self, model_id: ModelId) -> Placement | PlacementRefusal:
+        """How `model_id` would be placed on the registered shards now; `UnknownModelError` if unregistered."""
+        state = self._state
+        model = state.models.get(model_id)
+        if model is None:
+            raise UnknownModelError(f"model {model_id!r} is not registered")
+        return place(model, [state.shards[shard_id] for shard_id in sorted(state.shards)])
 
     async def run(self) -> None:
         """Acts on the state until cancelled, while this replica leads: one planned action at a time."""
@@ -196,17 +219,13 @@ class CoordinatorReplica:
         following = instance.stages[(index + 1) % len(instance.stages)]
         shard = self._state.shards[stage.shard_id]
         next_address = self._state.shards[following.shard_id].address
-        request = shard_pb2.AssignRequest(
+        request = assign_request_to_pb(
             term=self._state.term,
-            instance_id=instance.instance_id,
-            model_id=instance.model_id,
-            start_layer=stage.start_layer,
-            end_layer=stage.end_layer,
-            num_layers=instance.num_layers,
+            instance=instance,
+            stage=stage,
             next_address=next_address,
             prefill_step_size=self._prefill_step_size,
             compute_dtype=self._compute_dtype,
-            ring_size=len(instance.stages),
             kv_budget_bytes_per_layer=self._kv_budget_bytes_per_layer(instance),
         )
         async with cluster_channel(shard.address) as channel:

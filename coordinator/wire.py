@@ -1,12 +1,80 @@
-"""Conversions between coordinator state and protobuf (the only place that does)."""
+"""Conversions between coordinator state and protobuf (the only place that does).
 
-from collections.abc import Mapping
+A malformed command is refused here with `InvalidArgumentError` (INVALID_ARGUMENT), before it reaches
+the replica.
+"""
 
+from collections.abc import Iterable, Mapping
+from copy import deepcopy
+from typing import Protocol, TypeVar
+
+from coordinator.placement import Placement, PlacementRefusal
 from coordinator.raft.interface import ReplicaPosition
 from coordinator.raft.node import RaftNode
-from services.cluster.state import ClusterState, ShardServer, StageAssignment
-from services.kernel.ids import ShardId
-from strata_wire import coordinator_pb2
+from coordinator.raft.storage import LogEntry, Snapshot
+from discovery.peer import RefusedPeer
+from services.cluster.events import CommandOrigin
+from services.cluster.state import ClusterState, ModelInstance, ShardServer, StageAssignment
+from services.kernel.ids import NodeId, ShardId
+from services.kernel.status_errors import InvalidArgumentError
+from strata_wire import coordinator_pb2, shard_pb2
+
+DEVICES = ("cpu", "gpu", "metal")
+
+
+class Forwardable(Protocol):
+    """A command a follower may pass on to the leader, once."""
+
+    forwarded: bool
+
+
+Command = TypeVar("Command", bound=Forwardable)
+
+
+def marked_forwarded(command: Command) -> Command:
+    """A copy of `command` marked as passed on, so the replica it reaches does not pass it on again."""
+    copy = deepcopy(command)
+    copy.forwarded = True
+    return copy
+
+
+def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple[ShardServer, CommandOrigin | None]:
+    """The shard server a registration describes, and its command origin (None: not deduplicated)."""
+    if not message.shard_id or not message.node_id or not message.address:
+        raise InvalidArgumentError("shard_id, node_id and address are required")
+    if message.available_memory_bytes <= 0:
+        raise InvalidArgumentError("available_memory_bytes must be positive")
+    device = message.device
+    if device not in ("cpu", "gpu", "metal"):
+        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}")
+    origin = CommandOrigin(client_id=message.client_id, sequence=message.sequence) if message.client_id else None
+    shard = ShardServer(
+        shard_id=ShardId(message.shard_id),
+        node_id=NodeId(message.node_id),
+        address=message.address,
+        available_memory_bytes=message.available_memory_bytes,
+        device=device,
+        incarnation=message.incarnation,
+    )
+    return shard, origin
+
+
+def registration_reply_to_pb(state: ClusterState, leader: str) -> coordinator_pb2.RegisterShardReply:
+    return coordinator_pb2.RegisterShardReply(term=state.term, leader=leader, applied_index=state.last_index)
+
+
+def joining_replica_from_pb(message: coordinator_pb2.JoinClusterRequest) -> str:
+    if not message.replica_id:
+        raise InvalidArgumentError("replica_id is required")
+    return message.replica_id
+
+
+def membership_to_pb(state: ClusterState) -> coordinator_pb2.MembershipReply:
+    return coordinator_pb2.MembershipReply(voters=state.voters, learners=state.learners)
+
+
+def drain_reply_to_pb(state: ClusterState) -> coordinator_pb2.DrainNodeReply:
+    return coordinator_pb2.DrainNodeReply(draining_nodes=state.draining_nodes)
 
 
 def stage_to_pb(stage: StageAssignment, shards: Mapping[ShardId, ShardServer]) -> coordinator_pb2.Stage:
@@ -76,3 +144,63 @@ def replicas_to_pb(node: RaftNode) -> list[coordinator_pb2.ReplicaInfo]:
         )
         for position in replica_positions(node)
     ]
+
+
+def cluster_view_to_pb(node: RaftNode, refused_peers: Iterable[RefusedPeer]) -> coordinator_pb2.ClusterState:
+    """What GetState answers: the state, and this replica's view of the leader, the replicas and the
+    peers discovery refused (so `strata status` tells why a host is missing)."""
+    reply = state_to_pb(node.state)
+    reply.leader = node.leader_id
+    reply.replicas.extend(replicas_to_pb(node))
+    reply.voters.extend(node.voters)
+    reply.learners.extend(node.learners)
+    reply.refused_peers.extend(
+        coordinator_pb2.RefusedPeer(address=peer.address, node_id=peer.node_id, reason=peer.reason)
+        for peer in refused_peers
+    )
+    return reply
+
+
+def placement_preview_to_pb(
+    result: Placement | PlacementRefusal, shards: Mapping[ShardId, ShardServer]
+) -> coordinator_pb2.PlacementPreview:
+    if isinstance(result, PlacementRefusal):
+        return coordinator_pb2.PlacementPreview(fits=False, explanation=result.reason)
+    return coordinator_pb2.PlacementPreview(
+        fits=True,
+        stages=[stage_to_pb(stage, shards) for stage in result.stages],
+        explanation=result.explanation,
+    )
+
+
+def watched_to_pb(item: LogEntry | Snapshot) -> coordinator_pb2.WatchedEvent:
+    """A committed event, or the snapshot a subscriber behind it gets first."""
+    if isinstance(item, Snapshot):
+        return coordinator_pb2.WatchedEvent(index=item.last_index, state_json=item.state.model_dump_json().encode())
+    return coordinator_pb2.WatchedEvent(index=item.index, record_json=item.record.model_dump_json().encode())
+
+
+def assign_request_to_pb(
+    *,
+    term: int,
+    instance: ModelInstance,
+    stage: StageAssignment,
+    next_address: str,
+    prefill_step_size: int,
+    compute_dtype: str,
+    kv_budget_bytes_per_layer: int,
+) -> shard_pb2.AssignRequest:
+    """The instruction to the shard of `stage` to load it, in a ring of all the instance's stages."""
+    return shard_pb2.AssignRequest(
+        term=term,
+        instance_id=instance.instance_id,
+        model_id=instance.model_id,
+        start_layer=stage.start_layer,
+        end_layer=stage.end_layer,
+        num_layers=instance.num_layers,
+        next_address=next_address,
+        prefill_step_size=prefill_step_size,
+        compute_dtype=compute_dtype,
+        ring_size=len(instance.stages),
+        kv_budget_bytes_per_layer=kv_budget_bytes_per_layer,
+    )

@@ -12,16 +12,16 @@ import grpc
 from gateway.cluster_view import ClusterView, ReadyInstance
 from gateway.recovery import RecoveringTokenSource, RecoveryPolicy
 from gateway.token_source import (
-    GeneratedToken,
     GenerationFinished,
     OverloadedError,
     PipelineError,
     TokenEvent,
     TokenRequest,
 )
+from gateway.wire import generate_request_to_pb, token_event_from_pb
 from services.kernel.ids import RequestId
 from services.platform.grpc_server import cluster_channel
-from services.wire.generate_call import DEFAULT_RETRY_AFTER_SECONDS, RETRY_AFTER_METADATA, sampling_to_pb
+from services.wire.generate_call import DEFAULT_RETRY_AFTER_SECONDS, RETRY_AFTER_METADATA
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 TOKEN_TIMEOUT_SECONDS = 300.0
@@ -67,15 +67,7 @@ class PipelineClient:
         """Runs `request` on `instance` as call `call_id`; after `replay_tokens` (already generated),
         yields only the tokens that follow them. Closing the iterator cancels the call."""
         call = self._stub(instance.first_shard_address).Generate(
-            shard_pb2.GenerateRequest(
-                request_id=call_id,
-                instance_id=instance.instance_id,
-                prompt_tokens=list(request.prompt_tokens),
-                max_tokens=request.max_tokens,
-                stop_token_ids=list(request.stop_token_ids),
-                sampling=sampling_to_pb(request.sampling),
-                replay_tokens=list(replay_tokens),
-            )
+            generate_request_to_pb(request, call_id, instance.instance_id, replay_tokens)
         )
         try:
             while True:
@@ -96,17 +88,10 @@ class PipelineClient:
                     ) from error
                 if not isinstance(reply, shard_pb2.GenerateReply):
                     raise PipelineError(f"request {call_id}: the shard pipeline ended it without finishing it")
-                body = reply.WhichOneof("body")
-                if body == "token":
-                    yield GeneratedToken(token_id=reply.token.token_id)
-                elif body == "finished":
-                    finished = reply.finished
-                    reason = "stop" if finished.reason == "stop" else "length"
-                    yield GenerationFinished(
-                        reason=reason,
-                        prompt_tokens=finished.prompt_tokens,
-                        generated_tokens=finished.generated_tokens,
-                    )
+                event = token_event_from_pb(reply)
+                if event is not None:
+                    yield event
+                if isinstance(event, GenerationFinished):
                     return
         finally:
             call.cancel()

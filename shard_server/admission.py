@@ -4,17 +4,22 @@ Each admitted request reserves `prompt tokens + max_tokens` tokens of KV room (i
 cache never holds more). A request is admitted when its reservation fits the budget and, if set,
 fewer than `max_active_requests` run; otherwise it waits in a bounded FIFO queue for at most
 `max_wait_seconds`. A full queue or an expired wait refuses the request with `AdmissionRefusedError`
-(the service answers RESOURCE_EXHAUSTED with a retry-after hint), so load beyond the budget never
+(a call answers RESOURCE_EXHAUSTED with a retry-after hint in its trailing metadata), so load beyond the budget never
 grows memory. Every shard of the ring holds the same tokens per layer, so admitting at the first
 shard bounds the KV caches on all of them.
 """
 
 import asyncio
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
 
 from services.kernel.ids import RequestId
+from services.kernel.status_errors import ResourceExhaustedError
+from services.wire.generate_call import RETRY_AFTER_METADATA
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_WAITING = 64
 """Requests that may wait for room at once; beyond that they are refused at once."""
@@ -44,12 +49,11 @@ class AdmissionStats:
     kv_budget_tokens: int | None
 
 
-class AdmissionRefusedError(Exception):
-    """The request cannot run now; the client may retry after `retry_after_seconds`."""
+class AdmissionRefusedError(ResourceExhaustedError):
+    """The request cannot run now; the client may retry after `retry_after_seconds` (trailing metadata)."""
 
     def __init__(self, message: str, retry_after_seconds: int) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, ((RETRY_AFTER_METADATA, str(retry_after_seconds)),))
         self.retry_after_seconds = retry_after_seconds
 
 
@@ -96,12 +100,16 @@ class AdmissionGate:
         ticket = Ticket(request_id, tokens)
         budget = self._limits.kv_budget_tokens
         if budget is not None and tokens > budget:
-            raise self._refuse(f"the request needs {tokens} tokens of KV cache, more than this shard's {budget}")
+            raise self._refuse(
+                request_id, f"the request needs {tokens} tokens of KV cache, more than this shard's {budget}"
+            )
         if not self._waiting and self._fits(ticket):
             self._take(ticket)
             return ticket
         if len(self._waiting) >= self._limits.max_waiting:
-            raise self._refuse(f"the shard is at its KV budget and {len(self._waiting)} requests already wait")
+            raise self._refuse(
+                request_id, f"the shard is at its KV budget and {len(self._waiting)} requests already wait"
+            )
         waiter = _Waiter(ticket, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         try:
@@ -109,7 +117,7 @@ class AdmissionGate:
         except TimeoutError:
             self._drop_waiter(waiter)
             raise self._refuse(
-                f"no KV room freed up within {self._limits.max_wait_seconds:g} s at this shard's budget"
+                request_id, f"no KV room freed up within {self._limits.max_wait_seconds:g} s at this shard's budget"
             ) from None
         except asyncio.CancelledError:
             self._drop_waiter(waiter)
@@ -146,7 +154,8 @@ class AdmissionGate:
         elif waiter.granted.done():
             self.release(waiter.ticket)  # granted in the same instant the wait ended
 
-    def _refuse(self, message: str) -> AdmissionRefusedError:
+    def _refuse(self, request_id: RequestId, message: str) -> AdmissionRefusedError:
+        logger.info("refused request %s: %s", request_id, message)
         self._rejected += 1
         return AdmissionRefusedError(message, self._limits.retry_after_seconds)
 

@@ -24,6 +24,7 @@ from services.platform.grpc_server import GrpcServer, cluster_channel
 from shard_server.admission import AdmissionLimits
 from shard_server.presence import ShardPresence
 from shard_server.service import ShardService
+from shard_server.wire import registration_to_pb
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -116,12 +117,11 @@ async def serve_shard(options: ShardOptions) -> None:
     incarnation = uuid.uuid4().hex  # tells the coordinator when this shard restarted and lost its stage
 
     def registration() -> coordinator_pb2.RegisterShardRequest:
-        return coordinator_pb2.RegisterShardRequest(
+        return registration_to_pb(
             shard_id=shard_id,
             node_id=host_node,
             address=address,
             available_memory_bytes=presence.memory_share(),
-            device="cpu",
             incarnation=incarnation,
         )
 

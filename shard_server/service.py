@@ -1,4 +1,8 @@
-"""The Shard gRPC service: decode, hand to the stage worker, encode. No model work here."""
+"""The Shard gRPC service: decode, hand to the stage worker, encode. No model work here.
+
+Refusals are raised as `services.kernel.status_errors` errors; the server's status interceptor answers
+them with their gRPC status.
+"""
 
 import asyncio
 import logging
@@ -8,20 +12,14 @@ from pathlib import Path
 
 import grpc
 
-from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
+from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import InstanceId, ModelId, RequestId, ShardId
+from services.kernel.status_errors import AlreadyExistsError, FailedPreconditionError, UnavailableError
 from services.models.kv_footprint import kv_bytes_per_token_per_layer
 from services.models.model_config import ModelConfig
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
-from services.wire.generate_call import RETRY_AFTER_METADATA
-from shard_server.admission import (
-    AdmissionGate,
-    AdmissionLimits,
-    AdmissionRefusedError,
-    Ticket,
-    kv_budget_tokens,
-)
+from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
 from shard_server.model_stage import StageRange
 from shard_server.ring_checks import check_ring_message
@@ -42,7 +40,16 @@ from shard_server.ring_messages import (
     TokenGenerated,
 )
 from shard_server.stage_worker import StageWorker
-from shard_server.wire import WireError, client_event_to_pb, ring_message_from_pb, start_request_from_pb
+from shard_server.wire import (
+    WireError,
+    assign_reply_to_pb,
+    check_assign_request,
+    client_event_to_pb,
+    ring_message_from_pb,
+    ring_refusal_to_pb,
+    start_request_from_pb,
+    stats_to_pb,
+)
 from strata_wire import shard_pb2, shard_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -148,30 +155,16 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     async def Assign(
         self, request: shard_pb2.AssignRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.AssignReply:
-        problem = self._assign_problem(request)
-        if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        compute_dtype = check_assign_request(request)
         async with self._assign_lock:
             if request.term < self._term:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"term {request.term} is older than term {self._term} already seen",
-                )
-            if self._fetch_stage is not None and 0 <= request.start_layer < request.end_layer:
+                raise FailedPreconditionError(f"term {request.term} is older than term {self._term} already seen")
+            if self._fetch_stage is not None:
                 problem = await self._fetch_stage(ModelId(request.model_id), request.start_layer, request.end_layer)
                 if problem is not None:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+                    raise FailedPreconditionError(problem)
             if not self._store.has_model(ModelId(request.model_id)):
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"model {request.model_id!r} is not in this shard's store"
-                )
-            if request.prefill_step_size < 1:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prefill_step_size must be at least 1")
-            try:
-                compute_dtype = parse_compute_dtype(request.compute_dtype or "stored")
-            except ValueError as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-                raise AssertionError("unreachable") from error
+                raise FailedPreconditionError(f"model {request.model_id!r} is not in this shard's store")
             self._term = request.term
             instance_id = InstanceId(request.instance_id)
             stage = StageRange(request.start_layer, request.end_layer, request.num_layers)
@@ -180,8 +173,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 instance_id, model_dir, stage, request.prefill_step_size, compute_dtype, request.ring_size
             )
             if isinstance(outcome, StageLoadFailed):
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, outcome.message)
-                raise AssertionError("unreachable")
+                raise FailedPreconditionError(outcome.message)
             self._instance_id = instance_id
             # The config the stage parsed: a shard may hold just the weight files of its own layers.
             self._vocab_size = outcome.config.vocab_size
@@ -189,7 +181,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             self._serves_first_stage = stage.is_first
             self._admission.configure(self._admission_limits(outcome.config, request.kv_budget_bytes_per_layer))
             await self._relink(request.next_address, stage)
-            return shard_pb2.AssignReply(weight_bytes=outcome.weight_bytes)
+            return assign_reply_to_pb(outcome.weight_bytes)
 
     async def _load(
         self,
@@ -204,24 +196,6 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._pending_loads[instance_id] = outcome
         self._worker.submit(LoadStage(instance_id, model_dir, stage, prefill_step_size, compute_dtype, ring_size))
         return await outcome
-
-    @staticmethod
-    def _assign_problem(request: shard_pb2.AssignRequest) -> str | None:
-        """Malformed instructions are refused before anything changes (the current stage keeps serving)."""
-        if not request.instance_id or not request.model_id:
-            return "instance_id and model_id are required"
-        if not 0 <= request.start_layer < request.end_layer <= request.num_layers:
-            return (
-                f"layers [{request.start_layer}, {request.end_layer}) of {request.num_layers} are not a "
-                "non-empty range inside the model"
-            )
-        if request.ring_size < 0:
-            return "ring_size must not be negative"
-        if request.kv_budget_bytes_per_layer < 0:
-            return "kv_budget_bytes_per_layer must not be negative"
-        if not request.next_address and request.ring_size > 1:
-            return "next_address is required in a ring of several shards"
-        return None
 
     def _admission_limits(self, config: ModelConfig, budget_bytes_per_layer: int) -> AdmissionLimits:
         overrides = self._admission_overrides
@@ -242,33 +216,29 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     async def Generate(
         self, request: shard_pb2.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[shard_pb2.GenerateReply]:
-        request_id = RequestId(request.request_id)
-        problem = self._generate_problem(request)
-        if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        start = start_request_from_pb(request, self._vocab_size)
+        request_id = start.request_id
         if self._instance_id != request.instance_id:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"this shard serves instance {self._instance_id}, not {request.instance_id!r}",
+            raise FailedPreconditionError(
+                f"this shard serves instance {self._instance_id}, not {request.instance_id!r}"
             )
         if not self._serves_first_stage:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "requests start at the first shard of the instance, not here"
-            )
+            raise FailedPreconditionError("requests start at the first shard of the instance, not here")
         if request_id in self._clients:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {request_id} is already running")
+            raise AlreadyExistsError(f"request {request_id} is already running")
         events: asyncio.Queue[ClientEvent] = asyncio.Queue(CLIENT_EVENTS_LIMIT + 1)  # + room for the overflow
         self._clients[request_id] = events
         finished = False
         ticket: Ticket | None = None
         try:
-            ticket = await self._admit(request, context)
-            self._worker.submit(start_request_from_pb(request))
+            # Waits for KV room (bounded); a refusal is RESOURCE_EXHAUSTED with a retry hint.
+            ticket = await self._admission.admit(request_id, len(start.prompt_tokens) + start.max_tokens)
+            self._worker.submit(start)
             while not finished:
                 event = await events.get()
                 if isinstance(event, RequestFailed):
                     finished = True
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, event.message)
+                    raise UnavailableError(event.message)
                 finished = isinstance(event, RequestFinished)
                 yield client_event_to_pb(event)
         finally:
@@ -278,44 +248,6 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 if not finished:
                     logger.info("request %s cancelled by its client", request_id)
                     self._worker.submit(CancelRequest(request_id))
-
-    async def _admit(
-        self, request: shard_pb2.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> Ticket:
-        """Waits for KV room (bounded); refuses with RESOURCE_EXHAUSTED and a retry hint."""
-        tokens = len(request.prompt_tokens) + request.max_tokens
-        try:
-            return await self._admission.admit(RequestId(request.request_id), tokens)
-        except AdmissionRefusedError as refused:
-            logger.info("refused request %s: %s", request.request_id, refused.message)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                refused.message,
-                trailing_metadata=((RETRY_AFTER_METADATA, str(refused.retry_after_seconds)),),
-            )
-            raise AssertionError("unreachable") from refused
-
-    def _generate_problem(self, request: shard_pb2.GenerateRequest) -> str | None:
-        if not request.request_id:
-            return "request_id is required"
-        if not request.prompt_tokens:
-            return "prompt_tokens must not be empty"
-        if request.max_tokens < 1:
-            return "max_tokens must be at least 1"
-        if self._vocab_size and any(not 0 <= token < self._vocab_size for token in request.prompt_tokens):
-            return f"prompt token ids must lie in [0, {self._vocab_size})"
-        if self._vocab_size and any(not 0 <= token < self._vocab_size for token in request.replay_tokens):
-            return f"replay token ids must lie in [0, {self._vocab_size})"
-        if len(request.replay_tokens) > request.max_tokens:
-            return "replay_tokens must not be more than max_tokens"
-        sampling = request.sampling
-        if sampling.temperature < 0:
-            return "temperature must not be negative"
-        if not 0 <= sampling.top_p <= 1:
-            return "top_p must lie in [0, 1]"
-        if sampling.top_k < 0:
-            return "top_k must not be negative"
-        return None
 
     async def Ring(
         self,
@@ -331,7 +263,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                     self._worker.submit(item)
                 except WireError as error:
                     logger.warning("refused ring message for %s: %s", message.request_id, error)
-                    yield shard_pb2.RingReply(request_id=message.request_id, error=str(error))
+                    yield ring_refusal_to_pb(message.request_id, error)
         except asyncio.CancelledError:
             return  # the previous shard went away, or this server is stopping
         finally:
@@ -346,30 +278,4 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.ShardStats:
         stats = await asyncio.to_thread(self._worker.fresh_stats, STATS_WAIT_SECONDS)
-        admission = self._admission.stats()
-        return shard_pb2.ShardStats(
-            shard_id=self._shard_id,
-            instance_id=stats.instance_id or "",
-            start_layer=stats.start_layer,
-            end_layer=stats.end_layer,
-            active_requests=stats.active_requests,
-            kv_cache_bytes=stats.kv_cache_bytes,
-            steps=stats.steps,
-            batched_rows=stats.batched_rows,
-            batch_invariant=stats.batch_invariant,
-            native_attention=stats.native_attention,
-            compute_seconds=stats.compute_seconds,
-            ring_seconds=stats.ring_seconds,
-            ring_samples=stats.ring_samples,
-            prefix_cache_bytes=stats.prefix_cache_bytes,
-            prefix_hits=stats.prefix_hits,
-            reused_prompt_tokens=stats.reused_prompt_tokens,
-            replayed_tokens=stats.replayed_tokens,
-            replay_divergences=stats.replay_divergences,
-            hop_overhead_p50_seconds=stats.hop_overhead_percentile(50),
-            hop_overhead_p99_seconds=stats.hop_overhead_percentile(99),
-            waiting_requests=admission.waiting_requests,
-            rejected_requests=admission.rejected_requests,
-            kv_budget_tokens=admission.kv_budget_tokens or 0,
-            reserved_kv_tokens=admission.reserved_tokens,
-        )
+        return stats_to_pb(self._shard_id, stats, self._admission.stats())

@@ -2,9 +2,12 @@
 
 import math
 
-from services.kernel.ids import RequestId
+from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
+from services.kernel.ids import RequestId, ShardId
+from services.kernel.status_errors import InvalidArgumentError
 from services.platform.tensor_codec import EncodedTensor
 from services.wire.generate_call import sampling_from_pb, sampling_to_pb
+from shard_server.admission import AdmissionStats
 from shard_server.ring_messages import (
     BatchStep,
     ClientEvent,
@@ -20,15 +23,71 @@ from shard_server.ring_messages import (
     StartRequest,
     TokenGenerated,
 )
-from strata_wire import common_pb2, shard_pb2
+from shard_server.stage_state import StageStats
+from strata_wire import common_pb2, coordinator_pb2, shard_pb2
 
 
-class WireError(ValueError):
-    """A message is malformed (missing body, out-of-range field)."""
+class WireError(InvalidArgumentError, ValueError):
+    """A message is malformed (missing body, out-of-range field); a call answers it INVALID_ARGUMENT."""
 
 
-def start_request_from_pb(message: shard_pb2.GenerateRequest) -> StartRequest:
-    """A gateway's request (already validated by the service), replay tokens included."""
+def check_assign_request(message: shard_pb2.AssignRequest) -> ComputeDtype:
+    """The compute dtype of a coordinator's instructions; raises `WireError` for malformed ones, so they
+    are refused before anything changes (the current stage keeps serving)."""
+    if not message.instance_id or not message.model_id:
+        raise WireError("instance_id and model_id are required")
+    if not 0 <= message.start_layer < message.end_layer <= message.num_layers:
+        raise WireError(
+            f"layers [{message.start_layer}, {message.end_layer}) of {message.num_layers} are not a "
+            "non-empty range inside the model"
+        )
+    if message.ring_size < 0:
+        raise WireError("ring_size must not be negative")
+    if message.kv_budget_bytes_per_layer < 0:
+        raise WireError("kv_budget_bytes_per_layer must not be negative")
+    if not message.next_address and message.ring_size > 1:
+        raise WireError("next_address is required in a ring of several shards")
+    if message.prefill_step_size < 1:
+        raise WireError("prefill_step_size must be at least 1")
+    try:
+        return parse_compute_dtype(message.compute_dtype or "stored")
+    except ValueError as error:
+        raise WireError(str(error)) from error
+
+
+def assign_reply_to_pb(weight_bytes: int) -> shard_pb2.AssignReply:
+    return shard_pb2.AssignReply(weight_bytes=weight_bytes)
+
+
+def _generate_problem(message: shard_pb2.GenerateRequest, vocab_size: int) -> str | None:
+    if not message.request_id:
+        return "request_id is required"
+    if not message.prompt_tokens:
+        return "prompt_tokens must not be empty"
+    if message.max_tokens < 1:
+        return "max_tokens must be at least 1"
+    if vocab_size and any(not 0 <= token < vocab_size for token in message.prompt_tokens):
+        return f"prompt token ids must lie in [0, {vocab_size})"
+    if vocab_size and any(not 0 <= token < vocab_size for token in message.replay_tokens):
+        return f"replay token ids must lie in [0, {vocab_size})"
+    if len(message.replay_tokens) > message.max_tokens:
+        return "replay_tokens must not be more than max_tokens"
+    sampling = message.sampling
+    if sampling.temperature < 0:
+        return "temperature must not be negative"
+    if not 0 <= sampling.top_p <= 1:
+        return "top_p must lie in [0, 1]"
+    if sampling.top_k < 0:
+        return "top_k must not be negative"
+    return None
+
+
+def start_request_from_pb(message: shard_pb2.GenerateRequest, vocab_size: int = 0) -> StartRequest:
+    """A gateway's request, replay tokens included; raises `WireError` for a malformed one (token ids
+    checked against `vocab_size`, 0: not known yet)."""
+    problem = _generate_problem(message, vocab_size)
+    if problem is not None:
+        raise WireError(problem)
     return StartRequest(
         RequestId(message.request_id),
         tuple(message.prompt_tokens),
@@ -133,6 +192,54 @@ def ring_message_from_pb(message: shard_pb2.RingMessage) -> RingMessage:
     if body == "failure":
         return RequestFailure(request_id, message.failure.message)
     raise WireError("ring message without a body")
+
+
+def ring_refusal_to_pb(request_id: str, error: WireError) -> shard_pb2.RingReply:
+    """A ring message refused on its own stream: the sender fails the request."""
+    return shard_pb2.RingReply(request_id=request_id, error=str(error))
+
+
+def stats_to_pb(shard_id: ShardId, stats: StageStats, admission: AdmissionStats) -> shard_pb2.ShardStats:
+    return shard_pb2.ShardStats(
+        shard_id=shard_id,
+        instance_id=stats.instance_id or "",
+        start_layer=stats.start_layer,
+        end_layer=stats.end_layer,
+        active_requests=stats.active_requests,
+        kv_cache_bytes=stats.kv_cache_bytes,
+        steps=stats.steps,
+        batched_rows=stats.batched_rows,
+        batch_invariant=stats.batch_invariant,
+        native_attention=stats.native_attention,
+        compute_seconds=stats.compute_seconds,
+        ring_seconds=stats.ring_seconds,
+        ring_samples=stats.ring_samples,
+        prefix_cache_bytes=stats.prefix_cache_bytes,
+        prefix_hits=stats.prefix_hits,
+        reused_prompt_tokens=stats.reused_prompt_tokens,
+        replayed_tokens=stats.replayed_tokens,
+        replay_divergences=stats.replay_divergences,
+        hop_overhead_p50_seconds=stats.hop_overhead_percentile(50),
+        hop_overhead_p99_seconds=stats.hop_overhead_percentile(99),
+        waiting_requests=admission.waiting_requests,
+        rejected_requests=admission.rejected_requests,
+        kv_budget_tokens=admission.kv_budget_tokens or 0,
+        reserved_kv_tokens=admission.reserved_tokens,
+    )
+
+
+def registration_to_pb(
+    *, shard_id: ShardId, node_id: str, address: str, available_memory_bytes: int, incarnation: str
+) -> coordinator_pb2.RegisterShardRequest:
+    """This shard server, as it announces itself to the coordinator."""
+    return coordinator_pb2.RegisterShardRequest(
+        shard_id=shard_id,
+        node_id=node_id,
+        address=address,
+        available_memory_bytes=available_memory_bytes,
+        device="cpu",
+        incarnation=incarnation,
+    )
 
 
 def client_event_to_pb(event: ClientEvent) -> shard_pb2.GenerateReply:

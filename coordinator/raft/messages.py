@@ -1,11 +1,21 @@
-"""Raft RPC messages as plain frozen dataclasses, and their protobuf conversions (the only place)."""
+"""Raft RPC messages as plain frozen dataclasses, and their protobuf conversions (the only place).
+
+A request that does not decode (a malformed record) raises `MalformedRaftMessageError`, which a call
+answers INVALID_ARGUMENT.
+"""
 
 from dataclasses import dataclass
 
+from coordinator.raft.rules import VoteRequest
 from coordinator.raft.storage import LogEntry, Snapshot
 from services.cluster.events import IndexedEvent
 from services.cluster.state import ClusterState
+from services.kernel.status_errors import InvalidArgumentError
 from strata_wire import raft_pb2
+
+
+class MalformedRaftMessageError(InvalidArgumentError):
+    """Log entries or a snapshot from a peer that do not decode."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,26 @@ class SnapshotRequest:
     voters: tuple[str, ...]
 
 
+def vote_request_to_pb(request: VoteRequest) -> raft_pb2.RequestVoteRequest:
+    return raft_pb2.RequestVoteRequest(
+        term=request.term,
+        candidate_id=request.candidate_id,
+        last_log_index=request.last_log_index,
+        last_log_term=request.last_log_term,
+        pre_vote=request.pre_vote,
+    )
+
+
+def vote_request_from_pb(message: raft_pb2.RequestVoteRequest) -> VoteRequest:
+    return VoteRequest(
+        message.term, message.candidate_id, message.last_log_index, message.last_log_term, message.pre_vote
+    )
+
+
+def vote_reply_to_pb(term: int, granted: bool) -> raft_pb2.RequestVoteReply:
+    return raft_pb2.RequestVoteReply(term=term, vote_granted=granted)
+
+
 def entry_to_pb(entry: LogEntry) -> raft_pb2.LogEntry:
     return raft_pb2.LogEntry(index=entry.index, term=entry.term, record_json=entry.record.model_dump_json().encode())
 
@@ -58,15 +88,23 @@ def append_to_pb(request: AppendRequest) -> raft_pb2.AppendEntriesRequest:
 
 
 def append_from_pb(message: raft_pb2.AppendEntriesRequest) -> AppendRequest:
+    try:
+        entries = tuple(entry_from_pb(entry) for entry in message.entries)
+    except ValueError as error:  # includes pydantic's ValidationError of a malformed record
+        raise MalformedRaftMessageError(f"malformed log entries: {error}") from error
     return AppendRequest(
         term=message.term,
         leader_id=message.leader_id,
         prev_log_index=message.prev_log_index,
         prev_log_term=message.prev_log_term,
-        entries=tuple(entry_from_pb(entry) for entry in message.entries),
+        entries=entries,
         leader_commit=message.leader_commit,
         voters=tuple(message.voters),
     )
+
+
+def append_reply_to_pb(reply: AppendReply) -> raft_pb2.AppendEntriesReply:
+    return raft_pb2.AppendEntriesReply(term=reply.term, success=reply.success, last_log_index=reply.last_log_index)
 
 
 def snapshot_to_pb(request: SnapshotRequest) -> raft_pb2.InstallSnapshotRequest:
@@ -81,8 +119,15 @@ def snapshot_to_pb(request: SnapshotRequest) -> raft_pb2.InstallSnapshotRequest:
 
 
 def snapshot_from_pb(message: raft_pb2.InstallSnapshotRequest) -> SnapshotRequest:
-    state = ClusterState.model_validate_json(message.state_json)
-    snapshot = Snapshot(last_index=message.last_included_index, last_term=message.last_included_term, state=state)
+    try:
+        state = ClusterState.model_validate_json(message.state_json)
+        snapshot = Snapshot(last_index=message.last_included_index, last_term=message.last_included_term, state=state)
+    except ValueError as error:  # includes pydantic's ValidationError
+        raise MalformedRaftMessageError(f"malformed snapshot: {error}") from error
     return SnapshotRequest(
         term=message.term, leader_id=message.leader_id, snapshot=snapshot, voters=tuple(message.voters)
     )
+
+
+def snapshot_reply_to_pb(term: int) -> raft_pb2.InstallSnapshotReply:
+    return raft_pb2.InstallSnapshotReply(term=term)

@@ -2,10 +2,17 @@
 
 import grpc
 
-from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest, append_to_pb, snapshot_to_pb
+from coordinator.raft.messages import (
+    AppendReply,
+    AppendRequest,
+    SnapshotRequest,
+    append_to_pb,
+    snapshot_to_pb,
+    vote_request_to_pb,
+)
 from coordinator.raft.rules import VoteRequest
 from services.platform.grpc_server import cluster_channel
-from strata_wire import raft_pb2, raft_pb2_grpc
+from strata_wire import raft_pb2_grpc
 
 
 class PeerClient:
@@ -16,15 +23,8 @@ class PeerClient:
         self._stub = raft_pb2_grpc.RaftStub(self._channel)
 
     async def request_vote(self, request: VoteRequest) -> tuple[int, bool] | None:
-        message = raft_pb2.RequestVoteRequest(
-            term=request.term,
-            candidate_id=request.candidate_id,
-            last_log_index=request.last_log_index,
-            last_log_term=request.last_log_term,
-            pre_vote=request.pre_vote,
-        )
         try:
-            reply = await self._stub.RequestVote(message, timeout=self._timeout)
+            reply = await self._stub.RequestVote(vote_request_to_pb(request), timeout=self._timeout)
         except grpc.aio.AioRpcError:
             return None
         return reply.term, reply.vote_granted

@@ -2,7 +2,8 @@
 
 Only plain files directly inside a model directory are listed and served (never hidden or partial files,
 never a path outside the directory). Checksums are computed off the event loop and cached per file
-size and modification time.
+size and modification time. What is not in the store is refused with `NotFoundError` (NOT_FOUND), an
+offset past the end with `OutOfRangeError`, answered by the server's status interceptor.
 """
 
 import asyncio
@@ -13,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from services.kernel.ids import ModelId
+from services.kernel.status_errors import NotFoundError, OutOfRangeError
 from services.models.model_store import ModelStore, parse_model_id
 from strata_wire import model_transfer_pb2, model_transfer_pb2_grpc
 
@@ -62,8 +64,7 @@ class ModelFileService(model_transfer_pb2_grpc.ModelFilesServicer):
     ) -> model_transfer_pb2.ModelFileList:
         model_dir = self._model_dir(request.model_id)
         if model_dir is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_id!r} is not in this store")
-            raise AssertionError("unreachable")
+            raise NotFoundError(f"model {request.model_id!r} is not in this store")
         files = [
             model_transfer_pb2.ModelFile(
                 name=path.name, size_bytes=path.stat().st_size, sha256=await self._checksum(path)
@@ -80,13 +81,10 @@ class ModelFileService(model_transfer_pb2_grpc.ModelFilesServicer):
             next((file for file in servable_files(model_dir) if file.name == request.name), None) if model_dir else None
         )
         if path is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"file {request.name!r} of model {request.model_id!r} is not in this store"
-            )
-            raise AssertionError("unreachable")
+            raise NotFoundError(f"file {request.name!r} of model {request.model_id!r} is not in this store")
         size = path.stat().st_size
         if not 0 <= request.offset <= size:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is outside 0..{size}")
+            raise OutOfRangeError(f"offset {request.offset} is outside 0..{size}")
         offset = request.offset
         with path.open("rb") as stream:
             stream.seek(offset)

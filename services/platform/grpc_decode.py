@@ -2,8 +2,9 @@
 
 grpc decodes a request before the servicer runs, and answers a decode failure with UNKNOWN
 ("Unexpected DecodeError"), as if the server had failed. This interceptor hands the servicer's own
-deserializer the raw bytes itself and refuses what does not parse, with the message type in the
-status, for every kind of method (unary or streaming requests and replies).
+deserializer the raw bytes itself and refuses what does not parse (`MalformedRequestError`, answered
+by `services.platform.status_interceptor`, installed outside this one), with the method in the status,
+for every kind of method (unary or streaming requests and replies).
 """
 
 from __future__ import annotations
@@ -15,23 +16,26 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
+from services.kernel.status_errors import InvalidArgumentError
+
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Deserializer: TypeAlias = "Callable[[bytes], Any]"
 
 
-async def _decode(raw: bytes, deserialize: Deserializer, method: str, context: Context) -> object:
+class MalformedRequestError(InvalidArgumentError):
+    """The request bytes are not the method's request message."""
+
+
+def _decode(raw: bytes, deserialize: Deserializer, method: str) -> object:
     try:
         return deserialize(raw)
     except DecodeError as error:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request message does not parse: {error}")
-        raise AssertionError("unreachable") from error
+        raise MalformedRequestError(f"{method}: the request message does not parse: {error}") from error
 
 
-async def _decoded_stream(
-    raws: AsyncIterable[bytes], deserialize: Deserializer, method: str, context: Context
-) -> AsyncIterator[object]:
+async def _decoded_stream(raws: AsyncIterable[bytes], deserialize: Deserializer, method: str) -> AsyncIterator[object]:
     async for raw in raws:
-        yield await _decode(raw, deserialize, method, context)
+        yield _decode(raw, deserialize, method)
 
 
 def _decoding_handler(
@@ -42,7 +46,7 @@ def _decoding_handler(
         unary_unary: Any = handler.unary_unary
 
         async def unary_in_unary_out(raw: bytes, context: Context) -> object:
-            return await unary_unary(await _decode(raw, deserialize, method, context), context)
+            return await unary_unary(_decode(raw, deserialize, method), context)
 
         return grpc.unary_unary_rpc_method_handler(unary_in_unary_out, response_serializer=serialize)
     if not handler.request_streaming:
@@ -51,7 +55,7 @@ def _decoding_handler(
             return handler  # a coroutine writing with context.write: left as it is
 
         async def unary_in_stream_out(raw: bytes, context: Context) -> AsyncIterator[object]:
-            replies: AsyncIterator[object] = unary_stream(await _decode(raw, deserialize, method, context), context)
+            replies: AsyncIterator[object] = unary_stream(_decode(raw, deserialize, method), context)
             async for reply in replies:
                 yield reply
 
@@ -60,7 +64,7 @@ def _decoding_handler(
         stream_unary: Any = handler.stream_unary
 
         async def stream_in_unary_out(raws: AsyncIterable[bytes], context: Context) -> object:
-            return await stream_unary(_decoded_stream(raws, deserialize, method, context), context)
+            return await stream_unary(_decoded_stream(raws, deserialize, method), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_in_unary_out, response_serializer=serialize)
     stream_stream: Any = handler.stream_stream
@@ -68,7 +72,7 @@ def _decoding_handler(
         return handler
 
     async def stream_in_stream_out(raws: AsyncIterable[bytes], context: Context) -> AsyncIterator[object]:
-        replies: AsyncIterator[object] = stream_stream(_decoded_stream(raws, deserialize, method, context), context)
+        replies: AsyncIterator[object] = stream_stream(_decoded_stream(raws, deserialize, method), context)
         async for reply in replies:
             yield reply
 

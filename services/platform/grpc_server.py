@@ -16,6 +16,7 @@ from services.platform.auth_interceptors import (
     token_client_interceptors,
 )
 from services.platform.grpc_decode import MalformedRequestInterceptor
+from services.platform.status_interceptor import StatusErrorInterceptor
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVER_OPTIONS = [
@@ -42,7 +43,9 @@ class GrpcServer:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if security.token:
             interceptors.append(TokenServerInterceptor(security.token))
-        interceptors.append(MalformedRequestInterceptor())  # after the token check: INVALID_ARGUMENT, not UNKNOWN
+        # After the token check; refusals (StatusError) raised by the decoder or a servicer get their status.
+        interceptors.append(StatusErrorInterceptor())
+        interceptors.append(MalformedRequestInterceptor())  # INVALID_ARGUMENT, not UNKNOWN
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)

@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.platform.grpc_decode import MalformedRequestInterceptor
+from services.platform.status_interceptor import StatusErrorInterceptor
 from strata_wire import shard_pb2
 
 pytestmark = pytest.mark.timeout(30)
@@ -23,7 +24,7 @@ async def _ring(requests: AsyncIterator[shard_pb2.RingMessage], context: object)
 
 
 async def _server() -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()])
+    server = grpc.aio.server(interceptors=[StatusErrorInterceptor(), MalformedRequestInterceptor()])  # as GrpcServer
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     ring = grpc.stream_stream_rpc_method_handler(
         _ring,
