@@ -20,7 +20,7 @@ from coordinator.service import CoordinatorService
 from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
 from discovery.peer import PeerInfo
 from discovery.peer_source import DiscoveryOptions
-from services.cluster.state import ModelSpec, ShardServer
+from services.cluster.state import ModelSpec, RegisteredShard
 from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, node_id
@@ -57,13 +57,13 @@ class CoordinatorOptions:
     """Instances of each model to keep, each on shard servers of its own (coordinator.planner)."""
 
 
-def _shard_from_peer(peer: PeerInfo) -> ShardServer | None:
+def _shard_from_peer(peer: PeerInfo) -> RegisteredShard | None:
     """A shard server announced over discovery, as state records it; None when it lacks resources."""
     if peer.available_memory_bytes <= 0:
         return None
     match peer.device:
         case "cpu" | "gpu" | "metal" as device:
-            return ShardServer(
+            return RegisteredShard(
                 shard_id=peer.shard_id,
                 node_id=peer.node_id,
                 address=peer.address,

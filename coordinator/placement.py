@@ -11,7 +11,7 @@ Every stage gets at least one layer. Shards keep their given order (the ring ord
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.cluster.state import ModelSpec, ShardServer, StageAssignment
+from services.cluster.state import ModelSpec, RegisteredShard, StageAssignment
 
 _BestSplits = dict[int, tuple[int, tuple[int, ...]]]
 """For each end layer reached: (work of the slowest stage so far, end layer of each stage)."""
@@ -58,7 +58,7 @@ def slowest_stage_work(model: ModelSpec, stages: Sequence[StageAssignment]) -> i
     return max((stage_work(model, stage.start_layer, stage.end_layer) for stage in stages), default=0)
 
 
-def place(model: ModelSpec, shards: Sequence[ShardServer]) -> Placement | PlacementRefusal:
+def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | PlacementRefusal:
     """Splits `model` over `shards` (all of them, up to one per layer), or says why it cannot."""
     if not shards:
         return PlacementRefusal("no shard server is registered")
@@ -92,7 +92,7 @@ def place(model: ModelSpec, shards: Sequence[ShardServer]) -> Placement | Placem
     return Placement(tuple(stages), slowest, f"balanced by work per token over {count} shards: {ranges}")
 
 
-def _why_it_does_not_fit(model: ModelSpec, shards: Sequence[ShardServer]) -> str:
+def _why_it_does_not_fit(model: ModelSpec, shards: Sequence[RegisteredShard]) -> str:
     needed = _stage_bytes(model, 0, model.num_layers)
     offered = sum(shard.available_memory_bytes for shard in shards)
     largest_layer = max((layer.bytes for layer in model.layers), default=0)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.placement import Placement, PlacementRefusal, place, slowest_stage_work
-from services.cluster.state import ClusterState, ModelInstance, ModelSpec, ShardServer
+from services.cluster.state import ClusterState, ModelInstance, ModelSpec, RegisteredShard
 from services.kernel.ids import InstanceId, ModelId
 
 
@@ -79,7 +79,7 @@ def plan(state: ClusterState, minimum_shards: int, instances_per_model: int = 1)
     return refusal or (_rebalance(state, staying, shards) if instances_per_model == 1 else None)
 
 
-def _place_share(model: ModelSpec, shards: Sequence[ShardServer], missing: int) -> Placement | PlacementRefusal:
+def _place_share(model: ModelSpec, shards: Sequence[RegisteredShard], missing: int) -> Placement | PlacementRefusal:
     """One of `missing` instances over its even share of `shards` (in ring order), or over more
     of them when the model does not fit that share. With one missing: `place` over all of them."""
     share = math.ceil(len(shards) / missing)
@@ -91,7 +91,7 @@ def _place_share(model: ModelSpec, shards: Sequence[ShardServer], missing: int) 
     return result
 
 
-def _rebalance(state: ClusterState, staying: list[ModelInstance], shards: list[ShardServer]) -> Action | None:
+def _rebalance(state: ClusterState, staying: list[ModelInstance], shards: list[RegisteredShard]) -> Action | None:
     """Spreads a ready instance over shard servers that joined after it was placed.
 
     A shard server holds one stage at a time, so the instance cannot stay up while its successor

@@ -30,7 +30,7 @@ from services.cluster.events import (
     StageFailed,
     StageLoaded,
 )
-from services.cluster.state import ClusterState, ModelInstance, ModelSpec, ShardServer, StageAssignment
+from services.cluster.state import ClusterState, ModelInstance, ModelSpec, RegisteredShard, StageAssignment
 from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import ModelId, NodeId
 from services.kernel.status_errors import FailedPreconditionError, NotFoundError
@@ -95,7 +95,7 @@ class CoordinatorReplica:
         """Commits `event` through the replicated log; raises NotLeaderError on a follower."""
         return await self._node.propose(event, origin)
 
-    async def register_shard(self, shard: ShardServer, origin: CommandOrigin | None = None) -> ClusterState:
+    async def register_shard(self, shard: RegisteredShard, origin: CommandOrigin | None = None) -> ClusterState:
         self._leases.renew(shard.shard_id, time.monotonic())
         if self._state.shards.get(shard.shard_id) != shard or origin is not None:
             logger.info("shard server %s at %s registered", shard.shard_id, shard.address)

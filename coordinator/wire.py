@@ -14,7 +14,7 @@ from coordinator.raft.node import RaftNode
 from coordinator.raft.storage import LogEntry, Snapshot
 from discovery.peer import RefusedPeer
 from services.cluster.events import CommandOrigin
-from services.cluster.state import ClusterState, ModelInstance, ShardServer, StageAssignment
+from services.cluster.state import ClusterState, ModelInstance, RegisteredShard, StageAssignment
 from services.kernel.ids import NodeId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
 from strata_wire import coordinator_pb2, shard_pb2
@@ -38,7 +38,7 @@ def marked_forwarded(command: Command) -> Command:
     return copy
 
 
-def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple[ShardServer, CommandOrigin | None]:
+def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple[RegisteredShard, CommandOrigin | None]:
     """The shard server a registration describes, and its command origin (None: not deduplicated)."""
     if not message.shard_id or not message.node_id or not message.address:
         raise InvalidArgumentError("shard_id, node_id and address are required")
@@ -48,7 +48,7 @@ def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple
     if device not in ("cpu", "gpu", "metal"):
         raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}")
     origin = CommandOrigin(client_id=message.client_id, sequence=message.sequence) if message.client_id else None
-    shard = ShardServer(
+    shard = RegisteredShard(
         shard_id=ShardId(message.shard_id),
         node_id=NodeId(message.node_id),
         address=message.address,
@@ -77,7 +77,7 @@ def drain_reply_to_pb(state: ClusterState) -> coordinator_pb2.DrainNodeReply:
     return coordinator_pb2.DrainNodeReply(draining_nodes=state.draining_nodes)
 
 
-def stage_to_pb(stage: StageAssignment, shards: Mapping[ShardId, ShardServer]) -> coordinator_pb2.Stage:
+def stage_to_pb(stage: StageAssignment, shards: Mapping[ShardId, RegisteredShard]) -> coordinator_pb2.Stage:
     shard = shards.get(stage.shard_id)
     return coordinator_pb2.Stage(
         shard_id=stage.shard_id,
@@ -162,7 +162,7 @@ def cluster_view_to_pb(node: RaftNode, refused_peers: Iterable[RefusedPeer]) -> 
 
 
 def placement_preview_to_pb(
-    result: Placement | PlacementRefusal, shards: Mapping[ShardId, ShardServer]
+    result: Placement | PlacementRefusal, shards: Mapping[ShardId, RegisteredShard]
 ) -> coordinator_pb2.PlacementPreview:
     if isinstance(result, PlacementRefusal):
         return coordinator_pb2.PlacementPreview(fits=False, explanation=result.reason)

@@ -95,7 +95,7 @@ class CancelRequest:
 
 
 @dataclass(frozen=True)
-class RequestFailure:
+class FailRequest:
     request_id: RequestId
     message: str
 
@@ -122,13 +122,13 @@ WorkItem = (
     | SampledTokens
     | ReleaseRequest
     | CancelRequest
-    | RequestFailure
+    | FailRequest
     | ForgetPrefix
 )
 
 # --- What the worker asks the service to do. ---
 
-RingMessage = BatchStep | SampledTokens | ReleaseRequest | RequestFailure | ForgetPrefix
+RingMessage = BatchStep | SampledTokens | ReleaseRequest | FailRequest | ForgetPrefix
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ ClientEvent = TokenGenerated | RequestFinished | RequestFailed
 
 
 @dataclass(frozen=True)
-class StageLoaded:
+class StageLoadSucceeded:
     instance_id: InstanceId
     weight_bytes: int
     config: ModelConfig
@@ -174,6 +174,6 @@ class StageLoadFailed:
     message: str
 
 
-LocalEffect = TokenGenerated | RequestFinished | RequestFailed | StageLoaded | StageLoadFailed
+LocalEffect = TokenGenerated | RequestFinished | RequestFailed | StageLoadSucceeded | StageLoadFailed
 """Effects for this shard's own service (its clients, its pending loads)."""
 Effect = SendToNext | LocalEffect

@@ -28,15 +28,15 @@ from shard_server.ring_messages import (
     CancelRequest,
     ClientEvent,
     Effect,
+    FailRequest,
     LinkBroken,
     LoadStage,
     LocalEffect,
     RequestFailed,
-    RequestFailure,
     RequestFinished,
     SendToNext,
-    StageLoaded,
     StageLoadFailed,
+    StageLoadSucceeded,
     TokenGenerated,
 )
 from shard_server.stage_worker import StageWorker
@@ -60,7 +60,7 @@ CLIENT_EVENTS_LIMIT = 1024
 STATS_WAIT_SECONDS = 2.0
 """How long GetStats waits for the worker's fresh counters before it answers with its last snapshot."""
 
-StageOutcome = StageLoaded | StageLoadFailed
+StageOutcome = StageLoadSucceeded | StageLoadFailed
 
 
 class ShardService(shard_pb2_grpc.ShardServicer):
@@ -139,13 +139,13 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                         effect = RequestFailed(effect.request_id, "the client stopped reading its tokens")
                         self._worker.submit(CancelRequest(effect.request_id))
                     client.put_nowait(effect)
-            case StageLoaded() | StageLoadFailed():
+            case StageLoadSucceeded() | StageLoadFailed():
                 pending = self._pending_loads.pop(effect.instance_id, None)
                 if pending is not None and not pending.done():
                     pending.set_result(effect)
 
     def _on_link_refused(self, request_id: RequestId, message: str) -> None:
-        self._worker.submit(RequestFailure(request_id, message))
+        self._worker.submit(FailRequest(request_id, message))
 
     def _on_link_broken(self, message: str) -> None:
         self._worker.submit(LinkBroken(message))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Literal
 
 import mlx.core as mx
 
@@ -38,18 +39,18 @@ from shard_server.ring_messages import (
     BatchStep,
     CancelRequest,
     Effect,
+    FailRequest,
     ForgetPrefix,
     LinkBroken,
     LoadStage,
     ReleaseRequest,
     RequestFailed,
-    RequestFailure,
     SampledToken,
     SampledTokens,
     Segment,
     SendToNext,
-    StageLoaded,
     StageLoadFailed,
+    StageLoadSucceeded,
     StartRequest,
     WorkItem,
 )
@@ -65,7 +66,11 @@ from shard_server.stage_state import (
 logger = logging.getLogger(__name__)
 
 
-class RequestError(Exception):
+RequestEnding = Literal["released", "failed here", "failed upstream", "dropped with its stage"]
+"""How a request ends on a shard (`StageWorker._end_request`)."""
+
+
+class RequestCannotContinueError(Exception):
     """A request cannot go on (bad position, unknown request, bad tensor)."""
 
 
@@ -85,7 +90,7 @@ class StageWorker:
         self._batched_rows = 0
         self._stats_lock = threading.Lock()
         self._compute_seconds = 0.0
-        self._first = FirstShardDriver(emit, lambda request_id: self._release(request_id, pass_on=True))
+        self._first = FirstShardDriver(emit, lambda request_id: self._end_request(request_id, "released"))
         self._stats = StageStats()
         self._thread = threading.Thread(target=self._run, name="stage-worker", daemon=True)
 
@@ -195,22 +200,24 @@ class StageWorker:
                 if loaded is not None:
                     self._first.on_sampled(loaded, item)
             case ReleaseRequest() | CancelRequest():
-                self._release(item.request_id, pass_on=True)
-            case RequestFailure():
-                self._on_failure(item)
+                self._end_request(item.request_id, "released")
+            case FailRequest():
+                self._end_request(item.request_id, "failed upstream", item.message)
             case ForgetPrefix():
                 self._forget_prefix(item.key)
             case LinkBroken():
                 loaded = self._loaded
                 for request_id in list(loaded.requests) if loaded is not None else []:
-                    self._fail(request_id, item.message)
+                    self._end_request(request_id, "failed here", item.message)
 
     def _load(self, item: LoadStage) -> None:
         previous = self._loaded
         self._loaded = None
         if previous is not None:
             for request_id in list(previous.requests):
-                self._fail_on(previous, request_id, "the model instance was re-placed")
+                self._end_request(
+                    request_id, "dropped with its stage", "the model instance was re-placed", stage=previous
+                )
         try:
             stage = ModelStage(item.model_dir, item.stage, item.compute_dtype)
             most_threads = self._blas_threads.most if self._blas_threads is not None else 1
@@ -238,7 +245,7 @@ class StageWorker:
             else "attention through MLX ops, per request",
         )
         self._refresh_stats()
-        self._emit(StageLoaded(item.instance_id, stage.weight_bytes, stage.config))
+        self._emit(StageLoadSucceeded(item.instance_id, stage.weight_bytes, stage.config))
 
     def _start(self, item: StartRequest) -> None:
         loaded = self._loaded
@@ -255,7 +262,7 @@ class StageWorker:
         if loaded is None or loaded.stage.stage.is_first:
             reason = "this shard has no model loaded" if loaded is None else "the first shard takes no hidden states"
             for segment in item.segments:
-                self._fail(segment.request_id, reason)
+                self._end_request(segment.request_id, "failed here", reason)
             return
         loaded.received.append(item)
 
@@ -274,9 +281,9 @@ class StageWorker:
         try:
             self._compute(loaded, planned)
             self._compute_seconds += time.perf_counter() - started
-        except (RequestError, TensorDecodeError, ValueError) as error:
+        except (RequestCannotContinueError, TensorDecodeError, ValueError) as error:
             for segment in planned.segments:
-                self._fail(segment.request_id, str(error))
+                self._end_request(segment.request_id, "failed here", str(error))
 
     def _plan_received(self, loaded: LoadedStage) -> PlannedBatch | None:
         batch = loaded.received.popleft()
@@ -286,11 +293,13 @@ class StageWorker:
             hidden = decode(batch.hidden, max_elements=max_elements)
         except TensorDecodeError as error:
             for segment in batch.segments:
-                self._fail(segment.request_id, str(error))
+                self._end_request(segment.request_id, "failed here", str(error))
             return None
         if hidden.shape != (1, rows, loaded.stage.hidden_size):
             for segment in batch.segments:
-                self._fail(segment.request_id, f"hidden states of shape {hidden.shape} for {rows} rows")
+                self._end_request(
+                    segment.request_id, "failed here", f"hidden states of shape {hidden.shape} for {rows} rows"
+                )
             return None
         segments: list[Segment] = []
         states: list[RequestState] = []
@@ -317,18 +326,27 @@ class StageWorker:
             if segment.reuse_prefix is not None:
                 restored = loaded.prefixes.restore(segment.reuse_prefix)
                 if restored is None:
-                    self._fail(segment.request_id, f"prompt prefix {segment.reuse_prefix} is not stored on this shard")
+                    self._end_request(
+                        segment.request_id,
+                        "failed here",
+                        f"prompt prefix {segment.reuse_prefix} is not stored on this shard",
+                    )
                     return None
                 state = RequestState(restored)
             elif segment.position != 0:
-                self._fail(segment.request_id, f"unknown request {segment.request_id} at position {segment.position}")
+                self._end_request(
+                    segment.request_id,
+                    "failed here",
+                    f"unknown request {segment.request_id} at position {segment.position}",
+                )
                 return None
             else:
                 state = RequestState(loaded.stage.make_cache())
             loaded.requests[segment.request_id] = state
         if state.cache[0].offset != segment.position:
-            self._fail(
+            self._end_request(
                 segment.request_id,
+                "failed here",
                 f"request {segment.request_id} is at position {state.cache[0].offset}, step says {segment.position}",
             )
             return None
@@ -396,7 +414,9 @@ class StageWorker:
             if not segment.sample:
                 continue
             if state.sampler is None:
-                raise RequestError(f"request {segment.request_id} reached the last shard without sampling options")
+                raise RequestCannotContinueError(
+                    f"request {segment.request_id} reached the last shard without sampling options"
+                )
             sampled.append((segment, state.sampler))
         token_ids = sample_rows([sampler for _, sampler in sampled], logits)
         tokens = [
@@ -413,42 +433,37 @@ class StageWorker:
 
     # --- ending requests ---
 
-    def _forget(self, loaded: LoadedStage, request_id: RequestId) -> None:
-        loaded.requests.pop(request_id, None)
-        self._first.forget(request_id)
-        loaded.ready[:] = [row for row in loaded.ready if row.request_id != request_id]
-        if request_id in loaded.prefill_waiting:
-            loaded.prefill_waiting.remove(request_id)
+    def _end_request(
+        self, request_id: RequestId, ending: RequestEnding, message: str = "", *, stage: LoadedStage | None = None
+    ) -> None:
+        """The one way a request ends on this shard: its state here is freed, then who must hear of it does.
 
-    def _release(self, request_id: RequestId, pass_on: bool) -> None:
-        loaded = self._loaded
-        if loaded is None:
-            return
-        self._forget(loaded, request_id)
-        if pass_on and not loaded.stage.stage.is_last:
-            self._emit(SendToNext(ReleaseRequest(request_id)))
-
-    def _on_failure(self, item: RequestFailure) -> None:
-        loaded = self._loaded
-        if loaded is not None and loaded.stage.stage.is_first:
-            self._fail_on(loaded, item.request_id, item.message)
-            return
-        self._release(item.request_id, pass_on=False)
-        self._emit(SendToNext(item))
-
-    def _fail(self, request_id: RequestId, message: str) -> None:
-        logger.warning("request %s failed: %s", request_id, message)
-        loaded = self._loaded
-        if loaded is not None and loaded.stage.stage.is_first:
-            self._fail_on(loaded, request_id, message)
-            return
-        self._release(request_id, pass_on=False)
+        - "released" (finished, cancelled, or released by the shard before): the next shard frees it too.
+        - "failed here" / "failed upstream" (a failure found here, or one passed on by the shard before):
+          the first shard tells its client and releases it on the rest of the ring; any other shard
+          passes the failure on towards the first (one found here only while a stage is loaded).
+        - "dropped with its stage" (`stage` is being replaced): the first shard tells its client and
+          releases it on the rest of the ring; the service ignores requests it no longer serves.
+        """
+        loaded = stage if stage is not None else self._loaded
+        if ending == "failed here":
+            logger.warning("request %s failed: %s", request_id, message)
         if loaded is not None:
-            self._emit(SendToNext(RequestFailure(request_id, message)))
-
-    def _fail_on(self, loaded: LoadedStage, request_id: RequestId, message: str) -> None:
-        """First shard: tell the client, then free the request on every shard."""
-        self._forget(loaded, request_id)
-        self._emit(RequestFailed(request_id, message))  # the service ignores requests it no longer serves
-        if loaded.stage.stage.is_first and not loaded.stage.stage.is_last:
-            self._emit(SendToNext(ReleaseRequest(request_id)))
+            loaded.requests.pop(request_id, None)
+            self._first.forget(request_id)
+            loaded.ready[:] = [row for row in loaded.ready if row.request_id != request_id]
+            if request_id in loaded.prefill_waiting:
+                loaded.prefill_waiting.remove(request_id)
+        is_first = loaded is not None and loaded.stage.stage.is_first
+        has_next = loaded is not None and not loaded.stage.stage.is_last
+        if ending == "released":
+            if has_next:
+                self._emit(SendToNext(ReleaseRequest(request_id)))
+            return
+        if is_first or ending == "dropped with its stage":
+            self._emit(RequestFailed(request_id, message))
+            if is_first and has_next:
+                self._emit(SendToNext(ReleaseRequest(request_id)))
+            return
+        if ending == "failed upstream" or loaded is not None:
+            self._emit(SendToNext(FailRequest(request_id, message)))

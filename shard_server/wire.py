@@ -11,10 +11,10 @@ from shard_server.admission import AdmissionStats
 from shard_server.ring_messages import (
     BatchStep,
     ClientEvent,
+    FailRequest,
     ForgetPrefix,
     ReleaseRequest,
     RequestFailed,
-    RequestFailure,
     RequestFinished,
     RingMessage,
     SampledToken,
@@ -161,7 +161,7 @@ def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
             return shard_pb2.RingMessage(forget_prefix=shard_pb2.ForgetPrefix(key=message.key))
         case ReleaseRequest():
             return shard_pb2.RingMessage(request_id=message.request_id, release=shard_pb2.ReleaseRequest())
-        case RequestFailure():
+        case FailRequest():
             failure = shard_pb2.RequestFailure(message=message.message)
             return shard_pb2.RingMessage(request_id=message.request_id, failure=failure)
 
@@ -190,7 +190,7 @@ def ring_message_from_pb(message: shard_pb2.RingMessage) -> RingMessage:
     if body == "release":
         return ReleaseRequest(request_id)
     if body == "failure":
-        return RequestFailure(request_id, message.failure.message)
+        return FailRequest(request_id, message.failure.message)
     raise WireError("ring message without a body")
 
 

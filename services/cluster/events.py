@@ -7,13 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from services.cluster.state import Frozen, ModelSpec, ShardServer, StageAssignment
+from services.cluster.state import Frozen, ModelSpec, RegisteredShard, StageAssignment
 from services.kernel.ids import InstanceId, ModelId, NodeId, ShardId
 
 
 class ShardRegistered(Frozen):
     kind: Literal["shard_registered"] = "shard_registered"
-    shard: ShardServer
+    shard: RegisteredShard
 
 
 class ModelRegistered(Frozen):

@@ -11,7 +11,7 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True)
 
 
-class ShardServer(Frozen):
+class RegisteredShard(Frozen):
     shard_id: ShardId
     node_id: NodeId
     address: str
@@ -76,7 +76,7 @@ class ClusterState(Frozen):
     """Replicas that receive the log but do not vote yet; promoted one at a time."""
     draining_nodes: tuple[NodeId, ...] = ()
     """Nodes whose instances move elsewhere before they stop; a node's restart ends its drain."""
-    shards: dict[ShardId, ShardServer] = {}
+    shards: dict[ShardId, RegisteredShard] = {}
     models: dict[ModelId, ModelSpec] = {}
     instances: dict[InstanceId, ModelInstance] = {}
     placed_models: tuple[ModelId, ...] = ()

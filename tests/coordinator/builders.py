@@ -8,7 +8,7 @@ from services.cluster.events import (
     ModelRegistered,
     ShardRegistered,
 )
-from services.cluster.state import ClusterState, ModelSpec, ShardServer, StageAssignment, WeightCost
+from services.cluster.state import ClusterState, ModelSpec, RegisteredShard, StageAssignment, WeightCost
 from services.kernel.ids import InstanceId, ModelId, NodeId, ShardId
 
 MODEL_ID = ModelId("tiny")
@@ -38,8 +38,8 @@ def tiny_model(
     )
 
 
-def shard_server(shard_id: str = "shard-a", memory: int = 10_000) -> ShardServer:
-    return ShardServer(
+def shard_server(shard_id: str = "shard-a", memory: int = 10_000) -> RegisteredShard:
+    return RegisteredShard(
         shard_id=ShardId(shard_id),
         node_id=NodeId(f"node-of-{shard_id}"),
         address=f"{shard_id}.local:50051",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from coordinator.placement import Placement, PlacementRefusal, place
-from services.cluster.state import ModelSpec, ShardServer, StageAssignment, WeightCost
+from services.cluster.state import ModelSpec, RegisteredShard, StageAssignment, WeightCost
 from services.kernel.ids import ModelId
 from tests.coordinator.builders import shard_server, tiny_model
 
@@ -47,7 +47,7 @@ def all_splits(num_layers: int, stages: int) -> list[list[tuple[int, int]]]:
     return splits
 
 
-def best_slowest_work(model: ModelSpec, shards: Sequence[ShardServer]) -> int | None:
+def best_slowest_work(model: ModelSpec, shards: Sequence[RegisteredShard]) -> int | None:
     """Brute force: the least slowest-stage work over the fitting splits, or None if none fits."""
     used = shards[: model.num_layers]
     best: int | None = None
@@ -66,7 +66,7 @@ def ranges(stages: Sequence[StageAssignment]) -> list[tuple[str, int, int]]:
     return [(stage.shard_id, stage.start_layer, stage.end_layer) for stage in stages]
 
 
-def assert_well_formed(model: ModelSpec, shards: Sequence[ShardServer], placement: Placement) -> None:
+def assert_well_formed(model: ModelSpec, shards: Sequence[RegisteredShard], placement: Placement) -> None:
     stages = placement.stages
     assert len(stages) == min(len(shards), model.num_layers)
     # Shards keep their given order: it is the ring order.

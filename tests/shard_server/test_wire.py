@@ -9,9 +9,9 @@ from services.platform.tensor_codec import EncodedTensor
 from services.wire.generate_call import sampling_from_pb, sampling_to_pb
 from shard_server.ring_messages import (
     BatchStep,
+    FailRequest,
     ReleaseRequest,
     RequestFailed,
-    RequestFailure,
     RequestFinished,
     RingMessage,
     SampledToken,
@@ -59,7 +59,7 @@ def segment(
         BatchStep((segment(REQUEST, 5, 1, True, None),), HIDDEN, compute_seconds=0.25),
         SampledTokens((SampledToken(REQUEST, 0, 0),), compute_seconds=0.5),
         ReleaseRequest(REQUEST),
-        RequestFailure(REQUEST, message="shard-b: out of memory"),
+        FailRequest(REQUEST, message="shard-b: out of memory"),
     ],
     ids=lambda message: type(message).__name__,
 )
@@ -73,7 +73,7 @@ def test_every_ring_message_kind_round_trips(message: RingMessage) -> None:
         (BatchStep((segment(REQUEST, 0, 3, False, None),), HIDDEN), "batch"),
         (SampledTokens((SampledToken(REQUEST, 1, 2),)), "tokens"),
         (ReleaseRequest(REQUEST), "release"),
-        (RequestFailure(REQUEST, "x"), "failure"),
+        (FailRequest(REQUEST, "x"), "failure"),
     ],
 )
 def test_each_kind_uses_its_own_oneof_body(message: RingMessage, body: str) -> None:
