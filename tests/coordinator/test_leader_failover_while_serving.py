@@ -27,7 +27,7 @@ from tests.processes import ServiceProcess, free_port, start_strata, wait_for_gr
 from tests.ring_client import generate_tokens
 from tests.tiny_architectures import build_tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(240)]
 
 
 def test_the_model_keeps_serving_through_a_leader_change(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from services.cluster.state import ModelSpec, ShardServer, StageAssignment, Weig
 from services.kernel.ids import ModelId
 from tests.coordinator.builders import shard_server, tiny_model
 
+pytestmark = pytest.mark.unit
+
 RANDOM_CASES = 400
 
 

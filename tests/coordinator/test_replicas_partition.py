@@ -14,7 +14,7 @@ import pytest
 from tests.netns import NetnsHost, NetnsLab, require_namespaces
 from tests.processes import ServiceProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(240)]
 
 PORT = 52416
 PROBE_TIMEOUT_SECONDS = 60.0

@@ -16,7 +16,7 @@ from tests.coordinator.test_replicas_partition import PORT, own_state, probe, si
 from tests.netns import NetnsLab, require_namespaces
 from tests.processes import ServiceProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(420)]
 
 ROUNDS = 5
 CLIENT = "random"

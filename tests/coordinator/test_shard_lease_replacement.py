@@ -21,7 +21,7 @@ from tests.processes import ServiceProcess, free_port, start_coordinator, start_
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(240)]
 
 MODEL = "tiny-llama"
 PREFILL_STEP_SIZE = 4

@@ -16,7 +16,7 @@ from tests.discovery.ask import ask_until_answered
 from tests.discovery.conftest import give_model
 from tests.processes import ServiceProcess, free_port, start_strata
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(400)]
 
 LOOPBACK = ["--interface", "127.0.0.1"]
 

@@ -12,7 +12,7 @@ from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.processes import ServiceProcess, free_port, start_strata
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 
 def _view(address: str) -> tuple[tuple[str, ...], str] | None:

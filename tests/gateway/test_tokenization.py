@@ -9,6 +9,8 @@ from gateway.generation_request import ChatMessage, ChatPrompt, TextPrompt
 from gateway.tokenization import ChatTemplateError, ModelConfigError, ModelTokenizer
 from tests.gateway.tiny_tokenizer import END_OF_TEXT, IM_END, build_model_directory, train_byte_level_bpe
 
+pytestmark = pytest.mark.unit
+
 
 def test_chat_is_rendered_with_the_generation_prompt(model_tokenizer: ModelTokenizer, model_directory: Path) -> None:
     messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi 😀")]

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.platform.grpc_decode import MalformedRequestInterceptor
 from strata_wire import shard_pb2
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 MALFORMED = b"\x00"  # field number 0: never valid protobuf

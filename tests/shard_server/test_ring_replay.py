@@ -26,7 +26,7 @@ PREFILL_STEP_SIZE = 4
 PROMPT = [3, 17, 101, 5, 9, 250, 42, 7, 77, 301, 12]  # 11 tokens: chunks of 4, 4, 2, then 1
 NEW_TOKENS = 24
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

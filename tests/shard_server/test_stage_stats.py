@@ -4,6 +4,8 @@ import pytest
 
 from shard_server.stage_state import StageStats
 
+pytestmark = pytest.mark.unit
+
 
 def stats_with(overheads: tuple[float, ...]) -> StageStats:
     return StageStats(None, 0, 0, 0, 0, 0, 0, False, False, 0.0, 0.0, 0, 0, 0, 0, hop_overheads=overheads)

@@ -15,7 +15,7 @@ from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.certificates import CertificateAuthority
 from tests.processes import SESSION_CLUSTER_TOKEN, ServiceProcess, free_port, start_strata
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 READY_SECONDS = 60.0
 

