@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+pytest_plugins = ("tests.fixtures",)
+
 KINDS = ("unit", "process", "model", "netns", "native")
 
 # `platform.processor()` runs `uname -p` once and caches it; clients under test (openai's) ask for it.

@@ -13,7 +13,7 @@ from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.discovery.ask import ask_until_answered
-from tests.discovery.conftest import give_model
+from tests.fixtures import give_model
 from tests.processes import ServiceProcess, free_port, start_strata
 
 pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(400)]

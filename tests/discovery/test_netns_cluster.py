@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.discovery.conftest import give_model
 from tests.discovery.netns_cluster import NetnsCluster, ready_stages, shard_address, stage_addresses, weight_files
+from tests.fixtures import give_model
 from tests.netns import NetnsLab, require_namespaces
 
 pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.model, pytest.mark.timeout(600)]
