@@ -16,7 +16,7 @@ from services.models.model_store import ModelStore
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.coordinator.replica_processes import ReplicaSet, get_state, wait_for_leader
-from tests.coordinator.test_shard_lease_replacement import (
+from tests.coordinator.tiny_instance import (
     MODEL,
     NEW_TOKENS,
     PREFILL_STEP_SIZE,

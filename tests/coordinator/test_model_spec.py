@@ -9,8 +9,7 @@ from services.cluster.state import ModelSpec, WeightCost
 from services.kernel.ids import ModelId
 from services.models.model_files import read_manifest
 from services.models.model_spec import LAYER_FIXED_WORK, model_spec
-from tests.coordinator.builders import shard_server
-from tests.coordinator.test_placement import ranges
+from tests.coordinator.builders import ranges, shard_server
 from tests.tiny_architectures import build_tiny_model
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ from services.kernel.ids import ModelId
 from services.kernel.settings import models_root
 from services.models.model_store import ModelStore
 from tests.coordinator.replica_processes import committed_records, get_state
-from tests.coordinator.test_shard_lease_replacement import (
+from tests.coordinator.tiny_instance import (
     MODEL,
     NEW_TOKENS,
     PREFILL_STEP_SIZE,

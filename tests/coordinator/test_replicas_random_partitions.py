@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.coordinator.test_replicas_partition import PORT, own_state, probe, single_leader, wait_for
+from tests.coordinator.netns_replicas import PORT, own_state, probe, single_leader, wait_for
 from tests.netns import NetnsLab, require_namespaces
 from tests.processes import ServiceProcess
 
