@@ -11,7 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -30,7 +31,9 @@ __all__ = [
     "ServiceProcess",
     "free_port",
     "start_coordinator",
+    "start_lone_shards",
     "start_strata",
+    "stopping",
     "wait_for_grpc_health",
     "wait_for_http_ok",
 ]
@@ -79,6 +82,37 @@ def start_coordinator(
     processes.append(start_strata("coordinator", command, home, log_dir, extra_environment=extra_environment))
     wait_for_grpc_health(processes[-1], address)
     return address
+
+
+def start_lone_shards(shards: list[ServiceProcess], count: int, home: Path, log_dir: Path) -> list[str]:
+    """`count` shard servers in `home`, registered with a coordinator address nobody serves (the test
+    assigns their stages itself); returns their addresses once each serves. Each process joins `shards`
+    as it starts, so the caller stops them all even if one never serves."""
+    unused_coordinator = f"127.0.0.1:{free_port()}"
+    addresses: list[str] = []
+    for index in range(count):
+        port = free_port()
+        arguments = ["shard", "--port", str(port), "--coordinator", unused_coordinator]
+        shards.append(start_strata(f"shard-{index}", arguments, home, log_dir))
+        addresses.append(f"127.0.0.1:{port}")
+    for shard, address in zip(shards[-count:], addresses, strict=True):
+        wait_for_grpc_health(shard, address)
+    return addresses
+
+
+@contextmanager
+def stopping(processes: list[ServiceProcess]) -> Generator[None]:
+    """Stops every process in `processes` (a list the block may still grow) when the block ends; when it
+    ends with an error, prints each one's log tail first, so that a failure shows what the services said."""
+    try:
+        yield
+    except BaseException:
+        for process in processes:
+            print(f"--- {process.name} ---\n{process.log_tail()}")
+        raise
+    finally:
+        for process in processes:
+            process.stop()
 
 
 def wait_for_grpc_health(service: ServiceProcess, address: str, timeout_seconds: float = 60.0) -> None:

@@ -14,7 +14,7 @@ from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.discovery.ask import ask_until_answered
 from tests.fixtures import give_model
-from tests.processes import ServiceProcess, free_port, start_strata
+from tests.processes import ServiceProcess, free_port, start_strata, stopping
 
 pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(400)]
 
@@ -44,7 +44,7 @@ def test_discovery_on_loopback_forms_one_cluster_per_name(embedded_models: Path,
     theirs = ["--cluster", other, *LOOPBACK]
     processes: list[ServiceProcess] = []
     skewed_port = free_port()
-    try:
+    with stopping(processes):
         # A shard of our cluster speaking a future protocol version: refused, never placed on.
         log = logs / "skewed.log"
         logs.mkdir(parents=True, exist_ok=True)
@@ -116,10 +116,3 @@ def test_discovery_on_loopback_forms_one_cluster_per_name(embedded_models: Path,
         assert refused and "protocol version 99 is incompatible" in refused[0].reason
         other_state = _state(f"127.0.0.1:{other_coordinator_port}")
         assert [shard.address for shard in other_state.shards] == [f"127.0.0.1:{shard_ports[2]}"]
-    except BaseException:
-        for process in processes:
-            print(f"--- {process.name} ---\n{process.log_tail()}")
-        raise
-    finally:
-        for process in processes:
-            process.stop()

@@ -12,7 +12,7 @@ from services.kernel.settings import home_sharing_models
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health, wait_for_http_ok
+from tests.processes import ServiceProcess, free_port, start_strata, stopping, wait_for_grpc_health, wait_for_http_ok
 
 ADMISSION_ARGUMENTS = ["--max-active-requests", "1", "--admission-queue", "1", "--admission-wait", "60"]
 LOCAL = ["--no-mdns", "--host", "127.0.0.1"]
@@ -52,7 +52,7 @@ def _serve(home: Path, logs: Path) -> Iterator[OverloadCluster]:
     shard_ports = [free_port(), free_port()]
     coordinator = f"127.0.0.1:{coordinator_port}"
     processes: list[ServiceProcess] = []
-    try:
+    with stopping(processes):
         processes.append(
             start_strata(
                 "coordinator",
@@ -81,10 +81,3 @@ def _serve(home: Path, logs: Path) -> Iterator[OverloadCluster]:
             instance_id=instance.instance_id,
             processes=tuple(processes),
         )
-    except BaseException:
-        for process in processes:
-            print(f"--- {process.name} ---\n{process.log_tail()}")
-        raise
-    finally:
-        for process in processes:
-            process.stop()
