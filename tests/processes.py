@@ -20,15 +20,17 @@ from grpc_health.v1 import health_pb2
 
 from services.app.ports import free_port
 from services.app.service_process import ServiceProcess
-from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE
+from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE, ClusterSecurity
 from services.platform.fast_blas import fast_blas_loaded
 from services.platform.grpc_server import cluster_sync_channel
+from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 SESSION_CLUSTER_TOKEN = os.environ.setdefault(TOKEN_ENVIRONMENT_VARIABLE, secrets.token_urlsafe(32))
 """One cluster token for the whole test session, in this process's environment: every service a test
 starts (each with its own STRATA_HOME) and every channel the test opens agree on it."""
 __all__ = [
     "ServiceProcess",
+    "cluster_state",
     "free_port",
     "start_coordinator",
     "start_lone_shards",
@@ -113,6 +115,16 @@ def stopping(processes: list[ServiceProcess]) -> Generator[None]:
     finally:
         for process in processes:
             process.stop()
+
+
+def cluster_state(
+    address: str, security: ClusterSecurity | None = None, timeout_seconds: float = 10.0
+) -> coordinator_pb2.ClusterState:
+    """A coordinator's GetState reply; raises grpc.RpcError when it does not answer in time."""
+    with cluster_sync_channel(address, security) as channel:
+        return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
+            coordinator_pb2.GetStateRequest(), timeout=timeout_seconds
+        )
 
 
 def wait_for_grpc_health(service: ServiceProcess, address: str, timeout_seconds: float = 60.0) -> None:

@@ -10,9 +10,16 @@ import pytest
 
 from services.kernel.settings import home_sharing_models
 from services.models.embedded_model import EMBEDDED_MODEL_ID
-from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, stopping, wait_for_grpc_health, wait_for_http_ok
+from strata_wire import coordinator_pb2
+from tests.processes import (
+    ServiceProcess,
+    cluster_state,
+    free_port,
+    start_strata,
+    stopping,
+    wait_for_grpc_health,
+    wait_for_http_ok,
+)
 
 ADMISSION_ARGUMENTS = ["--max-active-requests", "1", "--admission-queue", "1", "--admission-wait", "60"]
 LOCAL = ["--no-mdns", "--host", "127.0.0.1"]
@@ -36,8 +43,7 @@ class OverloadCluster:
 
 
 def _ready_instance(coordinator: str) -> coordinator_pb2.ModelInstance | None:
-    with cluster_sync_channel(coordinator) as channel:
-        state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=10)
+    state = cluster_state(coordinator)
     return next((instance for instance in state.instances if instance.status == "ready"), None)
 
 

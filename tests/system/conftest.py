@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.kernel.settings import home_sharing_models
-from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_http_ok
+from tests.processes import ServiceProcess, cluster_state, free_port, start_strata, wait_for_http_ok
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,7 @@ def running_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactor
 def _serve(home: Path, logs: Path) -> Iterator[RunningCluster]:
     process, gateway_url, coordinator_address = start_local_cluster(home, logs)
     try:
-        with cluster_sync_channel(coordinator_address) as channel:
-            state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
+        state = cluster_state(coordinator_address)
         instance = next(instance for instance in state.instances if instance.status == "ready")
         yield RunningCluster(
             home=home,
