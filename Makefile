@@ -60,8 +60,10 @@ typecheck: $(INSTALLED) $(STUBS)
 test: setup lint typecheck
 	$(BIN)/python -m services.platform.fast_blas run -- $(BIN)/python -m pytest -q
 
-test-fast: setup
-	$(BIN)/python -m services.platform.fast_blas run -- $(BIN)/python -m pytest -q -m "not slow" -x
+# The inner loop: the unit tests only (in-process, seconds; tests/conftest.py). They start no process and
+# need neither the embedded model's import nor a native build, so neither the fast BLAS re-exec.
+test-fast: $(INSTALLED) $(STUBS)
+	$(BIN)/python -m pytest -q -m unit -x
 
 # Real clusters against single-process mlx-lm; writes docs/benchmarks.md and docs/benchmarks.png.
 bench: setup

@@ -11,7 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -19,18 +20,22 @@ from grpc_health.v1 import health_pb2
 
 from services.app.ports import free_port
 from services.app.service_process import ServiceProcess
-from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE
+from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE, ClusterSecurity
 from services.platform.fast_blas import fast_blas_loaded
 from services.platform.grpc_server import cluster_sync_channel
+from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 SESSION_CLUSTER_TOKEN = os.environ.setdefault(TOKEN_ENVIRONMENT_VARIABLE, secrets.token_urlsafe(32))
 """One cluster token for the whole test session, in this process's environment: every service a test
 starts (each with its own STRATA_HOME) and every channel the test opens agree on it."""
 __all__ = [
     "ServiceProcess",
+    "cluster_state",
     "free_port",
     "start_coordinator",
+    "start_lone_shards",
     "start_strata",
+    "stopping",
     "wait_for_grpc_health",
     "wait_for_http_ok",
 ]
@@ -79,6 +84,47 @@ def start_coordinator(
     processes.append(start_strata("coordinator", command, home, log_dir, extra_environment=extra_environment))
     wait_for_grpc_health(processes[-1], address)
     return address
+
+
+def start_lone_shards(shards: list[ServiceProcess], count: int, home: Path, log_dir: Path) -> list[str]:
+    """`count` shard servers in `home`, registered with a coordinator address nobody serves (the test
+    assigns their stages itself); returns their addresses once each serves. Each process joins `shards`
+    as it starts, so the caller stops them all even if one never serves."""
+    unused_coordinator = f"127.0.0.1:{free_port()}"
+    addresses: list[str] = []
+    for index in range(count):
+        port = free_port()
+        arguments = ["shard", "--port", str(port), "--coordinator", unused_coordinator]
+        shards.append(start_strata(f"shard-{index}", arguments, home, log_dir))
+        addresses.append(f"127.0.0.1:{port}")
+    for shard, address in zip(shards[-count:], addresses, strict=True):
+        wait_for_grpc_health(shard, address)
+    return addresses
+
+
+@contextmanager
+def stopping(processes: list[ServiceProcess]) -> Generator[None]:
+    """Stops every process in `processes` (a list the block may still grow) when the block ends; when it
+    ends with an error, prints each one's log tail first, so that a failure shows what the services said."""
+    try:
+        yield
+    except BaseException:
+        for process in processes:
+            print(f"--- {process.name} ---\n{process.log_tail()}")
+        raise
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def cluster_state(
+    address: str, security: ClusterSecurity | None = None, timeout_seconds: float = 10.0
+) -> coordinator_pb2.ClusterState:
+    """A coordinator's GetState reply; raises grpc.RpcError when it does not answer in time."""
+    with cluster_sync_channel(address, security) as channel:
+        return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
+            coordinator_pb2.GetStateRequest(), timeout=timeout_seconds
+        )
 
 
 def wait_for_grpc_health(service: ServiceProcess, address: str, timeout_seconds: float = 60.0) -> None:

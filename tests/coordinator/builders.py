@@ -1,5 +1,7 @@
 """Small cluster pieces shared by the coordinator tests: a tiny model, shard servers, states."""
 
+from collections.abc import Sequence
+
 from services.cluster.apply import apply
 from services.cluster.events import (
     Event,
@@ -88,3 +90,8 @@ def populated_state() -> ClusterState:
 def fields_other_than(state: ClusterState, *changed: str) -> dict[str, object]:
     """The state's fields, less `changed` and `last_index` (which every event advances)."""
     return {key: value for key, value in state.model_dump().items() if key not in {*changed, "last_index"}}
+
+
+def ranges(stages: Sequence[StageAssignment]) -> list[tuple[str, int, int]]:
+    """(shard, start, end) of each stage, for comparing placements."""
+    return [(stage.shard_id, stage.start_layer, stage.end_layer) for stage in stages]

@@ -15,7 +15,7 @@ import grpc
 from services.cluster.events import IndexedEvent
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
+from tests.processes import ServiceProcess, cluster_state, free_port, start_strata, wait_for_grpc_health
 
 CALL_TIMEOUT_SECONDS = 3.0
 PAUSE_BETWEEN_COMMANDS_SECONDS = 0.02
@@ -86,13 +86,11 @@ class ReplicaSet:
 
 
 def get_state(address: str) -> coordinator_pb2.ClusterState | None:
-    with cluster_sync_channel(address) as channel:
-        try:
-            return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
-                coordinator_pb2.GetStateRequest(), timeout=CALL_TIMEOUT_SECONDS
-            )
-        except grpc.RpcError:
-            return None
+    """The coordinator's state, or None when it does not answer (down, or not serving yet)."""
+    try:
+        return cluster_state(address, timeout_seconds=CALL_TIMEOUT_SECONDS)
+    except grpc.RpcError:
+        return None
 
 
 def wait_for_leader(replicas: ReplicaSet, timeout_seconds: float = 60.0, other_than: str = "") -> int:

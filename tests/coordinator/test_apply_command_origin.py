@@ -1,10 +1,14 @@
 """apply with a command origin: a retried (client id, sequence) applies once and keeps its log slot."""
 
+import pytest
+
 from services.cluster.apply import apply
 from services.cluster.events import CommandOrigin, IndexedEvent, ShardRegistered
 from services.cluster.state import ClusterState
 from services.kernel.ids import ShardId
 from tests.coordinator.builders import populated_state, shard_server
+
+pytestmark = pytest.mark.unit
 
 
 def apply_command(state: ClusterState, shard: str, client: str, sequence: int) -> ClusterState:

@@ -7,6 +7,8 @@ from services.cluster.events import IndexedEvent, ShardRegistered
 from services.cluster.state import ClusterState
 from tests.coordinator.builders import populated_state, shard_server
 
+pytestmark = pytest.mark.unit
+
 EVENT = ShardRegistered(shard=shard_server("shard-c"))
 
 

@@ -1,5 +1,7 @@
 """apply(InstancePlaced): records a new instance, loading, with its stages as assigned."""
 
+import pytest
+
 from services.cluster.events import InstancePlaced
 from services.cluster.state import ClusterState, ModelInstance, StageAssignment
 from services.kernel.ids import InstanceId, ShardId
@@ -10,6 +12,8 @@ from tests.coordinator.builders import (
     populated_state,
     two_stage_placement,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def test_instance_placed_records_a_loading_instance_with_assigned_stages() -> None:

@@ -1,8 +1,12 @@
 """apply(InstanceReady): the instance's status becomes ready; its stages and message stay."""
 
+import pytest
+
 from services.cluster.events import InstanceReady, StageLoaded
 from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state
+
+pytestmark = pytest.mark.unit
 
 
 def test_instance_ready_sets_only_the_status() -> None:

@@ -1,5 +1,7 @@
 """apply(InstanceRemoved): drops one instance; the model stays registered for re-placement."""
 
+import pytest
+
 from services.cluster.events import InstanceRemoved
 from services.kernel.ids import InstanceId
 from tests.coordinator.builders import (
@@ -10,6 +12,8 @@ from tests.coordinator.builders import (
     populated_state,
     two_stage_placement,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def test_instance_removed_drops_the_instance() -> None:

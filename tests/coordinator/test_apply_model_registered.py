@@ -1,9 +1,13 @@
 """apply(ModelRegistered): adds or replaces one model spec, nothing else."""
 
+import pytest
+
 from services.cluster.events import ModelRegistered
 from services.cluster.state import ClusterState
 from services.kernel.ids import ModelId
 from tests.coordinator.builders import MODEL_ID, apply_next, fields_other_than, populated_state, tiny_model
+
+pytestmark = pytest.mark.unit
 
 
 def test_model_registered_adds_the_model_to_an_empty_state() -> None:

@@ -1,8 +1,12 @@
 """apply(NodeDrainRequested): the node is marked draining (once); a restart of its shard ends the drain."""
 
+import pytest
+
 from services.cluster.events import NodeDrainRequested, ShardRegistered
 from services.kernel.ids import NodeId
 from tests.coordinator.builders import apply_next, fields_other_than, populated_state, shard_server
+
+pytestmark = pytest.mark.unit
 
 NODE = NodeId("node-of-shard-b")
 

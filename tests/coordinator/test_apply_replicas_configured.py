@@ -1,8 +1,12 @@
 """apply(ReplicasConfigured): the membership (voters, learners) is replaced; nothing else changes."""
 
+import pytest
+
 from services.cluster.events import ReplicasConfigured
 from services.cluster.state import ClusterState
 from tests.coordinator.builders import apply_next, fields_other_than, populated_state
+
+pytestmark = pytest.mark.unit
 
 
 def test_voters_and_learners_are_replaced() -> None:

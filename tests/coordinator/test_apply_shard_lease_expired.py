@@ -1,8 +1,12 @@
 """apply(ShardLeaseExpired): the shard leaves the state; every instance with a stage on it fails."""
 
+import pytest
+
 from services.cluster.events import ShardLeaseExpired
 from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state, shard_server
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_shard_is_removed() -> None:

@@ -16,6 +16,8 @@ from tests.coordinator.builders import (
     shard_server,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_shard_registered_adds_the_shard_to_an_empty_state() -> None:
     shard = shard_server("shard-a")

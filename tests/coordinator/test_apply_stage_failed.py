@@ -1,8 +1,12 @@
 """apply(StageFailed): marks the stage failed and the whole instance failed, with the shard's message."""
 
+import pytest
+
 from services.cluster.events import StageFailed, StageLoaded
 from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state
+
+pytestmark = pytest.mark.unit
 
 
 def test_stage_failed_marks_the_stage_and_the_instance_failed() -> None:

@@ -1,8 +1,12 @@
 """apply(StageLoaded): marks one stage of one instance loaded; the instance stays loading."""
 
+import pytest
+
 from services.cluster.events import StageLoaded
 from services.kernel.ids import InstanceId, ShardId
 from tests.coordinator.builders import INSTANCE_ID, apply_next, fields_other_than, populated_state
+
+pytestmark = pytest.mark.unit
 
 
 def test_stage_loaded_marks_only_that_shards_stage() -> None:

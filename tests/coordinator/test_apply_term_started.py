@@ -1,7 +1,11 @@
 """apply(TermStarted): the leader's first entry sets the fencing term and the leader; nothing else."""
 
+import pytest
+
 from services.cluster.events import TermStarted
 from tests.coordinator.builders import apply_next, fields_other_than, populated_state
+
+pytestmark = pytest.mark.unit
 
 
 def test_term_started_sets_term_and_leader() -> None:

@@ -21,6 +21,7 @@ def event(index: int) -> coordinator_pb2.WatchedEvent:
     return coordinator_pb2.WatchedEvent(index=index, record_json=record.model_dump_json().encode())
 
 
+@pytest.mark.unit
 def test_events_apply_in_order_and_repeats_are_ignored() -> None:
     follower = EventFollower(["unused:1"])
 
@@ -30,6 +31,7 @@ def test_events_apply_in_order_and_repeats_are_ignored() -> None:
     assert list(follower.state.shards) == [ShardId("s1"), ShardId("s2"), ShardId("s3")]
 
 
+@pytest.mark.unit
 def test_a_gap_is_refused_so_the_stream_restarts_from_what_is_missing() -> None:
     follower = EventFollower(["unused:1"])
     follower.take(event(1))
@@ -38,6 +40,7 @@ def test_a_gap_is_refused_so_the_stream_restarts_from_what_is_missing() -> None:
     assert follower.state.last_index == 1
 
 
+@pytest.mark.unit
 def test_a_snapshot_replaces_an_older_state() -> None:
     follower = EventFollower(["unused:1"])
     follower.take(event(1))
@@ -50,7 +53,7 @@ def test_a_snapshot_replaces_an_older_state() -> None:
     assert follower.state.last_index == 41
 
 
-@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.timeout(180)
 def test_a_follower_catches_up_from_a_snapshot_and_survives_a_replica_restart(tmp_path: Path) -> None:
     replicas = ReplicaSet.create(tmp_path, 1, ("--snapshot-every", "5"))

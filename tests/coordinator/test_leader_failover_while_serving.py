@@ -16,7 +16,7 @@ from services.models.model_store import ModelStore
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.coordinator.replica_processes import ReplicaSet, get_state, wait_for_leader
-from tests.coordinator.test_shard_lease_replacement import (
+from tests.coordinator.tiny_instance import (
     MODEL,
     NEW_TOKENS,
     PREFILL_STEP_SIZE,
@@ -27,7 +27,7 @@ from tests.processes import ServiceProcess, free_port, start_strata, wait_for_gr
 from tests.ring_client import generate_tokens
 from tests.tiny_architectures import build_tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(240)]
 
 
 def test_the_model_keeps_serving_through_a_leader_change(tmp_path: Path) -> None:

@@ -4,12 +4,16 @@ PeerSet bootstrapping its node when no known peer belongs to a cluster yet."""
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from coordinator.raft.membership import PeerSet, choose_voters, promoted, with_learner, without_replica
 from coordinator.raft.node import RaftNode
 from coordinator.raft.peers import PeerClient
 from coordinator.raft.storage import RaftStorage
 from services.cluster.events import ReplicasConfigured
 from tests.processes import free_port
+
+pytestmark = pytest.mark.unit
 
 ADDRESSES = ["127.0.0.1:7003", "127.0.0.1:7001", "127.0.0.1:7002"]
 VOTERS = ("a:1", "b:1", "c:1")

@@ -2,14 +2,17 @@
 
 from pathlib import Path
 
+import pytest
+
 from coordinator.placement import Placement, place
 from services.cluster.state import ModelSpec, WeightCost
 from services.kernel.ids import ModelId
 from services.models.model_files import read_manifest
 from services.models.model_spec import LAYER_FIXED_WORK, model_spec
-from tests.coordinator.builders import shard_server
-from tests.coordinator.test_placement import ranges
+from tests.coordinator.builders import ranges, shard_server
 from tests.tiny_architectures import build_tiny_model
+
+pytestmark = pytest.mark.unit
 
 # SmolLM2-135M: 30 layers of 3,540,096 parameters, a tied head reading the 49152 x 576 embedding.
 SMOLLM2_LAYER_PARAMETERS = 3_540_096

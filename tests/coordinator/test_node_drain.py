@@ -13,7 +13,7 @@ from services.kernel.ids import ModelId
 from services.kernel.settings import models_root
 from services.models.model_store import ModelStore
 from tests.coordinator.replica_processes import committed_records, get_state
-from tests.coordinator.test_shard_lease_replacement import (
+from tests.coordinator.tiny_instance import (
     MODEL,
     NEW_TOKENS,
     PREFILL_STEP_SIZE,
@@ -24,7 +24,7 @@ from tests.processes import ServiceProcess, free_port, start_coordinator, start_
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.tiny_architectures import build_tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(240)]
 
 
 def test_draining_a_node_moves_its_instance_without_a_failure(tmp_path: Path) -> None:

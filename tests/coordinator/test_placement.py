@@ -7,9 +7,11 @@ from collections.abc import Sequence
 import pytest
 
 from coordinator.placement import Placement, PlacementRefusal, place
-from services.cluster.state import ModelSpec, RegisteredShard, StageAssignment, WeightCost
+from services.cluster.state import ModelSpec, RegisteredShard, WeightCost
 from services.kernel.ids import ModelId
-from tests.coordinator.builders import shard_server, tiny_model
+from tests.coordinator.builders import ranges, shard_server, tiny_model
+
+pytestmark = pytest.mark.unit
 
 RANDOM_CASES = 400
 
@@ -60,10 +62,6 @@ def best_slowest_work(model: ModelSpec, shards: Sequence[RegisteredShard]) -> in
             slowest = max(stage_work(model, start, end) for start, end in split)
             best = slowest if best is None else min(best, slowest)
     return best
-
-
-def ranges(stages: Sequence[StageAssignment]) -> list[tuple[str, int, int]]:
-    return [(stage.shard_id, stage.start_layer, stage.end_layer) for stage in stages]
 
 
 def assert_well_formed(model: ModelSpec, shards: Sequence[RegisteredShard], placement: Placement) -> None:

@@ -17,6 +17,8 @@ from tests.coordinator.builders import (
     tiny_model,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def state_with(shard_count: int, *, memory: int = 10_000, models: tuple[str, ...] = ("tiny",)) -> ClusterState:
     return apply_all(

@@ -1,5 +1,7 @@
 """plan(..., instances_per_model=N): each model kept at N instances on shard servers of their own."""
 
+import pytest
+
 from coordinator.planner import Action, CannotPlace, PlaceInstance, RemoveInstance, plan
 from services.cluster.events import (
     InstancePlaced,
@@ -13,6 +15,8 @@ from services.cluster.events import (
 from services.cluster.state import ClusterState
 from services.kernel.ids import ShardId
 from tests.coordinator.builders import apply_all, apply_next, shard_server, tiny_model
+
+pytestmark = pytest.mark.unit
 
 TWO = 2
 

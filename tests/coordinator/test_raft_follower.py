@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from coordinator.raft.messages import AppendRequest, SnapshotRequest
 from coordinator.raft.node import RaftNode
 from coordinator.raft.peers import PeerClient
@@ -10,6 +12,8 @@ from coordinator.raft.storage import LogEntry, RaftStorage, Snapshot
 from services.cluster.events import IndexedEvent, ShardRegistered, TermStarted
 from services.cluster.state import ClusterState
 from tests.coordinator.builders import shard_server
+
+pytestmark = pytest.mark.unit
 
 VOTERS = ("a:1", "b:1", "c:1")
 

@@ -1,5 +1,7 @@
 """Raft-lite decision rules: votes, election result, commit index, leader lease (pure)."""
 
+import pytest
+
 from coordinator.raft.rules import (
     VoteRequest,
     VoterView,
@@ -10,6 +12,8 @@ from coordinator.raft.rules import (
     next_commit_index,
     won_election,
 )
+
+pytestmark = pytest.mark.unit
 
 VOTERS = ("a", "b", "c")
 

@@ -9,6 +9,8 @@ from services.cluster.events import IndexedEvent, ShardRegistered
 from services.cluster.state import ClusterState
 from tests.coordinator.builders import shard_server
 
+pytestmark = pytest.mark.unit
+
 
 def entry(index: int, term: int = 1) -> LogEntry:
     return LogEntry(term=term, record=IndexedEvent(index=index, event=ShardRegistered(shard=shard_server(f"s{index}"))))

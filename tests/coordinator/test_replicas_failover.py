@@ -18,7 +18,7 @@ from tests.coordinator.replica_processes import (
 )
 from tests.processes import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 
 @pytest.mark.parametrize("count", [3, 5])

@@ -17,7 +17,7 @@ from tests.coordinator.replica_processes import (
     wait_for_leader,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 
 def wait_for_voters(address: str, voters: set[str], timeout_seconds: float = 60.0) -> None:

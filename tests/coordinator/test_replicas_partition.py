@@ -3,54 +3,15 @@ pulled. The isolated leader must stop committing; the majority elects a leader a
 healed, the old leader follows that leader (it never raised its term), drops what it could not
 commit and every replica agrees."""
 
-import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.netns import NetnsHost, NetnsLab, require_namespaces
+from tests.coordinator.netns_replicas import PORT, own_state, probe, single_leader, wait_for
+from tests.netns import NetnsLab, require_namespaces
 from tests.processes import ServiceProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-PORT = 52416
-PROBE_TIMEOUT_SECONDS = 60.0
-
-
-def probe(lab: NetnsLab, host: NetnsHost, *arguments: str) -> dict[str, Any]:
-    done = lab.run_python(host, ["-m", "tests.coordinator.netns_probe", *arguments], PROBE_TIMEOUT_SECONDS)
-    if done.returncode != 0:
-        raise AssertionError(f"probe failed: {done.stderr}")
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
-
-
-def own_state(lab: NetnsLab, host: NetnsHost) -> dict[str, Any]:
-    return probe(lab, host, "state", f"{host.address}:{PORT}")
-
-
-def wait_for(
-    lab: NetnsLab,
-    hosts: list[NetnsHost],
-    check: Callable[[list[dict[str, Any]]], bool],
-    what: str,
-    timeout_seconds: float = 90.0,
-) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        states = [own_state(lab, host) for host in hosts]
-        if check(states):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} within {timeout_seconds}s:\n{lab.logs()}")
-
-
-def single_leader(states: list[dict[str, Any]]) -> bool:
-    leaders = {state.get("leader") for state in states}
-    return len(leaders) == 1 and "" not in leaders and None not in leaders
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(240)]
 
 
 def test_an_isolated_leader_stops_committing_and_the_majority_goes_on(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from tests.coordinator.replica_processes import (
     wait_for_leader,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 ROUNDS = 6
 COMMANDS_PER_ROUND = 5

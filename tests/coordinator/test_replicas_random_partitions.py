@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.coordinator.test_replicas_partition import PORT, own_state, probe, single_leader, wait_for
+from tests.coordinator.netns_replicas import PORT, own_state, probe, single_leader, wait_for
 from tests.netns import NetnsLab, require_namespaces
 from tests.processes import ServiceProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(420)]
 
 ROUNDS = 5
 CLIENT = "random"

@@ -11,7 +11,7 @@ from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.coordinator.replica_processes import CommandClient, ReplicaSet, wait_for_leader, wait_until_converged
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 SNAPSHOT_EVERY = 20
 COMMANDS = 120

@@ -4,7 +4,6 @@ serves again; and a shard refuses an instruction carrying an older term than it 
 Real processes: one coordinator replica and two shard servers over a tiny llama model.
 """
 
-import time
 from pathlib import Path
 
 import grpc
@@ -15,33 +14,14 @@ from services.kernel.ids import ModelId
 from services.kernel.settings import models_root
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, shard_pb2, shard_pb2_grpc
+from strata_wire import shard_pb2, shard_pb2_grpc
 from tests.coordinator.replica_processes import get_state
+from tests.coordinator.tiny_instance import MODEL, NEW_TOKENS, PREFILL_STEP_SIZE, PROMPT, wait_for_ready_instance
 from tests.processes import ServiceProcess, free_port, start_coordinator, start_strata, wait_for_grpc_health
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-MODEL = "tiny-llama"
-PREFILL_STEP_SIZE = 4
-PROMPT = [3, 17, 101, 5, 9, 250]
-NEW_TOKENS = 8
-
-
-def wait_for_ready_instance(
-    coordinator: str, avoiding: str, timeout_seconds: float, processes: list[ServiceProcess]
-) -> coordinator_pb2.ModelInstance:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        state = get_state(coordinator)
-        if state is not None:
-            for instance in state.instances:
-                if instance.status == "ready" and all(stage.shard_id != avoiding for stage in instance.stages):
-                    return instance
-        time.sleep(0.3)
-    logs = "\n".join(f"--- {process.name}\n{process.log_tail(30)}" for process in processes)
-    raise TimeoutError(f"no ready instance without {avoiding!r} within {timeout_seconds}s:\n{logs}")
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(240)]
 
 
 def test_an_expired_shard_lease_re_places_the_instance_and_old_terms_are_refused(tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
 """Shard leases on the leader: renewals keep a shard, silence expires it, a new leader starts afresh."""
 
+import pytest
+
 from coordinator.shard_leases import ShardLeases, expired_shards
 from services.kernel.ids import ShardId
+
+pytestmark = pytest.mark.unit
 
 A, B = ShardId("shard-a"), ShardId("shard-b")
 

@@ -1,7 +1,11 @@
 """`strata status` formatting: leader, term, replicas with log positions, nodes, instances with layers."""
 
+import pytest
+
 from services.app.operator_commands import render_status
 from strata_wire import coordinator_pb2
+
+pytestmark = pytest.mark.unit
 
 
 def sample_state() -> coordinator_pb2.ClusterState:

@@ -10,20 +10,13 @@ import psutil
 import pytest
 
 from services.models.embedded_model import EMBEDDED_MODEL_ID
-from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.discovery.ask import ask_until_answered
-from tests.discovery.conftest import give_model
-from tests.processes import ServiceProcess, free_port, start_strata
+from tests.fixtures import give_model
+from tests.processes import ServiceProcess, cluster_state, free_port, start_strata, stopping
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(400)]
 
 LOOPBACK = ["--interface", "127.0.0.1"]
-
-
-def _state(address: str) -> coordinator_pb2.ClusterState:
-    with cluster_sync_channel(address) as channel:
-        return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=10)
 
 
 def exited(processes: list[ServiceProcess]) -> str | None:
@@ -44,7 +37,7 @@ def test_discovery_on_loopback_forms_one_cluster_per_name(embedded_models: Path,
     theirs = ["--cluster", other, *LOOPBACK]
     processes: list[ServiceProcess] = []
     skewed_port = free_port()
-    try:
+    with stopping(processes):
         # A shard of our cluster speaking a future protocol version: refused, never placed on.
         log = logs / "skewed.log"
         logs.mkdir(parents=True, exist_ok=True)
@@ -97,7 +90,7 @@ def test_discovery_on_loopback_forms_one_cluster_per_name(embedded_models: Path,
         processes.append(start_strata("gateway", ["gateway", *ours, "--port", str(gateway_port)], home, logs))
         answer = ask_until_answered(f"http://127.0.0.1:{gateway_port}", 240, lambda: exited(processes))
         assert "Paris" in answer
-        state = _state(f"127.0.0.1:{coordinator_port}")
+        state = cluster_state(f"127.0.0.1:{coordinator_port}")
         assert sorted(shard.address for shard in state.shards) == sorted(
             f"127.0.0.1:{port}" for port in shard_ports[:2]
         )
@@ -114,12 +107,5 @@ def test_discovery_on_loopback_forms_one_cluster_per_name(embedded_models: Path,
         # ... and `strata status` says so too.
         refused = [peer for peer in state.refused_peers if peer.address == f"127.0.0.1:{skewed_port}"]
         assert refused and "protocol version 99 is incompatible" in refused[0].reason
-        other_state = _state(f"127.0.0.1:{other_coordinator_port}")
+        other_state = cluster_state(f"127.0.0.1:{other_coordinator_port}")
         assert [shard.address for shard in other_state.shards] == [f"127.0.0.1:{shard_ports[2]}"]
-    except BaseException:
-        for process in processes:
-            print(f"--- {process.name} ---\n{process.log_tail()}")
-        raise
-    finally:
-        for process in processes:
-            process.stop()

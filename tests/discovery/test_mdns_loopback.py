@@ -48,6 +48,7 @@ async def _until(discovery: Discovery, condition: Callable[[], bool]) -> None:
         await discovery.wait_for_change(min(remaining, 1.0))
 
 
+@pytest.mark.unit
 def test_announce_browse_update_goodbye_and_isolation() -> None:
     cluster = f"test-{secrets.token_hex(4)}"
     options = DiscoveryOptions(cluster=cluster, interfaces=("127.0.0.1",))
@@ -85,7 +86,7 @@ def test_announce_browse_update_goodbye_and_isolation() -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.timeout(180)
 def test_a_peer_killed_without_goodbye_expires(tmp_path: Path) -> None:
     cluster = f"expiry-{secrets.token_hex(4)}"

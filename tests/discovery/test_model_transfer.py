@@ -17,7 +17,7 @@ from services.models.model_store import ModelStore
 from services.platform.grpc_server import GrpcServer
 from tests.tiny_architectures import build_tiny_model
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 MODEL = ModelId("tiny-llama")
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.netns import NetnsLab, require_namespaces
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.timeout(120)]
 
 _CONNECT = """
 import socket, sys

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.discovery.conftest import give_model
 from tests.discovery.netns_cluster import NetnsCluster, ready_stages, shard_address, stage_addresses, weight_files
+from tests.fixtures import give_model
 from tests.netns import NetnsLab, require_namespaces
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.netns, pytest.mark.process, pytest.mark.model, pytest.mark.timeout(600)]
 
 
 def _three_hosts_answer_and_survive_a_host_moving(embedded_models: Path, tmp_path: Path, *, static: bool) -> None:

@@ -9,7 +9,7 @@ from discovery.peer_table import PeerTable
 from discovery.txt_record import TxtRecordError, from_properties, to_properties
 from services.kernel.ids import NodeId
 
-pytestmark = [pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 def _shard(address: str = "10.0.0.1:52417", *, cluster: str = "alpha", version: int = PROTOCOL_VERSION) -> PeerInfo:

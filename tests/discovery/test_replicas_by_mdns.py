@@ -8,17 +8,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata
+from tests.processes import ServiceProcess, cluster_state, free_port, start_strata
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 
 def _view(address: str) -> tuple[tuple[str, ...], str] | None:
     try:
-        with cluster_sync_channel(address) as channel:
-            state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=5)
+        state = cluster_state(address, timeout_seconds=5)
     except grpc.RpcError:
         return None
     return tuple(sorted(state.voters)), state.leader

@@ -15,7 +15,7 @@ from discovery.peer_source import Discovery, DiscoveryOptions
 from services.kernel.ids import NodeId
 from services.platform.grpc_server import GrpcServer
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 
 def _identity(cluster: str, port: int, version: int = PROTOCOL_VERSION) -> Callable[[], PeerInfo]:

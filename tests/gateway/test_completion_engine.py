@@ -23,7 +23,7 @@ from services.kernel.sampling import SamplingOptions
 from tests.gateway.fakes import MODEL, REPLY_TEXT, ScriptedTokenSource, StaticTokenizers, scripted_source
 from tests.gateway.tiny_tokenizer import build_model_directory
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
 
 def chat_request(

@@ -9,6 +9,8 @@ from tokenizers import Tokenizer
 from gateway.tokenization import REPLACEMENT_CHARACTER, IncrementalDetokenizer, ModelTokenizer
 from tests.gateway.tiny_tokenizer import build_sentencepiece_style_tokenizer, train_byte_level_bpe
 
+pytestmark = pytest.mark.unit
+
 TEXTS = (
     "Hello world! The quick brown fox.",
     "naïve café — résumé",

@@ -12,7 +12,7 @@ from gateway.tokenization import ModelTokenizer
 from tests.gateway.fakes import MODEL, REPLY_TEXT, scripted_source
 from tests.gateway.harness import build_gateway, in_memory_client
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.unit, pytest.mark.anyio]
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"

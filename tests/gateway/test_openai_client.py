@@ -14,7 +14,7 @@ from gateway.tokenization import ModelTokenizer
 from tests.gateway.fakes import MODEL, REPLY_TEXT, ScriptedTokenSource, scripted_source
 from tests.gateway.harness import build_gateway, running_server
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 WAIT_SECONDS = 10.0
 

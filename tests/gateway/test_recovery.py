@@ -23,7 +23,7 @@ from gateway.token_source import (
 from services.kernel.ids import InstanceId, ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
+pytestmark = [pytest.mark.unit, pytest.mark.anyio, pytest.mark.timeout(20)]
 
 MODEL = ModelId("tiny-chat")
 SCRIPT = [10, 11, 12, 13, 14, 15, 16, 17]

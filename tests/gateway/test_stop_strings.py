@@ -4,6 +4,8 @@ import pytest
 
 from gateway.tokenization import StopStringMatcher
 
+pytestmark = pytest.mark.unit
+
 
 def run(stop_strings: list[str], deltas: list[str]) -> tuple[str, str | None, list[str]]:
     """Returns the emitted text, the matched stop string, and what each feed released."""

@@ -11,6 +11,8 @@ from gateway.tokenization import ChatTemplateError, ModelTokenizer
 from services.models.model_config import DEFAULT_CONTEXT_LENGTH, ModelConfigError
 from tests.gateway.tiny_tokenizer import END_OF_TEXT, IM_END, build_model_directory, train_byte_level_bpe
 
+pytestmark = pytest.mark.unit
+
 
 def test_chat_is_rendered_with_the_generation_prompt(model_tokenizer: ModelTokenizer, model_directory: Path) -> None:
     messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi 😀")]

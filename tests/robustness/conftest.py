@@ -4,16 +4,22 @@ request, one waiting), so that overload is easy to reach and the refusals are de
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from services.kernel.settings import models_root
-from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
-from services.models.model_import import import_gguf
-from services.models.model_store import ModelStore
-from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health, wait_for_http_ok
+from services.kernel.settings import home_sharing_models
+from services.models.embedded_model import EMBEDDED_MODEL_ID
+from strata_wire import coordinator_pb2
+from tests.processes import (
+    ServiceProcess,
+    cluster_state,
+    free_port,
+    start_strata,
+    stopping,
+    wait_for_grpc_health,
+    wait_for_http_ok,
+)
 
 ADMISSION_ARGUMENTS = ["--max-active-requests", "1", "--admission-queue", "1", "--admission-wait", "60"]
 LOCAL = ["--no-mdns", "--host", "127.0.0.1"]
@@ -37,21 +43,22 @@ class OverloadCluster:
 
 
 def _ready_instance(coordinator: str) -> coordinator_pb2.ModelInstance | None:
-    with cluster_sync_channel(coordinator) as channel:
-        state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=10)
+    state = cluster_state(coordinator)
     return next((instance for instance in state.instances if instance.status == "ready"), None)
 
 
 @pytest.fixture(scope="session")
-def overload_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverloadCluster]:
-    home = tmp_path_factory.mktemp("overload-home")
-    logs = tmp_path_factory.mktemp("overload-logs")
-    import_gguf(ModelStore(models_root(home)), EMBEDDED_MODEL_ID, find_embedded_gguf())
+def overload_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverloadCluster]:
+    with home_sharing_models(embedded_home) as home:
+        yield from _serve(home, tmp_path_factory.mktemp("overload-logs"))
+
+
+def _serve(home: Path, logs: Path) -> Iterator[OverloadCluster]:
     coordinator_port, gateway_port = free_port(), free_port()
     shard_ports = [free_port(), free_port()]
     coordinator = f"127.0.0.1:{coordinator_port}"
     processes: list[ServiceProcess] = []
-    try:
+    with stopping(processes):
         processes.append(
             start_strata(
                 "coordinator",
@@ -80,10 +87,3 @@ def overload_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overl
             instance_id=instance.instance_id,
             processes=tuple(processes),
         )
-    except BaseException:
-        for process in processes:
-            print(f"--- {process.name} ---\n{process.log_tail()}")
-        raise
-    finally:
-        for process in processes:
-            process.stop()

@@ -18,7 +18,7 @@ from strata_wire import common_pb2, coordinator_pb2, coordinator_pb2_grpc, shard
 from tests.robustness.cluster_probe import grpc_serving, wait_until_idle
 from tests.robustness.conftest import OverloadCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(300)]
 
 HIDDEN_SIZE = 576  # SmolLM2-135M
 VOCAB_SIZE = 49152

@@ -19,7 +19,7 @@ from strata_wire import shard_pb2
 from tests.robustness.cluster_probe import complete, completion_body, shard_stats, wait_until_idle
 from tests.robustness.conftest import OverloadCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(600)]
 
 LONG_TOKENS = 48
 CONCURRENT = 6

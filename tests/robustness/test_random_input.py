@@ -23,7 +23,7 @@ from strata_wire import coordinator_pb2, discovery_pb2, model_transfer_pb2, raft
 from tests.robustness.cluster_probe import complete, grpc_serving
 from tests.robustness.conftest import OverloadCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(900)]
 
 EXAMPLES = 100
 HTTP_TIMEOUT_SECONDS = 10.0

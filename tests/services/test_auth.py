@@ -17,7 +17,7 @@ from services.platform.auth import (
     write_cluster_token,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 """The mlx-lm baselines of `make bench` are the mean of runs before and after the clusters."""
 
+import pytest
+
 from services.app.benchmark.baselines import BaselineFigures, averaged
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_mean_of_two_runs_keeps_both_and_only_common_row_counts() -> None:

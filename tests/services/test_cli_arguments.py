@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.process
+
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("command", "value"), [("coordinator", "0"), ("run", "-1"), ("coordinator", "two")])

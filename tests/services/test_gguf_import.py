@@ -93,6 +93,7 @@ def tiny_gguf(directory: Path, **metadata_overrides: GgufValue) -> tuple[Path, M
     return write_gguf(directory / "tiny.gguf", tensors, tiny_metadata(**metadata_overrides)), model
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(60)
 def test_tiny_gguf_imports_to_the_same_model_and_tokenizer(tmp_path: Path) -> None:
     gguf_path, reference = tiny_gguf(tmp_path)
@@ -125,6 +126,7 @@ def test_tiny_gguf_imports_to_the_same_model_and_tokenizer(tmp_path: Path) -> No
     assert chat == "<|im_start|>hi<|im_end|>"
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(60)
 def test_add_bos_token_prepends_bos(tmp_path: Path) -> None:
     gguf_path, _ = tiny_gguf(tmp_path, **{"tokenizer.ggml.add_bos_token": mx.array(True)})
@@ -135,6 +137,7 @@ def test_add_bos_token_prepends_bos(tmp_path: Path) -> None:
     assert tokenizer.encode("hi") == [1, TOKENS.index("hi")]
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("metadata", "message"),
@@ -152,6 +155,7 @@ def test_unsupported_gguf_is_refused(tmp_path: Path, metadata: dict[str, GgufVal
         gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
 
+@pytest.mark.unit
 @pytest.mark.timeout(60)
 def test_unknown_tensor_is_refused(tmp_path: Path) -> None:
     model, _ = tiny_llama(tied=False)
@@ -162,6 +166,7 @@ def test_unknown_tensor_is_refused(tmp_path: Path) -> None:
         gguf_import.import_gguf(gguf_path, tmp_path / "model")
 
 
+@pytest.mark.unit
 def test_missing_embedded_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     def find_nothing(name: str) -> None:
         return None
@@ -171,7 +176,7 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch: pytest.Monkey
         find_embedded_gguf()
 
 
-@pytest.mark.slow
+@pytest.mark.model
 @pytest.mark.timeout(120)
 def test_embedded_model_imports_and_answers(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")

@@ -12,7 +12,7 @@ from services.platform.grpc_decode import MalformedRequestInterceptor
 from services.platform.status_interceptor import StatusErrorInterceptor
 from strata_wire import shard_pb2
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 MALFORMED = b"\x00"  # field number 0: never valid protobuf

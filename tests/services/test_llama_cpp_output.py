@@ -4,6 +4,8 @@ import pytest
 
 from services.app.benchmark.llama_cpp import generation_rate, parse_batched_bench
 
+pytestmark = pytest.mark.unit
+
 BATCHED_BENCH = """
 main: n_kv_max = 4096, n_batch = 2048, n_ubatch = 512, flash_attn = 0, is_pp_shared = 0, n_gpu_layers = -1
 

@@ -5,6 +5,8 @@ import pytest
 
 from services.platform.mlx_typing import to_bool_list, to_int_list
 
+pytestmark = pytest.mark.unit
+
 
 def test_lists_of_one_dimensional_arrays() -> None:
     assert to_int_list(mx.array([3, 0, 7])) == [3, 0, 7]

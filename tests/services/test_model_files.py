@@ -26,7 +26,7 @@ from tests.services.tiny_models import (
     tiny_llama,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 PROMPT = mx.array([[1, 5, 17, 42, 255, 0, 3]])
 

@@ -15,7 +15,7 @@ from services.models.model_store import ModelStore, default_models_root, parse_m
 from services.models.model_writer import save_model_directory
 from tests.services.tiny_models import model_weights, tiny_llama
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 MODEL_ID = ModelId("tiny-llama")
 PROMPT = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])

@@ -3,7 +3,11 @@
 import threading
 from pathlib import Path
 
+import pytest
+
 from services.kernel.settings import node_id
+
+pytestmark = pytest.mark.unit
 
 CREATORS = 16
 ROUNDS = 20

@@ -9,6 +9,8 @@ import pytest
 from services.app.benchmark.ring_floor import RingFloorError, measure_ring_hop
 from services.app.ports import free_port
 
+pytestmark = pytest.mark.process
+
 HIDDEN_SIZE = 576
 
 

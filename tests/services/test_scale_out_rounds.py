@@ -1,6 +1,10 @@
 """The scale-out figures of `make bench`: means over rounds, and each round's ratios reported beside them."""
 
+import pytest
+
 from services.app.benchmark.report import scale_out_from_rounds, scale_out_rounds_line
+
+pytestmark = pytest.mark.unit
 
 
 def test_figures_are_means_over_rounds_and_each_rounds_ratio_is_reported() -> None:

@@ -21,6 +21,8 @@ from services.platform.fast_blas import (
     strata_kernel_active,
 )
 
+pytestmark = pytest.mark.native
+
 
 def _cpu_has(flag: str) -> bool:
     cpuinfo = Path("/proc/cpuinfo")

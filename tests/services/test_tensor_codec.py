@@ -6,6 +6,8 @@ import pytest
 
 from services.platform.tensor_codec import EncodedTensor, TensorDecodeError, decode, dtype_name, encode
 
+pytestmark = pytest.mark.unit
+
 LIMIT = 1 << 20
 SHAPES = [(), (0,), (1,), (7,), (2, 3), (1, 5, 4), (2, 0, 3), (0, 0)]
 

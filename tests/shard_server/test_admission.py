@@ -7,7 +7,7 @@ import pytest
 from services.kernel.ids import RequestId
 from shard_server.admission import AdmissionGate, AdmissionLimits, AdmissionRefusedError, kv_budget_tokens
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
 
 def _id(name: str) -> RequestId:

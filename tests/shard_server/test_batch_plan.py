@@ -5,6 +5,8 @@ import pytest
 from services.kernel.ids import RequestId
 from shard_server.batch_plan import MAX_DECODE_ROWS, DecodeRow, WaitingPrompt, decode_cap, plan_batch
 
+pytestmark = pytest.mark.unit
+
 
 def rows(count: int) -> list[DecodeRow]:
     return [DecodeRow(RequestId(f"request-{index}"), index, 10 + index) for index in range(count)]

@@ -12,6 +12,8 @@ from shard_server.batched_forward import RequestRows, check_batch_invariance, fo
 from shard_server.model_stage import ModelStage, StageRange
 from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

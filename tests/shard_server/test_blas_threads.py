@@ -2,9 +2,12 @@
 
 import os
 
+import pytest
+
 from shard_server.blas_threads import BlasThreads, ThreadPolicy, policy_from_environment
 
 
+@pytest.mark.unit
 def test_a_lone_request_gets_every_thread_and_a_pipeline_the_share() -> None:
     policy = ThreadPolicy(alone=4, shared=2)
 
@@ -14,6 +17,7 @@ def test_a_lone_request_gets_every_thread_and_a_pipeline_the_share() -> None:
     assert policy.threads_for(32) == 2
 
 
+@pytest.mark.unit
 def test_the_blas_is_called_only_when_the_count_changes() -> None:
     calls: list[int] = []
     threads = BlasThreads(ThreadPolicy(alone=2, shared=1), calls.append)
@@ -25,10 +29,12 @@ def test_the_blas_is_called_only_when_the_count_changes() -> None:
     assert threads.most == 2
 
 
+@pytest.mark.unit
 def test_without_a_controllable_blas_nothing_is_set_but_the_policy_still_counts() -> None:
     assert BlasThreads(ThreadPolicy(alone=2, shared=1), None).fit(1) == 2
 
 
+@pytest.mark.unit
 def test_defaults_come_from_the_environment() -> None:
     cores = len(os.sched_getaffinity(0))
 
@@ -40,6 +46,7 @@ def test_defaults_come_from_the_environment() -> None:
     assert policy_from_environment({"STRATA_BLAS_THREADS_SHARED": "zero"}) == ThreadPolicy(alone=cores, shared=cores)
 
 
+@pytest.mark.native
 def test_the_preloaded_openblas_takes_the_thread_count() -> None:
     import pytest
 
@@ -59,6 +66,7 @@ def test_the_preloaded_openblas_takes_the_thread_count() -> None:
         control.set(before)
 
 
+@pytest.mark.unit
 def test_the_guard_waits_for_mlx_then_sets() -> None:
     from shard_server.blas_threads import between_mlx_work
 

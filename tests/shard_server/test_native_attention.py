@@ -82,6 +82,7 @@ class _Step:
         )
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 4, 16), (8, 2, 128)])
@@ -114,6 +115,7 @@ def test_native_attention_equals_mlx_attention_bitwise(
         assert mx.array_equal(cache.values[..., :offset, :], reference_cache.values[..., :offset, :]).item()
 
 
+@pytest.mark.native
 def test_layouts_it_does_not_read_are_declined_without_touching_the_caches() -> None:
     native = _require_native()
     step = _Step([(1, 5), (2, 3)], 4, 2, 16, dtype=mx.float16)
@@ -128,6 +130,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model("llama", store.model_dir(ModelId("tiny-llama")))
 
 
+@pytest.mark.native
 def test_a_float32_stage_uses_it_and_batches_stay_exact(tiny_llama: Path) -> None:
     _require_native()
     stage = ModelStage(tiny_llama, StageRange(0, NUM_LAYERS, NUM_LAYERS), "float32")
@@ -152,6 +155,7 @@ def test_a_float32_stage_uses_it_and_batches_stay_exact(tiny_llama: Path) -> Non
     assert mx.array_equal(outputs[0], outputs[1]).item()
 
 
+@pytest.mark.process
 def test_a_missing_compiler_is_a_clear_error_and_not_a_failed_make(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from shard_server.prefill import prefill_chunks
 
+pytestmark = pytest.mark.unit
+
 VOCAB = 8
 
 # mlx_lm.generate has no stub here; its generate_step is reached through a typed door.

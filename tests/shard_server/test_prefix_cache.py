@@ -1,9 +1,12 @@
 """The prefix directory's rules: chunk boundaries only, the last prompt token always runs, LRU in bytes."""
 
 import mlx.core as mx
+import pytest
 from mlx_lm.models.cache import KVCache
 
 from shard_server.prefix_cache import PrefixDirectory, PrefixStore, prefix_key
+
+pytestmark = pytest.mark.unit
 
 PROMPT = list(range(100, 120))  # 20 tokens
 

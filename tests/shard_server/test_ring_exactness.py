@@ -18,7 +18,7 @@ from services.models.model_store import ModelStore
 from services.platform.grpc_server import cluster_sync_channel
 from shard_server.native_attention import load_native_attention
 from strata_wire import shard_pb2, shard_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
+from tests.processes import ServiceProcess, start_lone_shards
 from tests.ring_client import assign_ring, generate_tokens, reference_tokens, shard_stats
 from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model
 
@@ -26,7 +26,7 @@ PREFILL_STEP_SIZE = 4
 PROMPT = [3, 17, 101, 5, 9, 250, 42, 7, 77, 301, 12]  # 11 tokens: chunks of 4, 4, 2, then 1
 NEW_TOKENS = 32
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +41,14 @@ def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def shard_addresses(tiny_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     logs = tmp_path_factory.mktemp("shard-logs")
-    unused_coordinator = f"127.0.0.1:{free_port()}"
     shards: list[ServiceProcess] = []
-    addresses: list[str] = []
     try:
         with pytest.MonkeyPatch.context() as environment:
             # As `strata run` starts shards sharing a host: all threads for a lone request, one each
             # while requests pipeline, so the exactness checks below also cover the switch.
             environment.setenv("STRATA_BLAS_THREADS_SHARED", "1")
             environment.setenv("OPENBLAS_THREAD_TIMEOUT", "8")
-            for index in range(3):
-                port = free_port()
-                arguments = ["shard", "--port", str(port), "--coordinator", unused_coordinator]
-                shards.append(start_strata(f"shard-{index}", arguments, tiny_home, logs))
-                addresses.append(f"127.0.0.1:{port}")
-        for shard, address in zip(shards, addresses, strict=True):
-            wait_for_grpc_health(shard, address)
+            addresses = start_lone_shards(shards, 3, tiny_home, logs)
         yield addresses
     finally:
         # Every shard ran models (MLX, native attention, BLAS threads): each still exits 0 on SIGTERM.

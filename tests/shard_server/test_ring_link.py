@@ -14,7 +14,7 @@ from shard_server.ring_link import RingLink, encode_ring_message
 from shard_server.ring_messages import BatchStep, Segment
 from strata_wire import shard_pb2
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 MAX_MESSAGES = 4
 ROWS, HIDDEN = 256, 1024  # 1 MiB a message: gRPC's own buffers (flow-control windows) fill after a few

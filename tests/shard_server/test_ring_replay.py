@@ -17,7 +17,7 @@ from services.kernel.settings import models_root
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import common_pb2, shard_pb2, shard_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
+from tests.processes import ServiceProcess, start_lone_shards
 from tests.ring_client import assign_ring, reference_tokens, shard_stats
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
@@ -26,7 +26,7 @@ PREFILL_STEP_SIZE = 4
 PROMPT = [3, 17, 101, 5, 9, 250, 42, 7, 77, 301, 12]  # 11 tokens: chunks of 4, 4, 2, then 1
 NEW_TOKENS = 24
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,9 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ring(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], str]]:
     """Three shard servers holding the model in ring order; yields their addresses and the instance id."""
     logs = tmp_path_factory.mktemp("replay-logs")
-    unused_coordinator = f"127.0.0.1:{free_port()}"
     shards: list[ServiceProcess] = []
-    addresses: list[str] = []
     try:
-        for index in range(3):
-            port = free_port()
-            arguments = ["shard", "--port", str(port), "--coordinator", unused_coordinator]
-            shards.append(start_strata(f"shard-{index}", arguments, model_home, logs))
-            addresses.append(f"127.0.0.1:{port}")
-        for shard, address in zip(shards, addresses, strict=True):
-            wait_for_grpc_health(shard, address)
+        addresses = start_lone_shards(shards, 3, model_home, logs)
         yield addresses, assign_ring(addresses, MODEL, NUM_LAYERS, 1, PREFILL_STEP_SIZE)
     finally:
         for shard in shards:

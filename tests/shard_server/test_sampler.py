@@ -10,6 +10,8 @@ from services.kernel.sampling import SamplingOptions
 from services.platform.mlx_typing import scalar_int
 from shard_server.sampler import RequestSampler, clear_greedy_tokens, sample_rows
 
+pytestmark = pytest.mark.unit
+
 VOCAB = 64
 STEPS = 24
 SEEDS = [0, 1, 7, 12345]

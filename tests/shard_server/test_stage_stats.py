@@ -4,6 +4,8 @@ import pytest
 
 from shard_server.stage_state import StageStats
 
+pytestmark = pytest.mark.unit
+
 
 def stats_with(overheads: tuple[float, ...]) -> StageStats:
     return StageStats(hop_overheads=overheads)

@@ -27,6 +27,8 @@ from shard_server.wire import (
 )
 from strata_wire import shard_pb2
 
+pytestmark = pytest.mark.unit
+
 REQUEST = RequestId("request-1")
 HIDDEN = EncodedTensor(dtype="bfloat16", shape=(1, 3, 4), data=bytes(range(24)))
 # Values a float32 holds exactly, so the round trip can be checked with ==.

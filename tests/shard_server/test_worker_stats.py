@@ -10,7 +10,7 @@ from shard_server.model_stage import StageRange
 from shard_server.ring_messages import Effect, LoadStage, StageLoadFailed
 from shard_server.stage_worker import StageWorker
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 def _failing_load(tmp_path: Path, instance: str) -> LoadStage:

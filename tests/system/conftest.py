@@ -1,5 +1,6 @@
 """A real local cluster from `strata run` (coordinator, two shard servers, gateway as separate
-processes on 127.0.0.1) serving the embedded SmolLM2, shared by the system tests of a session."""
+processes on 127.0.0.1) serving the embedded SmolLM2, shared by the system tests of a session. It runs
+in a private home sharing the store of `embedded_home` (tests/fixtures.py)."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -7,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.kernel.settings import models_root
-from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
-from services.models.model_import import import_gguf
-from services.models.model_store import ModelStore
-from services.platform.grpc_server import cluster_sync_channel
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_http_ok
+from services.kernel.settings import home_sharing_models
+from tests.processes import ServiceProcess, cluster_state, free_port, start_strata, wait_for_http_ok
 
 
 @dataclass(frozen=True)
@@ -24,13 +20,6 @@ class RunningCluster:
     coordinator_address: str
     shard_addresses: tuple[str, ...]
     instance_id: str
-
-
-@pytest.fixture(scope="session")
-def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("embedded-home")
-    import_gguf(ModelStore(models_root(home)), EMBEDDED_MODEL_ID, find_embedded_gguf())
-    return home
 
 
 def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, str]:
@@ -52,15 +41,17 @@ def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, st
 
 @pytest.fixture(scope="session")
 def running_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
-    process, gateway_url, coordinator_address = start_local_cluster(
-        embedded_home, tmp_path_factory.mktemp("cluster-logs")
-    )
+    with home_sharing_models(embedded_home) as home:
+        yield from _serve(home, tmp_path_factory.mktemp("cluster-logs"))
+
+
+def _serve(home: Path, logs: Path) -> Iterator[RunningCluster]:
+    process, gateway_url, coordinator_address = start_local_cluster(home, logs)
     try:
-        with cluster_sync_channel(coordinator_address) as channel:
-            state = coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest())
+        state = cluster_state(coordinator_address)
         instance = next(instance for instance in state.instances if instance.status == "ready")
         yield RunningCluster(
-            home=embedded_home,
+            home=home,
             process=process,
             gateway_url=gateway_url,
             coordinator_address=coordinator_address,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(600)]
 
 
 def test_bench_writes_report_and_plot(embedded_home: Path, tmp_path: Path) -> None:

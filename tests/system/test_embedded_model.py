@@ -11,7 +11,7 @@ from services.models.embedded_model import EMBEDDED_MODEL_ID
 from tests.ring_client import generate_tokens, reference_tokens
 from tests.system.conftest import RunningCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(600)]
 
 QUESTION = "What is the capital of France?"
 COMPUTE_DTYPE = default_compute_dtype()  # what `strata run` picks on this machine

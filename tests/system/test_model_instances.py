@@ -18,7 +18,7 @@ from tests.coordinator.replica_processes import get_state
 from tests.ring_client import shard_stats
 from tests.system.tiny_cluster import Cluster, run_all, run_all_killing, tiny_cluster
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.process, pytest.mark.model]
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ import grpc
 import pytest
 
 from services.platform.auth import ClusterSecurity
-from services.platform.grpc_server import cluster_sync_channel
 from services.platform.security_options import TlsFiles
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.certificates import CertificateAuthority
-from tests.processes import SESSION_CLUSTER_TOKEN, ServiceProcess, free_port, start_strata
+from tests.processes import SESSION_CLUSTER_TOKEN, ServiceProcess, cluster_state, free_port, start_strata
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 READY_SECONDS = 60.0
 
@@ -26,13 +24,6 @@ class TlsCluster:
     shard: str
     client: TlsFiles
     stranger: TlsFiles
-
-
-def _get_state(address: str, security: ClusterSecurity, timeout: float = 5) -> coordinator_pb2.ClusterState:
-    with cluster_sync_channel(address, security) as channel:
-        return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
-            coordinator_pb2.GetStateRequest(), timeout=timeout
-        )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,9 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
             for service in services:
                 assert service.process.poll() is None, service.log_tail()
             try:
-                if any(info.address == shard for info in _get_state(coordinator, security, timeout=2).shards):
+                if any(
+                    info.address == shard for info in cluster_state(coordinator, security, timeout_seconds=2).shards
+                ):
                     break
             except grpc.RpcError:
                 pass
@@ -76,13 +69,15 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster
 
 
 def test_members_talk_over_mutual_tls_with_the_token(tls_cluster: TlsCluster) -> None:
-    state = _get_state(tls_cluster.coordinator, ClusterSecurity(SESSION_CLUSTER_TOKEN, tls_cluster.client.load()))
+    state = cluster_state(
+        tls_cluster.coordinator, ClusterSecurity(SESSION_CLUSTER_TOKEN, tls_cluster.client.load()), timeout_seconds=5
+    )
     assert [shard.address for shard in state.shards] == [tls_cluster.shard]  # registered over TLS
 
 
 def test_the_token_is_still_required_under_tls(tls_cluster: TlsCluster) -> None:
     with pytest.raises(grpc.RpcError) as refused:
-        _get_state(tls_cluster.coordinator, ClusterSecurity(None, tls_cluster.client.load()))
+        cluster_state(tls_cluster.coordinator, ClusterSecurity(None, tls_cluster.client.load()), timeout_seconds=5)
     assert isinstance(refused.value, grpc.Call)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -93,6 +88,6 @@ def test_a_client_without_a_cluster_certificate_is_refused(tls_cluster: TlsClust
     is served even with the right token."""
     tls = tls_cluster.stranger.load() if client == "stranger" else None
     with pytest.raises(grpc.RpcError) as refused:
-        _get_state(tls_cluster.coordinator, ClusterSecurity(SESSION_CLUSTER_TOKEN, tls), timeout=3)
+        cluster_state(tls_cluster.coordinator, ClusterSecurity(SESSION_CLUSTER_TOKEN, tls), timeout_seconds=3)
     assert isinstance(refused.value, grpc.Call)
     assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

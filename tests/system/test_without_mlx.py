@@ -10,10 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.kernel.settings import home_sharing_models
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from tests.processes import ServiceProcess, free_port, start_coordinator, start_strata, wait_for_http_ok
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.model, pytest.mark.timeout(300)]
 
 BLOCKED_PACKAGES = ("mlx", "mlx_lm")
 
@@ -60,19 +61,25 @@ def test_coordinator_and_gateway_modules_import_no_mlx(tmp_path: Path) -> None:
 def test_a_cluster_whose_coordinator_and_gateway_lack_mlx_serves_a_completion(
     embedded_home: Path, tmp_path: Path
 ) -> None:
+    # A private home: the session's `strata run` cluster may be serving, and coordinators keep state there.
+    with home_sharing_models(embedded_home) as home:
+        _serve_a_completion_without_mlx(home, tmp_path)
+
+
+def _serve_a_completion_without_mlx(home: Path, tmp_path: Path) -> None:
     without_mlx = _environment_without_mlx(tmp_path)
     logs = tmp_path / "logs"
     processes: list[ServiceProcess] = []
     try:
         coordinator = start_coordinator(
-            processes, embedded_home, logs, ["--model", EMBEDDED_MODEL_ID], extra_environment=without_mlx
+            processes, home, logs, ["--model", EMBEDDED_MODEL_ID], extra_environment=without_mlx
         )
         shard_port = free_port()
         shard_command = ["shard", "--no-mdns", "--coordinator", coordinator, "--port", str(shard_port)]
-        processes.append(start_strata("shard", shard_command, embedded_home, logs))
+        processes.append(start_strata("shard", shard_command, home, logs))
         gateway_port = free_port()
         gateway_command = ["gateway", "--no-mdns", "--coordinator", coordinator, "--port", str(gateway_port)]
-        processes.append(start_strata("gateway", gateway_command, embedded_home, logs, extra_environment=without_mlx))
+        processes.append(start_strata("gateway", gateway_command, home, logs, extra_environment=without_mlx))
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         wait_for_http_ok(processes[-1], f"{gateway_url}/health", timeout_seconds=180)
         reply = httpx.post(
