@@ -10,7 +10,7 @@ that starts a process fails at that call: the kind is checked while the test run
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -49,3 +49,18 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> Iterator[Non
         for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
             patch.setattr(os, name, _refuse_process)
         yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Under CI=true a skip is a failure: CI's machine must run every test (TESTING.md)."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+    del item, call
+    return report

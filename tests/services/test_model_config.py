@@ -10,8 +10,6 @@ from pydantic import JsonValue
 
 from gateway.tokenization import ModelTokenizer
 from services.kernel.ids import ModelId
-from services.kernel.settings import models_root, strata_home
-from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.kv_footprint import (
     FLOAT32_BYTES,
     kv_bytes_per_layer,
@@ -211,16 +209,6 @@ def test_smollm2_figures() -> None:
     assert config.latent_attention is None and config.experts is None
     assert kv_bytes_per_token_per_layer(config) == 2 * 3 * 64 * FLOAT32_BYTES == 1536
     assert kv_bytes_per_layer(config, 8192, 1) == previous_kv_bytes_per_layer(SMOLLM2_CONFIG, 8192, 1) == 12_582_912
-
-
-def test_the_stored_smollm2_matches_the_embedded_config() -> None:
-    model_dir = models_root(strata_home()) / EMBEDDED_MODEL_ID
-    if not (model_dir / CONFIG_FILE).is_file():
-        pytest.skip("the embedded model is not imported in this home")
-    stored = read_model_config(model_dir)
-    assert stored.model_dump(exclude={"source", "raw"}) == parse_model_config(SMOLLM2_CONFIG, SOURCE).model_dump(
-        exclude={"source", "raw"}
-    )
 
 
 @pytest.mark.parametrize(
