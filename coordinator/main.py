@@ -8,6 +8,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.cluster_log import CLUSTER_LOG
 from coordinator.presence import CoordinatorPresence
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import PeerSet
@@ -96,8 +97,8 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
     if options.fresh_state and state_folder.exists():
         logger.info("discarding the stored cluster state in %s", state_folder)
         shutil.rmtree(state_folder)
-    storage = RaftStorage(state_folder)
-    node = RaftNode(replica_id, storage, PeerClient, snapshot_every=options.snapshot_every)
+    storage = RaftStorage(state_folder, CLUSTER_LOG)
+    node = RaftNode(replica_id, storage, CLUSTER_LOG, PeerClient, snapshot_every=options.snapshot_every)
     peer_set = PeerSet(node, options.expect)
     peer_set.update(options.peers)
     replica = CoordinatorReplica(

@@ -10,11 +10,12 @@ import time
 
 import grpc
 
+from coordinator.cluster_log import ClusterNode, command
+from coordinator.membership_changes import promoted, with_learner, without_replica
 from coordinator.placement import Placement, PlacementRefusal, place
 from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
 from coordinator.raft.interface import NotLeaderError
-from coordinator.raft.membership import caught_up_learner, promoted, with_learner, without_replica
-from coordinator.raft.node import RaftNode
+from coordinator.raft.membership import caught_up_learner
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
 from coordinator.wire import assign_request_to_pb
 from services.cluster.events import (
@@ -59,7 +60,7 @@ class UnknownModelError(NotFoundError):
 class CoordinatorReplica:
     def __init__(
         self,
-        node: RaftNode,
+        node: ClusterNode,
         models: tuple[ModelSpec, ...],
         minimum_shards: int,
         prefill_step_size: int,
@@ -80,7 +81,7 @@ class CoordinatorReplica:
         self._last_refusal = ""
 
     @property
-    def node(self) -> RaftNode:
+    def node(self) -> ClusterNode:
         return self._node
 
     @property
@@ -93,7 +94,7 @@ class CoordinatorReplica:
 
     async def append(self, event: Event, origin: CommandOrigin | None = None) -> ClusterState:
         """Commits `event` through the replicated log; raises NotLeaderError on a follower."""
-        return await self._node.propose(event, origin)
+        return await self._node.propose(command(event, origin))
 
     async def register_shard(self, shard: RegisteredShard, origin: CommandOrigin | None = None) -> ClusterState:
         self._leases.renew(shard.shard_id, time.monotonic())

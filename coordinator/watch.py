@@ -3,13 +3,13 @@ first when those events were compacted away."""
 
 from collections.abc import Sequence
 
-from coordinator.raft.node import RaftNode
-from coordinator.raft.storage import CompactedError, LogEntry, Snapshot
+from coordinator.cluster_log import ClusterLogEntry, ClusterNode, ClusterSnapshot
+from coordinator.raft.storage import CompactedError
 
 BATCH = 256
 
 
-def committed_after(node: RaftNode, next_index: int) -> Sequence[LogEntry | Snapshot]:
+def committed_after(node: ClusterNode, next_index: int) -> Sequence[ClusterLogEntry | ClusterSnapshot]:
     """Committed (applied) events from `next_index` on, at most BATCH; a snapshot when behind it."""
     applied = node.state.last_index
     if next_index > applied:

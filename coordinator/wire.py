@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping
 from copy import deepcopy
 from typing import Protocol, TypeVar
 
+from coordinator.cluster_log import ClusterLogEntry, ClusterNode, ClusterSnapshot
 from coordinator.placement import Placement, PlacementRefusal
 from coordinator.raft.interface import ReplicaPosition
-from coordinator.raft.node import RaftNode
-from coordinator.raft.storage import LogEntry, Snapshot
+from coordinator.raft.storage import Snapshot
 from discovery.peer import RefusedPeer
 from services.cluster.events import CommandOrigin
 from services.cluster.state import ClusterState, ModelInstance, RegisteredShard, StageAssignment
@@ -119,7 +119,7 @@ def state_to_pb(state: ClusterState) -> coordinator_pb2.ClusterState:
     )
 
 
-def replica_positions(node: RaftNode) -> list[ReplicaPosition]:
+def replica_positions(node: ClusterNode) -> list[ReplicaPosition]:
     """This replica and, on the leader, what it knows every other voter and learner has fsynced."""
     own = ReplicaPosition(node.replica_id, node.role, node.current_term, node.storage.last_index, node.commit_index)
     if node.role != "leader":
@@ -133,7 +133,7 @@ def replica_positions(node: RaftNode) -> list[ReplicaPosition]:
     return [own, *others]
 
 
-def replicas_to_pb(node: RaftNode) -> list[coordinator_pb2.ReplicaInfo]:
+def replicas_to_pb(node: ClusterNode) -> list[coordinator_pb2.ReplicaInfo]:
     return [
         coordinator_pb2.ReplicaInfo(
             replica_id=position.replica_id,
@@ -146,7 +146,7 @@ def replicas_to_pb(node: RaftNode) -> list[coordinator_pb2.ReplicaInfo]:
     ]
 
 
-def cluster_view_to_pb(node: RaftNode, refused_peers: Iterable[RefusedPeer]) -> coordinator_pb2.ClusterState:
+def cluster_view_to_pb(node: ClusterNode, refused_peers: Iterable[RefusedPeer]) -> coordinator_pb2.ClusterState:
     """What GetState answers: the state, and this replica's view of the leader, the replicas and the
     peers discovery refused (so `strata status` tells why a host is missing)."""
     reply = state_to_pb(node.state)
@@ -173,7 +173,7 @@ def placement_preview_to_pb(
     )
 
 
-def watched_to_pb(item: LogEntry | Snapshot) -> coordinator_pb2.WatchedEvent:
+def watched_to_pb(item: ClusterLogEntry | ClusterSnapshot) -> coordinator_pb2.WatchedEvent:
     """A committed event, or the snapshot a subscriber behind it gets first."""
     if isinstance(item, Snapshot):
         return coordinator_pb2.WatchedEvent(index=item.last_index, state_json=item.state.model_dump_json().encode())

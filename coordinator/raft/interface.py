@@ -1,6 +1,7 @@
 """What the Raft node offers the rest of the coordinator (its timings, its refusal, its view of
 replicas) and what it is given: the transport to its peers, as a protocol (`RaftPeer`), so the node
-never builds a gRPC channel itself and tests can hand it any transport."""
+never builds a gRPC channel itself and tests can hand it any transport. (The state machine it
+replicates is the other thing it is given: state_machine.py.)"""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from typing import Protocol
 
 from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest
 from coordinator.raft.rules import VoteRequest
+from coordinator.raft.state_machine import R, RecordCodec, S
 
 
 @dataclass(frozen=True)
@@ -39,17 +41,18 @@ class NotLeaderError(Exception):
         self.leader = leader
 
 
-class RaftPeer(Protocol):
+class RaftPeer(Protocol[S, R]):
     """One peer replica as the node calls it; every call returns None when the peer cannot be reached."""
 
     async def request_vote(self, request: VoteRequest) -> tuple[int, bool] | None: ...
 
-    async def append_entries(self, request: AppendRequest) -> AppendReply | None: ...
+    async def append_entries(self, request: AppendRequest[R]) -> AppendReply | None: ...
 
-    async def install_snapshot(self, request: SnapshotRequest) -> int | None: ...
+    async def install_snapshot(self, request: SnapshotRequest[S]) -> int | None: ...
 
     async def close(self) -> None: ...
 
 
-PeerConnector = Callable[[str, float], RaftPeer]
-"""Opens the transport to a peer at an address, with a per-call timeout in seconds."""
+PeerConnector = Callable[[str, float, RecordCodec[S, R]], RaftPeer[S, R]]
+"""Opens the transport to a peer at an address, with a per-call timeout in seconds, sending records
+and states as the codec encodes them."""

@@ -3,17 +3,19 @@
 A fresh replica first asks the replicas it knows whether a cluster already exists: if one does, it
 asks to join as a learner; if none does and `expect` replicas are known, every replica picks the same
 sorted `expect` voters, so replicas starting at once never form two clusters. Discovery (static
---peer lists today, mDNS) feeds addresses through `PeerSet.update`.
+--peer lists today, mDNS) feeds addresses through `PeerSet.update`. The changes themselves are records
+of the state machine (the coordinator's: coordinator/membership_changes.py).
 """
 
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Generic
 
 import grpc
 
 from coordinator.raft.node import RaftNode
-from services.cluster.events import ReplicasConfigured
+from coordinator.raft.state_machine import R, S
 from services.platform.grpc_server import cluster_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
@@ -31,39 +33,7 @@ def choose_voters(known: Iterable[str], expect: int) -> tuple[str, ...] | None:
     return tuple(ordered[:expect])
 
 
-def with_learner(voters: tuple[str, ...], learners: tuple[str, ...], replica: str) -> ReplicasConfigured | None:
-    """The membership with `replica` added as a learner; None when it is a member already."""
-    if replica in voters or replica in learners:
-        return None
-    return ReplicasConfigured(voters=voters, learners=(*learners, replica))
-
-
-def promoted(
-    voters: tuple[str, ...], learners: tuple[str, ...], learner: str | None, voter_target: int
-) -> ReplicasConfigured | None:
-    """One caught-up learner becomes a voter while there are fewer voters than the target."""
-    if learner is None or learner not in learners or len(voters) >= voter_target:
-        return None
-    return ReplicasConfigured(
-        voters=(*voters, learner), learners=tuple(other for other in learners if other != learner)
-    )
-
-
-def without_replica(
-    voters: tuple[str, ...], learners: tuple[str, ...], replica: str, leader: str
-) -> ReplicasConfigured | str:
-    """The membership without `replica`, or why it cannot be removed."""
-    if replica == leader:
-        return f"{replica} is the leader; stop it first and remove it once another replica leads"
-    if replica not in voters and replica not in learners:
-        return f"{replica} is not a replica of this cluster"
-    return ReplicasConfigured(
-        voters=tuple(other for other in voters if other != replica),
-        learners=tuple(other for other in learners if other != replica),
-    )
-
-
-def caught_up_learner(node: RaftNode) -> str | None:
+def caught_up_learner(node: RaftNode[S, R]) -> str | None:
     """As leader: a learner holding every committed entry, ready to be promoted."""
     for learner in node.learners:
         if node.match_index(learner) >= node.commit_index:
@@ -71,10 +41,10 @@ def caught_up_learner(node: RaftNode) -> str | None:
     return None
 
 
-class PeerSet:
+class PeerSet(Generic[S, R]):
     """Replica addresses this replica knows of; bootstraps or joins a cluster once it can."""
 
-    def __init__(self, node: RaftNode, expect: int) -> None:
+    def __init__(self, node: RaftNode[S, R], expect: int) -> None:
         self._node = node
         self._expect = expect
         self._known: set[str] = {node.replica_id}

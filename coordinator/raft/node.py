@@ -1,8 +1,10 @@
 """A Raft-lite replica at runtime: roles, elections, replication, commit and apply.
 
-The decisions come from rules.py; durability from storage.py; this module wires them to a clock,
-asyncio tasks and gRPC peers. Every coroutine runs on one event loop, so state only changes between
-awaits; after each await the code re-checks that the term and role it started with still hold.
+The decisions come from rules.py; durability from storage.py; what is replicated from the state
+machine it is given (state_machine.py: it applies records and builds the node's own); this module
+wires them to a clock, asyncio tasks and peers. Every coroutine runs on one event loop, so state only
+changes between awaits; after each await the code re-checks that the term and role it started with
+still hold.
 """
 
 import asyncio
@@ -10,16 +12,16 @@ import contextlib
 import logging
 import random
 import time
-from typing import Literal
+from collections.abc import Callable
+from functools import partial
+from typing import Generic, Literal
 
 from coordinator.raft import rules
 from coordinator.raft.interface import DEFAULT_TIMINGS, NotLeaderError, PeerConnector, RaftPeer, RaftTimings
 from coordinator.raft.messages import AppendReply, AppendRequest, SnapshotRequest
 from coordinator.raft.replication import replicate_to
+from coordinator.raft.state_machine import R, S, StateMachine
 from coordinator.raft.storage import HardState, LogEntry, RaftStorage, Snapshot
-from services.cluster.apply import apply
-from services.cluster.events import CommandOrigin, Event, IndexedEvent, ReplicasConfigured, TermStarted
-from services.cluster.state import ClusterState
 
 logger = logging.getLogger(__name__)
 
@@ -27,33 +29,37 @@ Role = Literal["follower", "candidate", "leader"]
 TICK_SECONDS = 0.05
 
 
-class RaftNode:
+class RaftNode(Generic[S, R]):
     def __init__(
         self,
         replica_id: str,
-        storage: RaftStorage,
-        connect_peer: PeerConnector,
+        storage: RaftStorage[S, R],
+        machine: StateMachine[S, R],
+        connect_peer: PeerConnector[S, R],
         timings: RaftTimings = DEFAULT_TIMINGS,
         snapshot_every: int = 1000,
     ) -> None:
-        """`connect_peer` opens the transport to a peer replica (gRPC in a coordinator: PeerClient)."""
+        """`machine` is what the log replicates (its records, the states they apply to); `storage`
+        keeps them with the same codec. `connect_peer` opens the transport to a peer replica (gRPC in
+        a coordinator: PeerClient)."""
         self._replica_id = replica_id
         self._connect_peer = connect_peer
         self._storage = storage
+        self._machine = machine
         self._timings = timings
         self._snapshot_every = snapshot_every
         self._role: Role = "follower"
         self._leader_id = ""
-        self._state: ClusterState = storage.snapshot.state
+        self._state: S = storage.snapshot.state
         self._commit_index = storage.snapshot.last_index
         self._last_heard_leader = float("-inf")
         self._election_deadline = self._next_election_deadline()
-        self._peers: dict[str, RaftPeer] = {}
+        self._peers: dict[str, RaftPeer[S, R]] = {}
         self._next_index: dict[str, int] = {}
         self._match_index: dict[str, int] = {}
         self._acked_send_time: dict[str, float] = {}
         self._wake_peer: dict[str, asyncio.Event] = {}
-        self._pending: dict[int, tuple[int, asyncio.Future[ClusterState]]] = {}
+        self._pending: dict[int, tuple[int, asyncio.Future[S]]] = {}
         self._leader_tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
@@ -65,8 +71,12 @@ class RaftNode:
         return self._replica_id
 
     @property
-    def state(self) -> ClusterState:
+    def state(self) -> S:
         return self._state
+
+    @property
+    def machine(self) -> StateMachine[S, R]:
+        return self._machine
 
     @property
     def role(self) -> Role:
@@ -93,7 +103,7 @@ class RaftNode:
         return self._commit_index
 
     @property
-    def storage(self) -> RaftStorage:
+    def storage(self) -> RaftStorage[S, R]:
         return self._storage
 
     def match_index(self, replica: str) -> int:
@@ -151,23 +161,25 @@ class RaftNode:
 
     # ---- commands
 
-    async def propose(self, event: Event, origin: CommandOrigin | None = None) -> ClusterState:
-        """Appends `event`, returns the state once a majority has it fsynced and it is applied."""
+    async def propose(self, record_at: Callable[[int], R]) -> S:
+        """Appends the record `record_at` builds for the next index, returns the state once a majority
+        has it fsynced and it is applied."""
         if not self.leads_with_lease():
             raise NotLeaderError("" if self._role == "leader" else self._leader_id)
-        future: asyncio.Future[ClusterState] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[S] = asyncio.get_running_loop().create_future()
         # Registered first: with a single voter the entry commits inside _append_own.
         self._pending[self._storage.last_index + 1] = (self.current_term, future)
-        self._append_own([event], origin)
+        self._append_own([record_at])
         return await future
 
-    def _append_own(self, events: list[Event], origin: CommandOrigin | None = None) -> None:
-        """Appends entries of this leader's term (fsynced), wakes the followers, commits what it can."""
+    def _append_own(self, records_at: list[Callable[[int], R]]) -> None:
+        """Appends entries of this leader's term (fsynced), wakes the followers, commits what it can;
+        each record is built for the index it gets."""
         first = self._storage.last_index + 1
         self._storage.append(
             [
-                LogEntry(term=self.current_term, record=IndexedEvent(index=first + offset, event=event, origin=origin))
-                for offset, event in enumerate(events)
+                LogEntry(term=self.current_term, record=record_at(first + offset))
+                for offset, record_at in enumerate(records_at)
             ]
         )
         self._match_index[self.replica_id] = self._storage.last_index
@@ -200,7 +212,7 @@ class RaftNode:
             self._election_deadline = self._next_election_deadline()
         return self.current_term, decision.granted
 
-    def handle_append_entries(self, request: AppendRequest) -> AppendReply:
+    def handle_append_entries(self, request: AppendRequest[R]) -> AppendReply:
         if request.term < self.current_term:
             return AppendReply(self.current_term, False, self._storage.last_index)
         self._hear_from_leader(request.term, request.leader_id, request.voters)
@@ -214,7 +226,7 @@ class RaftNode:
             prev_index, prev_term = base.last_index, base.last_term
         if prev_index > storage.last_index or storage.term_at(prev_index) != prev_term:
             return AppendReply(self.current_term, False, min(storage.last_index, max(prev_index - 1, 0)))
-        new_entries: list[LogEntry] = []
+        new_entries: list[LogEntry[R]] = []
         for entry in entries:
             if new_entries or entry.index > storage.last_index:
                 new_entries.append(entry)
@@ -228,7 +240,7 @@ class RaftNode:
             self._apply_committed()
         return AppendReply(self.current_term, True, storage.last_index)
 
-    def handle_install_snapshot(self, request: SnapshotRequest) -> int:
+    def handle_install_snapshot(self, request: SnapshotRequest[S]) -> int:
         if request.term < self.current_term:
             return self.current_term
         self._hear_from_leader(request.term, request.leader_id, request.voters)
@@ -370,11 +382,14 @@ class RaftNode:
         self._acked_send_time = {self.replica_id: time.monotonic()}
         self._sync_replication()
         # Raft's rule: commit an entry of our own term first; it also commits what earlier terms left.
-        first: list[Event] = [TermStarted(term=self.current_term, leader=self.replica_id)]
+        machine = self._machine
+        first: list[Callable[[int], R]] = [
+            partial(machine.term_started, term=self.current_term, leader=self.replica_id)
+        ]
         if self._state.voters != self.voters:
             # After a bootstrap (or a lone replica's new address) the membership goes into the log, so
             # snapshots and later replicas carry it. Appended together, so both apply in one batch.
-            first.append(ReplicasConfigured(voters=self.voters, learners=self._state.learners))
+            first.append(partial(machine.configured, voters=self.voters, learners=self._state.learners))
         self._append_own(first)
         self._notify()
 
@@ -412,16 +427,16 @@ class RaftNode:
 
     # ---- what replication reports (replication.py)
 
-    def _peer(self, voter: str) -> RaftPeer:
+    def _peer(self, voter: str) -> RaftPeer[S, R]:
         if voter not in self._peers:
-            self._peers[voter] = self._connect_peer(voter, self._timings.rpc_timeout_seconds)
+            self._peers[voter] = self._connect_peer(voter, self._timings.rpc_timeout_seconds, self._machine)
         return self._peers[voter]
 
     @property
     def heartbeat_seconds(self) -> float:
         return self._timings.heartbeat_seconds
 
-    def leader_view(self, voter: str) -> tuple[RaftPeer, int, asyncio.Event]:
+    def leader_view(self, voter: str) -> tuple[RaftPeer[S, R], int, asyncio.Event]:
         return self._peer(voter), self._next_index[voter], self._wake_peer[voter]
 
     def record_ack(self, voter: str, term: int, sent_at: float, reply_term: int, match: int | None, hint: int) -> None:
@@ -457,7 +472,7 @@ class RaftNode:
         while self._state.last_index < self._commit_index:
             index = self._state.last_index + 1
             entry = self._storage.entries_from(index, 1)[0]
-            self._state = apply(self._state, entry.record)
+            self._state = self._machine.apply(self._state, entry.record)
             applied = True
             pending = self._pending.pop(index, None)
             if pending is not None and not pending[1].done():

@@ -7,12 +7,13 @@ from typing import Protocol
 
 from coordinator.raft.interface import RaftPeer
 from coordinator.raft.messages import AppendRequest, SnapshotRequest
+from coordinator.raft.state_machine import R, S
 from coordinator.raft.storage import RaftStorage
 
 MAX_ENTRIES_PER_APPEND = 128
 
 
-class ReplicatingLeader(Protocol):
+class ReplicatingLeader(Protocol[S, R]):
     """What a leader's replication loop reads from and reports to its node (RaftNode is one)."""
 
     @property
@@ -31,19 +32,19 @@ class ReplicatingLeader(Protocol):
     def commit_index(self) -> int: ...
 
     @property
-    def storage(self) -> RaftStorage: ...
+    def storage(self) -> RaftStorage[S, R]: ...
 
     @property
     def heartbeat_seconds(self) -> float: ...
 
-    def leader_view(self, voter: str) -> tuple[RaftPeer, int, asyncio.Event]: ...
+    def leader_view(self, voter: str) -> tuple[RaftPeer[S, R], int, asyncio.Event]: ...
 
     def record_ack(
         self, voter: str, term: int, sent_at: float, reply_term: int, match: int | None, hint: int
     ) -> None: ...
 
 
-async def replicate_to(node: ReplicatingLeader, voter: str, term: int) -> None:
+async def replicate_to(node: ReplicatingLeader[S, R], voter: str, term: int) -> None:
     """Runs while `node` leads in `term`; cancelled when it steps down."""
     while node.role == "leader" and node.current_term == term:
         peer, next_index, wake = node.leader_view(voter)
@@ -69,16 +70,16 @@ async def replicate_to(node: ReplicatingLeader, voter: str, term: int) -> None:
         # After entries or a refusal, go straight on with what remains.
 
 
-async def _wait(wake: asyncio.Event, node: ReplicatingLeader) -> None:
+async def _wait(wake: asyncio.Event, node: ReplicatingLeader[S, R]) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), node.heartbeat_seconds)
 
 
-def snapshot_request(node: ReplicatingLeader) -> SnapshotRequest:
+def snapshot_request(node: ReplicatingLeader[S, R]) -> SnapshotRequest[S]:
     return SnapshotRequest(node.current_term, node.replica_id, node.storage.snapshot, node.voters)
 
 
-def append_request(node: ReplicatingLeader, next_index: int) -> AppendRequest:
+def append_request(node: ReplicatingLeader[S, R], next_index: int) -> AppendRequest[R]:
     """What the follower lacks from `next_index` on (at most a batch), after the entry it must hold."""
     storage = node.storage
     prev = next_index - 1

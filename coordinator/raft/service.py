@@ -1,5 +1,7 @@
 """The Raft gRPC service: decode, one call into the node, encode."""
 
+from typing import Generic
+
 import grpc
 
 from coordinator.raft.messages import (
@@ -11,11 +13,12 @@ from coordinator.raft.messages import (
     vote_request_from_pb,
 )
 from coordinator.raft.node import RaftNode
+from coordinator.raft.state_machine import R, S
 from strata_wire import raft_pb2, raft_pb2_grpc
 
 
-class RaftService(raft_pb2_grpc.RaftServicer):
-    def __init__(self, node: RaftNode) -> None:
+class RaftService(raft_pb2_grpc.RaftServicer, Generic[S, R]):
+    def __init__(self, node: RaftNode[S, R]) -> None:
         self._node = node
 
     async def RequestVote(
@@ -27,9 +30,9 @@ class RaftService(raft_pb2_grpc.RaftServicer):
     async def AppendEntries(
         self, request: raft_pb2.AppendEntriesRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> raft_pb2.AppendEntriesReply:
-        return append_reply_to_pb(self._node.handle_append_entries(append_from_pb(request)))
+        return append_reply_to_pb(self._node.handle_append_entries(append_from_pb(request, self._node.machine)))
 
     async def InstallSnapshot(
         self, request: raft_pb2.InstallSnapshotRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> raft_pb2.InstallSnapshotReply:
-        return snapshot_reply_to_pb(self._node.handle_install_snapshot(snapshot_from_pb(request)))
+        return snapshot_reply_to_pb(self._node.handle_install_snapshot(snapshot_from_pb(request, self._node.machine)))

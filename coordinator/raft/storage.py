@@ -5,41 +5,87 @@ cut. Files: `hard_state.json` and `snapshot.json` are replaced atomically (write
 rename, fsync the folder); `log.jsonl` holds one entry per line after the snapshot and is appended
 to; truncation and compaction rewrite it atomically. A torn last line (power cut mid-append) was
 never acknowledged and is dropped on load.
+
+The records and the state are the state machine's (`RecordCodec`): an entry's line is
+`{"term":T,"record":RECORD}` and the snapshot `{"last_index":I,"last_term":T,"state":STATE}`, with
+RECORD and STATE the codec's JSON.
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic_core import to_json
 
-from services.cluster.events import IndexedEvent
-from services.cluster.state import ClusterState, Frozen
+from coordinator.raft.state_machine import R, RecordCodec, S
 
 HARD_STATE_FILE = "hard_state.json"
 SNAPSHOT_FILE = "snapshot.json"
 LOG_FILE = "log.jsonl"
 
 
-class LogEntry(Frozen):
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True)
+
+
+@dataclass(frozen=True)
+class LogEntry(Generic[R]):
     term: int
-    record: IndexedEvent
+    record: R
 
     @property
     def index(self) -> int:
         return self.record.index
 
 
-class HardState(Frozen):
+class HardState(_Frozen):
     current_term: int = 0
     voted_for: str | None = None
     voters: tuple[str, ...] = ()
     """The voting members once the cluster is bootstrapped; empty before."""
 
 
-class Snapshot(Frozen):
+@dataclass(frozen=True)
+class Snapshot(Generic[S]):
+    last_index: int
+    last_term: int
+    state: S
+
+
+class _StoredEntry(_Frozen):
+    """A line of the log as read, its record still JSON for the codec."""
+
+    term: int
+    record: JsonValue
+
+
+class _StoredSnapshot(_Frozen):
     last_index: int = 0
     last_term: int = 0
-    state: ClusterState = ClusterState()
+    state: JsonValue
+
+
+def encode_entry(entry: LogEntry[R], codec: RecordCodec[S, R]) -> str:
+    """The entry's line in the log, without the newline."""
+    return f'{{"term":{entry.term},"record":{codec.encode_record(entry.record).decode()}}}'
+
+
+def decode_entry(line: str | bytes, codec: RecordCodec[S, R]) -> LogEntry[R]:
+    """Raises ValueError when `line` does not hold an entry."""
+    stored = _StoredEntry.model_validate_json(line)
+    return LogEntry(term=stored.term, record=codec.decode_record(to_json(stored.record)))
+
+
+def encode_snapshot(snapshot: Snapshot[S], codec: RecordCodec[S, R]) -> str:
+    state = codec.encode_state(snapshot.state).decode()
+    return f'{{"last_index":{snapshot.last_index},"last_term":{snapshot.last_term},"state":{state}}}'
+
+
+def decode_snapshot(text: str | bytes, codec: RecordCodec[S, R]) -> Snapshot[S]:
+    stored = _StoredSnapshot.model_validate_json(text)
+    return Snapshot(stored.last_index, stored.last_term, codec.decode_state(to_json(stored.state)))
 
 
 class CompactedError(LookupError):
@@ -64,26 +110,29 @@ def _replace_durably(path: Path, text: str) -> None:
     _fsync_folder(path.parent)
 
 
-class RaftStorage:
-    def __init__(self, folder: Path) -> None:
+class RaftStorage(Generic[S, R]):
+    def __init__(self, folder: Path, codec: RecordCodec[S, R]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._folder = folder
+        self._codec = codec
         hard_path, snapshot_path = folder / HARD_STATE_FILE, folder / SNAPSHOT_FILE
         self._hard_state = HardState.model_validate_json(hard_path.read_text()) if hard_path.exists() else HardState()
         self._snapshot = (
-            Snapshot.model_validate_json(snapshot_path.read_text()) if snapshot_path.exists() else Snapshot()
+            decode_snapshot(snapshot_path.read_text(), codec)
+            if snapshot_path.exists()
+            else Snapshot(last_index=0, last_term=0, state=codec.initial_state())
         )
         self._entries = self._load_entries()
 
-    def _load_entries(self) -> list[LogEntry]:
+    def _load_entries(self) -> list[LogEntry[R]]:
         path = self._folder / LOG_FILE
         if not path.exists():
             return []
-        entries: list[LogEntry] = []
+        entries: list[LogEntry[R]] = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                entry = LogEntry.model_validate_json(line)
-            except ValidationError:
+                entry = decode_entry(line, self._codec)
+            except ValueError:  # includes pydantic's ValidationError
                 break  # the torn tail of an append that was never acknowledged
             expected = (entries[-1].index if entries else self._snapshot.last_index) + 1
             if entry.index < expected:
@@ -107,7 +156,7 @@ class RaftStorage:
             self._hard_state = hard_state
 
     @property
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Snapshot[S]:
         return self._snapshot
 
     @property
@@ -132,20 +181,20 @@ class RaftStorage:
             return 0
         return self._entries[index - self._snapshot.last_index - 1].term
 
-    def entries_from(self, index: int, limit: int) -> list[LogEntry]:
+    def entries_from(self, index: int, limit: int) -> list[LogEntry[R]]:
         if index <= self._snapshot.last_index:
             raise CompactedError(index)
         start = index - self._snapshot.last_index - 1
         return self._entries[start : start + limit]
 
-    def append(self, entries: list[LogEntry]) -> None:
+    def append(self, entries: list[LogEntry[R]]) -> None:
         """Appends entries that follow the last one, fsynced before returning."""
         if not entries:
             return
         if entries[0].index != self.last_index + 1:
             raise ValueError(f"entry {entries[0].index} cannot follow {self.last_index}")
         with (self._folder / LOG_FILE).open("a", encoding="utf-8") as file:
-            file.write("".join(entry.model_dump_json() + "\n" for entry in entries))
+            file.write("".join(encode_entry(entry, self._codec) + "\n" for entry in entries))
             file.flush()
             os.fsync(file.fileno())
         self._entries.extend(entries)
@@ -157,7 +206,7 @@ class RaftStorage:
         self._entries = self._entries[: index - self._snapshot.last_index - 1]
         self._rewrite_log()
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def save_snapshot(self, snapshot: Snapshot[S]) -> None:
         """Keeps `snapshot` and drops the entries it covers; later entries stay when they agree with it."""
         if snapshot.last_index <= self._snapshot.last_index:
             return
@@ -165,10 +214,11 @@ class RaftStorage:
             snapshot.last_index <= self.last_index and self.term_at(snapshot.last_index) == snapshot.last_term
         )
         remaining = [entry for entry in self._entries if entry.index > snapshot.last_index] if keeps_suffix else []
-        _replace_durably(self._folder / SNAPSHOT_FILE, snapshot.model_dump_json())
+        _replace_durably(self._folder / SNAPSHOT_FILE, encode_snapshot(snapshot, self._codec))
         self._snapshot = snapshot
         self._entries = remaining
         self._rewrite_log()
 
     def _rewrite_log(self) -> None:
-        _replace_durably(self._folder / LOG_FILE, "".join(entry.model_dump_json() + "\n" for entry in self._entries))
+        lines = "".join(encode_entry(entry, self._codec) + "\n" for entry in self._entries)
+        _replace_durably(self._folder / LOG_FILE, lines)

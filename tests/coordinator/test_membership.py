@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.raft.membership import PeerSet, choose_voters, promoted, with_learner, without_replica
+from coordinator.cluster_log import CLUSTER_LOG
+from coordinator.membership_changes import promoted, with_learner, without_replica
+from coordinator.raft.membership import PeerSet, choose_voters
 from coordinator.raft.node import RaftNode
 from coordinator.raft.peers import PeerClient
 from coordinator.raft.storage import RaftStorage
@@ -55,20 +57,22 @@ def test_a_dead_voter_is_removed_but_never_the_leader() -> None:
 
 def test_a_peer_set_bootstraps_its_node_once_expect_is_known_and_no_cluster_exists(tmp_path: Path) -> None:
     me, first, second = (f"127.0.0.1:{free_port()}" for _ in range(3))
-    node = RaftNode(me, RaftStorage(tmp_path), PeerClient)
+    node = RaftNode(me, RaftStorage(tmp_path, CLUSTER_LOG), CLUSTER_LOG, PeerClient)
     peers = PeerSet(node, expect=3)
     peers.update([first, second])
 
     asyncio.run(asyncio.wait_for(peers.run(), timeout=30))
 
     assert node.voters == tuple(sorted([me, first, second]))
-    assert RaftStorage(tmp_path).hard_state.voters == node.voters
+    assert RaftStorage(tmp_path, CLUSTER_LOG).hard_state.voters == node.voters
 
 
 def test_a_formed_cluster_keeps_its_voters(tmp_path: Path) -> None:
-    RaftNode("127.0.0.1:7002", RaftStorage(tmp_path), PeerClient).bootstrap(("127.0.0.1:7001", "127.0.0.1:7002"))
+    RaftNode("127.0.0.1:7002", RaftStorage(tmp_path, CLUSTER_LOG), CLUSTER_LOG, PeerClient).bootstrap(
+        ("127.0.0.1:7001", "127.0.0.1:7002")
+    )
 
-    node = RaftNode("127.0.0.1:7002", RaftStorage(tmp_path), PeerClient)
+    node = RaftNode("127.0.0.1:7002", RaftStorage(tmp_path, CLUSTER_LOG), CLUSTER_LOG, PeerClient)
     peers = PeerSet(node, expect=2)
     peers.update(["127.0.0.1:7000"])
     asyncio.run(asyncio.wait_for(peers.run(), timeout=30))
@@ -77,11 +81,11 @@ def test_a_formed_cluster_keeps_its_voters(tmp_path: Path) -> None:
 
 
 def test_a_lone_replica_bootstraps_at_once_and_keeps_its_log_when_its_port_changes(tmp_path: Path) -> None:
-    first = RaftNode("127.0.0.1:7001", RaftStorage(tmp_path), PeerClient)
+    first = RaftNode("127.0.0.1:7001", RaftStorage(tmp_path, CLUSTER_LOG), CLUSTER_LOG, PeerClient)
     PeerSet(first, expect=1).update([])
     assert first.voters == ("127.0.0.1:7001",)
 
-    node = RaftNode("127.0.0.1:7009", RaftStorage(tmp_path), PeerClient)
+    node = RaftNode("127.0.0.1:7009", RaftStorage(tmp_path, CLUSTER_LOG), CLUSTER_LOG, PeerClient)
     PeerSet(node, expect=1).update([])
 
     assert node.voters == ("127.0.0.1:7009",)
