@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from pydantic_core import to_json
 
 from coordinator.raft.state_machine import R, RecordCodec, S
+from services.platform.durable_files import fsync_folder
 
 HARD_STATE_FILE = "hard_state.json"
 SNAPSHOT_FILE = "snapshot.json"
@@ -92,14 +93,6 @@ class CompactedError(LookupError):
     """The entry asked for is inside the snapshot: send the snapshot instead."""
 
 
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _replace_durably(path: Path, text: str) -> None:
     aside = path.with_suffix(path.suffix + ".tmp")
     with aside.open("w", encoding="utf-8") as file:
@@ -107,7 +100,7 @@ def _replace_durably(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     aside.replace(path)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 class RaftStorage(Generic[S, R]):

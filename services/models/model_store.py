@@ -19,6 +19,7 @@ from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, strata_home
 from services.models.model_config import CONFIG_FILE
 from services.models.model_files import INDEX_FILE
+from services.platform.durable_files import fsync_folder
 
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 
@@ -95,7 +96,7 @@ class ModelStore:
                 if retired is not None and not final.exists():
                     retired.rename(final)
                 raise
-            _fsync_directory(self.root)
+            fsync_folder(self.root)
             if retired is not None:
                 shutil.rmtree(retired, ignore_errors=True)
         finally:
@@ -112,12 +113,4 @@ def _fsync_tree(directory: Path) -> None:
         if entry.is_file():
             with entry.open("rb") as stream:
                 os.fsync(stream.fileno())
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_folder(directory)
