@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.cluster_log import CLUSTER_LOG
+from coordinator.metrics import coordinator_registry, replica_snapshot
 from coordinator.presence import CoordinatorPresence
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import PeerSet
@@ -29,6 +30,7 @@ from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_mod
 from services.models.model_spec import model_spec
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import GrpcServer
+from services.platform.metrics_server import DEFAULT_METRICS_PORT, MetricsServer, metrics_port_for
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class CoordinatorOptions:
     """How to find other services; replica addresses found this way go to `PeerSet.update`."""
     instances_per_model: int = 1
     """Instances of each model to keep, each on shard servers of its own (coordinator.planner)."""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """`/metrics` HTTP port (services.platform.metrics_server); 0: a free one."""
 
 
 def _shard_from_peer(peer: PeerInfo) -> RegisteredShard | None:
@@ -111,8 +115,14 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
         instances_per_model=options.instances_per_model,
     )
     presence = CoordinatorPresence(options.discovery, node_id(options.home), replica_id, store)
+    metrics = MetricsServer(coordinator_registry(lambda: replica_snapshot(replica)))
+    metrics.start(
+        options.host,
+        metrics_port_for(options.metrics_port, server.port),
+        fallback_to_free_port=options.metrics_port == DEFAULT_METRICS_PORT,
+    )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorService(replica, presence.discovery.refused), server.server
+        CoordinatorService(replica, presence.discovery.refused, lambda: metrics.address), server.server
     )
     raft_pb2_grpc.add_RaftServicer_to_server(RaftService(node), server.server)
     add_peer_service(server.server, presence.identity)
@@ -145,3 +155,4 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
     await presence.stop()
     await server.stop()
     await node.stop()
+    await asyncio.to_thread(metrics.stop)

@@ -85,6 +85,11 @@ class CoordinatorReplica:
         return self._node
 
     @property
+    def shard_lease_expiries(self) -> int:
+        """Shard leases this replica expired (while leading) since it started."""
+        return self._leases.expiries
+
+    @property
     def _state(self) -> ClusterState:
         return self._node.state
 
@@ -163,7 +168,7 @@ class CoordinatorReplica:
         for shard_id in self._leases.expired(self._state.shards, time.monotonic()):
             logger.warning("shard server %s stopped renewing its lease; re-placing what it held", shard_id)
             await self.append(ShardLeaseExpired(shard_id=shard_id))
-            self._leases.forget(shard_id)
+            self._leases.expire(shard_id)
         for model in self._models:
             if self._state.models.get(model.model_id) != model:
                 await self.append(ModelRegistered(model=model))

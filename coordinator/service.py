@@ -47,11 +47,16 @@ LeaderMethod: TypeAlias = (
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(
-        self, replica: CoordinatorReplica, refused_peers: Callable[[], Iterable[RefusedPeer]] = lambda: ()
+        self,
+        replica: CoordinatorReplica,
+        refused_peers: Callable[[], Iterable[RefusedPeer]] = lambda: (),
+        metrics_address: Callable[[], str] = lambda: "",
     ) -> None:
         self._replica = replica
         self._refused_peers = refused_peers
         """Peers discovery refused: shown by GetState so `strata status` tells why a host is missing."""
+        self._metrics_address = metrics_address
+        """This replica's `/metrics` host:port, reported with its own entry in GetState's replicas."""
 
     async def RegisterShard(
         self, request: coordinator_pb2.RegisterShardRequest, context: Context
@@ -67,7 +72,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     async def GetState(
         self, request: coordinator_pb2.GetStateRequest, context: Context
     ) -> coordinator_pb2.ClusterState:
-        return cluster_view_to_pb(self._replica.node, self._refused_peers())
+        return cluster_view_to_pb(self._replica.node, self._refused_peers(), self._metrics_address())
 
     async def JoinCluster(
         self, request: coordinator_pb2.JoinClusterRequest, context: Context

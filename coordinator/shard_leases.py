@@ -33,6 +33,8 @@ class ShardLeases:
         self._lease_seconds = lease_seconds
         self._last_renewed: dict[ShardId, float] = {}
         self._leading_since = 0.0
+        self.expiries = 0
+        """Leases this replica found expired since it started (`strata_coordinator_shard_lease_expiries_total`)."""
 
     def renew(self, shard_id: ShardId, now: float) -> None:
         self._last_renewed[shard_id] = now
@@ -45,3 +47,8 @@ class ShardLeases:
 
     def forget(self, shard_id: ShardId) -> None:
         self._last_renewed.pop(shard_id, None)
+
+    def expire(self, shard_id: ShardId) -> None:
+        """The shard's expiry is committed: forget its lease and count it."""
+        self.forget(shard_id)
+        self.expiries += 1

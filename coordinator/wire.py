@@ -55,6 +55,7 @@ def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple
         available_memory_bytes=message.available_memory_bytes,
         device=device,
         incarnation=message.incarnation,
+        metrics_address=message.metrics_address,
     )
     return shard, origin
 
@@ -100,6 +101,7 @@ def state_to_pb(state: ClusterState) -> coordinator_pb2.ClusterState:
                 address=shard.address,
                 available_memory_bytes=shard.available_memory_bytes,
                 device=shard.device,
+                metrics_address=shard.metrics_address,
             )
             for shard in state.shards.values()
         ],
@@ -133,7 +135,8 @@ def replica_positions(node: ClusterNode) -> list[ReplicaPosition]:
     return [own, *others]
 
 
-def replicas_to_pb(node: ClusterNode) -> list[coordinator_pb2.ReplicaInfo]:
+def replicas_to_pb(node: ClusterNode, metrics_address: str = "") -> list[coordinator_pb2.ReplicaInfo]:
+    """`metrics_address`: this replica's `/metrics` (the others' are not known here)."""
     return [
         coordinator_pb2.ReplicaInfo(
             replica_id=position.replica_id,
@@ -141,17 +144,20 @@ def replicas_to_pb(node: ClusterNode) -> list[coordinator_pb2.ReplicaInfo]:
             term=position.term,
             log_index=position.log_index,
             commit_index=position.commit_index,
+            metrics_address=metrics_address if position.replica_id == node.replica_id else "",
         )
         for position in replica_positions(node)
     ]
 
 
-def cluster_view_to_pb(node: ClusterNode, refused_peers: Iterable[RefusedPeer]) -> coordinator_pb2.ClusterState:
-    """What GetState answers: the state, and this replica's view of the leader, the replicas and the
-    peers discovery refused (so `strata status` tells why a host is missing)."""
+def cluster_view_to_pb(
+    node: ClusterNode, refused_peers: Iterable[RefusedPeer], metrics_address: str = ""
+) -> coordinator_pb2.ClusterState:
+    """What GetState answers: the state, and this replica's view of the leader, the replicas (with its own
+    `/metrics` address) and the peers discovery refused (so `strata status` tells why a host is missing)."""
     reply = state_to_pb(node.state)
     reply.leader = node.leader_id
-    reply.replicas.extend(replicas_to_pb(node))
+    reply.replicas.extend(replicas_to_pb(node, metrics_address))
     reply.voters.extend(node.voters)
     reply.learners.extend(node.learners)
     reply.refused_peers.extend(

@@ -15,11 +15,14 @@ Errors, raised before the first event unless noted:
 Closing the returned generator early (client gone, stop string matched) closes the token source's
 iterator, which cancels the request on the shards. The engine also closes that iterator after it
 has read `GenerationFinished`; a token source must treat that as the end, not as a cancellation.
+
+With `GatewayMetrics`, every run counts as in flight while it runs, reports each token's time and,
+when it finishes, its usage (so the token counters move by exactly what the client is told).
 """
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from typing import Protocol
 
 from gateway.generation_request import (
@@ -30,6 +33,7 @@ from gateway.generation_request import (
     TextFinished,
     TextGenerationRequest,
 )
+from gateway.metrics import GatewayMetrics, GenerationTimer
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
 from services.kernel.ids import ModelId
@@ -45,12 +49,27 @@ class TokenizerProvider(Protocol):
 
 
 class CompletionEngine:
-    def __init__(self, token_source: TokenSource, tokenizers: TokenizerProvider) -> None:
+    def __init__(
+        self, token_source: TokenSource, tokenizers: TokenizerProvider, metrics: GatewayMetrics | None = None
+    ) -> None:
         self._token_source = token_source
         self._tokenizers = tokenizers
+        self._metrics = metrics if metrics is not None else GatewayMetrics()
 
     async def run(self, request: TextGenerationRequest) -> AsyncGenerator[TextEvent]:
         """Yields the generated text as `TextDelta`s, then exactly one `TextFinished`."""
+        timer = self._metrics.generation()
+        self._metrics.in_flight.inc()
+        try:
+            async with aclosing(self._generate(request, timer)) as events:
+                async for event in events:
+                    if isinstance(event, TextFinished):
+                        timer.finished(event.prompt_tokens, event.completion_tokens)
+                    yield event
+        finally:
+            self._metrics.in_flight.dec()
+
+    async def _generate(self, request: TextGenerationRequest, timer: GenerationTimer) -> AsyncGenerator[TextEvent]:
         tokenizer, token_request = await asyncio.to_thread(self._prepare, request)
         prompt_tokens = len(token_request.prompt_tokens)
         stop_token_ids = frozenset(token_request.stop_token_ids)
@@ -62,6 +81,7 @@ class CompletionEngine:
             async for event in events:
                 match event:
                     case GeneratedToken(token_id=token_id):
+                        timer.token()
                         generated_tokens += 1
                         if token_id in stop_token_ids:
                             continue  # end of sequence: never part of the text

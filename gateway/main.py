@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.cluster_view import ClusterView
 from gateway.completion_engine import CompletionEngine
 from gateway.generation_request import ModelNotFoundError
+from gateway.metrics import GatewayMetrics, HttpMetrics
 from gateway.pipeline_client import PipelineClient
 from gateway.presence import GatewayPresence
 from gateway.tokenization import ModelTokenizer
@@ -66,12 +67,14 @@ async def serve_gateway(options: GatewayOptions) -> None:
     view.start()
     fetching = asyncio.create_task(presence.keep_tokenizers(view.served_models, lambda: view.coordinator_address))
     pipeline = PipelineClient(view)
-    engine = CompletionEngine(pipeline, StoreTokenizers(store, view))
+    metrics = GatewayMetrics(pipeline.recovery_counts)
+    engine = CompletionEngine(pipeline, StoreTokenizers(store, view), metrics)
     api_keys = load_api_keys(options.api_key_file)
     app: ASGIApp = create_app(engine, view)
     if api_keys:
         app = ApiKeyGuard(app, api_keys)
         logger.info("gateway requires one of %d API keys on /v1/*", len(api_keys))
+    app = HttpMetrics(app, metrics)  # outermost: refusals are counted too, and /metrics needs no key
     server = uvicorn.Server(
         uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="off")
     )

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from gateway.cluster_view import ClusterView, ReadyInstance
-from gateway.recovery import RecoveringTokenSource, RecoveryPolicy
+from gateway.recovery import RecoveringTokenSource, RecoveryCounts, RecoveryPolicy
 from gateway.token_source import (
     GenerationFinished,
     OverloadedError,
@@ -56,6 +56,9 @@ class PipelineClient:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+    def recovery_counts(self) -> RecoveryCounts:
+        return self._recovering.counts
 
     def generate(self, request: TokenRequest) -> AsyncIterator[TokenEvent]:
         """The gateway's `TokenSource`: runs the request, recovering from a broken pipeline."""

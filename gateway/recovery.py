@@ -30,6 +30,8 @@ from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict
+
 from gateway.cluster_view import ReadyInstance
 from gateway.token_source import (
     GeneratedToken,
@@ -64,6 +66,19 @@ class RecoveryPolicy:
             max_attempts=int(attempts) if attempts else defaults.max_attempts,
             deadline_seconds=float(deadline) if deadline else defaults.deadline_seconds,
         )
+
+
+class RecoveryCounts(BaseModel):
+    """What recovery did since the gateway started (its Prometheus metrics read these)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    replays: int = 0
+    """Runs started again after a broken one (`<request id>-r<n>`)."""
+    replayed_tokens: int = 0
+    """Journal tokens those replays fed again."""
+    recoveries_failed: int = 0
+    """Requests given up on (out of replays or of recovery time)."""
 
 
 class InstanceWatch(Protocol):
@@ -121,6 +136,11 @@ class RecoveringTokenSource:
         self._clock = clock
         self._running: Counter[InstanceId] = Counter()
         """Runs in flight per instance: a request goes to the least busy (instances of one model)."""
+        self._counts = RecoveryCounts()
+
+    @property
+    def counts(self) -> RecoveryCounts:
+        return self._counts
 
     async def generate(self, request: TokenRequest) -> AsyncGenerator[TokenEvent]:
         journal = Journal(request)
@@ -198,6 +218,12 @@ class RecoveringTokenSource:
             raise self._give_up(journal, f"{journal.attempts} replays all failed")
         instance = await self._wait_for_instance(journal, failed)
         journal.attempts += 1
+        self._counts = self._counts.model_copy(
+            update={
+                "replays": self._counts.replays + 1,
+                "replayed_tokens": self._counts.replayed_tokens + len(journal.tokens),
+            }
+        )
         logger.info(
             "request %s: replaying %d prompt and %d generated tokens on instance %s as %s",
             request_id,
@@ -237,6 +263,7 @@ class RecoveringTokenSource:
         )
 
     def _give_up(self, journal: Journal, why: str) -> RecoveryFailedError:
+        self._counts = self._counts.model_copy(update={"recoveries_failed": self._counts.recoveries_failed + 1})
         # Told to the client: no addresses or internals (the failures themselves are logged).
         message = (
             f"The model pipeline failed while serving request {journal.request.request_id} after "

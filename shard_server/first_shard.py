@@ -55,6 +55,9 @@ class FirstShardDriver:
         self.ring_samples = 0
         self.hop_overheads: deque[float] = deque(maxlen=HOP_OVERHEAD_SAMPLES)
         """First shard of a ring: (ring time - compute time of every shard) / hops, of recent steps."""
+        self.hop_overhead_seconds = 0.0
+        self.hop_overhead_samples = 0
+        """Every sample since start, added up (the deque keeps only recent ones)."""
         self.prefix_hits = 0
         self.reused_prompt_tokens = 0
         self.replayed_tokens = 0
@@ -99,7 +102,10 @@ class FirstShardDriver:
             if launched is not None:
                 ring = time.perf_counter() - launched
                 # Every stage is one hop, the last shard's link back to this one included.
-                self.hop_overheads.append(max(0.0, ring - sampled.compute_seconds) / max(1, loaded.ring_size))
+                overhead = max(0.0, ring - sampled.compute_seconds) / max(1, loaded.ring_size)
+                self.hop_overheads.append(overhead)
+                self.hop_overhead_seconds += overhead
+                self.hop_overhead_samples += 1
         for token in sampled.tokens:
             self.on_token(loaded, token)
 

@@ -21,7 +21,9 @@ from services.kernel.settings import models_root, node_id
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import GrpcServer, cluster_channel
+from services.platform.metrics_server import DEFAULT_METRICS_PORT, MetricsServer, metrics_port_for
 from shard_server.admission import AdmissionLimits
+from shard_server.metrics import shard_registry
 from shard_server.presence import ShardPresence
 from shard_server.service import ShardService
 from shard_server.wire import registration_to_pb
@@ -44,6 +46,8 @@ class ShardOptions:
     memory_limit_bytes: int | None
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """`/metrics` HTTP port (services.platform.metrics_server); 0: a free one."""
 
 
 def run_shard(options: ShardOptions) -> NoReturn:
@@ -109,6 +113,12 @@ async def serve_shard(options: ShardOptions) -> None:
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
     add_peer_service(server.server, presence.identity)
     add_model_file_service(server.server, store)
+    metrics = MetricsServer(shard_registry(service.metrics_snapshot))
+    metrics.start(
+        options.host,
+        metrics_port_for(options.metrics_port, server.port),
+        fallback_to_free_port=options.metrics_port == DEFAULT_METRICS_PORT,
+    )
     service.start()
     await server.start()
     logger.info("shard %s listening on %s", shard_id, address)
@@ -123,6 +133,7 @@ async def serve_shard(options: ShardOptions) -> None:
             address=address,
             available_memory_bytes=presence.memory_share(),
             incarnation=incarnation,
+            metrics_address=metrics.address,
         )
 
     stopping = asyncio.Event()
@@ -139,3 +150,4 @@ async def serve_shard(options: ShardOptions) -> None:
     await service.close_link()
     await server.stop()
     await service.stop()
+    await asyncio.to_thread(metrics.stop)

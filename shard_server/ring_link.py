@@ -43,6 +43,25 @@ class EncodedRingMessage:
     """The domain message's type, for logs."""
 
 
+@dataclass
+class RingTraffic:
+    """Ring messages and their bytes (protobuf size) sent to the next shard and received from the previous
+    one, since start. Changed on the event loop only; a scrape reads the ints from another thread."""
+
+    sent_messages: int = 0
+    sent_bytes: int = 0
+    received_messages: int = 0
+    received_bytes: int = 0
+
+    def sent(self, size: int) -> None:
+        self.sent_messages += 1
+        self.sent_bytes += size
+
+    def received(self, size: int) -> None:
+        self.received_messages += 1
+        self.received_bytes += size
+
+
 def encode_ring_message(message: RingMessage) -> EncodedRingMessage:
     """Thread-safe; call it where the message is made, so the event loop does not."""
     encoded = ring_message_to_pb(message)
@@ -57,8 +76,10 @@ class RingLink:
         on_broken: Callable[[str], None],
         max_messages: int = MAX_QUEUED_MESSAGES,
         max_bytes: int = MAX_QUEUED_BYTES,
+        traffic: RingTraffic | None = None,
     ) -> None:
         self.address = address
+        self._traffic = traffic if traffic is not None else RingTraffic()
         self._on_refused = on_refused
         self._on_broken = on_broken
         self._max_messages = max_messages
@@ -123,6 +144,7 @@ class RingLink:
         async def outgoing() -> AsyncIterator[shard_pb2.RingMessage]:
             while (item := await outbox.get()) is not None:
                 self._taken(item[1])
+                self._traffic.sent(item[1])
                 yield item[0]
 
         try:

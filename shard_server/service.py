@@ -21,9 +21,10 @@ from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
 from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
+from shard_server.metrics import ShardMetricsSnapshot
 from shard_server.model_stage import StageRange
 from shard_server.ring_checks import check_ring_message
-from shard_server.ring_link import EncodedRingMessage, RingLink, encode_ring_message
+from shard_server.ring_link import EncodedRingMessage, RingLink, RingTraffic, encode_ring_message
 from shard_server.ring_messages import (
     CancelRequest,
     ClientEvent,
@@ -97,6 +98,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._admission_overrides = admission or AdmissionLimits()
         """Operator limits; a KV budget set here replaces the coordinator's."""
         self._admission = AdmissionGate(self._admission_overrides)
+        self.ring_traffic = RingTraffic()
+        """What crossed this shard's ring links (every link it opens or accepts counts here)."""
 
     def start(self) -> None:
         self._worker.start()
@@ -211,7 +214,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         if stage.is_first and stage.is_last:
             return  # a one-shard ring loops inside the worker
         if self._link is None:
-            self._link = RingLink(next_address, self._on_link_refused, self._on_link_broken)
+            self._link = RingLink(next_address, self._on_link_refused, self._on_link_broken, traffic=self.ring_traffic)
 
     async def Generate(
         self, request: shard_pb2.GenerateRequest, context: grpc.aio.ServicerContext[object, object]
@@ -257,6 +260,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         instance_at_open = self._instance_id
         try:
             async for message in request_iterator:
+                self.ring_traffic.received(message.ByteSize())
                 try:
                     item = ring_message_from_pb(message)
                     check_ring_message(item, self._hidden_size)
@@ -273,6 +277,18 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             if instance_at_open is not None and instance_at_open == self._instance_id:
                 logger.warning("the ring link from the previous shard of %s ended", instance_at_open)
                 self._worker.submit(LinkBroken(f"the link from the previous shard of {instance_at_open} dropped"))
+
+    def metrics_snapshot(self, wait_seconds: float = STATS_WAIT_SECONDS) -> ShardMetricsSnapshot:
+        """Blocks (the metrics server's thread, never the event loop) for the worker's fresh counters.
+
+        The admission gate and the ring counters belong to the event loop; reading their ints here is
+        safe (each read is atomic) and at worst a step behind."""
+        return ShardMetricsSnapshot(
+            shard_id=self._shard_id,
+            stage=self._worker.fresh_stats(wait_seconds),
+            admission=self._admission.stats(),
+            ring=replace(self.ring_traffic),
+        )
 
     async def GetStats(
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]

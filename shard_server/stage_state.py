@@ -42,6 +42,10 @@ class RequestState:
     driver: Driver | None = None
 
 
+BATCH_ROWS_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+"""Upper bounds of the rows-per-step histogram's buckets (`StageStats.batch_rows_buckets`; then +Inf)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class StageStats:
     """A snapshot of one shard's stage, as GetStats reports it; built by keyword, zero when idle."""
@@ -53,6 +57,8 @@ class StageStats:
     kv_cache_bytes: int = 0
     steps: int = 0
     batched_rows: int = 0
+    batch_rows_buckets: tuple[int, ...] = ()
+    """Steps per bucket of rows (not cumulative): one per bound of `BATCH_ROWS_BOUNDS`, then one above."""
     batch_invariant: bool = False
     native_attention: bool = False
     compute_seconds: float = 0.0
@@ -70,6 +76,9 @@ class StageStats:
     """First shard: replayed steps whose sampled token differed from the journal's."""
     hop_overheads: tuple[float, ...] = ()
     """First shard of a ring: per-hop overhead of recent steps, in seconds."""
+    hop_overhead_seconds: float = 0.0
+    """First shard of a ring: every per-hop overhead sample added up (`hop_overhead_samples` of them)."""
+    hop_overhead_samples: int = 0
 
     def hop_overhead_percentile(self, percent: float) -> float:
         """Nearest-rank percentile of the recent per-hop overheads; 0 when there are none."""

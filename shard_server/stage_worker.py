@@ -15,6 +15,7 @@ The counters' snapshot (`stats`) is taken only when asked for (`fresh_stats`), b
 work done after a batch goes out holds the interpreter lock that the event loop needs to send it.
 """
 
+import bisect
 import logging
 import queue
 import threading
@@ -56,6 +57,7 @@ from shard_server.ring_messages import (
 )
 from shard_server.sampler import RequestSampler, sample_rows
 from shard_server.stage_state import (
+    BATCH_ROWS_BOUNDS,
     LoadedStage,
     PlannedBatch,
     RequestState,
@@ -88,6 +90,8 @@ class StageWorker:
         self._loaded: LoadedStage | None = None
         self._steps = 0
         self._batched_rows = 0
+        self._batch_rows_counts = [0] * (len(BATCH_ROWS_BOUNDS) + 1)
+        """Steps per rows bucket (`StageStats.batch_rows_buckets`)."""
         self._stats_lock = threading.Lock()
         self._compute_seconds = 0.0
         self._first = FirstShardDriver(emit, lambda request_id: self._end_request(request_id, "released"))
@@ -157,7 +161,10 @@ class StageWorker:
         loaded = self._loaded
         if loaded is None:
             snapshot = StageStats(
-                steps=self._steps, batched_rows=self._batched_rows, compute_seconds=self._compute_seconds
+                steps=self._steps,
+                batched_rows=self._batched_rows,
+                batch_rows_buckets=tuple(self._batch_rows_counts),
+                compute_seconds=self._compute_seconds,
             )
         else:
             kv_bytes = sum(cache.nbytes for state in loaded.requests.values() for cache in state.cache)
@@ -169,6 +176,7 @@ class StageWorker:
                 kv_cache_bytes=kv_bytes,
                 steps=self._steps,
                 batched_rows=self._batched_rows,
+                batch_rows_buckets=tuple(self._batch_rows_counts),
                 batch_invariant=loaded.stage.batch_invariant,
                 native_attention=loaded.stage.native_attention is not None,
                 compute_seconds=self._compute_seconds,
@@ -180,6 +188,8 @@ class StageWorker:
                 replayed_tokens=self._first.replayed_tokens,
                 replay_divergences=self._first.replay_divergences,
                 hop_overheads=tuple(self._first.hop_overheads),
+                hop_overhead_seconds=self._first.hop_overhead_seconds,
+                hop_overhead_samples=self._first.hop_overhead_samples,
             )
         with self._stats_lock:
             self._stats = snapshot
@@ -367,6 +377,7 @@ class StageWorker:
         hidden = stage.run_layers(planned.inputs, requests)  # (1, rows, hidden)
         self._steps += 1
         self._batched_rows += row
+        self._batch_rows_counts[bisect.bisect_left(BATCH_ROWS_BOUNDS, row)] += 1
         if not stage.stage.is_last:
             encoded = encode(hidden)
             computed = planned.upstream_compute_seconds + time.perf_counter() - started

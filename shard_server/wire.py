@@ -229,7 +229,13 @@ def stats_to_pb(shard_id: ShardId, stats: StageStats, admission: AdmissionStats)
 
 
 def registration_to_pb(
-    *, shard_id: ShardId, node_id: str, address: str, available_memory_bytes: int, incarnation: str
+    *,
+    shard_id: ShardId,
+    node_id: str,
+    address: str,
+    available_memory_bytes: int,
+    incarnation: str,
+    metrics_address: str = "",
 ) -> coordinator_pb2.RegisterShardRequest:
     """This shard server, as it announces itself to the coordinator."""
     return coordinator_pb2.RegisterShardRequest(
@@ -239,6 +245,7 @@ def registration_to_pb(
         available_memory_bytes=available_memory_bytes,
         device="cpu",
         incarnation=incarnation,
+        metrics_address=metrics_address,
     )
 
 

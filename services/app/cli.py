@@ -20,6 +20,7 @@ from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
 from services.models.model_store import ModelStore, parse_model_id
 from services.platform.fast_blas import reexecute_with_fast_blas
 from services.platform.logging_setup import configure_logging
+from services.platform.metrics_server import DEFAULT_METRICS_PORT, METRICS_PORT_OFFSET
 from services.platform.security_options import (
     TlsFiles,
     add_join_arguments,
@@ -91,6 +92,17 @@ def _add_instances(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_port(parser: argparse.ArgumentParser, *, local_cluster: bool = False) -> None:
+    what = (
+        "first /metrics HTTP port of the coordinator and shards (coordinator P, shards P+1...; 0: free ports; "
+        f"default: each one's gRPC port + {METRICS_PORT_OFFSET}); the gateway serves /metrics on its own port"
+        if local_cluster
+        else f"/metrics HTTP port (0: a free one; default: the gRPC port + {METRICS_PORT_OFFSET}, or a free one "
+        "if that is taken)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, metavar="P", help=what)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -114,6 +126,7 @@ def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
     shard.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
     add_discovery_arguments(shard)
     shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
+    _add_metrics_port(shard)
     add_admission_arguments(shard)
 
 
@@ -133,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compute-dtype", default="auto", choices=["auto", *COMPUTE_DTYPES])
     _add_instances(run)
     _add_api_key_file(run)
+    _add_metrics_port(run, local_cluster=True)
 
     _add_gateway_arguments(commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway"))
 
@@ -153,6 +167,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="dtype models compute in (auto: float32 on CPU, the stored weights elsewhere)",
     )
     _add_replica_arguments(coordinator)
+    _add_metrics_port(coordinator)
 
     add_discovery_arguments(coordinator, peer_flag=False)  # its --peer lists replicas and static peers
 
@@ -244,6 +259,7 @@ def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None) -> int
         tls=tls,
         api_key_file=arguments.api_key_file,
         instances=arguments.instances,
+        metrics_port=arguments.metrics_port,
     )
     return run_local_cluster(options)
 
@@ -323,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             fresh_state=arguments.fresh_state,
             discovery=discovery_options(arguments),
             instances_per_model=arguments.instances,
+            metrics_port=arguments.metrics_port,
         )
         asyncio.run(serve_coordinator(options))
         return 0
@@ -357,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.memory_limit,
                 admission=admission_limits(arguments),
                 discovery=discovery_options(arguments),
+                metrics_port=arguments.metrics_port,
             )
         )
     raise AssertionError(f"unhandled command {command}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from services.kernel.ids import ModelId
+from services.platform.metrics_server import DEFAULT_METRICS_PORT
 from services.platform.security_options import TlsFiles
 from shard_server.blas_threads import SHARED_THREADS_VARIABLE
 
@@ -44,6 +45,16 @@ class LocalClusterOptions:
     api_key_file: Path | None = None
     instances: int = 1
     """Instances of the model (coordinator.planner): 1 pipelines it over every shard server."""
+    metrics_port: int = DEFAULT_METRICS_PORT
+    """First `/metrics` port: the coordinator's, then one per shard; 0: each picks a free one; default:
+    each child's gRPC port + 1000 (the gRPC ports are distinct, so these are too)."""
+
+
+def _metrics_port(options: LocalClusterOptions, index: int) -> str:
+    """The `--metrics-port` of child `index` (0: the coordinator, then the shards)."""
+    if options.metrics_port in (0, DEFAULT_METRICS_PORT):
+        return str(options.metrics_port)
+    return str(options.metrics_port + index)
 
 
 def _die_with_parent() -> None:
@@ -93,6 +104,8 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
                 options.compute_dtype,
                 "--instances",
                 str(options.instances),
+                "--metrics-port",
+                _metrics_port(options, 0),
                 # Every shard starts anew too: a state from an earlier run would point at dead shards.
                 "--fresh-state",
             ),
@@ -103,7 +116,18 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
         commands.append(
             (
                 f"shard {index + 1}",
-                _strata("shard", *home, "--host", options.host, "--port", str(port), "--coordinator", coordinator),
+                _strata(
+                    "shard",
+                    *home,
+                    "--host",
+                    options.host,
+                    "--port",
+                    str(port),
+                    "--coordinator",
+                    coordinator,
+                    "--metrics-port",
+                    _metrics_port(options, index + 1),
+                ),
             )
         )
     commands.append(

@@ -19,6 +19,8 @@ class RegisteredShard(Frozen):
     device: Literal["cpu", "gpu", "metal"]
     incarnation: str = ""
     """Random per shard process; "" when unknown (found by discovery rather than registered)."""
+    metrics_address: str = ""
+    """host:port of its Prometheus `/metrics` endpoint; "" when unknown (found by discovery)."""
 
 
 class WeightCost(Frozen):
