@@ -138,7 +138,7 @@ def _batch_rows(stage: StageStats) -> HistogramMetricFamily:
     counts = stage.batch_rows_buckets or (0,) * (len(BATCH_ROWS_BOUNDS) + 1)
     buckets: list[tuple[str, float]] = []
     cumulative = 0
-    for bound, count in zip([*map(str, BATCH_ROWS_BOUNDS), "+Inf"], counts, strict=True):
+    for bound, count in zip([*(str(float(bound)) for bound in BATCH_ROWS_BOUNDS), "+Inf"], counts, strict=True):
         cumulative += count
         buckets.append((bound, cumulative))
     return HistogramMetricFamily(
