@@ -30,7 +30,7 @@ from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_mod
 from services.models.model_spec import model_spec
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import GrpcServer
-from services.platform.metrics_server import DEFAULT_METRICS_PORT, MetricsServer, metrics_port_for
+from services.platform.metrics_server import DEFAULT_METRICS_PORT, serve_metrics_beside
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -115,11 +115,8 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
         instances_per_model=options.instances_per_model,
     )
     presence = CoordinatorPresence(options.discovery, node_id(options.home), replica_id, store)
-    metrics = MetricsServer(coordinator_registry(lambda: replica_snapshot(replica)))
-    metrics.start(
-        options.host,
-        metrics_port_for(options.metrics_port, server.port),
-        fallback_to_free_port=options.metrics_port == DEFAULT_METRICS_PORT,
+    metrics = serve_metrics_beside(
+        coordinator_registry(lambda: replica_snapshot(replica)), options.host, options.metrics_port, server.port
     )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService(replica, presence.discovery.refused, lambda: metrics.address), server.server

@@ -21,7 +21,7 @@ from services.kernel.settings import models_root, node_id
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from services.models.model_store import ModelStore
 from services.platform.grpc_server import GrpcServer, cluster_channel
-from services.platform.metrics_server import DEFAULT_METRICS_PORT, MetricsServer, metrics_port_for
+from services.platform.metrics_server import DEFAULT_METRICS_PORT, serve_metrics_beside
 from shard_server.admission import AdmissionLimits
 from shard_server.metrics import shard_registry
 from shard_server.presence import ShardPresence
@@ -113,11 +113,8 @@ async def serve_shard(options: ShardOptions) -> None:
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
     add_peer_service(server.server, presence.identity)
     add_model_file_service(server.server, store)
-    metrics = MetricsServer(shard_registry(service.metrics_snapshot))
-    metrics.start(
-        options.host,
-        metrics_port_for(options.metrics_port, server.port),
-        fallback_to_free_port=options.metrics_port == DEFAULT_METRICS_PORT,
+    metrics = serve_metrics_beside(
+        shard_registry(service.metrics_snapshot), options.host, options.metrics_port, server.port
     )
     service.start()
     await server.start()

@@ -39,6 +39,23 @@ def metrics_port_for(requested: int, grpc_port: int) -> int:
     return offset if grpc_port > 0 and offset <= HIGHEST_PORT else 0
 
 
+def serve_metrics_beside(
+    registry: CollectorRegistry, host: str, requested_port: int, grpc_port: int
+) -> "MetricsServer":
+    """Serves `registry` for the gRPC service on host:grpc_port, as `--metrics-port requested_port` says;
+    exits with a message when an explicitly requested port is taken."""
+    server = MetricsServer(registry)
+    try:
+        server.start(
+            host,
+            metrics_port_for(requested_port, grpc_port),
+            fallback_to_free_port=requested_port == DEFAULT_METRICS_PORT,
+        )
+    except OSError as error:
+        raise SystemExit(f"strata: {error} (see --metrics-port)") from error
+    return server
+
+
 class MetricsServer:
     """`GET /metrics` of `registry` on host:port, on a daemon thread; `address` once started."""
 

@@ -7,7 +7,13 @@ import pytest
 from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.platform.metrics_server import DEFAULT_METRICS_PORT, MetricsServer, metrics_port_for, new_registry
+from services.platform.metrics_server import (
+    DEFAULT_METRICS_PORT,
+    MetricsServer,
+    metrics_port_for,
+    new_registry,
+    serve_metrics_beside,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +55,12 @@ def test_a_taken_port_fails_or_falls_back() -> None:
             assert fallback.start("127.0.0.1", port, fallback_to_free_port=True) != f"127.0.0.1:{port}"
         finally:
             fallback.stop()
+
+
+def test_an_explicit_port_that_is_taken_stops_the_service_with_a_message() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        with pytest.raises(SystemExit, match="--metrics-port"):
+            serve_metrics_beside(new_registry(), "127.0.0.1", port, 52416)
