@@ -3,28 +3,68 @@
 services/app/service_units.py, which renders, writes and starts."""
 
 import argparse
+import getpass
 import os
+import pwd
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from services.app.service_units import (
     ROLES,
     EnvironmentSettings,
+    ServiceManager,
     ServiceOptions,
-    current_user,
-    host_manager,
     install,
-    lan_address,
     ordered_roles,
     plan_install,
     run_command,
-    running_manager,
     status,
-    strata_executable,
     uninstall,
 )
 from services.kernel.settings import SHARD_PORT, models_root
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
+
+
+def running_manager() -> ServiceManager | None:
+    """The service manager install may drive: systemd only where it is PID 1, launchd on macOS."""
+    if sys.platform == "darwin":
+        return "launchd"
+    if Path("/run/systemd/system").is_dir():
+        return "systemd"
+    return None
+
+
+def host_manager() -> ServiceManager:
+    return "launchd" if sys.platform == "darwin" else "systemd"
+
+
+def strata_executable() -> Path:
+    """The `strata` beside this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "strata"
+    if beside.exists():
+        return beside.absolute()
+    found = shutil.which("strata")
+    if found is None:
+        raise SystemExit("strata service: no `strata` executable beside the interpreter or on PATH")
+    return Path(found).absolute()
+
+
+def lan_address() -> str:
+    """The address of the interface with the default route (a UDP connect sends nothing), else 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed, never sent to
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def current_user() -> str:
+    return getpass.getuser()
 
 
 def _ports(text: str) -> tuple[int, ...]:
@@ -64,13 +104,25 @@ def add_service_arguments(service: argparse.ArgumentParser) -> None:
             )
 
 
+def service_account(environment: Mapping[str, str], effective_uid: int, *, user_scope: bool) -> str | None:
+    """Who system units installed with sudo run as: the user who ran sudo (never root by accident);
+    None where that does not apply (this user, then)."""
+    sudo_user = environment.get("SUDO_USER", "")
+    if not user_scope and effective_uid == 0 and sudo_user not in ("", "root"):
+        return sudo_user
+    return None
+
+
 def service_command(arguments: argparse.Namespace, home: Path) -> int:
     roles_given: list[str] = list(arguments.role)
     roles = ordered_roles(roles_given) if roles_given else ROLES
+    account = service_account(os.environ, os.geteuid(), user_scope=bool(arguments.user))
+    if account is not None and arguments.home is None and not os.environ.get("STRATA_HOME"):
+        home = Path(pwd.getpwnam(account).pw_dir) / ".strata"  # theirs, not root's
     options = ServiceOptions(
         strata_bin=strata_executable(),
         home=home,
-        user=current_user(),
+        user=account or current_user(),
         scope="user" if arguments.user else "system",
         manager=host_manager(),
         roles=roles,

@@ -15,13 +15,11 @@ read as flag defaults (services/app/environment_defaults.py, discovery/cli_optio
 paths only, and never the cluster token, which stays in `$STRATA_HOME/cluster.token`.
 """
 
-import getpass
 import hashlib
 import json
 import os
+import pwd
 import re
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -342,42 +340,20 @@ def run_command(command: Sequence[str]) -> tuple[int, str]:
     return completed.returncode, (completed.stdout + completed.stderr).strip()
 
 
-def running_manager() -> ServiceManager | None:
-    """The service manager install may drive: systemd only where it is PID 1, launchd on macOS."""
-    if sys.platform == "darwin":
-        return "launchd"
-    if Path("/run/systemd/system").is_dir():
-        return "systemd"
-    return None
+def _owner(user: str) -> tuple[int, int] | None:
+    """The service user's uid and gid when root installs for another user (sudo), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return None if account.pw_uid == 0 else (account.pw_uid, account.pw_gid)
 
 
-def host_manager() -> ServiceManager:
-    return "launchd" if sys.platform == "darwin" else "systemd"
-
-
-def strata_executable() -> Path:
-    """The `strata` beside this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).parent / "strata"
-    if beside.exists():
-        return beside.absolute()
-    found = shutil.which("strata")
-    if found is None:
-        raise SystemExit("strata service: no `strata` executable beside the interpreter or on PATH")
-    return Path(found).absolute()
-
-
-def lan_address() -> str:
-    """The address of the interface with the default route (a UDP connect sends nothing), else 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed, never sent to
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
-
-def current_user() -> str:
-    return getpass.getuser()
+def _give(path: Path, owner: tuple[int, int] | None) -> None:
+    if owner is not None:
+        os.chown(path, *owner)
 
 
 def _digest(text: str) -> str:
@@ -405,8 +381,11 @@ def install(
 ) -> int:
     """Writes the plan's files (environment files only where absent), then starts the services where the
     service manager runs, else prints how to start and follow each one."""
+    owner = _owner(options.user)
     if not dry_run:
         logs_root(options.home).mkdir(parents=True, exist_ok=True)  # launchd writes logs there
+        for folder in (options.home, logs_root(options.home)):
+            _give(folder, owner)
     manifest = {} if dry_run else _load_manifest(options.home)
     for file in plan.files:
         if file.keep_existing and file.path.exists():
@@ -421,6 +400,8 @@ def install(
         with os.fdopen(descriptor, "w") as handle:
             handle.write(file.text)
         os.chmod(temporary, file.mode)
+        if file.keep_existing:  # the environment file: its user reads it (launchd's /bin/sh runs as them)
+            _give(temporary, owner)
         os.replace(temporary, file.path)
         manifest[str(file.path)] = {"role": file.role, "sha256": _digest(file.text)}
         print(f"wrote {file.path}")

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from services.app import cli
 from services.app.environment_defaults import MODEL_VARIABLE, environment_list
+from services.app.service_command import service_account
 from services.app.service_units import (
     ROLES,
     EnvironmentSettings,
@@ -211,3 +212,19 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
 
     assert not any(file.path.exists() for file in plan.files)
     assert runner.commands == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "uid", "user_scope", "account"),
+    [
+        ({"SUDO_USER": "alice"}, 0, False, "alice"),  # sudo strata service install: alice's services
+        ({"SUDO_USER": "alice"}, 0, True, None),  # a user unit is this user's
+        ({"SUDO_USER": "root"}, 0, False, None),
+        ({}, 0, False, None),
+        ({"SUDO_USER": "alice"}, 1000, False, None),
+    ],
+)
+def test_system_units_installed_with_sudo_run_as_the_user_who_ran_it(
+    environment: dict[str, str], uid: int, user_scope: bool, account: str | None
+) -> None:
+    assert service_account(environment, uid, user_scope=user_scope) == account

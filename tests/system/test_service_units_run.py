@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.app.service_command import running_manager
 from services.app.service_units import (
     ROLES,
     EnvironmentSettings,
     Role,
     ServiceOptions,
     plan_install,
-    running_manager,
 )
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.platform.auth import write_cluster_token
