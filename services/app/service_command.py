@@ -137,8 +137,12 @@ def service_command(arguments: argparse.Namespace, home: Path) -> int:
         )
     plan = plan_install(options, settings, Path.home(), user_id=os.getuid())
     manager = running_manager()
-    if arguments.service_command == "install":
-        return install(plan, options, dry_run=arguments.dry_run, runner=run_command, manager=manager)
-    if arguments.service_command == "uninstall":
-        return uninstall(plan, options, dry_run=arguments.dry_run, runner=run_command, manager=manager)
+    try:
+        if arguments.service_command == "install":
+            return install(plan, options, dry_run=arguments.dry_run, runner=run_command, manager=manager)
+        if arguments.service_command == "uninstall":
+            return uninstall(plan, options, dry_run=arguments.dry_run, runner=run_command, manager=manager)
+    except PermissionError as error:
+        print(f"strata service: {error}; system units need root (sudo), or use --user", file=sys.stderr)
+        return 1
     return status(plan, options, runner=run_command, manager=manager)
