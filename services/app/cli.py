@@ -7,11 +7,9 @@ from pathlib import Path
 
 from discovery.cli_options import add_discovery_arguments, discovery_options
 from services.app.environment_defaults import (
-    COORDINATOR_VARIABLE,
-    HOST_VARIABLE,
     MODEL_VARIABLE,
-    PORT_VARIABLE,
-    environment_default,
+    add_coordinator_address,
+    add_service_address,
     environment_list,
 )
 from services.app.service_command import add_service_arguments, service_command
@@ -107,30 +105,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_service_address(service: argparse.ArgumentParser, port: int, *, port_from_environment: bool = True) -> None:
-    """--host and --port of a service (defaults: $STRATA_HOST, $STRATA_PORT; see environment_defaults.py)."""
-    service.add_argument(
-        "--host",
-        default=environment_default(HOST_VARIABLE, "127.0.0.1"),
-        help=f"default: ${HOST_VARIABLE} or 127.0.0.1",
-    )
-    default_port = environment_default(PORT_VARIABLE, str(port)) if port_from_environment else str(port)
-    source = f"${PORT_VARIABLE} or " if port_from_environment else ""
-    service.add_argument("--port", type=int, default=default_port, help=f"default: {source}{port}")
-
-
-def _add_coordinator_address(service: argparse.ArgumentParser) -> None:
-    service.add_argument(
-        "--coordinator",
-        default=environment_default(COORDINATOR_VARIABLE, "") or None,
-        help=f"coordinator host:port (default: ${COORDINATOR_VARIABLE}, or found by discovery)",
-    )
-
-
 def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
     _add_home(gateway)
-    _add_service_address(gateway, GATEWAY_PORT)
-    _add_coordinator_address(gateway)
+    add_service_address(gateway, GATEWAY_PORT)
+    add_coordinator_address(gateway)
     _add_api_key_file(gateway)
     add_discovery_arguments(gateway)
 
@@ -138,8 +116,8 @@ def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
 def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
     _add_home(shard)
     # A shard unit names its port on its command line (the instance), so $STRATA_PORT is not read here.
-    _add_service_address(shard, SHARD_PORT, port_from_environment=False)
-    _add_coordinator_address(shard)
+    add_service_address(shard, SHARD_PORT, port_from_environment=False)
+    add_coordinator_address(shard)
     add_discovery_arguments(shard)
     shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
     add_admission_arguments(shard)
@@ -166,7 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator replica")
     _add_home(coordinator)
-    _add_service_address(coordinator, COORDINATOR_PORT)
+    add_service_address(coordinator, COORDINATOR_PORT)
     coordinator.add_argument(
         "--model",
         action="append",

@@ -7,6 +7,7 @@ discovery/cli_options.py, the TLS ones in services/platform/security_options.py,
 services/kernel/settings.py.
 """
 
+import argparse
 import os
 
 HOST_VARIABLE = "STRATA_HOST"
@@ -27,3 +28,23 @@ def environment_default(variable: str, default: str) -> str:
 def environment_list(variable: str) -> list[str]:
     """The comma- or space-separated items of the variable (none when unset)."""
     return os.environ.get(variable, "").replace(",", " ").split()
+
+
+def add_service_address(service: argparse.ArgumentParser, port: int, *, port_from_environment: bool = True) -> None:
+    """--host and --port of a service (defaults: $STRATA_HOST, $STRATA_PORT; see environment_defaults.py)."""
+    service.add_argument(
+        "--host",
+        default=environment_default(HOST_VARIABLE, "127.0.0.1"),
+        help=f"default: ${HOST_VARIABLE} or 127.0.0.1",
+    )
+    default_port = environment_default(PORT_VARIABLE, str(port)) if port_from_environment else str(port)
+    source = f"${PORT_VARIABLE} or " if port_from_environment else ""
+    service.add_argument("--port", type=int, default=default_port, help=f"default: {source}{port}")
+
+
+def add_coordinator_address(service: argparse.ArgumentParser) -> None:
+    service.add_argument(
+        "--coordinator",
+        default=environment_default(COORDINATOR_VARIABLE, "") or None,
+        help=f"coordinator host:port (default: ${COORDINATOR_VARIABLE}, or found by discovery)",
+    )
