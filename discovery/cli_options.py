@@ -1,4 +1,8 @@
-"""The discovery flags every service command takes, and the `DiscoveryOptions` they give."""
+"""The discovery flags every service command takes, and the `DiscoveryOptions` they give.
+
+Each flag falls back on an environment variable (how a service unit's environment file sets it); a flag
+on the command line wins.
+"""
 
 import argparse
 import os
@@ -7,6 +11,10 @@ from discovery.peer import DEFAULT_CLUSTER, split_address
 from discovery.peer_source import DiscoveryOptions
 
 CLUSTER_ENVIRONMENT_VARIABLE = "STRATA_CLUSTER"
+INTERFACE_ENVIRONMENT_VARIABLE = "STRATA_INTERFACE"
+"""--interface: addresses, comma- or space-separated."""
+NO_MDNS_ENVIRONMENT_VARIABLE = "STRATA_NO_MDNS"
+"""--no-mdns when 1, true or yes."""
 
 
 def _address(text: str) -> str:
@@ -31,9 +39,15 @@ def add_discovery_arguments(parser: argparse.ArgumentParser, *, peer_flag: bool 
         action="append",
         default=[],
         metavar="ADDR",
-        help="address of an interface mDNS may use (repeatable; default: every interface)",
+        help=f"address of an interface mDNS may use (repeatable; default: ${INTERFACE_ENVIRONMENT_VARIABLE}, "
+        "comma-separated, or every interface)",
     )
-    group.add_argument("--no-mdns", action="store_true", help="no multicast: use --peer addresses only")
+    group.add_argument(
+        "--no-mdns",
+        action="store_true",
+        default=os.environ.get(NO_MDNS_ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes"),
+        help=f"no multicast: use --peer addresses only (also ${NO_MDNS_ENVIRONMENT_VARIABLE}=1)",
+    )
     if peer_flag:
         group.add_argument(
             "--peer",
@@ -47,7 +61,9 @@ def add_discovery_arguments(parser: argparse.ArgumentParser, *, peer_flag: bool 
 
 def discovery_options(arguments: argparse.Namespace) -> DiscoveryOptions:
     peers: list[str] = list(arguments.peer)
-    interfaces: list[str] = list(arguments.interface)
+    interfaces: list[str] = (
+        list(arguments.interface) or os.environ.get(INTERFACE_ENVIRONMENT_VARIABLE, "").replace(",", " ").split()
+    )
     return DiscoveryOptions(
         cluster=str(arguments.cluster),
         interfaces=tuple(interfaces),

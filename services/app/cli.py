@@ -6,6 +6,13 @@ import sys
 from pathlib import Path
 
 from discovery.cli_options import add_discovery_arguments, discovery_options
+from services.app.environment_defaults import (
+    MODEL_VARIABLE,
+    add_coordinator_address,
+    add_service_address,
+    environment_list,
+)
+from services.app.service_command import add_service_arguments, service_command
 from services.kernel.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype
 from services.kernel.ids import ModelId
 from services.kernel.settings import (
@@ -112,18 +119,17 @@ def _positive_int(text: str) -> int:
 
 def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
     _add_home(gateway)
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=GATEWAY_PORT)
-    gateway.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    add_service_address(gateway, GATEWAY_PORT)
+    add_coordinator_address(gateway)
     _add_api_key_file(gateway)
     add_discovery_arguments(gateway)
 
 
 def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
     _add_home(shard)
-    shard.add_argument("--host", default="127.0.0.1")
-    shard.add_argument("--port", type=int, default=SHARD_PORT)
-    shard.add_argument("--coordinator", help="coordinator host:port (default: found by discovery)")
+    # A shard unit names its port on its command line (the instance), so $STRATA_PORT is not read here.
+    add_service_address(shard, SHARD_PORT, port_from_environment=False)
+    add_coordinator_address(shard)
     add_discovery_arguments(shard)
     shard.add_argument("--memory-limit", type=int, help="bytes this shard may use (default: 85%% of available)")
     _add_metrics_port(shard)
@@ -152,9 +158,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     coordinator = commands.add_parser("coordinator", help="run a coordinator replica")
     _add_home(coordinator)
-    coordinator.add_argument("--host", default="127.0.0.1")
-    coordinator.add_argument("--port", type=int, default=COORDINATOR_PORT)
-    coordinator.add_argument("--model", action="append", default=[], help="model id to serve (repeatable)")
+    add_service_address(coordinator, COORDINATOR_PORT)
+    coordinator.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help=f"model id to serve (repeatable; default: ${MODEL_VARIABLE}, comma-separated)",
+    )
     coordinator.add_argument(
         "--min-shards", type=int, default=1, help="shard servers to wait for before placing (default: %(default)s)"
     )
@@ -194,6 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
 
     _add_models_commands(commands.add_parser("models", help="list or import models in the store"))
+    add_service_arguments(commands.add_parser("service", help="run this host's services under systemd or launchd"))
     return parser
 
 
@@ -275,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return _models(arguments, home)
     if command == "join":
         return join(arguments, home)
+    if command == "service":
+        return service_command(arguments, home)
     # Serving commands create the cluster token on the first host; clients only read it.
     tls = configure_security(arguments, home, serves=command in ("run", "bench", "coordinator", "shard"))
     if command == "run":
@@ -319,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "coordinator":
         from coordinator.main import CoordinatorOptions, serve_coordinator
 
-        models = tuple(ModelId(parse_model_id(model)) for model in arguments.model)
+        given_models: list[str] = list(arguments.model) or environment_list(MODEL_VARIABLE)
+        models = tuple(ModelId(parse_model_id(model)) for model in given_models)
         compute_dtype = (
             default_compute_dtype()
             if arguments.compute_dtype == "auto"
