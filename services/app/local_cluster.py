@@ -249,7 +249,7 @@ def _supervise(child: _Supervised, command: list[str], options: LocalClusterOpti
         child.restart_at = now + decision.delay_seconds
         print(
             f"strata: {child.name} exited with status {status}; restarting in {decision.delay_seconds:g} s"
-            f" (restart {decision.consecutive_exits} in a row)",
+            f" (restart {decision.consecutive_exits})",
             file=sys.stderr,
             flush=True,
         )
