@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -154,15 +155,10 @@ def _refused_table(state: coordinator_pb2.ClusterState) -> Table:
 
 def status_view(state: coordinator_pb2.ClusterState) -> Group:
     """Every section of `strata status` for `state`, in reading order."""
-    sections: list[RenderableType] = [
-        _summary(state),
-        _hosts_table(state),
-        _shards_table(state),
-        _instances_table(state),
-        _replicas_table(state),
-    ]
+    tables = [_hosts_table(state), _shards_table(state), _instances_table(state), _replicas_table(state)]
     if state.refused_peers:
-        sections.append(_refused_table(state))
+        tables.append(_refused_table(state))
+    sections: list[RenderableType] = [_summary(state), *(Padding(table, (1, 0, 0, 0)) for table in tables)]
     return Group(*sections)
 
 

@@ -42,6 +42,8 @@ class LogSettings(BaseModel):
     format: LogFormat = "text"
     file: Path | None = None
     """None: stderr."""
+    file_max_bytes: int = LOG_FILE_MAX_BYTES
+    file_backups: int = LOG_FILE_BACKUPS
 
 
 def under_service_manager() -> str | None:
@@ -101,7 +103,7 @@ def _handler(settings: LogSettings) -> tuple[logging.Handler, str | None]:
         return logging.StreamHandler(sys.stderr), f"{manager} keeps this service's log; --log-file is ignored"
     settings.file.parent.mkdir(parents=True, exist_ok=True)
     handler = RotatingFileHandler(
-        settings.file, maxBytes=LOG_FILE_MAX_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+        settings.file, maxBytes=settings.file_max_bytes, backupCount=settings.file_backups, encoding="utf-8"
     )
     return handler, None
 
