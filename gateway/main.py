@@ -19,6 +19,7 @@ from gateway.generation_request import ModelNotFoundError
 from gateway.metrics import GatewayMetrics, HttpMetrics
 from gateway.pipeline_client import PipelineClient
 from gateway.presence import GatewayPresence
+from gateway.request_ids import RequestIds
 from gateway.tokenization import ModelTokenizer
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, node_id
@@ -74,7 +75,8 @@ async def serve_gateway(options: GatewayOptions) -> None:
     if api_keys:
         app = ApiKeyGuard(app, api_keys)
         logger.info("gateway requires one of %d API keys on /v1/*", len(api_keys))
-    app = HttpMetrics(app, metrics)  # outermost: refusals are counted too, and /metrics needs no key
+    app = HttpMetrics(app, metrics)  # refusals are counted too, and /metrics needs no key
+    app = RequestIds(app)  # outermost: every response has its X-Request-Id, every line of it logs it
     server = uvicorn.Server(
         uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", lifespan="off")
     )

@@ -21,6 +21,7 @@ from gateway.token_source import (
 from gateway.wire import generate_request_to_pb, token_event_from_pb
 from services.kernel.ids import RequestId
 from services.platform.grpc_server import cluster_channel
+from services.platform.request_context import request_id_metadata
 from services.wire.generate_call import DEFAULT_RETRY_AFTER_SECONDS, RETRY_AFTER_METADATA
 from strata_wire import shard_pb2, shard_pb2_grpc
 
@@ -70,7 +71,8 @@ class PipelineClient:
         """Runs `request` on `instance` as call `call_id`; after `replay_tokens` (already generated),
         yields only the tokens that follow them. Closing the iterator cancels the call."""
         call = self._stub(instance.first_shard_address).Generate(
-            generate_request_to_pb(request, call_id, instance.instance_id, replay_tokens)
+            generate_request_to_pb(request, call_id, instance.instance_id, replay_tokens),
+            metadata=request_id_metadata(),  # the HTTP request's id, for the shard's log lines
         )
         try:
             while True:

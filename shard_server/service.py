@@ -19,6 +19,7 @@ from services.models.kv_footprint import kv_bytes_per_token_per_layer
 from services.models.model_config import ModelConfig
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
+from services.platform.request_context import bind_request_id, request_id_from_metadata
 from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
 from shard_server.metrics import ShardMetricsSnapshot
@@ -221,6 +222,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     ) -> AsyncIterator[shard_pb2.GenerateReply]:
         start = start_request_from_pb(request, self._vocab_size)
         request_id = start.request_id
+        # This call's task is its own: the gateway's request id (else the call's) stays on its log lines.
+        bind_request_id(request_id_from_metadata(context.invocation_metadata()) or request_id)
         if self._instance_id != request.instance_id:
             raise FailedPreconditionError(
                 f"this shard serves instance {self._instance_id}, not {request.instance_id!r}"
@@ -236,13 +239,28 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         try:
             # Waits for KV room (bounded); a refusal is RESOURCE_EXHAUSTED with a retry hint.
             ticket = await self._admission.admit(request_id, len(start.prompt_tokens) + start.max_tokens)
+            logger.info(
+                "request %s: %d prompt tokens, at most %d new, %d replayed",
+                request_id,
+                len(start.prompt_tokens),
+                start.max_tokens,
+                len(start.replay_tokens),
+            )
             self._worker.submit(start)
             while not finished:
                 event = await events.get()
                 if isinstance(event, RequestFailed):
                     finished = True
+                    logger.info("request %s failed: %s", request_id, event.message)
                     raise UnavailableError(event.message)
-                finished = isinstance(event, RequestFinished)
+                if isinstance(event, RequestFinished):
+                    finished = True
+                    logger.info(
+                        "request %s finished (%s): %d tokens generated",
+                        request_id,
+                        event.reason,
+                        event.generated_tokens,
+                    )
                 yield client_event_to_pb(event)
         finally:
             del self._clients[request_id]

@@ -12,7 +12,9 @@ from services.app.environment_defaults import (
     add_service_address,
     environment_list,
 )
+from services.app.logging_options import LoggingOptionsError, StrataArgumentParser, logging_settings
 from services.app.service_command import add_service_arguments, service_command
+from services.app.status_command import add_status_arguments, status_command
 from services.kernel.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype
 from services.kernel.ids import ModelId
 from services.kernel.settings import (
@@ -26,7 +28,7 @@ from services.kernel.settings import (
 from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
 from services.models.model_store import ModelStore, parse_model_id
 from services.platform.fast_blas import reexecute_with_fast_blas
-from services.platform.logging_setup import configure_logging
+from services.platform.logging_setup import LogSettings, configure_logging
 from services.platform.metrics_server import DEFAULT_METRICS_PORT, METRICS_PORT_OFFSET
 from services.platform.security_options import (
     TlsFiles,
@@ -137,7 +139,7 @@ def _add_shard_arguments(shard: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="strata", description="One language model split across your machines.")
+    parser = StrataArgumentParser(prog="strata", description="One language model split across your machines.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="serve a model on a local cluster (coordinator, shards, gateway)")
@@ -181,9 +183,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_discovery_arguments(coordinator, peer_flag=False)  # its --peer lists replicas and static peers
 
-    status = commands.add_parser("status", help="show leader, replicas, nodes and model instances")
+    status = commands.add_parser("status", help="show hosts, services, model instances, leader and replicas")
     _add_home(status)
     status.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any replica's host:port")
+    add_status_arguments(status)
     _add_cluster_commands(commands.add_parser("cluster", help="change the coordinator replicas' membership"))
     _add_drain_command(commands.add_parser("drain", help="move a node's model instances away before stopping it"))
 
@@ -245,7 +248,7 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None) -> int:
+def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None, log_settings: LogSettings) -> int:
     from services.app.local_cluster import LocalClusterOptions, run_local_cluster
     from services.models.model_import import import_gguf
 
@@ -271,6 +274,7 @@ def _run(arguments: argparse.Namespace, home: Path, tls: TlsFiles | None) -> int
         api_key_file=arguments.api_key_file,
         instances=arguments.instances,
         metrics_port=arguments.metrics_port,
+        log_settings=log_settings,
     )
     return run_local_cluster(options)
 
@@ -281,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     arguments = _build_parser().parse_args(argv)
     home = strata_home(arguments.home)
     command = str(arguments.command)
-    configure_logging(command)
+    try:
+        log_settings = logging_settings(arguments)
+    except LoggingOptionsError as error:
+        print(f"strata: {error}", file=sys.stderr)
+        return 2
+    configure_logging(command, log_settings)
     if command == "models":
         return _models(arguments, home)
     if command == "join":
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     # Serving commands create the cluster token on the first host; clients only read it.
     tls = configure_security(arguments, home, serves=command in ("run", "bench", "coordinator", "shard"))
     if command == "run":
-        return _run(arguments, home, tls)
+        return _run(arguments, home, tls, log_settings)
     if command == "bench":
         from services.app.benchmark.run_benchmark import BenchOptions, run_benchmark
         from services.models.model_import import import_gguf
@@ -366,16 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return remove_replica(arguments.coordinator, arguments.replica_id)
     if command == "status":
-        import grpc
-
-        from services.app.operator_commands import fetch_status, render_status
-
-        try:
-            print(render_status(fetch_status(arguments.coordinator)))
-        except grpc.RpcError as error:
-            print(f"strata status: coordinator {arguments.coordinator} unreachable: {error}", file=sys.stderr)
-            return 1
-        return 0
+        return status_command(arguments)
     if command == "shard":
         from shard_server.main import ShardOptions, run_shard
 

@@ -1,10 +1,10 @@
 """Flag defaults a service command takes from its environment: how a service unit's environment file
 (`strata service install`, services/app/service_units.py) sets what the unit's command line leaves out.
 
-Only `strata coordinator`, `strata shard` and `strata gateway` read these; a flag given on the command line
-always wins. The discovery variables (STRATA_CLUSTER, STRATA_INTERFACE, STRATA_NO_MDNS) are read in
-discovery/cli_options.py, the TLS ones in services/platform/security_options.py, STRATA_HOME in
-services/kernel/settings.py.
+Only `strata coordinator`, `strata shard` and `strata gateway` read these, except the logging variables,
+which every command reads (services/app/logging_options.py); a flag given on the command line always wins.
+The discovery variables (STRATA_CLUSTER, STRATA_INTERFACE, STRATA_NO_MDNS) are read in discovery/cli_options.py,
+the TLS ones in services/platform/security_options.py, STRATA_HOME in services/kernel/settings.py.
 """
 
 import argparse
@@ -48,3 +48,11 @@ def add_coordinator_address(service: argparse.ArgumentParser) -> None:
         default=environment_default(COORDINATOR_VARIABLE, "") or None,
         help=f"coordinator host:port (default: ${COORDINATOR_VARIABLE}, or found by discovery)",
     )
+
+
+LOG_LEVEL_VARIABLE = "STRATA_LOG_LEVEL"
+"""--log-level of every command (DEBUG, INFO or WARNING; -v and -q on the command line win)."""
+LOG_FORMAT_VARIABLE = "STRATA_LOG_FORMAT"
+"""--log-format of every command: text or json."""
+LOG_FILE_VARIABLE = "STRATA_LOG_FILE"
+"""--log-file of every command (ignored under journald and launchd, which keep the log themselves)."""

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from services.app.logging_options import child_logging_arguments
 from services.app.supervision import restart_delay
 from services.kernel.ids import ModelId
+from services.platform.logging_setup import LogSettings
 from services.platform.metrics_server import DEFAULT_METRICS_PORT
 from services.platform.security_options import TlsFiles
 from shard_server.blas_threads import SHARED_THREADS_VARIABLE
@@ -50,6 +52,8 @@ class LocalClusterOptions:
     metrics_port: int = DEFAULT_METRICS_PORT
     """First `/metrics` port: the coordinator's, then one per shard; 0: each picks a free one; default:
     each child's gRPC port + 1000 (the gRPC ports are distinct, so these are too)."""
+    log_settings: LogSettings | None = None
+    """The logging every child inherits (a log file: one of its own beside it); None: each one's default."""
 
 
 def _metrics_port(options: LocalClusterOptions, index: int) -> str:
@@ -150,6 +154,9 @@ def _commands(options: LocalClusterOptions, *, first_start: bool = True) -> list
             ),
         )
     )
+    if options.log_settings is not None:
+        settings = options.log_settings
+        commands = [(name, [*command, *child_logging_arguments(settings, name)]) for name, command in commands]
     return commands
 
 

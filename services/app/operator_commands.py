@@ -1,6 +1,7 @@
 """Operator commands over gRPC: `strata status`, `strata drain NODE`, `strata cluster remove-replica ID`.
 
-`render_status` is pure formatting over the GetState reply, so it is tested without a cluster.
+What `strata status` shows is services/app/status_view.py (pure, over the GetState reply) and how it is
+printed services/app/status_command.py; this module fetches the state.
 """
 
 import sys
@@ -12,64 +13,6 @@ from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 5.0
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-
-
-def render_status(state: coordinator_pb2.ClusterState) -> str:
-    lines = [
-        f"leader: {state.leader or '(none)'}   term: {state.term}   applied index: {state.last_index}",
-        "",
-        "replicas",
-        *_table(
-            ("REPLICA", "ROLE", "TERM", "LOG INDEX", "COMMIT"),
-            [
-                (r.replica_id, r.role, str(r.term), str(r.log_index), str(r.commit_index) if r.commit_index else "")
-                for r in state.replicas
-            ],
-        ),
-        "",
-        "nodes and shard servers",
-        *_table(
-            ("NODE", "SHARD", "ADDRESS", "MEMORY GiB", "DEVICE"),
-            [
-                (s.node_id, s.shard_id, s.address, f"{s.available_memory_bytes / 2**30:.2f}", s.device)
-                for s in sorted(state.shards, key=lambda shard: (shard.node_id, shard.shard_id))
-            ],
-        ),
-        "",
-        "model instances",
-        *_table(
-            ("INSTANCE", "MODEL", "STATUS", "LAYERS (shard [start, end))"),
-            [
-                (
-                    instance.instance_id,
-                    instance.model_id,
-                    instance.status + (f": {instance.message}" if instance.message else ""),
-                    "  ".join(
-                        f"{stage.shard_id} [{stage.start_layer}, {stage.end_layer})" for stage in instance.stages
-                    ),
-                )
-                for instance in state.instances
-            ],
-        ),
-    ]
-    if state.refused_peers:
-        lines += [
-            "",
-            "refused peers (never joined)",
-            *_table(
-                ("ADDRESS", "NODE", "REASON"),
-                [(peer.address, peer.node_id, peer.reason) for peer in state.refused_peers],
-            ),
-        ]
-    return "\n".join(lines)
 
 
 def fetch_status(address: str) -> coordinator_pb2.ClusterState:
