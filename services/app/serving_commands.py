@@ -10,6 +10,7 @@ import sys
 import grpc
 
 from services.platform.grpc_server import cluster_sync_channel
+from services.wire.serving_preview import preview_document
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 60.0
@@ -17,26 +18,6 @@ CALL_TIMEOUT_SECONDS = 60.0
 EXIT_REFUSED = 1
 EXIT_DOES_NOT_FIT = 3
 EXIT_UNREACHABLE = 4
-
-
-def preview_document(preview: coordinator_pb2.ServingPreview) -> dict[str, object]:
-    """The preview as the gateway's HTTP routes and `--json` give it."""
-    return {
-        "model_id": preview.model_id,
-        "fits": preview.fits,
-        "stages": [
-            {
-                "node_id": stage.node_id,
-                "shard_id": stage.shard_id,
-                "start_layer": stage.start_layer,
-                "end_layer": stage.end_layer,
-                "memory_bytes": stage.memory_bytes,
-            }
-            for stage in preview.stages
-        ],
-        "missing_bytes": preview.missing_bytes,
-        "reason": preview.reason or None,
-    }
 
 
 def render_preview(preview: coordinator_pb2.ServingPreview) -> str:
