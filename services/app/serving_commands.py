@@ -23,7 +23,7 @@ EXIT_UNREACHABLE = 4
 def render_preview(preview: coordinator_pb2.ServingPreview) -> str:
     if not preview.fits:
         return f"{preview.model_id} does not fit: {preview.missing_bytes} bytes missing\n{preview.reason}"
-    lines = [f"{preview.model_id} fits:", "NODE  SHARD  LAYERS  MEMORY MiB"]
+    header = ("NODE", "SHARD", "LAYERS", "MEMORY MiB")
     rows = [
         (
             stage.node_id,
@@ -33,14 +33,12 @@ def render_preview(preview: coordinator_pb2.ServingPreview) -> str:
         )
         for stage in preview.stages
     ]
-    widths = [
-        max(len(row[column]) for row in [("NODE", "SHARD", "LAYERS", "MEMORY MiB"), *rows]) for column in range(4)
-    ]
-    lines[1:] = [
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    table = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [("NODE", "SHARD", "LAYERS", "MEMORY MiB"), *rows]
+        for row in [header, *rows]
     ]
-    return "\n".join(lines)
+    return "\n".join([f"{preview.model_id} fits:", *table])
 
 
 def _failed(command: str, coordinator: str, error: grpc.RpcError) -> int:
