@@ -113,6 +113,11 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
         options.compute_dtype,
         voter_target=options.expect,
         instances_per_model=options.instances_per_model,
+        read_model_spec=lambda model_id: (
+            model_spec(model_id, store.model_dir(model_id), options.compute_dtype)
+            if store.has_model(model_id)
+            else None
+        ),
     )
     presence = CoordinatorPresence(options.discovery, node_id(options.home), replica_id, store)
     metrics = serve_metrics_beside(

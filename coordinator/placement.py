@@ -40,7 +40,8 @@ def stage_weight_bytes(model: ModelSpec, start: int, end: int) -> int:
     return total
 
 
-def _stage_bytes(model: ModelSpec, start: int, end: int) -> int:
+def stage_bytes(model: ModelSpec, start: int, end: int) -> int:
+    """What a stage reserves on its shard server: its weights and KV room for its layers."""
     return stage_weight_bytes(model, start, end) + model.kv_bytes_per_layer * (end - start)
 
 
@@ -73,7 +74,7 @@ def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | Pl
         for start, (slowest, splits) in best[index].items():
             remaining_shards = count - index - 1
             for end in range(start + 1, layers - remaining_shards + 1):
-                if _stage_bytes(model, start, end) > shard.available_memory_bytes:
+                if stage_bytes(model, start, end) > shard.available_memory_bytes:
                     continue
                 candidate = (max(slowest, stage_work(model, start, end)), (*splits, end))
                 known = best[index + 1].get(end)
@@ -93,7 +94,7 @@ def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | Pl
 
 
 def _why_it_does_not_fit(model: ModelSpec, shards: Sequence[RegisteredShard]) -> str:
-    needed = _stage_bytes(model, 0, model.num_layers)
+    needed = stage_bytes(model, 0, model.num_layers)
     offered = sum(shard.available_memory_bytes for shard in shards)
     largest_layer = max((layer.bytes for layer in model.layers), default=0)
     details = ", ".join(f"{shard.shard_id} has {shard.available_memory_bytes} bytes" for shard in shards)

@@ -41,6 +41,8 @@ Action = PlaceInstance | RemoveInstance | CannotPlace
 
 def plan(state: ClusterState, minimum_shards: int, instances_per_model: int = 1) -> Action | None:
     for instance in state.instances.values():
+        if instance.model_id not in state.models:
+            return RemoveInstance(instance.instance_id, f"model {instance.model_id} is no longer served")
         if instance.status == "failed":
             return RemoveInstance(instance.instance_id)
         if instance.status == "loading" and instance.placed_term < state.term:
@@ -67,9 +69,14 @@ def plan(state: ClusterState, minimum_shards: int, instances_per_model: int = 1)
     refusal: CannotPlace | None = None
     for model_id, model in sorted(state.models.items()):
         have = served[model_id]
-        if have >= instances_per_model or (model_id not in state.placed_models and not enough_for_first_placement):
+        wanted = state.served_instances.get(model_id, instances_per_model)
+        if have >= wanted or (model_id not in state.placed_models and not enough_for_first_placement):
             continue
-        result = _place_share(model, shards if have == 0 else free, instances_per_model - have)
+        # A shard server holds one stage at a time: a model's first copy may not take the shard
+        # servers of another model's instance (only its own, which are gone by now).
+        others = {stage.shard_id for other in staying if other.model_id != model_id for stage in other.stages}
+        candidates = [shard for shard in shards if shard.shard_id not in others] if have == 0 else free
+        result = _place_share(model, candidates, wanted - have)
         if isinstance(result, PlacementRefusal):
             if have == 0:
                 # One model that does not fit must not keep the others from being placed.
@@ -106,9 +113,11 @@ def _rebalance(state: ClusterState, staying: list[ModelInstance], shards: list[R
         if instance.status != "ready" or sum(1 for other in staying if other.model_id == instance.model_id) > 1:
             continue
         model = state.models.get(instance.model_id)
-        if model is None:
+        if model is None or state.served_instances.get(instance.model_id, 1) > 1:
             continue
-        result = place(model, shards)
+        # Only over shard servers no other model's instance holds (one stage per shard server).
+        others = {stage.shard_id for other in staying if other.model_id != instance.model_id for stage in other.stages}
+        result = place(model, [shard for shard in shards if shard.shard_id not in others])
         if (
             isinstance(result, Placement)
             and len(result.stages) > len(instance.stages)

@@ -7,6 +7,7 @@ lease is live, plans and instructs shards, with its term so shards refuse a depo
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -16,6 +17,7 @@ from coordinator.placement import Placement, PlacementRefusal, place
 from coordinator.planner import CannotPlace, PlaceInstance, RemoveInstance, plan
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import caught_up_learner
+from coordinator.serving_preview import ServingPreview, preview_serving
 from coordinator.shard_leases import DEFAULT_SHARD_LEASE_SECONDS, ShardLeases
 from coordinator.wire import assign_request_to_pb
 from services.cluster.events import (
@@ -25,6 +27,8 @@ from services.cluster.events import (
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    ModelServed,
+    ModelUnserved,
     NodeDrainRequested,
     ShardLeaseExpired,
     ShardRegistered,
@@ -34,7 +38,7 @@ from services.cluster.events import (
 from services.cluster.state import ClusterState, ModelInstance, ModelSpec, RegisteredShard, StageAssignment
 from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import ModelId, NodeId
-from services.kernel.status_errors import FailedPreconditionError, NotFoundError
+from services.kernel.status_errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from services.platform.grpc_server import cluster_channel
 from strata_wire import shard_pb2_grpc
 
@@ -57,6 +61,14 @@ class UnknownModelError(NotFoundError):
     """The model is not registered."""
 
 
+class ModelDoesNotFitError(ResourceExhaustedError):
+    """The free shard servers lack memory for the model (the message says how many bytes)."""
+
+
+ModelSpecReader = Callable[[ModelId], ModelSpec | None]
+"""The spec of a model of this replica's store, None when the store lacks it (reads files: not on the loop)."""
+
+
 class CoordinatorReplica:
     def __init__(
         self,
@@ -68,8 +80,10 @@ class CoordinatorReplica:
         shard_lease_seconds: float = DEFAULT_SHARD_LEASE_SECONDS,
         voter_target: int = 1,
         instances_per_model: int = 1,
+        read_model_spec: ModelSpecReader = lambda model_id: None,
     ) -> None:
         self._node = node
+        self._read_model_spec = read_model_spec
         self._instances_per_model = instances_per_model
         self._voter_target = voter_target
         self._leases = ShardLeases(shard_lease_seconds)
@@ -146,6 +160,46 @@ class CoordinatorReplica:
             raise UnknownModelError(f"model {model_id!r} is not registered")
         return place(model, [state.shards[shard_id] for shard_id in sorted(state.shards)])
 
+    async def _spec(self, model_id: ModelId) -> ModelSpec:
+        spec = await asyncio.to_thread(self._read_model_spec, model_id)
+        if spec is None:
+            raise UnknownModelError(
+                f"model {model_id!r} is not in the coordinator's model store; see `strata models list`"
+            )
+        return spec
+
+    async def preview_serving(self, model_id: ModelId, instances: int) -> ServingPreview:
+        """Where `model_id` would go with `instances` copies now; `UnknownModelError` if the store lacks it."""
+        return preview_serving(self._state, await self._spec(model_id), instances)
+
+    async def serve_model(self, model_id: ModelId, instances: int) -> ServingPreview:
+        """Commits `ModelServed` when the model fits the free shard servers; else `ModelDoesNotFitError`
+        (refused now, never retried). A model served already only gets its new instance count."""
+        if not self._node.leads_with_lease():
+            raise NotLeaderError(self._node.leader_id)
+        spec = await self._spec(model_id)
+        state = self._state
+        have = sum(1 for instance in state.instances.values() if instance.model_id == model_id)
+        if model_id in state.models and have > 0:
+            # Served: only the copies it lacks need room.
+            preview = preview_serving(state, spec, max(instances - have, 0)) if instances > have else None
+        else:
+            preview = preview_serving(state, spec, instances)
+        if preview is not None and not preview.fits:
+            raise ModelDoesNotFitError(preview.reason or f"model {model_id} does not fit")
+        logger.info("serving %s with %d instances", model_id, instances)
+        await self.append(ModelServed(model=spec, instances=instances))
+        return preview or preview_serving(self._state, spec, 0)
+
+    async def unserve_model(self, model_id: ModelId) -> ClusterState:
+        """Commits `ModelUnserved`; `UnknownModelError` when the model is not served."""
+        if not self._node.leads_with_lease():
+            raise NotLeaderError(self._node.leader_id)
+        if model_id not in self._state.models:
+            raise UnknownModelError(f"model {model_id!r} is not served")
+        logger.info("unserving %s", model_id)
+        return await self.append(ModelUnserved(model_id=model_id))
+
     async def run(self) -> None:
         """Acts on the state until cancelled, while this replica leads: one planned action at a time."""
         while True:
@@ -170,7 +224,10 @@ class CoordinatorReplica:
             await self.append(ShardLeaseExpired(shard_id=shard_id))
             self._leases.expire(shard_id)
         for model in self._models:
-            if self._state.models.get(model.model_id) != model:
+            state = self._state
+            if model.model_id in state.unserved_models or model.model_id in state.served_instances:
+                continue  # changed at run time since: that command wins over the start-up list
+            if state.models.get(model.model_id) != model:
                 await self.append(ModelRegistered(model=model))
         action = plan(self._state, self._minimum_shards, self._instances_per_model)
         match action:

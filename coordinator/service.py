@@ -26,11 +26,13 @@ from coordinator.wire import (
     placement_preview_to_pb,
     registration_from_pb,
     registration_reply_to_pb,
+    serving_preview_to_pb,
+    serving_request_from_pb,
     watched_to_pb,
 )
 from discovery.peer import RefusedPeer
 from services.kernel.ids import ModelId, NodeId
-from services.kernel.status_errors import StatusError, UnavailableError
+from services.kernel.status_errors import InvalidArgumentError, StatusError, UnavailableError
 from services.platform.grpc_server import cluster_channel
 from services.platform.status_interceptor import status_name
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
@@ -99,6 +101,34 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             return drain_reply_to_pb(await self._replica.drain_node(NodeId(request.node_id)))
 
         return await self._on_leader(request, drain, lambda stub: stub.DrainNode)
+
+    async def ServeModel(
+        self, request: coordinator_pb2.ServeModelRequest, context: Context
+    ) -> coordinator_pb2.ServingPreview:
+        model_id, instances = serving_request_from_pb(request)
+
+        async def serve() -> coordinator_pb2.ServingPreview:
+            return serving_preview_to_pb(await self._replica.serve_model(model_id, instances))
+
+        return await self._on_leader(request, serve, lambda stub: stub.ServeModel)
+
+    async def UnserveModel(
+        self, request: coordinator_pb2.UnserveModelRequest, context: Context
+    ) -> coordinator_pb2.UnserveModelReply:
+        if not request.model_id:
+            raise InvalidArgumentError("model_id is required")
+
+        async def unserve() -> coordinator_pb2.UnserveModelReply:
+            state = await self._replica.unserve_model(ModelId(request.model_id))
+            return coordinator_pb2.UnserveModelReply(model_ids=sorted(state.models))
+
+        return await self._on_leader(request, unserve, lambda stub: stub.UnserveModel)
+
+    async def PreviewServing(
+        self, request: coordinator_pb2.PreviewServingRequest, context: Context
+    ) -> coordinator_pb2.ServingPreview:
+        model_id, instances = serving_request_from_pb(request)
+        return serving_preview_to_pb(await self._replica.preview_serving(model_id, instances))
 
     async def _on_leader(
         self, request: Command, run: Callable[[], Awaitable[Reply]], method: LeaderMethod[Command, Reply]

@@ -12,10 +12,11 @@ from coordinator.cluster_log import ClusterLogEntry, ClusterNode, ClusterSnapsho
 from coordinator.placement import Placement, PlacementRefusal
 from coordinator.raft.interface import ReplicaPosition
 from coordinator.raft.storage import Snapshot
+from coordinator.serving_preview import ServingPreview
 from discovery.peer import RefusedPeer
 from services.cluster.events import CommandOrigin
 from services.cluster.state import ClusterState, ModelInstance, RegisteredShard, StageAssignment
-from services.kernel.ids import NodeId, ShardId
+from services.kernel.ids import ModelId, NodeId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
 from strata_wire import coordinator_pb2, shard_pb2
 
@@ -176,6 +177,40 @@ def placement_preview_to_pb(
         fits=True,
         stages=[stage_to_pb(stage, shards) for stage in result.stages],
         explanation=result.explanation,
+    )
+
+
+MAX_INSTANCES = 64
+
+
+def serving_request_from_pb(
+    message: coordinator_pb2.ServeModelRequest | coordinator_pb2.PreviewServingRequest,
+) -> tuple[ModelId, int]:
+    """The model id and copies a serve or preview asks for (0 copies: 1)."""
+    if not message.model_id:
+        raise InvalidArgumentError("model_id is required")
+    instances = message.instances or 1
+    if not 1 <= instances <= MAX_INSTANCES:
+        raise InvalidArgumentError(f"instances must be between 1 and {MAX_INSTANCES}")
+    return ModelId(message.model_id), instances
+
+
+def serving_preview_to_pb(preview: ServingPreview) -> coordinator_pb2.ServingPreview:
+    return coordinator_pb2.ServingPreview(
+        model_id=preview.model_id,
+        fits=preview.fits,
+        stages=[
+            coordinator_pb2.ServingStage(
+                node_id=stage.node_id,
+                shard_id=stage.shard_id,
+                start_layer=stage.start_layer,
+                end_layer=stage.end_layer,
+                memory_bytes=stage.memory_bytes,
+            )
+            for stage in preview.stages
+        ],
+        missing_bytes=preview.missing_bytes,
+        reason=preview.reason or "",
     )
 
 

@@ -51,6 +51,9 @@ class ClusterView:
     def served_models(self) -> Sequence[ModelId]:
         return sorted(self._follower.state.models)
 
+    def is_served(self, model_id: ModelId) -> bool:
+        return model_id in self._follower.state.models
+
     def is_ready(self, model_id: ModelId) -> bool:
         return self.ready_instance(model_id) is not None
 

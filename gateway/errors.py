@@ -16,6 +16,7 @@ from the same `describe_error`:
 | Starlette `HTTPException` (404, 405)     | its own     | invalid_request_error | None                    |
 | `ModelUnavailableError`                  | 503 + Retry-After | server_error    | model_not_ready         |
 | `OverloadedError` (shard admission)      | 503 + Retry-After | server_error    | overloaded              |
+| `ModelUnservedError` (unserved mid-run)  | 404         | invalid_request_error | model_unserved          |
 | `RecoveryFailedError` (gave up replaying) | 502        | server_error          | pipeline_recovery_failed |
 | `PipelineError`                          | 502         | server_error          | pipeline_error          |
 | anything else                            | 500         | server_error          | internal_error          |
@@ -40,7 +41,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.generation_request import InvalidRequestError, ModelNotFoundError
 from gateway.request_body import BodyTooLargeError, BodyValidationError, MalformedBodyError
-from gateway.token_source import ModelUnavailableError, OverloadedError, PipelineError, RecoveryFailedError
+from gateway.token_source import (
+    ModelUnavailableError,
+    ModelUnservedError,
+    OverloadedError,
+    PipelineError,
+    RecoveryFailedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +108,8 @@ def describe_error(error: BaseException) -> ErrorDescription:
             return ErrorDescription(
                 503, _body(message, "server_error", None, "overloaded"), {"Retry-After": str(retry_after)}
             )
+        case ModelUnservedError():
+            return _client_error(404, str(error), "model", "model_unserved")
         case RecoveryFailedError():
             return ErrorDescription(502, _body(str(error), "server_error", None, "pipeline_recovery_failed"))
         case PipelineError():

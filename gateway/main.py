@@ -13,10 +13,12 @@ from starlette.types import ASGIApp
 from discovery.peer_source import DiscoveryOptions
 from gateway.api_keys import ApiKeyGuard, load_api_keys
 from gateway.app import create_app
+from gateway.cluster_auth import cluster_key_check
 from gateway.cluster_view import ClusterView
 from gateway.completion_engine import CompletionEngine
 from gateway.generation_request import ModelNotFoundError
 from gateway.metrics import GatewayMetrics, HttpMetrics
+from gateway.model_routes import model_router
 from gateway.pipeline_client import PipelineClient
 from gateway.presence import GatewayPresence
 from gateway.request_ids import RequestIds
@@ -71,7 +73,9 @@ async def serve_gateway(options: GatewayOptions) -> None:
     metrics = GatewayMetrics(pipeline.recovery_counts)
     engine = CompletionEngine(pipeline, StoreTokenizers(store, view), metrics)
     api_keys = load_api_keys(options.api_key_file)
-    app: ASGIApp = create_app(engine, view)
+    http_app = create_app(engine, view)
+    http_app.include_router(model_router(lambda: view.coordinator_address, cluster_key_check(api_keys, options.home)))
+    app: ASGIApp = http_app
     if api_keys:
         app = ApiKeyGuard(app, api_keys)
         logger.info("gateway requires one of %d API keys on /v1/*", len(api_keys))

@@ -36,6 +36,7 @@ from gateway.cluster_view import ReadyInstance
 from gateway.token_source import (
     GeneratedToken,
     ModelUnavailableError,
+    ModelUnservedError,
     PipelineError,
     RecoveryFailedError,
     TokenEvent,
@@ -91,6 +92,8 @@ class InstanceWatch(Protocol):
     async def wait_for_change(self, timeout_seconds: float) -> None: ...
 
     async def wait_until_not_serving(self, instance_id: InstanceId) -> None: ...
+
+    def is_served(self, model_id: ModelId) -> bool: ...
 
 
 class InstanceRuns(Protocol):
@@ -207,6 +210,13 @@ class RecoveringTokenSource:
         if journal.outage_started is None:
             journal.outage_started = now
         journal.failures.append(str(error))
+        model_id = journal.request.model_id
+        if not self._view.is_served(model_id):
+            logger.info("request %s: model %s was unserved after %d tokens", request_id, model_id, len(journal.tokens))
+            raise ModelUnservedError(
+                f"The model {model_id} was unserved while request {request_id} ran, after "
+                f"{len(journal.tokens)} tokens; nothing serves it any more."
+            )
         logger.warning(
             "request %s: run %d broke after %d tokens (%s); recovering",
             request_id,

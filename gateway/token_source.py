@@ -77,6 +77,14 @@ class RecoveryFailedError(PipelineError):
         super().__init__(message, retryable=False)
 
 
+class ModelUnservedError(PipelineError):
+    """The model was unserved while the request ran (`strata models unserve`): not replayed, nothing
+    serves it any more. HTTP 404, or the stream's final error event."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
 class TokenSource(Protocol):
     def generate(self, request: TokenRequest) -> AsyncIterator[TokenEvent]:
         """Streams the generated tokens, then one `GenerationFinished`.

@@ -223,9 +223,33 @@ def _add_models_commands(models: argparse.ArgumentParser) -> None:
     source.add_argument("--dir", type=Path, help="an MLX model directory (config.json, safetensors, tokenizer)")
     importing.add_argument("--id", help="model id to store it under")
     importing.add_argument("--replace", action="store_true", help="replace a model with the same id")
+    for action, description in (
+        ("serve", "serve a model of the coordinator's store from now on"),
+        ("unserve", "stop serving a model (its running requests end with an error)"),
+        ("preview", "where a model would be placed now, or how much memory it lacks"),
+    ):
+        serving = model_commands.add_parser(action, help=description)
+        _add_home(serving)
+        serving.add_argument("model_id", metavar="ID", help="the model id, as `strata models list` shows it")
+        if action != "unserve":
+            serving.add_argument(
+                "--instances", type=_positive_int, default=1, help="copies, each on its own shard servers"
+            )
+        serving.add_argument("--coordinator", default=f"127.0.0.1:{COORDINATOR_PORT}", help="any replica's host:port")
+        serving.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _models(arguments: argparse.Namespace, home: Path) -> int:
+    if arguments.models_command in ("serve", "unserve", "preview"):
+        from services.app.serving_commands import preview_model, serve_model, unserve_model
+
+        match arguments.models_command:
+            case "serve":
+                return serve_model(arguments.coordinator, arguments.model_id, arguments.instances, arguments.json)
+            case "unserve":
+                return unserve_model(arguments.coordinator, arguments.model_id, arguments.json)
+            case _:
+                return preview_model(arguments.coordinator, arguments.model_id, arguments.instances, arguments.json)
     from services.models.model_import import import_directory, import_gguf  # MLX: only where models are imported
 
     store = ModelStore(models_root(home))
@@ -291,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"strata: {error}", file=sys.stderr)
         return 2
     configure_logging(command, log_settings)
+    if command == "models" and arguments.models_command in ("serve", "unserve", "preview"):
+        configure_security(arguments, home, serves=False)  # a client of the coordinator: reads the token
+        return _models(arguments, home)
     if command == "models":
         return _models(arguments, home)
     if command == "join":

@@ -8,6 +8,8 @@ from services.cluster.events import (
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    ModelServed,
+    ModelUnserved,
     NodeDrainRequested,
     ReplicasConfigured,
     ShardLeaseExpired,
@@ -59,6 +61,10 @@ def apply(state: ClusterState, indexed: IndexedEvent) -> ClusterState:
             changed = apply_replicas_configured(state, event)
         case NodeDrainRequested():
             changed = apply_node_drain_requested(state, event)
+        case ModelServed():
+            changed = apply_model_served(state, event)
+        case ModelUnserved():
+            changed = apply_model_unserved(state, event)
         case _:
             assert_never(event)
     return changed.model_copy(update={"last_index": indexed.index})
@@ -159,3 +165,28 @@ def apply_node_drain_requested(state: ClusterState, event: NodeDrainRequested) -
     if event.node_id in state.draining_nodes:
         return state
     return state.model_copy(update={"draining_nodes": (*state.draining_nodes, event.node_id)})
+
+
+def apply_model_served(state: ClusterState, event: ModelServed) -> ClusterState:
+    model_id = event.model.model_id
+    return state.model_copy(
+        update={
+            "models": {**state.models, model_id: event.model},
+            "served_instances": {**state.served_instances, model_id: event.instances},
+            "unserved_models": tuple(other for other in state.unserved_models if other != model_id),
+        }
+    )
+
+
+def apply_model_unserved(state: ClusterState, event: ModelUnserved) -> ClusterState:
+    """Drops the model; its instances stay until the planner removes them (so shards are told in order)."""
+    model_id = event.model_id
+    unserved = state.unserved_models if model_id in state.unserved_models else (*state.unserved_models, model_id)
+    return state.model_copy(
+        update={
+            "models": {key: value for key, value in state.models.items() if key != model_id},
+            "served_instances": {key: value for key, value in state.served_instances.items() if key != model_id},
+            "unserved_models": unserved,
+            "placed_models": tuple(other for other in state.placed_models if other != model_id),
+        }
+    )

@@ -74,6 +74,22 @@ class NodeDrainRequested(Frozen):
     node_id: NodeId
 
 
+class ModelServed(Frozen):
+    """Serve a model from now on (a run-time command): `instances` copies, each on shard servers of its own."""
+
+    kind: Literal["model_served"] = "model_served"
+    model: ModelSpec
+    instances: int = Field(ge=1)
+
+
+class ModelUnserved(Frozen):
+    """Stop serving a model: the planner removes its instances; a coordinator's `--model` no longer
+    brings it back (until it is served again)."""
+
+    kind: Literal["model_unserved"] = "model_unserved"
+    model_id: ModelId
+
+
 class TermStarted(Frozen):
     """A new leader's first entry: Raft commits it before anything else of the term (the no-op)."""
 
@@ -94,6 +110,8 @@ Event = (
     | ShardLeaseExpired
     | ReplicasConfigured
     | NodeDrainRequested
+    | ModelServed
+    | ModelUnserved
 )
 
 

@@ -81,5 +81,9 @@ class ClusterState(Frozen):
     shards: dict[ShardId, RegisteredShard] = {}
     models: dict[ModelId, ModelSpec] = {}
     instances: dict[InstanceId, ModelInstance] = {}
+    served_instances: dict[ModelId, int] = {}
+    """Instances wanted per model served at run time (`ModelServed`); others get the planner's default."""
+    unserved_models: tuple[ModelId, ...] = ()
+    """Models unserved at run time: a coordinator's start-up `--model` list does not register them again."""
     placed_models: tuple[ModelId, ...] = ()
     """Models placed at least once: the planner's wait for a minimum of shards holds only before that."""

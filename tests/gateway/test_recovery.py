@@ -15,6 +15,7 @@ from gateway.token_source import (
     GeneratedToken,
     GenerationFinished,
     ModelUnavailableError,
+    ModelUnservedError,
     PipelineError,
     RecoveryFailedError,
     TokenEvent,
@@ -55,6 +56,7 @@ class FakeCluster:
         default_factory=list[tuple[InstanceId, RequestId, tuple[int, ...]]]
     )
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    served: bool = True
 
     def set_ready(self, ready: list[InstanceId]) -> None:
         self.ready = ready
@@ -78,6 +80,9 @@ class FakeCluster:
     async def wait_until_not_serving(self, instance_id: InstanceId) -> None:
         while instance_id in self.ready:
             await self.wait_for_change(0.05)
+
+    def is_served(self, model_id: ModelId) -> bool:
+        return self.served
 
     # InstanceRuns
     async def generate_on(
@@ -134,6 +139,27 @@ async def test_an_instance_the_coordinator_removes_is_left_even_while_its_stream
     await replacing
     assert _tokens(events) == SCRIPT
     assert [call[0] for call in cluster.calls] == ["a", "b"]
+
+
+async def test_a_model_unserved_mid_stream_ends_the_stream_at_once_with_a_clear_error() -> None:
+    cluster = FakeCluster(ready=[InstanceId("a")], hang_after={InstanceId("a"): 2})
+    source = RecoveringTokenSource(cluster, cluster, RecoveryPolicy(deadline_seconds=60))
+
+    async def unserve() -> None:
+        await asyncio.sleep(0.2)
+        cluster.served = False
+        cluster.set_ready([])
+
+    unserving = asyncio.create_task(unserve())
+    received: list[int] = []
+    with pytest.raises(ModelUnservedError) as raised:
+        async for event in source.generate(_request()):
+            if isinstance(event, GeneratedToken):
+                received.append(event.token_id)
+    await unserving
+    assert received == SCRIPT[:2]
+    assert "tiny-chat was unserved" in str(raised.value)
+    assert len(cluster.calls) == 1  # never replayed
 
 
 async def test_with_no_instance_coming_back_it_gives_up_at_the_deadline_with_a_clear_error() -> None:

@@ -291,6 +291,31 @@ COORDINATOR_CASES: dict[str, tuple[str, object, Expected]] = {
         coordinator_pb2.PreviewPlacementRequest(model_id="no-such-model"),
         (grpc.StatusCode.NOT_FOUND, "no-such-model"),
     ),
+    "serve without a model id": (
+        "ServeModel",
+        coordinator_pb2.ServeModelRequest(),
+        (grpc.StatusCode.INVALID_ARGUMENT, "model_id"),
+    ),
+    "serve with too many instances": (
+        "ServeModel",
+        coordinator_pb2.ServeModelRequest(model_id="m", instances=100_000),
+        (grpc.StatusCode.INVALID_ARGUMENT, "instances"),
+    ),
+    "serve of a model the store lacks": (
+        "ServeModel",
+        coordinator_pb2.ServeModelRequest(model_id="no-such-model"),
+        (grpc.StatusCode.NOT_FOUND, "no-such-model"),
+    ),
+    "unserve of a model not served": (
+        "UnserveModel",
+        coordinator_pb2.UnserveModelRequest(model_id="no-such-model"),
+        (grpc.StatusCode.NOT_FOUND, "is not served"),
+    ),
+    "preview serving with negative instances": (
+        "PreviewServing",
+        coordinator_pb2.PreviewServingRequest(model_id="m", instances=-1),
+        (grpc.StatusCode.INVALID_ARGUMENT, "instances"),
+    ),
     "join without a replica id": (
         "JoinCluster",
         coordinator_pb2.JoinClusterRequest(),
