@@ -24,6 +24,7 @@ from services.kernel.settings import (
     strata_home,
 )
 from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore, parse_model_id
 from services.platform.fast_blas import reexecute_with_fast_blas
 from services.platform.logging_setup import configure_logging
@@ -240,7 +241,11 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     elif arguments.gguf is not None:
         path = import_gguf(store, parse_model_id(arguments.id), Path(arguments.gguf), replace=replace)
     else:
-        path = import_directory(store, parse_model_id(arguments.id), Path(arguments.dir), replace=replace)
+        try:
+            path = import_directory(store, parse_model_id(arguments.id), Path(arguments.dir), replace=replace)
+        except UnsupportedModelError as error:
+            print(f"strata models import: refused: {error}", file=sys.stderr)
+            return 2
     print(f"{path.name} is in the store at {path}")
     return 0
 
