@@ -211,8 +211,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_models_commands(models: argparse.ArgumentParser) -> None:
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    listing = model_commands.add_parser("list", help="list the models in the store")
+    listing = model_commands.add_parser("list", help="list the models in the store (a table of their cards)")
     _add_home(listing, security=False)
+    showing = model_commands.add_parser("show", help="a stored model's card")
+    _add_home(showing, security=False)
+    showing.add_argument("model_id", metavar="ID")
+    showing.add_argument("--json", action="store_true", help="the card as JSON")
     importing = model_commands.add_parser("import", help="import a model into the store")
     _add_home(importing, security=False)
     source = importing.add_mutually_exclusive_group(required=True)
@@ -227,10 +231,12 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     from services.models.model_import import import_directory, import_gguf  # MLX: only where models are imported
 
     store = ModelStore(models_root(home))
-    if arguments.models_command == "list":
-        for model_id in store.list_models():
-            print(model_id)
-        return 0
+    if arguments.models_command in ("list", "show"):
+        from services.app.model_card_commands import list_cards, show_card
+
+        if arguments.models_command == "list":
+            return list_cards(store)
+        return show_card(store, arguments.model_id, as_json=bool(arguments.json))
     replace = bool(arguments.replace)
     if arguments.embedded:
         model_id = parse_model_id(arguments.id) if arguments.id else EMBEDDED_MODEL_ID
