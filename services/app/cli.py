@@ -217,6 +217,14 @@ def _add_models_commands(models: argparse.ArgumentParser) -> None:
     _add_home(showing, security=False)
     showing.add_argument("model_id", metavar="ID")
     showing.add_argument("--json", action="store_true", help="the card as JSON")
+    removing = model_commands.add_parser("rm", help="delete a stored model (refused while the cluster serves it)")
+    _add_home(removing)
+    removing.add_argument("model_id", metavar="ID")
+    removing.add_argument(
+        "--coordinator",
+        default=f"127.0.0.1:{COORDINATOR_PORT}",
+        help="the replica asked whether the model is served; unreachable: removed anyway, with a note",
+    )
     importing = model_commands.add_parser("import", help="import a model into the store")
     _add_home(importing, security=False)
     source = importing.add_mutually_exclusive_group(required=True)
@@ -237,6 +245,11 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
         if arguments.models_command == "list":
             return list_cards(store)
         return show_card(store, arguments.model_id, as_json=bool(arguments.json))
+    if arguments.models_command == "rm":
+        from services.app.model_card_commands import remove_model
+
+        configure_security(arguments, home, serves=False)
+        return remove_model(store, arguments.model_id, arguments.coordinator)
     replace = bool(arguments.replace)
     if arguments.embedded:
         model_id = parse_model_id(arguments.id) if arguments.id else EMBEDDED_MODEL_ID

@@ -1,8 +1,11 @@
 """Model cards: figures from the store's files, template features, sampling defaults, list and show."""
 
 import json
+import socket
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from services.app.cli import main
@@ -12,6 +15,7 @@ from services.models.model_card import model_card
 from services.models.model_files import read_manifest
 from services.models.model_import import import_directory
 from services.models.model_store import ModelStore
+from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.services.test_model_store import single_file_model
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -90,3 +94,45 @@ def test_list_and_show_commands(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "'absent' is not in the store" in capsys.readouterr().err
     assert main(["models", "show", "Bad/Id", "--home", home]) == 2
     assert "invalid model id" in capsys.readouterr().err
+
+
+class _ServingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
+    """Answers GetState as a coordinator serving MODEL_ID would; the rest of the service is not needed."""
+
+    def GetState(
+        self, request: coordinator_pb2.GetStateRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ClusterState:
+        return coordinator_pb2.ClusterState(model_ids=[MODEL_ID])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_rm_is_refused_while_the_cluster_serves_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store, model_dir = _stored(tmp_path, {})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(_ServingCoordinator(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        home = str(tmp_path / "home")
+        assert main(["models", "rm", "tiny-llama", "--coordinator", f"127.0.0.1:{port}", "--home", home]) == 1
+    finally:
+        server.stop(grace=None)
+    assert "serves 'tiny-llama'; stop serving it first" in capsys.readouterr().err
+    assert store.has_model(MODEL_ID) and model_dir.is_dir()
+
+
+def test_rm_removes_when_no_coordinator_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store, _ = _stored(tmp_path, {})
+    home = str(tmp_path / "home")
+    assert main(["models", "rm", "tiny-llama", "--coordinator", f"127.0.0.1:{_free_port()}", "--home", home]) == 0
+    captured = capsys.readouterr()
+    assert "could not ask the coordinator" in captured.err
+    assert "removed tiny-llama" in captured.out
+    assert store.list_models() == []
+    assert main(["models", "rm", "tiny-llama", "--home", home]) == 1
+    assert "is not in the store" in capsys.readouterr().err
