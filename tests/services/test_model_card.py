@@ -15,7 +15,7 @@ from services.models.model_card import model_card
 from services.models.model_files import read_manifest
 from services.models.model_import import import_directory
 from services.models.model_store import ModelStore
-from strata_wire import coordinator_pb2, coordinator_pb2_grpc
+from strata_wire import coordinator_pb2
 from tests.services.test_model_store import single_file_model
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
@@ -96,13 +96,11 @@ def test_list_and_show_commands(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "invalid model id" in capsys.readouterr().err
 
 
-class _ServingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
-    """Answers GetState as a coordinator serving MODEL_ID would; the rest of the service is not needed."""
-
-    def GetState(
-        self, request: coordinator_pb2.GetStateRequest, context: grpc.ServicerContext
-    ) -> coordinator_pb2.ClusterState:
-        return coordinator_pb2.ClusterState(model_ids=[MODEL_ID])
+def _get_state_serving_the_model(
+    request: coordinator_pb2.GetStateRequest, context: grpc.ServicerContext
+) -> coordinator_pb2.ClusterState:
+    """GetState as a coordinator serving MODEL_ID answers it; the rest of the service is not needed."""
+    return coordinator_pb2.ClusterState(model_ids=[MODEL_ID])
 
 
 def _free_port() -> int:
@@ -114,7 +112,14 @@ def _free_port() -> int:
 def test_rm_is_refused_while_the_cluster_serves_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store, model_dir = _stored(tmp_path, {})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(_ServingCoordinator(), server)
+    get_state = grpc.unary_unary_rpc_method_handler(
+        _get_state_serving_the_model,
+        request_deserializer=coordinator_pb2.GetStateRequest.FromString,
+        response_serializer=coordinator_pb2.ClusterState.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("strata.v1.Coordinator", {"GetState": get_state})]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
