@@ -32,6 +32,7 @@ from gateway.generation_request import (
     TextEvent,
     TextFinished,
     TextGenerationRequest,
+    with_generation_defaults,
 )
 from gateway.metrics import GatewayMetrics, GenerationTimer
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
@@ -153,7 +154,9 @@ class CompletionEngine:
             model_id=request.model_id,
             prompt_tokens=tuple(prompt_tokens),
             max_tokens=request.max_tokens if request.max_tokens is not None else remaining,
-            sampling=request.sampling,
+            sampling=with_generation_defaults(
+                request.sampling, request.omitted_sampling, tokenizer.generation_defaults
+            ),
             stop_token_ids=tokenizer.stop_token_ids,
         )
         return tokenizer, token_request

@@ -10,6 +10,7 @@ them without importing the engine: `InvalidRequestError` (the client's fault, HT
 """
 
 import secrets
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +20,10 @@ from services.kernel.sampling import SamplingOptions
 
 MAX_SEED = 2**63 - 1
 """Seeds are kept in [0, 2**63 - 1] so they fit every wire format (int64 and uint64 alike)."""
+
+
+SamplingKey = Literal["temperature", "top_p", "top_k"]
+"""The sampling fields a model's generation_config.json may default."""
 
 
 class InvalidRequestError(Exception):
@@ -84,6 +89,8 @@ class TextGenerationRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] | None
     """None: as many as the context window leaves after the prompt."""
     sampling: SamplingOptions
+    omitted_sampling: frozenset[SamplingKey] = frozenset()
+    """Sampling fields the client left out: the model's generation_config.json defaults replace them."""
     stop: tuple[str, ...] = ()
     """Stop strings: generation ends before the first occurrence of any of them (not emitted)."""
 
@@ -116,6 +123,36 @@ class TextFinished(BaseModel):
 
 
 TextEvent = TextDelta | TextFinished
+
+
+def with_generation_defaults(
+    sampling: SamplingOptions, omitted: frozenset[SamplingKey], defaults: Mapping[str, float | int]
+) -> SamplingOptions:
+    """`sampling` with each omitted field taken from the model's defaults; a default out of range is ignored."""
+    updates: dict[str, float | int] = {key: defaults[key] for key in omitted if key in defaults}
+    if "temperature" in updates:
+        updates["temperature"] = float(updates["temperature"])
+    if "top_p" in updates:
+        updates["top_p"] = float(updates["top_p"])
+    if "top_k" in updates:
+        updates["top_k"] = int(updates["top_k"])
+    valid = {
+        key: value
+        for key, value in updates.items()
+        if (key == "temperature" and 0 <= value <= 2)
+        or (key == "top_p" and 0 < value <= 1)
+        or (key == "top_k" and value >= 0)
+    }
+    if not valid:
+        return sampling
+    # An omitted temperature already defaulted to 1 (> 0), so the request carries its seed.
+    return SamplingOptions(
+        temperature=float(valid.get("temperature", sampling.temperature)),
+        top_p=float(valid.get("top_p", sampling.top_p)),
+        top_k=int(valid.get("top_k", sampling.top_k)),
+        seed=sampling.seed,
+        key_position=sampling.key_position,
+    )
 
 
 def sampling_options(

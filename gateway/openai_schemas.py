@@ -25,6 +25,7 @@ from gateway.generation_request import (
     MAX_SEED,
     ChatMessage,
     ChatPrompt,
+    SamplingKey,
     TextFinished,
     TextGenerationRequest,
     TextPrompt,
@@ -127,6 +128,14 @@ class _SamplingFields(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def _omitted_sampling(self) -> frozenset[SamplingKey]:
+        given: tuple[tuple[SamplingKey, float | int | None], ...] = (
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("top_k", self.top_k),
+        )
+        return frozenset(key for key, value in given if value is None)
+
     def _generation_request(
         self, request_id: RequestId, prompt: ChatPrompt | TextPrompt, max_tokens: int | None
     ) -> TextGenerationRequest:
@@ -143,6 +152,7 @@ class _SamplingFields(BaseModel):
                 seed=self.seed,
             ),
             stop=self.stop or (),
+            omitted_sampling=self._omitted_sampling(),
         )
 
 

@@ -12,7 +12,7 @@
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -21,6 +21,7 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.generation_request import ChatMessage, ChatPrompt, TextPrompt
+from services.models.model_card import generation_defaults
 from services.models.model_config import ModelConfigError, read_model_config
 
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -35,8 +36,15 @@ class ModelTokenizer:
     """The tokenizer of one model, with the facts about the model that tokenizing depends on."""
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, *, context_length: int, stop_token_ids: Iterable[int]
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        context_length: int,
+        stop_token_ids: Iterable[int],
+        generation_defaults: Mapping[str, float | int] | None = None,
     ) -> None:
+        self.generation_defaults: Mapping[str, float | int] = dict(generation_defaults or {})
+        """Sampling defaults of generation_config.json (temperature, top_p, top_k) for omitted fields."""
         if context_length < 1:
             raise ModelConfigError(f"context length must be positive, got {context_length}")
         self._tokenizer = tokenizer
@@ -57,7 +65,12 @@ class ModelTokenizer:
         stop_token_ids = {*model_config.eos_token_ids, *_token_ids(generation_config.get("eos_token_id"))}
         if tokenizer.eos_token_id is not None:
             stop_token_ids.add(tokenizer.eos_token_id)
-        return cls(tokenizer, context_length=model_config.context_length, stop_token_ids=stop_token_ids)
+        return cls(
+            tokenizer,
+            context_length=model_config.context_length,
+            stop_token_ids=stop_token_ids,
+            generation_defaults=generation_defaults(directory),
+        )
 
     @property
     def context_length(self) -> int:

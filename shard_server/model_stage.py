@@ -21,13 +21,12 @@ from mlx_lm.models.cache import KVCache
 
 from services.kernel.compute_dtype import ComputeDtype
 from services.models.model_config import ModelConfig, Quantization, read_model_config
+from services.models.model_families import SUPPORTED_MODEL_TYPES
 from services.models.model_files import weight_files_for_stage
 from services.platform.mlx_compute import convert_module
 from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
 from shard_server.native_attention import NativeAttention, load_native_attention
-
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 
 
 class ModelLoadError(Exception):

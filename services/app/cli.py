@@ -26,6 +26,7 @@ from services.kernel.settings import (
     strata_home,
 )
 from services.models.embedded_model import EMBEDDED_MODEL_ID, find_embedded_gguf
+from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore, parse_model_id
 from services.platform.fast_blas import reexecute_with_fast_blas
 from services.platform.logging_setup import LogSettings, configure_logging
@@ -213,8 +214,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_models_commands(models: argparse.ArgumentParser) -> None:
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    listing = model_commands.add_parser("list", help="list the models in the store")
+    listing = model_commands.add_parser("list", help="list the models in the store (a table of their cards)")
     _add_home(listing, security=False)
+    showing = model_commands.add_parser("show", help="a stored model's card")
+    _add_home(showing, security=False)
+    showing.add_argument("model_id", metavar="ID")
+    showing.add_argument("--json", action="store_true", help="the card as JSON")
+    removing = model_commands.add_parser("rm", help="delete a stored model (refused while the cluster serves it)")
+    _add_home(removing)
+    removing.add_argument("model_id", metavar="ID")
+    removing.add_argument(
+        "--coordinator",
+        default=f"127.0.0.1:{COORDINATOR_PORT}",
+        help="the replica asked whether the model is served; unreachable: removed anyway, with a note",
+    )
     importing = model_commands.add_parser("import", help="import a model into the store")
     _add_home(importing, security=False)
     source = importing.add_mutually_exclusive_group(required=True)
@@ -253,10 +266,17 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     from services.models.model_import import import_directory, import_gguf  # MLX: only where models are imported
 
     store = ModelStore(models_root(home))
-    if arguments.models_command == "list":
-        for model_id in store.list_models():
-            print(model_id)
-        return 0
+    if arguments.models_command in ("list", "show"):
+        from services.app.model_card_commands import list_cards, show_card
+
+        if arguments.models_command == "list":
+            return list_cards(store)
+        return show_card(store, arguments.model_id, as_json=bool(arguments.json))
+    if arguments.models_command == "rm":
+        from services.app.model_card_commands import remove_model
+
+        configure_security(arguments, home, serves=False)
+        return remove_model(store, arguments.model_id, arguments.coordinator)
     replace = bool(arguments.replace)
     if arguments.embedded:
         model_id = parse_model_id(arguments.id) if arguments.id else EMBEDDED_MODEL_ID
@@ -267,7 +287,11 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     elif arguments.gguf is not None:
         path = import_gguf(store, parse_model_id(arguments.id), Path(arguments.gguf), replace=replace)
     else:
-        path = import_directory(store, parse_model_id(arguments.id), Path(arguments.dir), replace=replace)
+        try:
+            path = import_directory(store, parse_model_id(arguments.id), Path(arguments.dir), replace=replace)
+        except UnsupportedModelError as error:
+            print(f"strata models import: refused: {error}", file=sys.stderr)
+            return 2
     print(f"{path.name} is in the store at {path}")
     return 0
 

@@ -11,6 +11,7 @@ import mlx.core as mx
 from services.kernel.ids import ModelId
 from services.models import gguf_import
 from services.models.model_config import CONFIG_FILE, read_model_config
+from services.models.model_families import check_supported
 from services.models.model_files import INDEX_FILE, has_layered_layout
 from services.models.model_store import ModelStore
 from services.models.model_writer import save_model_directory
@@ -32,6 +33,8 @@ def import_directory(store: ModelStore, model_id: ModelId, source_dir: Path, *, 
         raise ValueError(f"{source_dir} is not a model directory: it has no {CONFIG_FILE}")
     if not any(source_dir.glob("model*.safetensors")):
         raise ValueError(f"{source_dir} has no model*.safetensors weight files")
+    # Refused here, with the reason, rather than by every shard after placement (retried forever).
+    check_supported(read_model_config(source_dir))
     return store.install(model_id, lambda staging: _copy_model(source_dir, staging), replace=replace)
 
 

@@ -179,3 +179,31 @@ async def test_pipeline_failure_mid_stream_propagates(model_tokenizer: ModelToke
             if isinstance(event, TextDelta):
                 received.append(event.text)
     assert "".join(received) == "Hello world!"
+
+
+async def test_generation_config_defaults_replace_only_omitted_sampling_fields(tmp_path: Path) -> None:
+    directory = build_model_directory(tmp_path)
+    (directory / "generation_config.json").write_text('{"temperature": 0.6, "top_p": 0.9, "top_k": 20}')
+    tokenizer = ModelTokenizer.from_directory(directory)
+    source = scripted_source(tokenizer)
+    engine = engine_over(source, tokenizer)
+    base = chat_request()
+    request = base.model_copy(update={"omitted_sampling": frozenset({"temperature", "top_k"})})
+    await collect(engine, request)
+    sent = source.requests[-1].sampling
+    assert (sent.temperature, sent.top_p, sent.top_k, sent.seed) == (0.6, base.sampling.top_p, 20, 42)
+    await collect(engine, base)
+    assert source.requests[-1].sampling == base.sampling
+
+
+async def test_out_of_range_defaults_are_ignored(tmp_path: Path) -> None:
+    directory = build_model_directory(tmp_path)
+    (directory / "generation_config.json").write_text('{"temperature": 9, "top_p": 0}')
+    tokenizer = ModelTokenizer.from_directory(directory)
+    source = scripted_source(tokenizer)
+    base = chat_request()
+    await collect(
+        engine_over(source, tokenizer),
+        base.model_copy(update={"omitted_sampling": frozenset({"temperature", "top_p"})}),
+    )
+    assert source.requests[-1].sampling == base.sampling
