@@ -31,6 +31,7 @@ from gateway.generation_request import (
     TextEvent,
     TextFinished,
     TextGenerationRequest,
+    TextStarted,
 )
 from gateway.openai_schemas import (
     ChatCompletionRequest,
@@ -137,6 +138,8 @@ async def _collect(events: AsyncGenerator[TextEvent]) -> tuple[str, TextFinished
                     parts.append(text)
                 case TextFinished():
                     return "".join(parts), event
+                case TextStarted():
+                    pass
     raise RuntimeError("the generation ended without a TextFinished event")
 
 
@@ -192,6 +195,8 @@ async def _server_sent_events(
                         yield _event(encoder.finish(reason).model_dump_json())
                         if include_usage:
                             yield _event(encoder.usage(event).model_dump_json())
+                    case TextStarted():
+                        pass
         except Exception as error:  # the status line is gone: report in-band, then end the stream
             description = describe_error(error)
             log = logger.exception if description.status >= 500 else logger.info
