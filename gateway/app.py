@@ -15,6 +15,7 @@ from gateway.completion_engine import CompletionEngine
 from gateway.errors import install_error_handlers
 from gateway.openai_routes import ModelCatalog, openai_router
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES
+from gateway.responses_routes import responses_router
 
 
 def create_app(
@@ -24,6 +25,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai_router(engine, catalog, max_body_bytes=max_body_bytes))
     app.include_router(anthropic_router(engine, max_body_bytes=max_body_bytes))
+    app.include_router(responses_router(engine, max_body_bytes=max_body_bytes))
 
     @app.get("/health")
     async def health() -> JSONResponse:
