@@ -14,12 +14,12 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import ANTHROPIC_PATH_PREFIX
+from gateway.errors import ANTHROPIC_PATH_PREFIX, OLLAMA_PATH_PREFIX
 
 logger = logging.getLogger(__name__)
 
 API_KEYS_ENVIRONMENT_VARIABLE = "STRATA_API_KEYS"
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", OLLAMA_PATH_PREFIX)
 
 
 def load_api_keys(key_file: Path | None) -> tuple[bytes, ...]:
@@ -57,6 +57,8 @@ def _refusal_body(presented: bool, path: str) -> bytes:
         if presented
         else "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or `x-api-key: <key>`)."
     )
+    if path.startswith(OLLAMA_PATH_PREFIX):
+        return json.dumps({"error": message}).encode()
     if path.startswith(ANTHROPIC_PATH_PREFIX):
         return json.dumps({"type": "error", "error": {"type": "authentication_error", "message": message}}).encode()
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
@@ -64,7 +66,7 @@ def _refusal_body(presented: bool, path: str) -> bytes:
 
 
 class ApiKeyGuard:
-    """ASGI wrapper: `/v1/*` requests need one of `keys`; every other path passes through."""
+    """ASGI wrapper: `/v1/*` and `/api/*` requests need one of `keys`; every other path passes through."""
 
     def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]) -> None:
         self._app = app
@@ -72,7 +74,7 @@ class ApiKeyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
-        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIXES):
             await self._app(scope, receive, send)
             return
         presented = _presented_key(scope)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from gateway.anthropic_routes import anthropic_router
 from gateway.completion_engine import CompletionEngine
 from gateway.errors import install_error_handlers
+from gateway.ollama_routes import ollama_router
 from gateway.openai_routes import ModelCatalog, openai_router
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES
 from gateway.responses_routes import responses_router
@@ -26,6 +27,7 @@ def create_app(
     app.include_router(openai_router(engine, catalog, max_body_bytes=max_body_bytes))
     app.include_router(anthropic_router(engine, max_body_bytes=max_body_bytes))
     app.include_router(responses_router(engine, max_body_bytes=max_body_bytes))
+    app.include_router(ollama_router(engine, catalog, max_body_bytes=max_body_bytes))
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -145,8 +145,14 @@ def anthropic_status(status: int) -> int:
     return 500 if status > 500 else status
 
 
+OLLAMA_PATH_PREFIX = "/api/"
+"""Errors under this path are Ollama's `{"error": "..."}` with the same status."""
+
+
 def error_response(error: BaseException, path: str = "") -> JSONResponse:
     description = describe_error(error)
+    if path.startswith(OLLAMA_PATH_PREFIX):
+        return JSONResponse({"error": description.body.error.message}, description.status, headers=description.headers)
     if path.startswith(ANTHROPIC_PATH_PREFIX):
         body = anthropic_error_body(description)
         return JSONResponse(body, anthropic_status(description.status), headers=description.headers)
