@@ -25,7 +25,7 @@ def client(base_url: str) -> ollama.Client:
 
 
 def test_chat_whole_and_streamed(client: ollama.Client) -> None:
-    reply = client.chat(
+    reply = client.chat(  # pyright: ignore[reportUnknownMemberType]  (the client types `tools` loosely)
         model=MODEL,
         messages=[ollama.Message(role="user", content="Say hello.")],
         stream=False,
@@ -37,7 +37,7 @@ def test_chat_whole_and_streamed(client: ollama.Client) -> None:
     assert reply.prompt_eval_count is not None and reply.prompt_eval_count > 0
     assert reply.total_duration is not None and reply.eval_duration is not None
     parts = list(
-        client.chat(
+        client.chat(  # pyright: ignore[reportUnknownMemberType]  (the client types `tools` loosely)
             model=MODEL,
             messages=[ollama.Message(role="user", content="Say hello.")],
             options={"stop": ["fox"]},
@@ -66,13 +66,13 @@ def test_models(client: ollama.Client, base_url: str) -> None:
 
 def test_errors(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as not_found:
-        client.chat(model="llama9", messages=[ollama.Message(role="user", content="hi")])
+        client.chat(model="llama9", messages=[ollama.Message(role="user", content="hi")])  # pyright: ignore[reportUnknownMemberType]
     assert not_found.value.status_code == 404
     with pytest.raises(ollama.ResponseError) as json_format:
-        client.chat(model=MODEL, messages=[ollama.Message(role="user", content="hi")], format="json", stream=False)
+        client.chat(model=MODEL, messages=[ollama.Message(role="user", content="hi")], format="json", stream=False)  # pyright: ignore[reportUnknownMemberType]
     assert json_format.value.status_code == 400 and "not supported yet" in json_format.value.error
     with pytest.raises(ollama.ResponseError) as wrong_type:
-        client.chat(model=MODEL, messages=[ollama.Message(role="user", content="hi")], options={"temperature": "hot"})  # type: ignore[dict-item]
+        client.chat(model=MODEL, messages=[ollama.Message(role="user", content="hi")], options={"temperature": "hot"})  # type: ignore[dict-item]  # pyright: ignore[reportUnknownMemberType]
     assert wrong_type.value.status_code == 400
     with pytest.raises(ollama.ResponseError) as unknown_show:
         client.show("llama9")
