@@ -32,6 +32,7 @@ from gateway.errors import describe_error
 from gateway.generation_request import (
     ChatMessage,
     ChatPrompt,
+    InvalidRequestError,
     TextDelta,
     TextEvent,
     TextFinished,
@@ -79,8 +80,12 @@ class ResponsesRequest(BaseModel):
     temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
     top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
     stream: bool = False
+    previous_response_id: str | None = None
 
     def to_generation_request(self, request_id: RequestId) -> TextGenerationRequest:
+        if self.previous_response_id is not None:
+            message = "previous_response_id is not supported: responses are not stored; send the whole input"
+            raise InvalidRequestError(message, param="previous_response_id")
         turns: tuple[ChatMessage, ...]
         if isinstance(self.input, str):
             turns = (ChatMessage(role="user", content=self.input),)

@@ -65,3 +65,6 @@ def test_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         image = {"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}
         client.post("/responses", body={"model": MODEL, "input": [image]}, cast_to=object)
+    with pytest.raises(openai.BadRequestError) as not_stored:
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp-1")
+    assert not_stored.value.param == "previous_response_id"
