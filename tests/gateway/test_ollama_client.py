@@ -1,5 +1,6 @@
 """The Ollama dialect behind a real uvicorn server, called by the official `ollama` client and raw httpx."""
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -77,3 +78,32 @@ def test_errors(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as unknown_show:
         client.show("llama9")
     assert unknown_show.value.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}]}),
+        (
+            "/v1/messages",
+            {"model": MODEL, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+        ),
+        ("/v1/responses", {"model": MODEL, "input": "Hi", "stream": True}),
+    ],
+)
+def test_client_leaving_a_stream_cancels_the_request(
+    model_tokenizer: ModelTokenizer, path: str, body: dict[str, object]
+) -> None:
+    source = scripted_source(model_tokenizer, token_delay_seconds=0.2)
+    with (
+        running_server(build_gateway(model_tokenizer, source)) as url,
+        httpx.Client(base_url=url, timeout=30.0) as http,
+    ):
+        with http.stream("POST", path, json=body) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # the stream has begun; now hang up
+        deadline = time.monotonic() + 10.0
+        while len(source.cancelled) != 1:
+            assert time.monotonic() < deadline, "the request was not cancelled"
+            time.sleep(0.01)
+    assert source.completed == []
