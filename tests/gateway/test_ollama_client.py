@@ -7,6 +7,7 @@ import httpx
 import ollama
 import pytest
 
+from gateway.api_keys import ApiKeyGuard
 from gateway.tokenization import ModelTokenizer
 from tests.gateway.fakes import MODEL, REPLY_TEXT, scripted_source
 from tests.gateway.harness import build_gateway, running_server
@@ -107,3 +108,16 @@ def test_client_leaving_a_stream_cancels_the_request(
             assert time.monotonic() < deadline, "the request was not cancelled"
             time.sleep(0.01)
     assert source.completed == []
+
+
+def test_api_keys_guard_the_ollama_routes(model_tokenizer: ModelTokenizer) -> None:
+    app = ApiKeyGuard(build_gateway(model_tokenizer, scripted_source(model_tokenizer)), (b"k1",))
+    with running_server(app) as url:  # pyright: ignore[reportArgumentType]
+        with pytest.raises(ollama.ResponseError) as refused:
+            ollama.Client(host=url, timeout=30.0).list()
+        assert refused.value.status_code == 401
+        keyed = ollama.Client(host=url, timeout=30.0, headers={"Authorization": "Bearer k1"})
+        assert [model.model for model in keyed.list().models] == [MODEL]
+        assert httpx.head(url).status_code == 200  # Ollama's liveness probe stays open
+        anthropic_style = httpx.get(f"{url}/api/tags", headers={"x-api-key": "k1"})
+        assert anthropic_style.status_code == 200
