@@ -1,4 +1,4 @@
-"""Optional API keys for the gateway's OpenAI routes (`Authorization: Bearer <key>`).
+"""Optional API keys for the gateway's `/v1/*` routes (`Authorization: Bearer <key>` or `x-api-key: <key>`).
 
 Keys come from `--api-key-file` (one per line; blank lines and `#` comments skipped) and/or
 `$STRATA_API_KEYS` (separated by commas or whitespace). With none, the gateway is open, as before.
@@ -14,10 +14,12 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.errors import ANTHROPIC_PATH_PREFIX, OLLAMA_PATH_PREFIX
+
 logger = logging.getLogger(__name__)
 
 API_KEYS_ENVIRONMENT_VARIABLE = "STRATA_API_KEYS"
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", OLLAMA_PATH_PREFIX)
 
 
 def load_api_keys(key_file: Path | None) -> tuple[bytes, ...]:
@@ -36,6 +38,8 @@ def _presented_key(scope: Scope) -> bytes | None:
     for name, value in headers:
         if name.lower() == b"authorization" and value[:7].lower() == b"bearer ":
             return value[7:].strip()
+        if name.lower() == b"x-api-key":  # how Anthropic's clients send their key
+            return value.strip()
     return None
 
 
@@ -47,18 +51,22 @@ def _key_accepted(presented: bytes | None, keys: tuple[bytes, ...]) -> bool:
     return any(matches)
 
 
-def _refusal_body(presented: bool) -> bytes:
+def _refusal_body(presented: bool, path: str) -> bytes:
     message = (
         "Incorrect API key provided."
         if presented
-        else "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+        else "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or `x-api-key: <key>`)."
     )
+    if path.startswith(OLLAMA_PATH_PREFIX):
+        return json.dumps({"error": message}).encode()
+    if path.startswith(ANTHROPIC_PATH_PREFIX):
+        return json.dumps({"type": "error", "error": {"type": "authentication_error", "message": message}}).encode()
     error = {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
     return json.dumps({"error": error}).encode()
 
 
 class ApiKeyGuard:
-    """ASGI wrapper: `/v1/*` requests need one of `keys`; every other path passes through."""
+    """ASGI wrapper: `/v1/*` and `/api/*` requests need one of `keys`; every other path passes through."""
 
     def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]) -> None:
         self._app = app
@@ -66,7 +74,7 @@ class ApiKeyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
-        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIXES):
             await self._app(scope, receive, send)
             return
         presented = _presented_key(scope)
@@ -77,7 +85,7 @@ class ApiKeyGuard:
         logger.warning(
             "refused %s from %s: %s API key", path, client[0] if client else "?", "wrong" if presented else "no"
         )
-        body = _refusal_body(presented is not None)
+        body = _refusal_body(presented is not None, path)
         await send(
             {
                 "type": "http.response.start",

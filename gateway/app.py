@@ -1,4 +1,4 @@
-"""The gateway's FastAPI application: the OpenAI routes, `/health`, and the one error mapping.
+"""The gateway's FastAPI application: the OpenAI and Anthropic Messages routes, `/health`, and the one error mapping.
 
 `create_app` only wires what it is given (the engine and the model catalog), so tests build the
 whole HTTP surface in memory and the `strata gateway` command builds it over the real pipeline.
@@ -10,10 +10,13 @@ whole HTTP surface in memory and the `strata gateway` command builds it over the
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from gateway.anthropic_routes import anthropic_router
 from gateway.completion_engine import CompletionEngine
 from gateway.errors import install_error_handlers
+from gateway.ollama_routes import ollama_router
 from gateway.openai_routes import ModelCatalog, openai_router
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES
+from gateway.responses_routes import responses_router
 
 
 def create_app(
@@ -22,6 +25,9 @@ def create_app(
     app = FastAPI(title="strata gateway", summary="One language model, split across machines, as OpenAI.")
     install_error_handlers(app)
     app.include_router(openai_router(engine, catalog, max_body_bytes=max_body_bytes))
+    app.include_router(anthropic_router(engine, max_body_bytes=max_body_bytes))
+    app.include_router(responses_router(engine, max_body_bytes=max_body_bytes))
+    app.include_router(ollama_router(engine, catalog, max_body_bytes=max_body_bytes))
 
     @app.get("/health")
     async def health() -> JSONResponse:

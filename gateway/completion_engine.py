@@ -32,12 +32,15 @@ from gateway.generation_request import (
     TextEvent,
     TextFinished,
     TextGenerationRequest,
+    TextPrompt,
+    TextStarted,
     with_generation_defaults,
 )
 from gateway.metrics import GatewayMetrics, GenerationTimer
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
-from services.kernel.ids import ModelId
+from services.kernel.ids import ModelId, RequestId
+from services.kernel.sampling import SamplingOptions
 
 
 class TokenizerProvider(Protocol):
@@ -57,12 +60,15 @@ class CompletionEngine:
         self._tokenizers = tokenizers
         self._metrics = metrics if metrics is not None else GatewayMetrics()
 
-    async def run(self, request: TextGenerationRequest) -> AsyncGenerator[TextEvent]:
-        """Yields the generated text as `TextDelta`s, then exactly one `TextFinished`."""
+    async def run(self, request: TextGenerationRequest, *, announce_start: bool = False) -> AsyncGenerator[TextEvent]:
+        """Yields the generated text as `TextDelta`s, then exactly one `TextFinished`.
+
+        With `announce_start`, a `TextStarted` with the prompt's token count comes first.
+        """
         timer = self._metrics.generation()
         self._metrics.in_flight.inc()
         try:
-            async with aclosing(self._generate(request, timer)) as events:
+            async with aclosing(self._generate(request, timer, announce_start)) as events:
                 async for event in events:
                     if isinstance(event, TextFinished):
                         timer.finished(event.prompt_tokens, event.completion_tokens)
@@ -70,9 +76,13 @@ class CompletionEngine:
         finally:
             self._metrics.in_flight.dec()
 
-    async def _generate(self, request: TextGenerationRequest, timer: GenerationTimer) -> AsyncGenerator[TextEvent]:
+    async def _generate(
+        self, request: TextGenerationRequest, timer: GenerationTimer, announce_start: bool
+    ) -> AsyncGenerator[TextEvent]:
         tokenizer, token_request = await asyncio.to_thread(self._prepare, request)
         prompt_tokens = len(token_request.prompt_tokens)
+        if announce_start:
+            yield TextStarted(prompt_tokens=prompt_tokens)
         stop_token_ids = frozenset(token_request.stop_token_ids)
         detokenizer = tokenizer.detokenizer()
         stop_matcher = StopStringMatcher(request.stop)
@@ -91,7 +101,10 @@ class CompletionEngine:
                             yield TextDelta(text=scan.text)
                         if scan.matched is not None:
                             yield TextFinished(
-                                reason="stop", prompt_tokens=prompt_tokens, completion_tokens=generated_tokens
+                                reason="stop",
+                                prompt_tokens=prompt_tokens,
+                                completion_tokens=generated_tokens,
+                                stop_sequence=scan.matched,
                             )
                             return
                     case GenerationFinished(reason=reason, generated_tokens=reported_tokens):
@@ -103,25 +116,40 @@ class CompletionEngine:
                             reason="stop" if scan.matched is not None else reason,
                             prompt_tokens=prompt_tokens,
                             completion_tokens=reported_tokens,
+                            stop_sequence=scan.matched,
                         )
                         return
             raise PipelineError("the token stream ended without a finish event")
         finally:
             await _close(events)
 
-    async def start(self, request: TextGenerationRequest) -> AsyncGenerator[TextEvent]:
-        """Like `run`, but waits for the first event before returning.
+    async def start(self, request: TextGenerationRequest, *, announce_start: bool = False) -> AsyncGenerator[TextEvent]:
+        """Like `run`, but waits for the first text or finish event before returning.
 
         So every error that comes before any output (unknown model, invalid request, no ready
         instance) is raised here, while a streaming HTTP response can still carry its status.
         """
-        events = self.run(request)
+        events = self.run(request, announce_start=announce_start)
         try:
-            first_event = await anext(events)
+            first_events = [await anext(events)]
+            if isinstance(first_events[0], TextStarted):
+                first_events.append(await anext(events))
         except BaseException:
             await events.aclose()
             raise
-        return _prepend(first_event, events)
+        return _prepend(first_events, events)
+
+    async def count_prompt_tokens(self, model_id: ModelId, prompt: ChatPrompt | TextPrompt) -> int:
+        """The prompt's size in tokens, as a generation would see it (validated the same way)."""
+        request = TextGenerationRequest(
+            request_id=RequestId("count-tokens"),
+            model_id=model_id,
+            prompt=prompt,
+            max_tokens=None,
+            sampling=SamplingOptions(),
+        )
+        _, token_request = await asyncio.to_thread(self._prepare, request)
+        return len(token_request.prompt_tokens)
 
     def _prepare(self, request: TextGenerationRequest) -> tuple[ModelTokenizer, TokenRequest]:
         """Tokenizes and validates against the context window. Blocking: run in a worker thread."""
@@ -162,9 +190,10 @@ class CompletionEngine:
         return tokenizer, token_request
 
 
-async def _prepend(first_event: TextEvent, rest: AsyncGenerator[TextEvent]) -> AsyncGenerator[TextEvent]:
+async def _prepend(first_events: list[TextEvent], rest: AsyncGenerator[TextEvent]) -> AsyncGenerator[TextEvent]:
     try:
-        yield first_event
+        for event in first_events:
+            yield event
         async for event in rest:
             yield event
     finally:

@@ -124,8 +124,47 @@ def describe_error(error: BaseException) -> ErrorDescription:
             )
 
 
-def error_response(error: BaseException) -> JSONResponse:
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
+"""Errors under this path are written in Anthropic's shape (`anthropic_error_body`)."""
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+ANTHROPIC_OVERLOADED_STATUS = 529
+"""Anthropic's status for `overloaded_error` (strata's 503: no ready instance, or at capacity)."""
+
+
+def anthropic_error_body(description: ErrorDescription) -> dict[str, object]:
+    """`{"type": "error", "error": {"type", "message"}}`, the type chosen by the HTTP status."""
+    error_type = _ANTHROPIC_ERROR_TYPES.get(
+        description.status, "api_error" if description.status >= 500 else "invalid_request_error"
+    )
+    return {"type": "error", "error": {"type": error_type, "message": description.body.error.message}}
+
+
+def anthropic_status(status: int) -> int:
+    if status == 503:
+        return ANTHROPIC_OVERLOADED_STATUS
+    return 500 if status > 500 else status
+
+
+OLLAMA_PATH_PREFIX = "/api/"
+"""Errors under this path are Ollama's `{"error": "..."}` with the same status."""
+
+
+def error_response(error: BaseException, path: str = "") -> JSONResponse:
     description = describe_error(error)
+    if path.startswith(OLLAMA_PATH_PREFIX):
+        return JSONResponse({"error": description.body.error.message}, description.status, headers=description.headers)
+    if path.startswith(ANTHROPIC_PATH_PREFIX):
+        body = anthropic_error_body(description)
+        return JSONResponse(body, anthropic_status(description.status), headers=description.headers)
     return JSONResponse(description.body.model_dump(), description.status, headers=description.headers)
 
 
@@ -139,7 +178,7 @@ def install_error_handlers(app: FastAPI) -> None:
             logger.info("%s %s: refused at capacity: %s", request.method, request.url.path, error)
         elif isinstance(error, PipelineError):
             logger.warning("%s %s: pipeline failed: %s", request.method, request.url.path, error)
-        return error_response(error)
+        return error_response(error, request.url.path)
 
     for error_class in (
         MalformedBodyError,

@@ -1,6 +1,6 @@
 """The one internal request every API dialect adapts to, and the text events it produces.
 
-OpenAI chat and completions today (Anthropic Messages, Ollama and Responses later) each decode
+OpenAI chat and completions, Anthropic Messages, Ollama and OpenAI Responses each decode
 their own JSON, build a `TextGenerationRequest` and hand it to `CompletionEngine.run`, which yields
 `TextDelta`s and exactly one final `TextFinished`. Nothing in here knows about HTTP or a dialect.
 
@@ -102,6 +102,18 @@ class TextGenerationRequest(BaseModel):
         return stop
 
 
+class TextStarted(BaseModel):
+    """Sent first, only when asked for (`CompletionEngine.run(..., announce_start=True)`): the prompt's size.
+
+    Dialects whose stream opens with the input usage (Anthropic's `message_start`) need it before any text.
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["started"] = "started"
+    prompt_tokens: int
+
+
 class TextDelta(BaseModel):
     """Newly generated text; never splits a UTF-8 character, never contains part of a stop string."""
 
@@ -120,9 +132,11 @@ class TextFinished(BaseModel):
     reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None
+    """The stop string that ended the text, when one did (some dialects report which)."""
 
 
-TextEvent = TextDelta | TextFinished
+TextEvent = TextStarted | TextDelta | TextFinished
 
 
 def with_generation_defaults(

@@ -10,20 +10,23 @@ A client that disconnects cancels its request: streaming responses are cancelled
 and non-streaming handlers watch for the disconnect themselves while they wait.
 """
 
-import asyncio
 import json
 import logging
-import uuid
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
-from starlette.types import Send
 
 from gateway.completion_engine import CompletionEngine
+from gateway.dialect_replies import (
+    client_closed_reply,
+    event_stream_reply,
+    json_reply,
+    new_request_id,
+    started_generation,
+    whole_generation,
+)
 from gateway.errors import describe_error
 from gateway.generation_request import (
     ModelNotFoundError,
@@ -31,6 +34,7 @@ from gateway.generation_request import (
     TextEvent,
     TextFinished,
     TextGenerationRequest,
+    TextStarted,
 )
 from gateway.openai_schemas import (
     ChatCompletionRequest,
@@ -46,11 +50,6 @@ from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
 from services.kernel.ids import ModelId, RequestId
 
 logger = logging.getLogger(__name__)
-
-CLIENT_CLOSED_REQUEST = 499
-"""The status logged for a request whose client left before the reply (nobody receives it)."""
-
-_Result = TypeVar("_Result")
 
 
 class ModelCatalog(Protocol):
@@ -72,27 +71,27 @@ def openai_router(
     @router.post("/chat/completions")
     async def create_chat_completion(request: Request) -> Response:
         body = await decode_json_body(request, ChatCompletionRequest, max_body_bytes)
-        request_id = _new_request_id("chatcmpl")
+        request_id = new_request_id("chatcmpl")
         encoder = ChatEncoder(id=request_id, model=body.model, created=unix_time())
         return await _reply(request, engine, body.to_generation_request(request_id), encoder, body)
 
     @router.post("/completions")
     async def create_completion(request: Request) -> Response:
         body = await decode_json_body(request, CompletionRequest, max_body_bytes)
-        request_id = _new_request_id("cmpl")
+        request_id = new_request_id("cmpl")
         encoder = CompletionEncoder(id=request_id, model=body.model, created=unix_time())
         return await _reply(request, engine, body.to_generation_request(request_id), encoder, body)
 
     @router.get("/models")
     async def list_models() -> Response:
         cards = tuple(ModelCard(id=model_id, created=listed_since) for model_id in catalog.served_models())
-        return _json(ModelList(data=cards))
+        return json_reply(ModelList(data=cards))
 
     @router.get("/models/{model_id:path}")
     async def retrieve_model(model_id: str) -> Response:
         if model_id not in catalog.served_models():
             raise ModelNotFoundError(model_id)
-        return _json(ModelCard(id=model_id, created=listed_since))
+        return json_reply(ModelCard(id=model_id, created=listed_since))
 
     return router
 
@@ -106,74 +105,15 @@ async def _reply(
 ) -> Response:
     request_id = generation.request_id
     if options.stream:
-        return await _stream_reply(request, request_id, engine.start(generation), encoder, options.include_usage)
-    return await _whole_reply(request, request_id, engine.run(generation), encoder)
-
-
-def _new_request_id(prefix: str) -> RequestId:
-    return RequestId(f"{prefix}-{uuid.uuid4().hex}")
-
-
-def _json(reply: BaseModel) -> Response:
-    return Response(reply.model_dump_json(), media_type="application/json")
-
-
-async def _whole_reply(
-    request: Request, request_id: RequestId, events: AsyncGenerator[TextEvent], encoder: ReplyEncoder
-) -> Response:
-    outcome = await _unless_disconnected(request, request_id, _collect(events))
+        events = await started_generation(request, engine, generation)
+        if events is None:
+            return client_closed_reply()
+        return event_stream_reply(_server_sent_events(request_id, events, encoder, options.include_usage), request_id)
+    outcome = await whole_generation(request, engine, generation)
     if outcome is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return client_closed_reply()
     text, finished = outcome
-    return _json(encoder.whole(text, finished))
-
-
-async def _collect(events: AsyncGenerator[TextEvent]) -> tuple[str, TextFinished]:
-    parts: list[str] = []
-    async with aclosing(events):
-        async for event in events:
-            match event:
-                case TextDelta(text=text):
-                    parts.append(text)
-                case TextFinished():
-                    return "".join(parts), event
-    raise RuntimeError("the generation ended without a TextFinished event")
-
-
-async def _stream_reply(
-    request: Request,
-    request_id: RequestId,
-    starting: Coroutine[Any, Any, AsyncGenerator[TextEvent]],
-    encoder: ReplyEncoder,
-    include_usage: bool,
-) -> Response:
-    events = await _unless_disconnected(request, request_id, starting)
-    if events is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    return _ClosingStreamingResponse(
-        _server_sent_events(request_id, events, encoder, include_usage),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """Closes its event stream as soon as the response ends, also when the client went away.
-
-    Under ASGI 2.4 servers (uvicorn) Starlette learns of a disconnect only when a send fails, and then
-    leaves the stream to the garbage collector: the request would go on generating on every shard
-    until it finished. Closing it here cancels it at once.
-    """
-
-    def __init__(self, stream: AsyncGenerator[str], media_type: str, headers: dict[str, str]) -> None:
-        super().__init__(stream, media_type=media_type, headers=headers)
-        self._stream = stream
-
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            await self._stream.aclose()
+    return json_reply(encoder.whole(text, finished), request_id)
 
 
 async def _server_sent_events(
@@ -192,6 +132,8 @@ async def _server_sent_events(
                         yield _event(encoder.finish(reason).model_dump_json())
                         if include_usage:
                             yield _event(encoder.usage(event).model_dump_json())
+                    case TextStarted():
+                        pass
         except Exception as error:  # the status line is gone: report in-band, then end the stream
             description = describe_error(error)
             log = logger.exception if description.status >= 500 else logger.info
@@ -202,28 +144,3 @@ async def _server_sent_events(
 
 def _event(data: str) -> str:
     return f"data: {data}\n\n"
-
-
-async def _unless_disconnected(
-    request: Request, request_id: RequestId, work: Coroutine[Any, Any, _Result]
-) -> _Result | None:
-    """Runs `work` unless the client disconnects first: then cancels it and returns None."""
-    work_task = asyncio.ensure_future(work)
-    disconnect_task = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait((work_task, disconnect_task), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect_task.cancel()
-        if not work_task.done():
-            work_task.cancel()
-            await asyncio.wait((work_task,))
-    if work_task.cancelled():
-        logger.info("request %s: client disconnected; request cancelled", request_id)
-        return None
-    return work_task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone (the body has been read, so nothing else arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

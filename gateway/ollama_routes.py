@@ -1,0 +1,288 @@
+"""The Ollama dialect under `/api/`: `chat`, `generate`, `tags`, `show`, `ps`, `version`, and `HEAD /`.
+
+`chat` and `generate` stream NDJSON by default (one JSON object a line, the last with `done: true`,
+`done_reason` and the timing fields in nanoseconds), or answer one object with `stream: false`.
+`options`: num_predict (-1, -2 or absent: up to the context window), temperature (default 0.8, as
+Ollama), top_p, top_k, stop, seed; other options are ignored. `keep_alive` is accepted and ignored
+(strata keeps its model loaded). `format` (JSON output) and images are refused with 400 for now.
+Errors are `{"error": "..."}` (written by `gateway.errors` for every path under `/api/`).
+"""
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.completion_engine import CompletionEngine
+from gateway.dialect_replies import (
+    ClosingStreamingResponse,
+    client_closed_reply,
+    new_request_id,
+    request_id_headers,
+    started_generation,
+    whole_generation,
+)
+from gateway.errors import describe_error
+from gateway.generation_request import (
+    ChatMessage,
+    ChatPrompt,
+    InvalidRequestError,
+    ModelNotFoundError,
+    TextDelta,
+    TextEvent,
+    TextFinished,
+    TextGenerationRequest,
+    TextPrompt,
+    TextStarted,
+    sampling_options,
+)
+from gateway.openai_routes import ModelCatalog
+from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
+from services.kernel.ids import ModelId, RequestId
+
+logger = logging.getLogger(__name__)
+
+OLLAMA_API_VERSION = "0.6.3"
+"""The Ollama version whose API this mirrors (the client the tests use)."""
+OLLAMA_DEFAULT_TEMPERATURE = 0.8
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    num_predict: int | None = None
+    temperature: Annotated[float | None, Field(ge=0.0)] = None
+    top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    top_k: Annotated[int | None, Field(ge=0)] = None
+    stop: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
+    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+
+
+class OllamaMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: tuple[str, ...] | None = None
+
+
+class _GenerationFields(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    model: Annotated[str, Field(min_length=1)]
+    stream: bool = True
+    options: Options | None = None
+    format: str | dict[str, object] | None = None
+    keep_alive: str | int | float | None = None
+
+    def generation_request(self, request_id: RequestId, prompt: ChatPrompt | TextPrompt) -> TextGenerationRequest:
+        if self.format not in (None, ""):
+            raise InvalidRequestError("format (JSON output) is not supported yet", param="format")
+        options = self.options or Options()
+        if options.num_predict is not None and options.num_predict not in (-1, -2) and options.num_predict < 1:
+            raise InvalidRequestError("num_predict must be positive, -1 or -2", param="options.num_predict")
+        max_tokens = options.num_predict if options.num_predict is not None and options.num_predict > 0 else None
+        temperature = OLLAMA_DEFAULT_TEMPERATURE if options.temperature is None else options.temperature
+        sampling = sampling_options(
+            temperature=temperature, top_p=options.top_p or 1.0, top_k=options.top_k or 0, seed=options.seed
+        )
+        return TextGenerationRequest(
+            request_id=request_id,
+            model_id=ModelId(self.model),
+            prompt=prompt,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            stop=options.stop or (),
+        )
+
+
+class ChatRequest(_GenerationFields):
+    messages: Annotated[tuple[OllamaMessage, ...], Field(min_length=1)]
+
+    def prompt(self) -> ChatPrompt:
+        turns: list[ChatMessage] = []
+        for message in self.messages:
+            if message.images:
+                raise InvalidRequestError("images are not supported yet", param="messages.images")
+            if message.role == "tool":  # no tools for these models: the result reads as the user's text
+                turns.append(ChatMessage(role="user", content=f"[tool result: {message.content}]"))
+            else:
+                turns.append(ChatMessage(role=message.role, content=message.content))
+        return ChatPrompt(messages=tuple(turns))
+
+
+class GenerateRequest(_GenerationFields):
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    images: tuple[str, ...] | None = None
+
+    def to_prompt(self) -> ChatPrompt | TextPrompt:
+        if self.images:
+            raise InvalidRequestError("images are not supported yet", param="images")
+        if self.raw:
+            return TextPrompt(text=self.prompt)
+        system = (ChatMessage(role="system", content=self.system),) if self.system else ()
+        return ChatPrompt(messages=(*system, ChatMessage(role="user", content=self.prompt)))
+
+
+class ModelRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    model: Annotated[str, Field(min_length=1)]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _model_entry(model_id: str) -> dict[str, object]:
+    details: dict[str, object] = {
+        "format": "mlx",
+        "family": "",
+        "families": [],
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+    return {"name": model_id, "model": model_id, "modified_at": _now(), "size": 0, "digest": "", "details": details}
+
+
+class _Timing:
+    """Ollama's durations in nanoseconds: prompt evaluation until the first token, then evaluation."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic_ns()
+        self.first_token: int | None = None
+
+    def token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic_ns()
+
+    def final_fields(self, finished: TextFinished) -> dict[str, object]:
+        now = time.monotonic_ns()
+        first = self.first_token if self.first_token is not None else now
+        reason = "length" if finished.reason == "length" else "stop"
+        return {
+            "done": True,
+            "done_reason": reason,
+            "total_duration": now - self.started,
+            "load_duration": 0,
+            "prompt_eval_count": finished.prompt_tokens,
+            "prompt_eval_duration": first - self.started,
+            "eval_count": finished.completion_tokens,
+            "eval_duration": now - first,
+        }
+
+
+def ollama_router(
+    engine: CompletionEngine, catalog: ModelCatalog, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.head("/")
+    async def running() -> Response:
+        return Response(media_type="text/plain")
+
+    @router.get("/api/version")
+    async def version() -> Response:
+        return _json({"version": OLLAMA_API_VERSION})
+
+    @router.get("/api/tags")
+    async def tags() -> Response:
+        return _json({"models": [_model_entry(model_id) for model_id in catalog.served_models()]})
+
+    @router.get("/api/ps")
+    async def running_models() -> Response:
+        ready = [model_id for model_id in catalog.served_models() if catalog.is_ready(model_id)]
+        return _json({"models": [{**_model_entry(model_id), "expires_at": None, "size_vram": 0} for model_id in ready]})
+
+    @router.post("/api/show")
+    async def show(request: Request) -> Response:
+        body = await decode_json_body(request, ModelRequest, max_body_bytes)
+        if body.model not in catalog.served_models():
+            raise ModelNotFoundError(body.model)
+        details = _model_entry(body.model)["details"]
+        return _json({"modelfile": "", "parameters": "", "template": "", "details": details, "model_info": {}})
+
+    @router.post("/api/chat")
+    async def chat(request: Request) -> Response:
+        body = await decode_json_body(request, ChatRequest, max_body_bytes)
+        request_id = new_request_id("ollama-chat")
+        generation = body.generation_request(request_id, body.prompt())
+        return await _reply(request, engine, generation, body.model, body.stream, chat=True)
+
+    @router.post("/api/generate")
+    async def generate(request: Request) -> Response:
+        body = await decode_json_body(request, GenerateRequest, max_body_bytes)
+        request_id = new_request_id("ollama-generate")
+        if not body.prompt and not body.system:  # Ollama's "load the model" call
+            if body.model not in catalog.served_models():
+                raise ModelNotFoundError(body.model)
+            return _json(
+                {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+            )
+        generation = body.generation_request(request_id, body.to_prompt())
+        return await _reply(request, engine, generation, body.model, body.stream, chat=False)
+
+    return router
+
+
+def _json(document: dict[str, object], request_id: RequestId | None = None) -> Response:
+    headers = request_id_headers(request_id) if request_id is not None else None
+    return Response(json.dumps(document, ensure_ascii=False), media_type="application/json", headers=headers)
+
+
+def _text_fields(text: str, chat: bool) -> dict[str, object]:
+    return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+
+
+async def _reply(
+    request: Request, engine: CompletionEngine, generation: TextGenerationRequest, model: str, stream: bool, chat: bool
+) -> Response:
+    timing = _Timing()
+    request_id = generation.request_id
+    if stream:
+        events = await started_generation(request, engine, generation)
+        if events is None:
+            return client_closed_reply()
+        lines = _lines(events, model, chat, timing, request_id)
+        return ClosingStreamingResponse(
+            lines, media_type="application/x-ndjson", headers=request_id_headers(request_id)
+        )
+    outcome = await whole_generation(request, engine, generation)
+    if outcome is None:
+        return client_closed_reply()
+    text, finished = outcome
+    timing.token()
+    document = {"model": model, "created_at": _now(), **_text_fields(text, chat), **timing.final_fields(finished)}
+    return _json(document, request_id)
+
+
+async def _lines(
+    events: AsyncGenerator[TextEvent], model: str, chat: bool, timing: _Timing, request_id: RequestId
+) -> AsyncGenerator[str]:
+    def line(document: dict[str, object]) -> str:
+        return json.dumps({"model": model, "created_at": _now(), **document}, ensure_ascii=False) + "\n"
+
+    async with aclosing(events):
+        try:
+            async for event in events:
+                match event:
+                    case TextDelta(text=text):
+                        timing.token()
+                        yield line({**_text_fields(text, chat), "done": False})
+                    case TextFinished():
+                        yield line({**_text_fields("", chat), **timing.final_fields(event)})
+                    case TextStarted():
+                        pass
+        except Exception as error:  # the status line is gone: report in-band, as Ollama does
+            description = describe_error(error)
+            log = logger.exception if description.status >= 500 else logger.info
+            log("request %s: stream failed after it started (status %d)", request_id, description.status)
+            yield json.dumps({"error": description.body.error.message}) + "\n"
