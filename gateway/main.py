@@ -70,7 +70,7 @@ async def serve_gateway(options: GatewayOptions) -> None:
     metrics = GatewayMetrics(pipeline.recovery_counts)
     engine = CompletionEngine(pipeline, StoreTokenizers(store, view), metrics)
     api_keys = load_api_keys(options.api_key_file)
-    app: ASGIApp = create_app(engine, view)
+    app: ASGIApp = create_app(engine, view, cluster=view, activity=pipeline.activity)
     if api_keys:
         app = ApiKeyGuard(app, api_keys)
         logger.info("gateway requires one of %d API keys on /v1/*", len(api_keys))

@@ -13,7 +13,7 @@ falls 1024 changes behind loses its queued changes for one fresh snapshot change
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -60,7 +60,7 @@ class EventFollower:
             return
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[FollowedChange]]:
+    async def subscribe(self) -> AsyncGenerator[asyncio.Queue[FollowedChange]]:
         """A queue of every change from now on, until the block ends."""
         queue: asyncio.Queue[FollowedChange] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
         self._subscribers.append(queue)

@@ -36,7 +36,8 @@ def summarize_event(event: Event) -> str:
             return f"model {model.model_id} registered ({model.num_layers} layers)"
         case InstancePlaced(instance_id=instance_id, model_id=model_id, num_layers=num_layers, stages=stages):
             ranges = ", ".join(f"{stage.shard_id} [{stage.start_layer}, {stage.end_layer})" for stage in stages)
-            return f"instance {instance_id} of {model_id} placed over {len(stages)} shard(s) of {num_layers} layers: {ranges}"
+            count = len(stages)
+            return f"instance {instance_id} of {model_id} placed over {count} shard(s) of {num_layers} layers: {ranges}"
         case StageLoaded(instance_id=instance_id, shard_id=shard_id):
             return f"shard {shard_id} loaded its layers of instance {instance_id}"
         case StageFailed(instance_id=instance_id, shard_id=shard_id, message=message):
