@@ -1,8 +1,9 @@
 """`strata run`: a whole cluster on this host, each service its own process on 127.0.0.1.
 
 Starts one coordinator, N shard servers and one gateway, waits until the gateway can serve, prints
-the URL and a curl line, and stops every child on Ctrl-C or SIGTERM (and if any child dies).
-Children also get SIGTERM from the kernel if this process dies without cleaning up (Linux).
+the URL and a curl line, and supervises them as systemd would: a child that dies is restarted with a
+growing backoff (services/app/supervision.py). Ctrl-C or SIGTERM stops every child. Children also get
+SIGTERM from the kernel if this process dies without cleaning up (Linux).
 """
 
 import ctypes
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from services.app.supervision import restart_delay
 from services.kernel.ids import ModelId
 from services.platform.metrics_server import DEFAULT_METRICS_PORT
 from services.platform.security_options import TlsFiles
@@ -80,7 +82,8 @@ def _shard_environment(shards: int) -> dict[str, str]:
     return environment
 
 
-def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
+def _commands(options: LocalClusterOptions, *, first_start: bool = True) -> list[tuple[str, list[str]]]:
+    """Each child's name and command line; `first_start` False: a restart, which keeps the coordinator's state."""
     # The children know each other's addresses: no mDNS, so a local cluster never announces on the LAN.
     home = ["--home", str(options.home), "--no-mdns", *(options.tls.arguments() if options.tls else [])]
     coordinator = f"{options.host}:{options.coordinator_port}"
@@ -107,7 +110,8 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
                 "--metrics-port",
                 _metrics_port(options, 0),
                 # Every shard starts anew too: a state from an earlier run would point at dead shards.
-                "--fresh-state",
+                # A restart within this run keeps the state: the shards and the gateway still hold to it.
+                *(["--fresh-state"] if first_start else []),
             ),
         )
     ]
@@ -152,18 +156,21 @@ def _commands(options: LocalClusterOptions) -> list[tuple[str, list[str]]]:
 Children = list[tuple[str, subprocess.Popen[bytes]]]
 
 
+def _start_child(
+    name: str, command: list[str], options: LocalClusterOptions, core: int | None
+) -> subprocess.Popen[bytes]:
+    environment = _shard_environment(options.shards) if name.startswith("shard") else None
+    pinned = command if core is None else ["taskset", "-c", str(core), *command]
+    if core is not None and environment is not None:
+        environment = {**environment, "OPENBLAS_NUM_THREADS": "1", SHARED_THREADS_VARIABLE: "1"}
+    return subprocess.Popen(pinned, env=environment, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
 def start_services(options: LocalClusterOptions, cores: Mapping[str, int] | None = None) -> Children:
     """Starts every service as its own process; `cores` pins a service (by name) to one CPU core."""
-    children: Children = []
-    shard_environment = _shard_environment(options.shards)
-    for name, command in _commands(options):
-        environment = shard_environment if name.startswith("shard") else None
-        core = (cores or {}).get(name)
-        pinned = command if core is None else ["taskset", "-c", str(core), *command]
-        if core is not None and environment is not None:
-            environment = {**environment, "OPENBLAS_NUM_THREADS": "1", SHARED_THREADS_VARIABLE: "1"}
-        children.append((name, subprocess.Popen(pinned, env=environment, preexec_fn=_die_with_parent)))  # noqa: PLW1509
-    return children
+    return [
+        (name, _start_child(name, command, options, (cores or {}).get(name))) for name, command in _commands(options)
+    ]
 
 
 def gateway_ready(url: str) -> bool:
@@ -183,6 +190,18 @@ def _curl_line(url: str, model_id: ModelId) -> str:
     return f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
 
 
+@dataclass
+class _Supervised:
+    """One child of `strata run` and what its supervision remembers."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    started_at: float
+    consecutive_exits: int = 0
+    restart_at: float | None = None
+    """When a dead child is due to start again (None while it runs)."""
+
+
 def run_local_cluster(options: LocalClusterOptions) -> int:
     stop_requested = False
 
@@ -192,32 +211,54 @@ def run_local_cluster(options: LocalClusterOptions) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    children: Children = []
+    supervised: list[_Supervised] = []
     url = f"http://{options.host}:{options.gateway_port}"
     exit_code = 0
     try:
-        children = start_services(options)
-        announced = False
         started = time.monotonic()
+        supervised = [_Supervised(name, process, started) for name, process in start_services(options)]
+        restart_commands = dict(_commands(options, first_start=False))
+        announced = False
         while not stop_requested:
-            dead = [(name, child.returncode) for name, child in children if child.poll() is not None]
-            if dead:
-                print(f"strata: {dead[0][0]} exited with status {dead[0][1]}; stopping", file=sys.stderr)
-                exit_code = 1
-                break
+            now = time.monotonic()
+            for child in supervised:
+                _supervise(child, restart_commands[child.name], options, now)
             if not announced and gateway_ready(url):
                 announced = True
                 print(f"\nstrata is serving {options.model_id} at {url}\n\n  {_curl_line(url, options.model_id)}\n")
                 print("Press Ctrl-C to stop.\n", flush=True)
-            if not announced and time.monotonic() - started > READY_TIMEOUT_SECONDS:
+            if not announced and now - started > READY_TIMEOUT_SECONDS:
                 print(f"strata: not ready after {READY_TIMEOUT_SECONDS:.0f} s; stopping", file=sys.stderr)
                 exit_code = 1
                 break
             time.sleep(0.25)
     finally:
-        if stop_services(children):
+        if stop_services([(child.name, child.process) for child in supervised if child.restart_at is None]):
             exit_code = 1
     return exit_code
+
+
+def _supervise(child: _Supervised, command: list[str], options: LocalClusterOptions, now: float) -> None:
+    """Notices a child's exit and schedules its restart; restarts it when due."""
+    if child.restart_at is None:
+        status = child.process.poll()
+        if status is None:
+            return
+        decision = restart_delay(consecutive_exits=child.consecutive_exits, uptime_seconds=now - child.started_at)
+        child.consecutive_exits = decision.consecutive_exits
+        child.restart_at = now + decision.delay_seconds
+        print(
+            f"strata: {child.name} exited with status {status}; restarting in {decision.delay_seconds:g} s"
+            f" (restart {decision.consecutive_exits})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    if now >= child.restart_at:
+        child.process = _start_child(child.name, command, options, None)
+        child.started_at = now
+        child.restart_at = None
+        print(f"strata: {child.name} restarted (pid {child.process.pid})", file=sys.stderr, flush=True)
 
 
 def stop_services(children: Children) -> list[str]:
