@@ -184,7 +184,7 @@ document.getElementById("chat-form").addEventListener("submit", async (submitted
   let chunks = 0;
   const response = await fetch("/v1/chat/completions", {
     method: "POST", headers: headers(true),
-    body: JSON.stringify({ model, messages: conversation, stream: true, stream_options: { include_usage: true } }),
+    body: JSON.stringify({ model, messages: conversation, max_tokens: 256, stream: true, stream_options: { include_usage: true } }),
   });
   if (!response.ok) { answer.classList.add("error"); answer.textContent = await errorText(response); return; }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
