@@ -2,7 +2,10 @@
 
 Keys come from `--api-key-file` (one per line; blank lines and `#` comments skipped) and/or
 `$STRATA_API_KEYS` (separated by commas or whitespace). With none, the gateway is open, as before.
-`/health` stays open either way. A refusal is OpenAI's 401 `invalid_api_key` error body; it is logged
+`/health` stays open either way, and so do GET/HEAD of the read-only cluster view: the dashboard
+(`/`, `/dashboard/*`), `/v1/cluster`, `/v1/cluster/events`, `/v1/cluster/models`, `/v1/cluster/pulls`
+and `/v1/cluster/models/{id}/preview`. Mutating cluster routes are checked by their own dependency.
+A refusal is OpenAI's 401 `invalid_api_key` error body; it is logged
 with the client address, never with the key presented.
 """
 
@@ -20,6 +23,17 @@ logger = logging.getLogger(__name__)
 
 API_KEYS_ENVIRONMENT_VARIABLE = "STRATA_API_KEYS"
 PROTECTED_PREFIXES = ("/v1/", OLLAMA_PATH_PREFIX)
+OPEN_READ_PATHS = frozenset({"/v1/cluster", "/v1/cluster/events", "/v1/cluster/models", "/v1/cluster/pulls"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def is_open_read(method: str, path: str) -> bool:
+    """Whether a request reads the cluster view, which needs no key."""
+    if method not in READ_METHODS:
+        return False
+    if path in OPEN_READ_PATHS:
+        return True
+    return path.startswith("/v1/cluster/models/") and path.endswith("/preview")
 
 
 def load_api_keys(key_file: Path | None) -> tuple[bytes, ...]:
@@ -74,7 +88,11 @@ class ApiKeyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
-        if scope["type"] != "http" or not path.startswith(PROTECTED_PREFIXES):
+        if (
+            scope["type"] != "http"
+            or not path.startswith(PROTECTED_PREFIXES)
+            or is_open_read(str(scope.get("method", "")), path)
+        ):
             await self._app(scope, receive, send)
             return
         presented = _presented_key(scope)

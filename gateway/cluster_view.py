@@ -2,18 +2,33 @@
 
 Follows the coordinator's committed events (WatchEvents), keeping a local copy of the cluster state;
 any replica can serve the stream, and it reconnects with backoff from the first event it lacks.
+`subscribe()` passes each change on (the dashboard's event stream); `fetch_status()` asks the
+coordinator for its `GetState` reply (`GET /v1/cluster`), raising `ClusterUnavailableError` when it
+cannot answer.
 """
 
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from services.cluster.event_follower import EventFollower
+import grpc
+
+from services.cluster.event_follower import EventFollower, FollowedChange
+from services.cluster.state import ClusterState
 from services.kernel.ids import InstanceId, ModelId
+from services.platform.grpc_server import cluster_channel
+from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 
 CHANGE_POLL_SECONDS = 1.0
 """Longest wait between two looks at the state (a change wakes the waiters at once)."""
+
+STATE_CALL_TIMEOUT_SECONDS = 5.0
+
+
+class ClusterUnavailableError(Exception):
+    """No coordinator answered a question about the cluster (none known, or it did not reply)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,30 @@ class ClusterView:
     @property
     def coordinator_address(self) -> str | None:
         return self._coordinator_address()
+
+    @property
+    def state(self) -> ClusterState:
+        """The local copy of the committed cluster state."""
+        return self._follower.state
+
+    def subscribe(self) -> AbstractAsyncContextManager[asyncio.Queue[FollowedChange]]:
+        """Every change of the state from now on, while the block runs (see `EventFollower.subscribe`)."""
+        return self._follower.subscribe()
+
+    async def fetch_status(self) -> coordinator_pb2.ClusterState:
+        """The coordinator's GetState reply: what `strata status` shows."""
+        address = self._coordinator_address()
+        if address is None:
+            raise ClusterUnavailableError("No coordinator is known yet (discovery has found none).")
+        async with cluster_channel(address) as channel:
+            try:
+                return await coordinator_pb2_grpc.CoordinatorStub(channel).GetState(
+                    coordinator_pb2.GetStateRequest(), timeout=STATE_CALL_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as error:
+                raise ClusterUnavailableError(
+                    f"The coordinator at {address} did not answer: {error.code().name}."
+                ) from error
 
     def served_models(self) -> Sequence[ModelId]:
         return sorted(self._follower.state.models)

@@ -15,6 +15,7 @@ from the same `describe_error`:
 | `BodyTooLargeError`                      | 413         | invalid_request_error | request_too_large       |
 | Starlette `HTTPException` (404, 405)     | its own     | invalid_request_error | None                    |
 | `ModelUnavailableError`                  | 503 + Retry-After | server_error    | model_not_ready         |
+| `ClusterUnavailableError` (coordinator)  | 503 + Retry-After | server_error    | cluster_unavailable     |
 | `OverloadedError` (shard admission)      | 503 + Retry-After | server_error    | overloaded              |
 | `ModelUnservedError` (unserved mid-run)  | 404         | invalid_request_error | model_unserved          |
 | `RecoveryFailedError` (gave up replaying) | 502        | server_error          | pipeline_recovery_failed |
@@ -39,6 +40,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.cluster_view import ClusterUnavailableError
 from gateway.generation_request import InvalidRequestError, ModelNotFoundError
 from gateway.request_body import BodyTooLargeError, BodyValidationError, MalformedBodyError
 from gateway.token_source import (
@@ -101,6 +103,12 @@ def describe_error(error: BaseException) -> ErrorDescription:
             return ErrorDescription(
                 503,
                 _body(f"{message} Retry later.", "server_error", None, "model_not_ready"),
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        case ClusterUnavailableError():
+            return ErrorDescription(
+                503,
+                _body(f"{error} Retry later.", "server_error", None, "cluster_unavailable"),
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         case OverloadedError(retry_after_seconds=retry_after):
@@ -188,6 +196,7 @@ def install_error_handlers(app: FastAPI) -> None:
         ModelNotFoundError,
         BodyTooLargeError,
         ModelUnavailableError,
+        ClusterUnavailableError,
         OverloadedError,
         PipelineError,
         StarletteHTTPException,

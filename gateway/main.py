@@ -73,7 +73,7 @@ async def serve_gateway(options: GatewayOptions) -> None:
     metrics = GatewayMetrics(pipeline.recovery_counts)
     engine = CompletionEngine(pipeline, StoreTokenizers(store, view), metrics)
     api_keys = load_api_keys(options.api_key_file)
-    http_app = create_app(engine, view)
+    http_app = create_app(engine, view, cluster=view, activity=pipeline.activity)
     http_app.include_router(model_router(lambda: view.coordinator_address, cluster_key_check(api_keys, options.home)))
     app: ASGIApp = http_app
     if api_keys:

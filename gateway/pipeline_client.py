@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from gateway.cluster_view import ClusterView, ReadyInstance
+from gateway.instance_activity import InstanceActivity
 from gateway.recovery import RecoveringTokenSource, RecoveryCounts, RecoveryPolicy
 from gateway.token_source import (
+    GeneratedToken,
     GenerationFinished,
     OverloadedError,
     PipelineError,
@@ -40,8 +42,10 @@ class PipelineClient:
         view: ClusterView,
         token_timeout_seconds: float = TOKEN_TIMEOUT_SECONDS,
         recovery: RecoveryPolicy | None = None,
+        activity: InstanceActivity | None = None,
     ) -> None:
         self._view = view
+        self.activity = activity if activity is not None else InstanceActivity()
         self._token_timeout_seconds = token_timeout_seconds
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._recovering = RecoveringTokenSource(self, view, recovery or RecoveryPolicy.from_environment())
@@ -74,6 +78,7 @@ class PipelineClient:
             generate_request_to_pb(request, call_id, instance.instance_id, replay_tokens),
             metadata=request_id_metadata(),  # the HTTP request's id, for the shard's log lines
         )
+        self.activity.request_started(instance.instance_id)
         try:
             while True:
                 try:
@@ -94,11 +99,14 @@ class PipelineClient:
                 if not isinstance(reply, shard_pb2.GenerateReply):
                     raise PipelineError(f"request {call_id}: the shard pipeline ended it without finishing it")
                 event = token_event_from_pb(reply)
+                if isinstance(event, GeneratedToken):
+                    self.activity.tokens_streamed(instance.instance_id)
                 if event is not None:
                     yield event
                 if isinstance(event, GenerationFinished):
                     return
         finally:
+            self.activity.request_ended(instance.instance_id)
             call.cancel()
 
 

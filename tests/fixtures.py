@@ -35,3 +35,11 @@ def embedded_models(embedded_home: Path) -> Path:
 def give_model(models: Path, home: Path) -> None:
     """Puts the embedded model into `home`'s store (a copy: hosts share no files)."""
     shutil.copytree(models, models_root(home), dirs_exist_ok=True)
+
+
+def require_debian_program(program: str, package: str) -> Path:
+    """The path of `program`, or a skip naming the Debian package that has it (a failure under CI=true)."""
+    found = shutil.which(program)
+    if found is None:
+        pytest.skip(f"{program} is not installed: apt-get install -y {package}")
+    return Path(found)

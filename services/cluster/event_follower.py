@@ -4,11 +4,17 @@ WatchEvents stream of committed events (gateways, shards, dashboards).
 It starts from a snapshot when the log it needs was compacted, applies each event with the same pure
 `apply` as the replicas, and on any break reconnects (to the next replica address in turn) with
 exponential backoff from the first event it lacks, so it never misses or repeats one.
+
+`subscribe()` hands each change to a subscriber's bounded queue (dashboards stream them on): a
+`FollowedChange` with the new state and the committed record (None for a snapshot). A subscriber that
+falls 1024 changes behind loses its queued changes for one fresh snapshot change, never silently.
 """
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -22,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 5.0
+SUBSCRIBER_QUEUE_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class FollowedChange:
+    """The state after a change, and the committed record that made it (None: a snapshot)."""
+
+    state: ClusterState
+    record: IndexedEvent | None
 
 
 class EventFollower:
@@ -30,6 +45,7 @@ class EventFollower:
         self._addresses = addresses if callable(addresses) else lambda: addresses
         self._state = ClusterState()
         self._changed = asyncio.Event()
+        self._subscribers: list[asyncio.Queue[FollowedChange]] = []
         self.reconnects = 0
 
     @property
@@ -42,6 +58,16 @@ class EventFollower:
             await asyncio.wait_for(changed.wait(), timeout_seconds)
         except TimeoutError:
             return
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncGenerator[asyncio.Queue[FollowedChange]]:
+        """A queue of every change from now on, until the block ends."""
+        queue: asyncio.Queue[FollowedChange] = asyncio.Queue(SUBSCRIBER_QUEUE_SIZE)
+        self._subscribers.append(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.remove(queue)
 
     async def run(self) -> None:
         """Follows until cancelled."""
@@ -78,7 +104,7 @@ class EventFollower:
         if watched.state_json:
             if watched.index > self._state.last_index:
                 self._state = ClusterState.model_validate_json(watched.state_json)
-                self._notify()
+                self._notify(None)
             return True
         record = IndexedEvent.model_validate_json(watched.record_json)
         if record.index <= self._state.last_index:
@@ -86,9 +112,19 @@ class EventFollower:
         if record.index != self._state.last_index + 1:
             return False
         self._state = apply(self._state, record)
-        self._notify()
+        self._notify(record)
         return True
 
-    def _notify(self) -> None:
+    def _notify(self, record: IndexedEvent | None) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        change = FollowedChange(self._state, record)
+        for queue in self._subscribers:
+            if queue.full():
+                # A slow subscriber: what it missed is folded into one snapshot of the state now.
+                while not queue.empty():
+                    queue.get_nowait()
+                change_for_queue = FollowedChange(self._state, None)
+            else:
+                change_for_queue = change
+            queue.put_nowait(change_for_queue)
