@@ -12,6 +12,8 @@ from services.cluster.events import (
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    ModelServed,
+    ModelUnserved,
     NodeDrainRequested,
     ReplicasConfigured,
     ShardLeaseExpired,
@@ -53,6 +55,11 @@ def summarize_event(event: Event) -> str:
             return f"coordinator replicas: voters {', '.join(voters) or 'none'}{learner_text}"
         case NodeDrainRequested(node_id=node_id):
             return f"node {node_id} is draining: its instances move to other shard servers"
+        case ModelServed(model=model, instances=instances):
+            copies = "1 instance" if instances == 1 else f"{instances} instances"
+            return f"model {model.model_id} served from now on ({copies} of {model.num_layers} layers)"
+        case ModelUnserved(model_id=model_id):
+            return f"model {model_id} unserved: its instances are removed and their streams end"
         case TermStarted(term=term, leader=leader):
             return f"{leader} leads the coordinators in term {term}"
         case _:

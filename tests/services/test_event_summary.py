@@ -11,6 +11,8 @@ from services.cluster.events import (
     InstanceReady,
     InstanceRemoved,
     ModelRegistered,
+    ModelServed,
+    ModelUnserved,
     NodeDrainRequested,
     ReplicasConfigured,
     ShardLeaseExpired,
@@ -25,7 +27,18 @@ from services.kernel.ids import InstanceId, ModelId, NodeId, ShardId
 pytestmark = pytest.mark.unit
 
 COST = WeightCost(bytes=10, work=10)
+SPEC = ModelSpec(
+    model_id=ModelId("m"),
+    num_layers=2,
+    layers=(COST, COST),
+    embedding=COST,
+    head=COST,
+    tied_embeddings=True,
+    kv_bytes_per_layer=1,
+)
 EXAMPLES: list[tuple[Event, str]] = [
+    (ModelServed(model=SPEC, instances=2), "model m served from now on (2 instances of 2 layers)"),
+    (ModelUnserved(model_id=ModelId("m")), "model m unserved: its instances are removed and their streams end"),
     (
         ShardRegistered(
             shard=RegisteredShard(
