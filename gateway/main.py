@@ -22,6 +22,7 @@ from gateway.model_routes import model_router
 from gateway.pipeline_client import PipelineClient
 from gateway.presence import GatewayPresence
 from gateway.request_ids import RequestIds
+from gateway.store_routes import store_router
 from gateway.tokenization import ModelTokenizer
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, node_id
@@ -74,6 +75,7 @@ async def serve_gateway(options: GatewayOptions) -> None:
     engine = CompletionEngine(pipeline, StoreTokenizers(store, view), metrics)
     api_keys = load_api_keys(options.api_key_file)
     http_app = create_app(engine, view, cluster=view, activity=pipeline.activity)
+    http_app.include_router(store_router(store, view.served_models))
     http_app.include_router(model_router(lambda: view.coordinator_address, cluster_key_check(api_keys, options.home)))
     app: ASGIApp = http_app
     if api_keys:
