@@ -172,8 +172,11 @@ def test_events_delivers_every_committed_event(dashboard_cluster: RunningCluster
 
 
 @pytest.mark.timeout(600)
-def test_the_dashboard_in_chromium(dashboard_cluster: RunningCluster) -> None:
+def test_the_dashboard_in_chromium(dashboard_cluster: RunningCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     chromium = require_debian_program("chromium", "chromium")
+    # `make test` preloads the BLAS shim into the test process (services/platform/fast_blas.py); the
+    # browser and playwright's node driver must not inherit it (node cannot start its threads with it).
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
