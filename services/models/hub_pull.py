@@ -8,6 +8,7 @@ before any weight travels, and every LFS file checked against the sha256 the lis
 
 import importlib
 import re
+import shutil
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,9 +137,13 @@ def pull_model(
 ) -> Path:
     """Download `reference` into `downloads_root/<repo>` and import it into the store; returns its folder.
 
+    A model already stored under the id is left as it is unless `replace` (no Hub request then).
+
     Raises PullError (Hub refusals, a corrupted file) or UnsupportedModelError (before any weight).
     """
     target_id = model_id or default_model_id(reference.repo_id)
+    if store.has_model(target_id) and not replace:
+        return store.model_dir(target_id)  # as `strata models import`: a no-op, and no Hub traffic
     commit, files = list_needed_files(reference.repo_id, reference.revision, endpoint=endpoint)
     download_dir = downloads_root / reference.repo_id
     download_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +157,12 @@ def pull_model(
             except ModelConfigError as error:
                 raise PullError(f"{reference.repo_id}@{reference.revision}: {error}") from error
     try:
-        return import_directory(store, target_id, download_dir, replace=replace)
+        model_dir = import_directory(store, target_id, download_dir, replace=replace)
     except ValueError as error:
         raise PullError(f"{reference.repo_id}@{reference.revision}: {error}") from error
+    # Kept only while the pull is unfinished (to resume it); once stored, a second copy is wasted disk.
+    shutil.rmtree(download_dir, ignore_errors=True)
+    return model_dir
 
 
 def _download(reference: PullRequest, commit: str, file: HubFile, download_dir: Path, endpoint: str | None) -> None:

@@ -84,6 +84,11 @@ def test_pull_stores_the_model_under_the_repository_name(tmp_path: Path) -> None
     assert card.architecture == "llama" and card.num_layers == 6 and card.runnable
     assert card.has_chat_template
     _assert_same_model(model_dir, tmp_path / "layered")
+    assert not (tmp_path / "downloads" / REPO).exists()  # kept only to resume an unfinished pull
+
+    with fake_hub(tmp_path / "hub") as hub:
+        assert _pull(hub, tmp_path) == model_dir
+        assert hub.requests == []  # already stored: a no-op, as `strata models import`
 
 
 @pytest.mark.unit
