@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, cast
 
+import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -195,6 +196,6 @@ def _hub_errors(repo_id: str, revision: str) -> Generator[None]:
         raise PullError(f"cannot pull {where}: HF_HUB_OFFLINE is set") from error
     except HfHubHTTPError as error:
         raise PullError(f"the Hub refused {where}: {error}") from error
-    except OSError as error:
+    except (OSError, httpx2.TransportError) as error:
         # Connection refused, DNS, a file the library gave up resuming: the network, not the model.
         raise HubUnreachableError(f"could not reach the Hub for {where}: {error}") from error

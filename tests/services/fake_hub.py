@@ -36,6 +36,9 @@ def _sha256(data: bytes) -> str:
 class HubFaults:
     drop_first_get: set[str] = field(default_factory=set[str])
     """File names whose first GET sends half the body, then closes the connection."""
+    silent_after_cut: set[str] = field(default_factory=set[str])
+    """With `drop_first_get`: every later GET of the file sends its headers and no byte, then closes
+    (the library gives up after 5 tries: a pull stopped half way)."""
     corrupted: set[str] = field(default_factory=set[str])
     """File names served with a flipped byte (the listing and ETag keep the true sha256)."""
 
@@ -145,16 +148,19 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 data, status = data[start : end + 1], 206
             if send_body and file_name in hub.faults.drop_first_get:
                 hub.faults.drop_first_get.discard(file_name)
-                self._send_cut(status, data, headers)
+                self._send_cut(status, data, headers, len(data) // 2)
+                return
+            if send_body and file_name in hub.faults.silent_after_cut:
+                self._send_cut(status, data, headers, 0)
                 return
             self._send(status, data, headers, send_body=send_body)
 
-        def _send_cut(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+        def _send_cut(self, status: int, data: bytes, headers: dict[str, str], sent_bytes: int) -> None:
             self.send_response(status)
             for name, value in (headers | {"Content-Length": str(len(data))}).items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
+            self.wfile.write(data[:sent_bytes])
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from mlx_lm.utils import load_model
 
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root
-from services.models.hub_pull import PullError, default_model_id, parse_repo_reference, pull_model
+from services.models.hub_pull import HubUnreachableError, PullError, default_model_id, parse_repo_reference, pull_model
 from services.models.model_card import model_card
 from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore
@@ -109,6 +110,40 @@ def test_a_connection_dropped_mid_file_is_resumed(tmp_path: Path, monkeypatch: p
     resumed_from = int(ranges[0][1].removeprefix("bytes=").removesuffix("-"))
     assert 0 < resumed_from <= size // 2
     _assert_same_model(model_dir, tmp_path / "layered")
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(120)
+def test_a_failed_pull_keeps_its_finished_files_for_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    _hub_repository(tmp_path)
+    with fake_hub(tmp_path / "hub") as hub:
+        hub.faults.drop_first_get.add(WEIGHTS)
+        hub.faults.silent_after_cut.add(WEIGHTS)
+        with pytest.raises(HubUnreachableError, match="could not reach the Hub"):
+            _pull(hub, tmp_path)
+        assert _store(tmp_path).list_models() == []
+        hub.faults.silent_after_cut.clear()
+        with hub.lock:
+            hub.requests.clear()
+        model_dir = _pull(hub, tmp_path)
+        fetched_again = hub.resolved_files()
+
+    # huggingface_hub 2.x resumes a file only within one pull (its partial file is per process).
+    assert fetched_again == [WEIGHTS]
+    _assert_same_model(model_dir, tmp_path / "layered")
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
+def test_an_unreachable_hub_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    with pytest.raises(HubUnreachableError, match=f"could not reach the Hub for {REPO}@main"):
+        pull_model(_store(tmp_path), parse_repo_reference(REPO), tmp_path / "downloads", endpoint=endpoint)
 
 
 @pytest.mark.unit
