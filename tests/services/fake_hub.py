@@ -23,6 +23,10 @@ _RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<f
 _RANGE = re.compile(r"bytes=(?P<start>\d+)-(?P<end>\d*)")
 
 
+GATED_MARKER = ".gated"
+"""A repository folder holding this file is gated: every request is refused with 403 `GatedRepo`."""
+
+
 def commit_of(repo_id: str) -> str:
     """A stable 40-hex commit per repository."""
     return hashlib.sha1(repo_id.encode()).hexdigest()
@@ -101,6 +105,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 # The Hub answers 401 for a repository it does not show (absent or private).
                 self._error(401, "RepoNotFound", f"Repository Not Found for url: {self.path}")
                 return None
+            if (folder / GATED_MARKER).exists():
+                self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted")
+                return None
             if revision not in ("main", commit_of(repo_id)):
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
                 return None
@@ -112,6 +119,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             siblings: list[dict[str, object]] = []
             for entry in sorted(folder.iterdir()):
+                if entry.name.startswith("."):
+                    continue
                 data = entry.read_bytes()
                 sibling: dict[str, object] = {"rfilename": entry.name, "size": len(data)}
                 if _is_lfs(entry.name):

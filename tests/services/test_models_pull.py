@@ -23,7 +23,7 @@ from services.models.model_card import model_card
 from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore
 from tests.gateway.tiny_tokenizer import build_model_directory
-from tests.services.fake_hub import FakeHub, commit_of, fake_hub
+from tests.services.fake_hub import GATED_MARKER, FakeHub, commit_of, fake_hub
 from tests.tiny_architectures import build_tiny_model
 
 REPO = "TinyOrg/Tiny-Llama-Chat"
@@ -173,6 +173,14 @@ def test_unknown_repository_and_revision_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 @pytest.mark.timeout(60)
+def test_a_gated_repository_asks_for_a_token(tmp_path: Path) -> None:
+    (_hub_repository(tmp_path) / GATED_MARKER).touch()
+    with fake_hub(tmp_path / "hub") as hub, pytest.raises(PullError, match=f"{REPO} is gated: .*set HF_TOKEN"):
+        _pull(hub, tmp_path)
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
 def test_an_unsupported_family_is_refused_before_any_weight_is_fetched(tmp_path: Path) -> None:
     _hub_repository(tmp_path, model_type="gemma3")
     with fake_hub(tmp_path / "hub") as hub:
@@ -199,8 +207,15 @@ def test_default_model_id_is_the_repository_name_lowercased() -> None:
     assert parse_repo_reference("Org/Name").revision == "main"
 
 
-def _strata_pull(tmp_path: Path, hub: FakeHub, *arguments: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+def _strata_pull(
+    tmp_path: Path, hub: FakeHub, *arguments: str, extra_environment: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **(extra_environment or {}),
+    }
     command = [sys.executable, "-m", "services.app.cli", "models", "pull", *arguments, "--home", str(tmp_path / "home")]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=environment)
 
@@ -215,10 +230,16 @@ def test_strata_models_pull_honours_hf_endpoint_and_exits_2_on_refusal(tmp_path:
         pulled = _strata_pull(tmp_path, hub, REPO, "--id", "my-llama")
         refused = _strata_pull(tmp_path, hub, "TinyOrg/Gemma")
         unknown = _strata_pull(tmp_path, hub, "TinyOrg/Nothing@main")
+        bad_id = _strata_pull(tmp_path, hub, REPO, "--id", "Not Valid")
+        offline = _strata_pull(tmp_path, hub, REPO, "--id", "offline-llama", extra_environment={"HF_HUB_OFFLINE": "1"})
+        requests_while_offline = len(hub.requests)
 
     assert pulled.returncode == 0, pulled.stderr
     assert f"my-llama is in the store at {_store(tmp_path).model_dir(ModelId('my-llama'))}" in pulled.stdout
     assert refused.returncode == 2
     assert "strata models pull: refused:" in refused.stderr and "'gemma3' is not supported" in refused.stderr
     assert unknown.returncode == 2 and "'TinyOrg/Nothing' not found" in unknown.stderr
+    assert bad_id.returncode == 2 and "invalid model id 'Not Valid'" in bad_id.stderr
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stderr
+    assert len(hub.requests) == requests_while_offline
     assert _store(tmp_path).list_models() == [ModelId("my-llama")]
