@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from services.models.hub_pull import HubUnreachableError, PullError, parse_repo_reference, pull_model
+from services.models.hub_pull import HubUnreachableError, PullError, default_model_id, parse_repo_reference, pull_model
 from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore, parse_model_id
 
@@ -14,7 +14,7 @@ DOWNLOADS_FOLDER = "downloads"
 def pull(store: ModelStore, home: Path, repository: str, model_id_text: str | None, *, replace: bool) -> int:
     try:
         reference = parse_repo_reference(repository)
-        model_id = parse_model_id(model_id_text) if model_id_text else None
+        model_id = parse_model_id(model_id_text) if model_id_text else default_model_id(reference.repo_id)
     except ValueError as error:
         print(f"strata models pull: {error}", file=sys.stderr)
         return 2

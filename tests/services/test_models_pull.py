@@ -173,6 +173,21 @@ def test_unknown_repository_and_revision_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [("config.json", "has no config.json"), (WEIGHTS, r"has no \*\.safetensors weights")],
+)
+def test_a_repository_without_config_or_safetensors_is_refused(tmp_path: Path, missing: str, reason: str) -> None:
+    (_hub_repository(tmp_path) / missing).unlink()
+    with fake_hub(tmp_path / "hub") as hub:
+        with pytest.raises(PullError, match=reason):
+            _pull(hub, tmp_path)
+        assert hub.resolved_files() == []
+    assert _store(tmp_path).list_models() == []
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60)
 def test_a_gated_repository_asks_for_a_token(tmp_path: Path) -> None:
     (_hub_repository(tmp_path) / GATED_MARKER).touch()
     with fake_hub(tmp_path / "hub") as hub, pytest.raises(PullError, match=f"{REPO} is gated: .*set HF_TOKEN"):
