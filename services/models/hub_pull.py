@@ -73,7 +73,6 @@ class HubFile(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True)
 
     name: str
-    size: int | None
     sha256: str | None
     """From the listing's LFS pointer; None for small files kept in git (no hash to check against)."""
 
@@ -113,7 +112,7 @@ def list_needed_files(
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
     siblings: Sequence[RepoSibling] = info.siblings or []
     files = [
-        HubFile(name=sibling.rfilename, size=sibling.size, sha256=sibling.lfs.sha256 if sibling.lfs else None)
+        HubFile(name=sibling.rfilename, sha256=sibling.lfs.sha256 if sibling.lfs else None)
         for sibling in siblings
         if is_needed(sibling.rfilename)
     ]
