@@ -236,6 +236,13 @@ def _add_models_commands(models: argparse.ArgumentParser) -> None:
     source.add_argument("--dir", type=Path, help="an MLX model directory (config.json, safetensors, tokenizer)")
     importing.add_argument("--id", help="model id to store it under")
     importing.add_argument("--replace", action="store_true", help="replace a model with the same id")
+    pulling = model_commands.add_parser(
+        "pull", help="download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN) into the store"
+    )
+    _add_home(pulling, security=False)
+    pulling.add_argument("repository", metavar="REPO[@REVISION]", help="e.g. HuggingFaceTB/SmolLM2-135M-Instruct@main")
+    pulling.add_argument("--id", help="model id to store it under (default: the repository name, lowercased)")
+    pulling.add_argument("--replace", action="store_true", help="replace a model with the same id")
     for action, description in (
         ("serve", "serve a model of the coordinator's store from now on"),
         ("unserve", "stop serving a model (its running requests end with an error)"),
@@ -277,6 +284,10 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
 
         configure_security(arguments, home, serves=False)
         return remove_model(store, arguments.model_id, arguments.coordinator)
+    if arguments.models_command == "pull":
+        from services.app.pull_command import pull
+
+        return pull(store, home, arguments.repository, arguments.id, replace=bool(arguments.replace))
     replace = bool(arguments.replace)
     if arguments.embedded:
         model_id = parse_model_id(arguments.id) if arguments.id else EMBEDDED_MODEL_ID
