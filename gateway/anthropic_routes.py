@@ -191,7 +191,7 @@ def anthropic_router(engine: CompletionEngine, *, max_body_bytes: int = DEFAULT_
             events = await started_generation(request, engine, generation, announce_start=True)
             if events is None:
                 return client_closed_reply()
-            return event_stream_reply(_message_stream(request_id, body.model, events), request_id)
+            return event_stream_reply(_message_stream(request_id, body.model, events))
         outcome = await whole_generation(request, engine, generation)
         if outcome is None:
             return client_closed_reply()
@@ -205,7 +205,7 @@ def anthropic_router(engine: CompletionEngine, *, max_body_bytes: int = DEFAULT_
             stop_sequence=finished.stop_sequence,
             usage=usage,
         )
-        return json_reply(message, request_id)
+        return json_reply(message)
 
     @router.post("/count_tokens")
     async def count_tokens(request: Request) -> Response:

@@ -6,7 +6,7 @@ request, whole or streamed, cancelled when the client goes away.
 - `started_generation` starts a stream and waits for its first event, so errors before any output
   still get their own HTTP status; None when the client left meanwhile.
 - `ClosingStreamingResponse` closes its event stream as soon as the response ends (see its doc).
-- `json_reply` writes a reply model; every dialect's reply carries `X-Request-Id`.
+- `json_reply` writes a reply model. `X-Request-Id` is set on every reply by gateway/request_ids.py.
 
 Each dialect writes its own stream framing (SSE with or without `event:` lines, NDJSON) over these.
 """
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED_REQUEST = 499
 """The status logged for a request whose client left before the reply (nobody receives it)."""
-REQUEST_ID_HEADER = "X-Request-Id"
 
 _Result = TypeVar("_Result")
 
@@ -40,13 +39,8 @@ def new_request_id(prefix: str) -> RequestId:
     return RequestId(f"{prefix}-{uuid.uuid4().hex}")
 
 
-def request_id_headers(request_id: RequestId) -> dict[str, str]:
-    return {REQUEST_ID_HEADER: request_id}
-
-
-def json_reply(reply: BaseModel, request_id: RequestId | None = None) -> Response:
-    headers = request_id_headers(request_id) if request_id is not None else None
-    return Response(reply.model_dump_json(), media_type="application/json", headers=headers)
+def json_reply(reply: BaseModel) -> Response:
+    return Response(reply.model_dump_json(), media_type="application/json")
 
 
 def client_closed_reply() -> Response:
@@ -101,9 +95,9 @@ class ClosingStreamingResponse(StreamingResponse):
             await self._stream.aclose()
 
 
-def event_stream_reply(stream: AsyncGenerator[str], request_id: RequestId) -> ClosingStreamingResponse:
+def event_stream_reply(stream: AsyncGenerator[str]) -> ClosingStreamingResponse:
     """Server-Sent Events, unbuffered by proxies."""
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **request_id_headers(request_id)}
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return ClosingStreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 

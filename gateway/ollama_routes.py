@@ -24,7 +24,6 @@ from gateway.dialect_replies import (
     ClosingStreamingResponse,
     client_closed_reply,
     new_request_id,
-    request_id_headers,
     started_generation,
     whole_generation,
 )
@@ -233,9 +232,8 @@ def ollama_router(
     return router
 
 
-def _json(document: dict[str, object], request_id: RequestId | None = None) -> Response:
-    headers = request_id_headers(request_id) if request_id is not None else None
-    return Response(json.dumps(document, ensure_ascii=False), media_type="application/json", headers=headers)
+def _json(document: dict[str, object]) -> Response:
+    return Response(json.dumps(document, ensure_ascii=False), media_type="application/json")
 
 
 def _text_fields(text: str, chat: bool) -> dict[str, object]:
@@ -252,16 +250,14 @@ async def _reply(
         if events is None:
             return client_closed_reply()
         lines = _lines(events, model, chat, timing, request_id)
-        return ClosingStreamingResponse(
-            lines, media_type="application/x-ndjson", headers=request_id_headers(request_id)
-        )
+        return ClosingStreamingResponse(lines, media_type="application/x-ndjson", headers={})
     outcome = await whole_generation(request, engine, generation)
     if outcome is None:
         return client_closed_reply()
     text, finished = outcome
     timing.token()
     document = {"model": model, "created_at": _now(), **_text_fields(text, chat), **timing.final_fields(finished)}
-    return _json(document, request_id)
+    return _json(document)
 
 
 async def _lines(

@@ -108,12 +108,12 @@ async def _reply(
         events = await started_generation(request, engine, generation)
         if events is None:
             return client_closed_reply()
-        return event_stream_reply(_server_sent_events(request_id, events, encoder, options.include_usage), request_id)
+        return event_stream_reply(_server_sent_events(request_id, events, encoder, options.include_usage))
     outcome = await whole_generation(request, engine, generation)
     if outcome is None:
         return client_closed_reply()
     text, finished = outcome
-    return json_reply(encoder.whole(text, finished), request_id)
+    return json_reply(encoder.whole(text, finished))
 
 
 async def _server_sent_events(

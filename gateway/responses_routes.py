@@ -24,7 +24,6 @@ from gateway.dialect_replies import (
     event_stream_reply,
     named_event,
     new_request_id,
-    request_id_headers,
     started_generation,
     whole_generation,
 )
@@ -168,13 +167,13 @@ def responses_router(engine: CompletionEngine, *, max_body_bytes: int = DEFAULT_
             events = await started_generation(request, engine, generation)
             if events is None:
                 return client_closed_reply()
-            return event_stream_reply(_response_stream(shape, events), request_id)
+            return event_stream_reply(_response_stream(shape, events))
         outcome = await whole_generation(request, engine, generation)
         if outcome is None:
             return client_closed_reply()
         text, finished = outcome
         document = json.dumps(shape.response("completed", finished, text), ensure_ascii=False)
-        return Response(document, media_type="application/json", headers=request_id_headers(request_id))
+        return Response(document, media_type="application/json")
 
     return router
 
