@@ -42,10 +42,11 @@ def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, st
 @pytest.fixture(scope="session")
 def running_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
     with home_sharing_models(embedded_home) as home:
-        yield from _serve(home, tmp_path_factory.mktemp("cluster-logs"))
+        yield from serve_local_cluster(home, tmp_path_factory.mktemp("cluster-logs"))
 
 
-def _serve(home: Path, logs: Path) -> Iterator[RunningCluster]:
+def serve_local_cluster(home: Path, logs: Path) -> Iterator[RunningCluster]:
+    """`strata run` in `home` until the generator closes; its log tail is printed when it fails to start."""
     process, gateway_url, coordinator_address = start_local_cluster(home, logs)
     try:
         state = cluster_state(coordinator_address)
@@ -58,5 +59,8 @@ def _serve(home: Path, logs: Path) -> Iterator[RunningCluster]:
             shard_addresses=tuple(stage.address for stage in instance.stages),
             instance_id=instance.instance_id,
         )
+    except BaseException:
+        print(process.log_tail())
+        raise
     finally:
         process.stop()

@@ -24,7 +24,7 @@ from services.wire.cluster_status import status_document
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc
 from tests.fixtures import require_debian_program
 from tests.processes import ServiceProcess, child_pids, cluster_state, free_port, start_strata, wait_for_grpc_health
-from tests.system.conftest import RunningCluster, start_local_cluster
+from tests.system.conftest import RunningCluster, serve_local_cluster
 
 pytestmark = [pytest.mark.process, pytest.mark.model]
 
@@ -44,23 +44,7 @@ CHROMIUM_ARGUMENTS = [
 def dashboard_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCluster]:
     """A cluster of this module alone: the browser test kills one of its shard servers."""
     with home_sharing_models(embedded_home) as home:
-        process, gateway_url, coordinator_address = start_local_cluster(home, tmp_path_factory.mktemp("dashboard"))
-        try:
-            state = cluster_state(coordinator_address)
-            instance = next(instance for instance in state.instances if instance.status == "ready")
-            yield RunningCluster(
-                home=home,
-                process=process,
-                gateway_url=gateway_url,
-                coordinator_address=coordinator_address,
-                shard_addresses=tuple(stage.address for stage in instance.stages),
-                instance_id=instance.instance_id,
-            )
-        except BaseException:
-            print(process.log_tail())
-            raise
-        finally:
-            process.stop()
+        yield from serve_local_cluster(home, tmp_path_factory.mktemp("dashboard"))
 
 
 @pytest.mark.timeout(120)
