@@ -24,6 +24,7 @@ from discovery.peer import PeerInfo
 from discovery.peer_source import DiscoveryOptions
 from services.cluster.state import ModelSpec, RegisteredShard
 from services.kernel.compute_dtype import ComputeDtype
+from services.kernel.devices import parse_device_kind
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, node_id
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
@@ -66,17 +67,17 @@ def _shard_from_peer(peer: PeerInfo) -> RegisteredShard | None:
     """A shard server announced over discovery, as state records it; None when it lacks resources."""
     if peer.available_memory_bytes <= 0:
         return None
-    match peer.device:
-        case "cpu" | "gpu" | "metal" as device:
-            return RegisteredShard(
-                shard_id=peer.shard_id,
-                node_id=peer.node_id,
-                address=peer.address,
-                available_memory_bytes=peer.available_memory_bytes,
-                device=device,
-            )
-        case _:
-            return None
+    device = parse_device_kind(peer.device)
+    if device is None:
+        return None
+    return RegisteredShard(
+        shard_id=peer.shard_id,
+        node_id=peer.node_id,
+        address=peer.address,
+        available_memory_bytes=peer.available_memory_bytes,
+        device=device,
+        work_per_second=peer.work_per_second,
+    )
 
 
 async def serve_coordinator(options: CoordinatorOptions) -> None:

@@ -4,14 +4,25 @@ Each stage must fit its shard's available memory, counted in compute-dtype bytes
 embedding on the first stage (and on the last with tied embeddings), the norm and LM head on the
 last, and KV room per layer. Among the splits that fit, the one whose slowest stage does the least
 work wins (work = parameters read per token, plus a layer's fixed work: see `services.models.model_spec`;
-the LM head counts: on SmolLM2 it weighs ~5 layers).
+the LM head counts: on SmolLM2 it weighs ~5 layers), times the shard's slowness.
 Every stage gets at least one layer. Shards keep their given order (the ring order).
+
+Speeds are what each shard measured at start (`work_per_second`), in classes: a shard within 3x of
+the fastest shard of the placement counts the same, so shards of one kind, whose measurements differ
+by noise (other processes, a busy core), are placed the same from run to run; a slower one's stage
+work counts 2^k times, the fastest about 2^k times faster (k rounded), so a GPU 10x faster than a CPU
+host takes about 8x its work per layer. A shard that measured nothing counts as fast as the fastest.
 """
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.cluster.state import ModelSpec, RegisteredShard, StageAssignment
+from services.kernel.ids import ShardId
+
+_MAX_SLOWDOWN_EXPONENT = 10
+_SAME_SPEED_WITHIN = 3.0
 
 _BestSplits = dict[int, tuple[int, tuple[int, ...]]]
 """For each end layer reached: (work of the slowest stage so far, end layer of each stage)."""
@@ -54,9 +65,28 @@ def stage_work(model: ModelSpec, start: int, end: int) -> int:
     return work
 
 
-def slowest_stage_work(model: ModelSpec, stages: Sequence[StageAssignment]) -> int:
-    """Work per token of an existing placement's slowest stage."""
-    return max((stage_work(model, stage.start_layer, stage.end_layer) for stage in stages), default=0)
+def work_multipliers(shards: Sequence[RegisteredShard]) -> dict[ShardId, int]:
+    """How many times each shard's stage work counts: 2^k, the fastest shard about 2^k times faster."""
+    fastest = max((shard.work_per_second for shard in shards), default=0.0)
+    multipliers: dict[ShardId, int] = {}
+    for shard in shards:
+        if fastest <= 0 or shard.work_per_second <= 0 or fastest / shard.work_per_second < _SAME_SPEED_WITHIN:
+            multipliers[shard.shard_id] = 1
+            continue
+        exponent = round(math.log2(fastest / shard.work_per_second))
+        multipliers[shard.shard_id] = 2 ** min(max(exponent, 0), _MAX_SLOWDOWN_EXPONENT)
+    return multipliers
+
+
+def slowest_stage_work(
+    model: ModelSpec, stages: Sequence[StageAssignment], multipliers: Mapping[ShardId, int] | None = None
+) -> int:
+    """Work per token of an existing placement's slowest stage, weighted by `multipliers` (none: 1)."""
+    weights = multipliers or {}
+    return max(
+        (stage_work(model, stage.start_layer, stage.end_layer) * weights.get(stage.shard_id, 1) for stage in stages),
+        default=0,
+    )
 
 
 def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | PlacementRefusal:
@@ -66,6 +96,7 @@ def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | Pl
     if len(model.layers) != model.num_layers:
         return PlacementRefusal(f"model {model.model_id} describes {len(model.layers)} of {model.num_layers} layers")
     used = list(shards[: model.num_layers])
+    multipliers = work_multipliers(used)
     count, layers = len(used), model.num_layers
     # best[i][end]: (slowest stage work, split) for layers [0, end) on the first i shards.
     best: list[_BestSplits] = [{} for _ in range(count + 1)]
@@ -76,7 +107,8 @@ def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | Pl
             for end in range(start + 1, layers - remaining_shards + 1):
                 if stage_bytes(model, start, end) > shard.available_memory_bytes:
                     continue
-                candidate = (max(slowest, stage_work(model, start, end)), (*splits, end))
+                work = stage_work(model, start, end) * multipliers[shard.shard_id]
+                candidate = (max(slowest, work), (*splits, end))
                 known = best[index + 1].get(end)
                 if known is None or candidate < known:
                     best[index + 1][end] = candidate
@@ -90,7 +122,13 @@ def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | Pl
         stages.append(StageAssignment(shard_id=shard.shard_id, start_layer=start, end_layer=end))
         start = end
     ranges = ", ".join(f"{stage.shard_id}: [{stage.start_layer}, {stage.end_layer})" for stage in stages)
-    return Placement(tuple(stages), slowest, f"balanced by work per token over {count} shards: {ranges}")
+    explanation = f"balanced by work per token over {count} shards: {ranges}"
+    if any(multiplier > 1 for multiplier in multipliers.values()):
+        slower = ", ".join(
+            f"{shard_id} x{multiplier}" for shard_id, multiplier in multipliers.items() if multiplier > 1
+        )
+        explanation += f" (work weighted by measured speed: {slower})"
+    return Placement(tuple(stages), slowest, explanation)
 
 
 def _why_it_does_not_fit(model: ModelSpec, shards: Sequence[RegisteredShard]) -> str:

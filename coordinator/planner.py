@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coordinator.placement import Placement, PlacementRefusal, place, slowest_stage_work
+from coordinator.placement import Placement, PlacementRefusal, place, slowest_stage_work, work_multipliers
 from services.cluster.state import ClusterState, ModelInstance, ModelSpec, RegisteredShard
 from services.kernel.ids import InstanceId, ModelId
 
@@ -117,11 +117,13 @@ def _rebalance(state: ClusterState, staying: list[ModelInstance], shards: list[R
             continue
         # Only over shard servers no other model's instance holds (one stage per shard server).
         others = {stage.shard_id for other in staying if other.model_id != instance.model_id for stage in other.stages}
-        result = place(model, [shard for shard in shards if shard.shard_id not in others])
+        candidates = [shard for shard in shards if shard.shard_id not in others]
+        result = place(model, candidates)
+        current = slowest_stage_work(model, instance.stages, work_multipliers(candidates[: model.num_layers]))
         if (
             isinstance(result, Placement)
             and len(result.stages) > len(instance.stages)
-            and result.slowest_stage_work < slowest_stage_work(model, instance.stages)
+            and result.slowest_stage_work < current
         ):
             return RemoveInstance(
                 instance.instance_id,

@@ -4,6 +4,7 @@ A malformed command is refused here with `InvalidArgumentError` (INVALID_ARGUMEN
 the replica.
 """
 
+import math
 from collections.abc import Iterable, Mapping
 from copy import deepcopy
 from typing import Protocol, TypeVar
@@ -16,11 +17,10 @@ from coordinator.serving_preview import ServingPreview
 from discovery.peer import RefusedPeer
 from services.cluster.events import CommandOrigin
 from services.cluster.state import ClusterState, ModelInstance, RegisteredShard, StageAssignment
+from services.kernel.devices import DEVICE_KINDS, parse_device_kind
 from services.kernel.ids import ModelId, NodeId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
 from strata_wire import coordinator_pb2, shard_pb2
-
-DEVICES = ("cpu", "gpu", "metal")
 
 
 class Forwardable(Protocol):
@@ -45,9 +45,11 @@ def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple
         raise InvalidArgumentError("shard_id, node_id and address are required")
     if message.available_memory_bytes <= 0:
         raise InvalidArgumentError("available_memory_bytes must be positive")
-    device = message.device
-    if device not in ("cpu", "gpu", "metal"):
-        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}")
+    device = parse_device_kind(message.device)
+    if device is None:
+        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICE_KINDS)}")
+    if not math.isfinite(message.work_per_second) or message.work_per_second < 0:
+        raise InvalidArgumentError("work_per_second must be a non-negative number")
     origin = CommandOrigin(client_id=message.client_id, sequence=message.sequence) if message.client_id else None
     shard = RegisteredShard(
         shard_id=ShardId(message.shard_id),
@@ -57,6 +59,7 @@ def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple
         device=device,
         incarnation=message.incarnation,
         metrics_address=message.metrics_address,
+        work_per_second=message.work_per_second,
     )
     return shard, origin
 
@@ -103,6 +106,7 @@ def state_to_pb(state: ClusterState) -> coordinator_pb2.ClusterState:
                 available_memory_bytes=shard.available_memory_bytes,
                 device=shard.device,
                 metrics_address=shard.metrics_address,
+                work_per_second=shard.work_per_second,
             )
             for shard in state.shards.values()
         ],

@@ -25,6 +25,7 @@ def peer_to_pb(peer: PeerInfo) -> discovery_pb2.PeerIdentity:
         available_memory_bytes=peer.available_memory_bytes,
         device=peer.device,
         models=list(peer.models),
+        work_per_second=peer.work_per_second,
     )
 
 
@@ -40,6 +41,7 @@ def peer_from_pb(identity: discovery_pb2.PeerIdentity, address: str) -> PeerInfo
         available_memory_bytes=identity.available_memory_bytes,
         device=identity.device,
         models=tuple(identity.models),
+        work_per_second=identity.work_per_second,
     )
 
 

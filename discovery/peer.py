@@ -45,6 +45,8 @@ class PeerInfo(BaseModel):
     """Shards: what the host offers the cluster, shared by the shard servers of one node (`host_share`)."""
     device: str = ""
     models: tuple[str, ...] = ()
+    work_per_second: float = 0.0
+    """Shards: parameters per second measured at start (services.platform.compute_device); 0: unknown."""
 
     @property
     def port(self) -> int:

@@ -1,6 +1,7 @@
 """`PeerInfo` to and from mDNS TXT properties (short keys: a TXT record is limited to a few hundred bytes
 per entry and the whole record should stay under one packet)."""
 
+import math
 from collections.abc import Mapping
 
 from pydantic import ValidationError
@@ -27,6 +28,7 @@ def to_properties(peer: PeerInfo) -> dict[str, str]:
             "mem_total": str(peer.total_memory_bytes),
             "mem_available": str(peer.available_memory_bytes),
             "device": peer.device,
+            "speed": repr(peer.work_per_second),
         }
     if peer.models:
         properties["models"] = MODELS_SEPARATOR.join(peer.models)
@@ -52,6 +54,17 @@ def _integer(properties: Mapping[bytes, bytes | None], key: str, default: str | 
     return int(text)
 
 
+def _number(properties: Mapping[bytes, bytes | None], key: str, default: str) -> float:
+    text = _text(properties, key, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise TxtRecordError(f"TXT property {key!r} is not a non-negative number: {text!r}")
+    return value
+
+
 def from_properties(properties: Mapping[bytes, bytes | None], address: str) -> PeerInfo:
     """The peer announced with these TXT properties at `address`; raises TxtRecordError if malformed."""
     models_text = _text(properties, "models", "")
@@ -65,6 +78,7 @@ def from_properties(properties: Mapping[bytes, bytes | None], address: str) -> P
             total_memory_bytes=_integer(properties, "mem_total", "0"),
             available_memory_bytes=_integer(properties, "mem_available", "0"),
             device=_text(properties, "device", ""),
+            work_per_second=_number(properties, "speed", "0"),
             models=tuple(model for model in models_text.split(MODELS_SEPARATOR) if model),
         )
     except (ValidationError, ValueError) as error:

@@ -20,6 +20,7 @@ from services.kernel.ids import ShardId
 from services.kernel.settings import models_root, node_id
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from services.models.model_store import ModelStore
+from services.platform.compute_device import detect_compute_device, measure_work_per_second, offered_device_memory
 from services.platform.grpc_server import GrpcServer, cluster_channel
 from services.platform.metrics_server import DEFAULT_METRICS_PORT, serve_metrics_beside
 from shard_server.admission import AdmissionLimits
@@ -103,8 +104,20 @@ async def serve_shard(options: ShardOptions) -> None:
     )
     address = f"{options.host}:{server.port}"
     shard_id = ShardId(f"{host_node}:{server.port}")
+    device = detect_compute_device()
+    work_per_second = await asyncio.to_thread(measure_work_per_second, device.kind)
+    logger.info(
+        "computing on %s (%s), %.2e parameters/s in a one-row product", device.kind, device.name, work_per_second
+    )
     presence = ShardPresence(
-        options.discovery, host_node, address, store, offered_memory(None), options.memory_limit_bytes
+        options.discovery,
+        host_node,
+        address,
+        store,
+        offered_device_memory(device, offered_memory(None), MEMORY_HEADROOM),
+        options.memory_limit_bytes,
+        device,
+        work_per_second,
     )
     coordinators = presence.coordinators(options.coordinator)
     service = ShardService(
@@ -130,6 +143,8 @@ async def serve_shard(options: ShardOptions) -> None:
             address=address,
             available_memory_bytes=presence.memory_share(),
             incarnation=incarnation,
+            device=device.kind,
+            work_per_second=work_per_second,
             metrics_address=metrics.address,
         )
 

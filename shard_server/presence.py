@@ -15,6 +15,7 @@ from discovery.peer_source import Discovery, DiscoveryOptions
 from services.kernel.ids import ModelId, NodeId
 from services.models.model_fetch import FetchError, ModelFetcher
 from services.models.model_store import ModelStore
+from services.platform.compute_device import ComputeDevice
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class ShardPresence:
         store: ModelStore,
         host_memory: int,
         memory_limit: int | None,
+        device: ComputeDevice,
+        work_per_second: float,
     ) -> None:
         """`host_memory`: what the host offers to all its shards; `memory_limit`: this shard's own cap."""
         self._options = options
@@ -38,6 +41,8 @@ class ShardPresence:
         self._address = address
         self._store = store
         self._host_memory = host_memory
+        self.device = device
+        self.work_per_second = work_per_second
         self._memory_limit = memory_limit
         self._fetcher = ModelFetcher(store)
         self.discovery = Discovery(options, own=self.identity())
@@ -65,8 +70,9 @@ class ShardPresence:
             address=self._address,
             total_memory_bytes=psutil.virtual_memory().total,
             available_memory_bytes=self._host_memory,
-            device="cpu",
+            device=self.device.kind,
             models=tuple(self._store.list_models()),
+            work_per_second=self.work_per_second,
         )
 
     def coordinators(self, explicit: str | None) -> Callable[[], Sequence[str]]:

@@ -3,6 +3,7 @@
 import math
 
 from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
+from services.kernel.devices import DeviceKind
 from services.kernel.ids import RequestId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
 from services.platform.tensor_codec import EncodedTensor
@@ -235,6 +236,8 @@ def registration_to_pb(
     address: str,
     available_memory_bytes: int,
     incarnation: str,
+    device: DeviceKind,
+    work_per_second: float,
     metrics_address: str = "",
 ) -> coordinator_pb2.RegisterShardRequest:
     """This shard server, as it announces itself to the coordinator."""
@@ -243,9 +246,10 @@ def registration_to_pb(
         node_id=node_id,
         address=address,
         available_memory_bytes=available_memory_bytes,
-        device="cpu",
+        device=device,
         incarnation=incarnation,
         metrics_address=metrics_address,
+        work_per_second=work_per_second,
     )
 
 

@@ -103,10 +103,12 @@ def _hosts_table(state: coordinator_pb2.ClusterState) -> Table:
 
 
 def _shards_table(state: coordinator_pb2.ClusterState) -> Table:
-    table = _table("shard servers", ("SHARD", "NODE", "ADDRESS", "MEMORY GiB", "DEVICE", "METRICS"))
+    columns = ("SHARD", "NODE", "ADDRESS", "MEMORY GiB", "DEVICE", "SPEED Gparam/s", "METRICS")
+    table = _table("shard servers", columns)
     for shard in sorted(state.shards, key=lambda shard: (shard.node_id, shard.shard_id)):
         memory = _gib(shard.available_memory_bytes)
-        table.add_row(shard.shard_id, shard.node_id, shard.address, memory, shard.device, shard.metrics_address)
+        speed = f"{shard.work_per_second / 1e9:.1f}" if shard.work_per_second > 0 else "-"
+        table.add_row(shard.shard_id, shard.node_id, shard.address, memory, shard.device, speed, shard.metrics_address)
     return table
 
 

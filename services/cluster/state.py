@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from services.kernel.devices import DeviceKind
 from services.kernel.ids import InstanceId, ModelId, NodeId, ShardId
 
 
@@ -16,11 +17,13 @@ class RegisteredShard(Frozen):
     node_id: NodeId
     address: str
     available_memory_bytes: int
-    device: Literal["cpu", "gpu", "metal"]
+    device: DeviceKind
     incarnation: str = ""
     """Random per shard process; "" when unknown (found by discovery rather than registered)."""
     metrics_address: str = ""
     """host:port of its Prometheus `/metrics` endpoint; "" when unknown (found by discovery)."""
+    work_per_second: float = 0.0
+    """Parameters per second its device read in a decode-like product at start; 0: not measured."""
 
 
 class WeightCost(Frozen):

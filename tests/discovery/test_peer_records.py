@@ -23,6 +23,7 @@ def _shard(address: str = "10.0.0.1:52417", *, cluster: str = "alpha", version: 
         available_memory_bytes=8_000,
         device="cpu",
         models=("smollm2-135m-instruct", "other"),
+        work_per_second=3.25e9,
     )
 
 
@@ -49,6 +50,9 @@ def test_txt_without_shard_fields_for_a_coordinator() -> None:
         {b"cluster": b"alpha", b"role": b"printer", b"node": b"n", b"version": b"1"},
         {b"cluster": b"alpha", b"role": b"shard", b"node": b"n", b"version": b"one"},
         {b"cluster": b"\xff", b"role": b"shard", b"node": b"n", b"version": b"1"},
+        {b"cluster": b"alpha", b"role": b"shard", b"node": b"n", b"version": b"1", b"speed": b"-1"},
+        {b"cluster": b"alpha", b"role": b"shard", b"node": b"n", b"version": b"1", b"speed": b"nan"},
+        {b"cluster": b"alpha", b"role": b"shard", b"node": b"n", b"version": b"1", b"speed": b"fast"},
     ],
 )
 def test_malformed_txt_is_refused(properties: dict[bytes, bytes | None]) -> None:

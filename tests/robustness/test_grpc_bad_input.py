@@ -286,6 +286,13 @@ COORDINATOR_CASES: dict[str, tuple[str, object, Expected]] = {
         ),
         (grpc.StatusCode.INVALID_ARGUMENT, "device"),
     ),
+    "shard with a negative speed": (
+        "RegisterShard",
+        coordinator_pb2.RegisterShardRequest(
+            shard_id="s", node_id="n", address="127.0.0.1:1", available_memory_bytes=1, device="cpu", work_per_second=-1
+        ),
+        (grpc.StatusCode.INVALID_ARGUMENT, "work_per_second"),
+    ),
     "preview of an unknown model": (
         "PreviewPlacement",
         coordinator_pb2.PreviewPlacementRequest(model_id="no-such-model"),

@@ -99,6 +99,9 @@ def test_request_ids_in_json_logs_and_strata_status(embedded_home: Path, tmp_pat
             [instance] = cluster_state(coordinator).instances
             [stage] = instance.stages
             assert shard.address in table.stdout and "shard server" in table.stdout
+            # The shard measured its device at start: the CPU here, with a speed placement weighs.
+            assert shard.device == "cpu" and shard.work_per_second > 0, shard
+            assert f"{shard.work_per_second / 1e9:.1f}" in table.stdout
             assert f"{stage.shard_id} [0, {instance.num_layers}) loaded" in table.stdout, table.stdout
         except BaseException:
             print(process.log_tail())
