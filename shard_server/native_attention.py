@@ -227,7 +227,10 @@ def _locate(cache: KVCache, head_dim: int) -> tuple[int, int, int, int] | None:
 
 
 def load_native_attention() -> NativeAttention | None:
-    """The library when it is built and its BLAS symbol resolves to the preloaded fast BLAS."""
+    """The library when it is built and its BLAS symbol resolves to the preloaded fast BLAS, on the CPU
+    only (it reads arrays in host memory: a GPU computes attention with MLX's own kernels)."""
+    if mx.default_device() != mx.cpu:
+        return None
     path = library_path()
     if not path.is_file() or not fast_blas_loaded():
         return None
