@@ -10,7 +10,7 @@ like-for-like ratio.
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
@@ -30,12 +30,15 @@ class LlamaCppFigures:
     """Aggregate generation tok/s of `llama-batched-bench` with that many parallel sequences."""
     two_rpc_servers_tokens_per_second: float | None
     """One stream split over two `ggml-rpc-server`s on loopback (one thread each); None if it failed."""
+    server_tokens_per_second: dict[int, float] = field(default_factory=dict[int, float])
+    """`llama-server` under strata's load client, per concurrency: the mean of the runs before and
+    after strata's clusters (the like-for-like aggregate); empty when it did not run."""
 
 
 def llama_cpp_binaries() -> Path | None:
     configured = os.environ.get("STRATA_LLAMA_CPP_BIN")
     folder = Path(configured) if configured else Path.home() / ".cache/strata-llama-cpp/llama.cpp/build/bin"
-    needed = ("llama-bench", "llama-batched-bench", "ggml-rpc-server")
+    needed = ("llama-bench", "llama-batched-bench", "ggml-rpc-server", "llama-server")
     return folder if all(os.access(folder / name, os.X_OK) for name in needed) else None
 
 

@@ -86,7 +86,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, obje
     first: float | None = None
     last = started
     gaps: list[float] = []
-    output_tokens = 0
+    reported_tokens: int | None = None
+    content_chunks = 0
     async with client.stream("POST", url, json=body, timeout=1800) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -94,8 +95,9 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, obje
                 continue
             chunk = _Chunk.model_validate_json(line[len("data: ") :])
             if chunk.usage is not None:
-                output_tokens = chunk.usage.completion_tokens
+                reported_tokens = chunk.usage.completion_tokens
             if chunk.choices and chunk.choices[0].text:
+                content_chunks += 1
                 now = time.perf_counter()
                 if first is None:
                     first = now
@@ -103,6 +105,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, obje
                     gaps.append(now - last)
                 last = now
     end = time.perf_counter()
+    # A server that reports no usage (llama-server may not) streams one token per chunk.
+    output_tokens = reported_tokens if reported_tokens is not None else content_chunks
     return RequestTiming((first or end) - started, tuple(gaps), output_tokens, end - started)
 
 

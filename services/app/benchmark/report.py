@@ -343,7 +343,7 @@ def write_report(
             "running fewer (for a model that fits on each).",
             "",
         ]
-    lines += _llama_cpp_section(llama_cpp, clusters)
+    lines += _llama_cpp_section(llama_cpp, clusters, transport_floor)
     path.parent.mkdir(parents=True, exist_ok=True)
     plot_path = path.with_suffix(".png")
     if _plot(plot_path, baselines, clusters):
@@ -353,13 +353,18 @@ def write_report(
     return path
 
 
-def _llama_cpp_section(llama_cpp: LlamaCppFigures | str, clusters: tuple[ClusterFigures, ...]) -> list[str]:
+def _llama_cpp_section(
+    llama_cpp: LlamaCppFigures | str, clusters: tuple[ClusterFigures, ...], transport_floor: TransportFloor | None
+) -> list[str]:
     lines = ["## llama.cpp on the same GGUF", ""]
     if isinstance(llama_cpp, str):
         return [*lines, f"Not measured: {llama_cpp}.", ""]
     lines += [
         f"Binaries in `{llama_cpp.binaries}`, {llama_cpp.threads} threads. llama.cpp computes with the GGUF's "
-        "4-bit weights, strata with the compute dtype above: a reference point, not a like-for-like ratio.",
+        "4-bit weights, strata with the compute dtype above. `llama-server -np N` is driven by strata's own "
+        "load client (the same streamed requests, prompts and new tokens), right before and right after "
+        "strata's clusters (the mean of both): that is the like-for-like figure. `llama-batched-bench` "
+        "(`-npp`/`-ntg` = the new tokens) and `llama-bench` run at the end.",
         "",
         f"- one stream (`llama-bench`): {llama_cpp.single_stream_tokens_per_second:.1f} tok/s",
     ]
@@ -369,17 +374,58 @@ def _llama_cpp_section(llama_cpp: LlamaCppFigures | str, clusters: tuple[Cluster
             f"- one stream over two `ggml-rpc-server`s on loopback (one thread each): {split:.1f} tok/s "
             f"({_ratio(split, llama_cpp.single_stream_tokens_per_second)} of one process)"
         )
+    server = llama_cpp.server_tokens_per_second
     lines += [
         "",
-        "| parallel sequences | llama.cpp tok/s | "
-        + " | ".join(f"strata {cluster.shards} shard(s) tok/s" for cluster in clusters)
+        "| concurrency | llama-server tok/s | llama-batched-bench tok/s | "
+        + " | ".join(
+            f"strata {cluster.shards} shard(s) tok/s | vs llama-server | vs batched-bench" for cluster in clusters
+        )
         + " |",
-        "| ---: | ---: |" + " ---: |" * len(clusters),
+        "| ---: | ---: | ---: |" + " ---: | ---: | ---: |" * len(clusters),
     ]
-    for sequences, rate in sorted(llama_cpp.batched_tokens_per_second.items()):
-        strata_rates = [
-            f"{cluster.loads[sequences].output_throughput:.1f}" if sequences in cluster.loads else ""
-            for cluster in clusters
-        ]
-        lines.append(f"| {sequences} | {rate:.1f} | " + " | ".join(strata_rates) + " |")
-    return [*lines, ""]
+    levels = sorted(set(llama_cpp.batched_tokens_per_second) | set(server))
+    for level in levels:
+        served = server.get(level, float("nan"))
+        batched = llama_cpp.batched_tokens_per_second.get(level, float("nan"))
+        cells: list[str] = []
+        for cluster in clusters:
+            rate = cluster.loads[level].output_throughput if level in cluster.loads else float("nan")
+            cells += [f"{rate:.1f}", _ratio(rate, served), _ratio(rate, batched)]
+        lines.append(f"| {level} | {served:.1f} | {batched:.1f} | " + " | ".join(cells) + " |")
+    return [*lines, "", *speed_targets(llama_cpp, clusters, transport_floor), ""]
+
+
+def speed_targets(
+    llama_cpp: LlamaCppFigures, clusters: tuple[ClusterFigures, ...], transport_floor: TransportFloor | None
+) -> list[str]:
+    """The speed issue's targets, as ratios of this run."""
+    lines = ["### Targets", ""]
+    by_shards = {cluster.shards: cluster for cluster in clusters}
+    for cluster in clusters:
+        for level in (16, 32):
+            served = llama_cpp.server_tokens_per_second.get(level)
+            if served is None or level not in cluster.loads:
+                continue
+            ratio = cluster.loads[level].output_throughput / served
+            lines.append(
+                f"- aggregate at {level}, {cluster.shards} shard(s): {ratio:.2f}x `llama-server` "
+                f"(target 1.0x: {'met' if ratio >= 1.0 else 'not met'})"
+            )
+    one = by_shards.get(1)
+    if one is not None and llama_cpp.single_stream_tokens_per_second > 0:
+        ratio = one.single_stream_tokens_per_second / llama_cpp.single_stream_tokens_per_second
+        lines.append(
+            f"- one stream, 1 shard: {ratio:.2f}x `llama-bench` (target 0.5x: {'met' if ratio >= 0.5 else 'not met'})"
+        )
+    two = by_shards.get(2)
+    if one is not None and two is not None and transport_floor is not None:
+        one_step = 1 / one.single_stream_tokens_per_second
+        two_step = 1 / two.single_stream_tokens_per_second
+        bound = one_step + 2 * 1.2 * transport_floor.ring_hop
+        lines.append(
+            f"- one stream, 2 shards: a step of {two_step * 1e3:.1f} ms against the bound 1-shard step "
+            f"{one_step * 1e3:.1f} ms + 2 hops x 1.2 x ring floor {transport_floor.ring_hop * 1e3:.2f} ms = "
+            f"{bound * 1e3:.1f} ms ({'met' if two_step <= bound else 'not met'})"
+        )
+    return lines

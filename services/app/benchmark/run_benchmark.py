@@ -11,16 +11,21 @@ whole model, with the coordinator, gateway and load client on the same core in b
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from coordinator.placement import stage_weight_bytes
 from services.app.benchmark.baselines import BaselineFigures, BaselineModel, averaged
 from services.app.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
+from services.app.benchmark.llama_server import LlamaServerError, measure_llama_server
 from services.app.benchmark.load_client import LoadResult, run_load
 from services.app.benchmark.ready_instances import ready_instance_count
 from services.app.benchmark.report import (
@@ -266,7 +271,11 @@ def run_benchmark(options: BenchOptions) -> Path:
     mlx_lm = BaselineModel(model_dir, options.compute_dtype, options.max_tokens, options.prefill_step_size)
     baselines: BaselineFigures = mlx_lm.measure(options.concurrencies)
     print(f"  one stream {baselines.single_stream_tokens_per_second:.1f} tok/s", flush=True)
+    # llama-server right before and right after strata's clusters, under the same load client: the
+    # like-for-like aggregate, its mean untouched by the machine's drift over the run.
+    server_before = _measure_llama_server(options)
     clusters = tuple(_measure_cluster(options, shards, mlx_lm) for shards in options.shard_counts)
+    server_after = _measure_llama_server(options)
     # Again after the clusters: the ratios use the mean, so a drift of the machine's speed during the
     # run weighs on both sides alike.
     print("baselines again, after the clusters", flush=True)
@@ -283,9 +292,34 @@ def run_benchmark(options: BenchOptions) -> Path:
     )
     scale_out = _measure_scale_out(options, (16, 32)) if options.scale_out else None
     llama_cpp = _measure_llama_cpp(options)
+    if isinstance(llama_cpp, LlamaCppFigures):
+        llama_cpp = dataclasses.replace(llama_cpp, server_tokens_per_second=mean_rates(server_before, server_after))
     return write_report(
         options.output, options.compute_dtype, options.max_tokens, baselines, clusters, scale_out, llama_cpp, floor
     )
+
+
+def _measure_llama_server(options: BenchOptions) -> dict[int, float]:
+    binaries = llama_cpp_binaries()
+    if binaries is None:
+        return {}
+    try:
+        gguf = find_embedded_gguf()
+    except EmbeddedModelMissingError:
+        return {}
+    print("llama-server on the same GGUF, under strata's load client", flush=True)
+    threads = len(os.sched_getaffinity(0))
+    try:
+        return measure_llama_server(binaries, gguf, threads, options.max_tokens, options.concurrencies)
+    except (OSError, subprocess.SubprocessError, LlamaServerError, httpx.HTTPError) as error:
+        print(f"  llama-server failed: {error}", flush=True)
+        return {}
+
+
+def mean_rates(*runs: dict[int, float]) -> dict[int, float]:
+    """Pure: per concurrency, the mean of the runs that measured it."""
+    levels = sorted({level for run in runs for level in run})
+    return {level: statistics.fmean(run[level] for run in runs if level in run) for level in levels}
 
 
 def _measure_llama_cpp(options: BenchOptions) -> LlamaCppFigures | str:
