@@ -252,11 +252,14 @@ def hold_weights_in_float16(model: nn.Module, library: Float16LinearLibrary | No
         twin, reason = _twin(library, module)
         if twin is None:
             kept.append((path, reason))
-            logger.warning("%s keeps float32 weights: %s", path, reason)
             continue
         _set_module(model, path, twin)
         converted.append(path)
     evaluate(model.parameters())
+    # One line per reason, not per module: a bfloat16 model would otherwise log every matrix.
+    for reason in sorted({reason for _, reason in kept}):
+        paths = [path for path, why in kept if why == reason]
+        logger.warning("%d weight matrices keep float32 weights (%s), e.g. %s", len(paths), reason, paths[0])
     return WeightStorage(tuple(converted), tuple(kept), "" if converted else "no module passed the check")
 
 
