@@ -179,6 +179,8 @@ class StageWorker:
                 batch_rows_buckets=tuple(self._batch_rows_counts),
                 batch_invariant=loaded.stage.batch_invariant,
                 native_attention=loaded.stage.native_attention is not None,
+                weight_bytes=loaded.stage.weight_bytes,
+                float16_weight_matrices=len(loaded.stage.weight_storage.float16_modules),
                 compute_seconds=self._compute_seconds,
                 ring_seconds=self._first.ring_seconds,
                 ring_samples=self._first.ring_samples,

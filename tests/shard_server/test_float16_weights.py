@@ -13,7 +13,6 @@ from mlx import nn
 from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
-from services.models.model_writer import save_model_directory
 from services.platform.fast_blas import blas_thread_control, strata_kernel_active
 from services.platform.mlx_typing import start_evaluating
 from shard_server.batched_forward import RequestRows
@@ -29,7 +28,7 @@ from shard_server.float16_weights import (
     switched_off,
 )
 from shard_server.model_stage import ModelStage, StageRange
-from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model
+from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
 
 # (outputs, inputs): the embedded model's projections, MLP and LM head shapes, and odd ones (K % 8 != 0,
 # N % 4 != 0) that take the kernel's tails.
@@ -120,18 +119,6 @@ def test_bad_input_is_a_clear_value_error() -> None:
         library.float16_linear(x, weight, mx.zeros((7,)))
 
 
-def _tiny_half_model(model_type: str, scratch: Path, destination: Path) -> Path:
-    """A tiny model whose weights are all float16 values (written as float32, as an import from 4-bit is)."""
-    build_tiny_model(model_type, scratch)
-    rounded: dict[str, mx.array] = {}
-    for path in scratch.rglob("*.safetensors"):
-        weights = mx.load(str(path))
-        assert isinstance(weights, dict)
-        rounded.update({name: array.astype(mx.float16).astype(mx.float32) for name, array in weights.items()})
-    save_model_directory(destination, ARCHITECTURE_CONFIGS[model_type], rounded)
-    return destination
-
-
 def _prefill_and_decode(stage: ModelStage) -> mx.array:
     """Four requests prefilled in one batch, then one batched decode step: logits, or the last stage's
     hidden states where the stage has no head (hidden states stand in for tokens where it has no embedding).
@@ -188,7 +175,7 @@ def test_a_tiny_model_with_half_values_swaps_every_matrix_and_stays_exact(
 ) -> None:
     _require_extension()
     store = ModelStore(tmp_path / "models")
-    model_dir = _tiny_half_model(model_type, tmp_path / "random", store.model_dir(ModelId(f"tiny-{model_type}")))
+    model_dir = build_tiny_half_model(model_type, tmp_path / "random", store.model_dir(ModelId(f"tiny-{model_type}")))
     half, full = _both_ways(model_dir, StageRange(start, end, NUM_LAYERS), monkeypatch)
     assert half.weight_storage.in_float16 and not half.weight_storage.float32_modules
     assert half.weight_bytes < 0.55 * full.weight_bytes
