@@ -9,10 +9,11 @@ STUBS := strata_wire/__init__.py
 EMBEDDED := $(VENV)/.embedded-model
 NATIVE := $(VENV)/lib/libstrata_attention.so
 SHIM := $(VENV)/lib/libstrata_blas.so
+FLOAT16 := $(VENV)/lib/strata_float16_linear.so
 
 .PHONY: run test test-fast lint typecheck setup protos model bench clean
 
-setup: $(INSTALLED) $(STUBS) $(EMBEDDED) $(NATIVE) $(SHIM)
+setup: $(INSTALLED) $(STUBS) $(EMBEDDED) $(NATIVE) $(SHIM) $(FLOAT16)
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,12 @@ protos: $(STUBS)
 # this prints a note and shards use MLX ops (exact, slower with many concurrent requests).
 $(NATIVE): shard_server/native/request_attention.cpp $(INSTALLED)
 	$(BIN)/python -m shard_server.native_attention build
+
+# float32 weights held as float16 with the same results (shard_server/float16_weights.py): an MLX
+# extension built with cmake (one job) and nanobind. Without cmake or a C++ compiler this prints a
+# note and shards hold float32 weights (exact, twice the bytes).
+$(FLOAT16): shard_server/native/float16_linear/float16_linear.cpp shard_server/native/float16_linear/CMakeLists.txt $(INSTALLED)
+	$(BIN)/python -m shard_server.float16_weights build
 
 # Imports the embedded SmolLM2 into the model store ($$STRATA_HOME, default ~/.strata).
 $(EMBEDDED): $(INSTALLED) $(STUBS) $(SHIM)

@@ -61,6 +61,9 @@ class StageStats:
     """Steps per bucket of rows (not cumulative): one per bound of `BATCH_ROWS_BOUNDS`, then one above."""
     batch_invariant: bool = False
     native_attention: bool = False
+    weight_bytes: int = 0
+    """The stage's weights as held: float32 values that are float16 values count two bytes."""
+    float16_weight_matrices: int = 0
     compute_seconds: float = 0.0
     """Time spent running batches through this stage (forward, sampling, evaluation)."""
     ring_seconds: float = 0.0

@@ -179,6 +179,8 @@ class StageWorker:
                 batch_rows_buckets=tuple(self._batch_rows_counts),
                 batch_invariant=loaded.stage.batch_invariant,
                 native_attention=loaded.stage.native_attention is not None,
+                weight_bytes=loaded.stage.weight_bytes,
+                float16_weight_matrices=len(loaded.stage.weight_storage.float16_modules),
                 compute_seconds=self._compute_seconds,
                 ring_seconds=self._first.ring_seconds,
                 ring_samples=self._first.ring_samples,
@@ -240,13 +242,14 @@ class StageWorker:
         if item.stage.is_first:
             self._loaded.directory = PrefixDirectory(DEFAULT_PREFIX_CACHE_BYTES)
         logger.info(
-            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes); %s; %s",
+            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes; %s); %s; %s",
             item.stage.start_layer,
             item.stage.end_layer,
             item.stage.num_layers,
             item.instance_id,
             item.compute_dtype,
             stage.weight_bytes,
+            stage.weight_storage.describe(),
             "rows of different requests share batches (row results checked independent of batch size)"
             if batched
             else "row results depend on batch size here: each request runs alone (batch-invariant mode)",

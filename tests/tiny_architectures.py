@@ -48,3 +48,17 @@ def build_tiny_model(model_type: str, destination: Path, seed: int = 7) -> Path:
     weights = {name: array * 4 if array.ndim == 2 else array for name, array in tree_flatten(model.parameters())}
     save_model_directory(destination, config, weights)
     return destination
+
+
+def build_tiny_half_model(model_type: str, scratch: Path, destination: Path) -> Path:
+    """Like `build_tiny_model`, with every weight a float16 value written as float32 (as the embedded
+    model's weights are once dequantized from 4-bit): shards hold such weights in float16."""
+    build_tiny_model(model_type, scratch)
+    rounded: dict[str, mx.array] = {}
+    for path in scratch.rglob("*.safetensors"):
+        weights = mx.load(str(path))
+        if not isinstance(weights, dict):
+            raise TypeError(f"{path} is not a safetensors file")
+        rounded.update({name: array.astype(mx.float16).astype(mx.float32) for name, array in weights.items()})
+    save_model_directory(destination, ARCHITECTURE_CONFIGS[model_type], rounded)
+    return destination

@@ -1,0 +1,280 @@
+"""float16-held weights give the float32 path's results bitwise, or are not used (shard_server/float16_weights.py)."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx import nn
+
+from services.kernel.ids import ModelId
+from services.models.embedded_model import EMBEDDED_MODEL_ID
+from services.models.model_store import ModelStore
+from services.platform.fast_blas import blas_thread_control, strata_kernel_active
+from services.platform.mlx_typing import start_evaluating
+from shard_server.batched_forward import RequestRows
+from shard_server.float16_weights import (
+    SWITCH_VARIABLE,
+    Float16Embedding,
+    Float16Linear,
+    Float16LinearLibrary,
+    Float16WeightsUnavailableError,
+    build_extension,
+    hold_weights_in_float16,
+    load_extension,
+    switched_off,
+)
+from shard_server.model_stage import ModelStage, StageRange
+from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
+
+# (outputs, inputs): the embedded model's projections, MLP and LM head shapes, and odd ones (K % 8 != 0,
+# N % 4 != 0) that take the kernel's tails.
+SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49, 19), (3, 5), (1001, 577), (4, 8)]
+
+
+def _require_extension() -> Float16LinearLibrary:
+    library = load_extension()
+    reason = ""
+    if library is None:
+        reason = "the float16 linear extension is not built (make builds it)"
+    elif not strata_kernel_active():
+        reason = "the BLAS shim's kernel is not preloaded (run under `python -m services.platform.fast_blas run`)"
+    elif not library.kernel_available():
+        reason = "this CPU lacks AVX2, FMA or F16C"
+    if library is None or reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: this test must run)")
+        pytest.skip(reason)
+    return library
+
+
+def _half_values(shape: tuple[int, ...], seed: int) -> mx.array:
+    """float32 values that are all float16 values, as the embedded model's dequantized weights are."""
+    return (mx.random.normal(shape, key=mx.random.key(seed)) * 0.05).astype(mx.float16)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [1, 7, 16, 32])
+def test_the_product_equals_the_float32_product_bitwise(rows: int, threads: int) -> None:
+    library = _require_extension()
+    control = blas_thread_control()
+    assert control is not None
+    previous = control.get()
+    control.set(threads)
+    try:
+        for outputs, inputs in SHAPES:
+            weight = _half_values((outputs, inputs), outputs * inputs)
+            bias = mx.random.normal((outputs,), key=mx.random.key(outputs))
+            x = mx.random.normal((1, rows, inputs), key=mx.random.key(rows + inputs))
+            widened = weight.astype(mx.float32)
+            assert mx.array_equal(library.float16_linear(x, weight), x @ widened.T).item(), (outputs, inputs)
+            with_bias = library.float16_linear(x, weight, bias)
+            assert mx.array_equal(with_bias, mx.addmm(bias, x, widened.T)).item(), (outputs, inputs)
+            flat = x[0]  # (rows, inputs): any leading axes
+            assert mx.array_equal(library.float16_linear(flat, weight), flat @ widened.T).item()
+    finally:
+        control.set(previous)
+
+
+@pytest.mark.native
+def test_it_computes_inside_compile_and_async_eval_and_on_strided_inputs() -> None:
+    library = _require_extension()
+    weight = _half_values((96, 64), 1)
+    x = mx.random.normal((1, 5, 64), key=mx.random.key(2))
+    expected = x @ weight.astype(mx.float32).T
+
+    def layer(inputs: mx.array) -> mx.array:
+        return library.float16_linear(inputs, weight) * 2.0
+
+    assert mx.array_equal(mx.compile(layer)(x), expected * 2.0).item()
+    shapeless = mx.compile(layer, shapeless=True)
+    for rows in (3, 9):
+        assert mx.array_equal(shapeless(x[:, :rows]), expected[:, :rows] * 2.0).item()
+    started = library.float16_linear(x, weight)
+    start_evaluating(started)
+    assert mx.array_equal(started, expected).item()
+    # A transposed view is made contiguous first. (MLX hands such a view to BLAS as transposed A, which
+    # the shim leaves to OpenBLAS; a stage's linear layers only ever see contiguous rows.)
+    transposed = mx.transpose(mx.random.normal((64, 5), key=mx.random.key(3)))
+    expected = mx.contiguous(transposed) @ weight.astype(mx.float32).T
+    assert mx.array_equal(library.float16_linear(transposed, weight), expected).item()
+
+
+@pytest.mark.native
+def test_bad_input_is_a_clear_value_error() -> None:
+    library = _require_extension()
+    weight = _half_values((8, 16), 4)
+    x = mx.zeros((2, 16))
+    with pytest.raises(ValueError, match="x must be float32"):
+        library.float16_linear(x.astype(mx.float16), weight)
+    with pytest.raises(ValueError, match="float16 \\(out, in\\) matrix"):
+        library.float16_linear(x, weight.astype(mx.float32))
+    with pytest.raises(ValueError, match="must match the weight's input size"):
+        library.float16_linear(mx.zeros((2, 15)), weight)
+    with pytest.raises(ValueError, match="one value per output"):
+        library.float16_linear(x, weight, mx.zeros((7,)))
+
+
+def _prefill_and_decode(stage: ModelStage) -> mx.array:
+    """Four requests prefilled in one batch, then one batched decode step: logits, or the last stage's
+    hidden states where the stage has no head (hidden states stand in for tokens where it has no embedding).
+    """
+    prompts = [[3, 5, 7, 11], [13], [17, 19, 23, 29, 31, 37], [41, 43]]
+    caches = [stage.make_cache() for _ in prompts]
+    requests: list[RequestRows] = []
+    start = 0
+    for prompt, cache in zip(prompts, caches, strict=True):
+        requests.append(RequestRows(cache, start, len(prompt)))
+        start += len(prompt)
+    decode_requests = [RequestRows(cache, index, 1) for index, cache in enumerate(caches)]
+    outputs: list[mx.array] = []
+    for tokens, step in (([token for prompt in prompts for token in prompt], requests), ([7] * 4, decode_requests)):
+        if stage.stage.is_first:
+            hidden = stage.embed(mx.array(tokens)[None])
+        else:
+            hidden = mx.random.normal((1, len(tokens), stage.hidden_size), key=mx.random.key(len(tokens)))
+        hidden = stage.run_layers(hidden, step)
+        outputs.append(stage.logits(hidden) if stage.stage.is_last else hidden)
+    return mx.concatenate(outputs, axis=1)
+
+
+def _both_ways(model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch) -> list[ModelStage]:
+    stages: list[ModelStage] = []
+    for switch in ("on", "off"):
+        monkeypatch.setenv(SWITCH_VARIABLE, switch)
+        stage = ModelStage(model_dir, stage_range, "float32")
+        assert stage.check_batching(40, threads=2)
+        stages.append(stage)
+    return stages
+
+
+@pytest.mark.native
+@pytest.mark.model
+def test_the_embedded_model_holds_half_the_bytes_and_gives_the_same_logits(
+    embedded_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_extension()
+    model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
+    half, full = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
+    assert half.weight_storage.in_float16 and not half.weight_storage.float32_modules
+    assert not full.weight_storage.in_float16
+    # Every matrix halves; only the norms' vectors stay float32.
+    assert 0.49 < half.weight_bytes / full.weight_bytes < 0.51
+    assert mx.array_equal(_prefill_and_decode(half), _prefill_and_decode(full)).item()
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("start", "end"), [(0, NUM_LAYERS), (0, 3), (3, NUM_LAYERS)])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])  # qwen2: q/k/v biases and a tied LM head
+def test_a_tiny_model_with_half_values_swaps_every_matrix_and_stays_exact(
+    model_type: str, start: int, end: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_extension()
+    store = ModelStore(tmp_path / "models")
+    model_dir = build_tiny_half_model(model_type, tmp_path / "random", store.model_dir(ModelId(f"tiny-{model_type}")))
+    half, full = _both_ways(model_dir, StageRange(start, end, NUM_LAYERS), monkeypatch)
+    assert half.weight_storage.in_float16 and not half.weight_storage.float32_modules
+    assert half.weight_bytes < 0.55 * full.weight_bytes
+    assert mx.array_equal(_prefill_and_decode(half), _prefill_and_decode(full)).item()
+
+
+@pytest.mark.native
+def test_weights_that_are_not_float16_values_keep_float32_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _require_extension()
+    model_dir = build_tiny_model("llama", ModelStore(tmp_path).model_dir(ModelId("tiny-llama")))  # random float32
+    with caplog.at_level(logging.WARNING, logger="shard_server.float16_weights"):
+        stage = ModelStage(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), "float32")
+    assert not stage.weight_storage.in_float16
+    assert {reason for _, reason in stage.weight_storage.float32_modules} == {"its weights are not all float16 values"}
+    assert "keep float32 weights (its weights are not all float16 values)" in caplog.text
+    assert stage.weight_storage.reason == "no module passed the check"
+
+
+class _OffByOneUlp:
+    """The real extension, then one more rounding: a kernel whose arithmetic differs from the float32 path."""
+
+    def __init__(self, library: Float16LinearLibrary) -> None:
+        self._library = library
+
+    def float16_linear(self, x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
+        return self._library.float16_linear(x, weight, bias) * (1.0 + 2.0**-20)
+
+    def kernel_available(self) -> bool:
+        return True
+
+
+class _HalfValuedModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(40, 24)
+        self.projection = nn.Linear(24, 12)
+        for module in (self.embedding, self.projection):
+            module.weight = module.weight.astype(mx.float16).astype(mx.float32)
+
+    def __call__(self, tokens: mx.array) -> mx.array:
+        return self.projection(self.embedding(tokens))
+
+
+@pytest.mark.native
+def test_a_kernel_whose_results_differ_is_refused_at_load(caplog: pytest.LogCaptureFixture) -> None:
+    library = _require_extension()
+    model = _HalfValuedModel()
+    tokens = mx.array([[1, 2, 3]])
+    before = model(tokens)
+    with caplog.at_level(logging.WARNING, logger="shard_server.float16_weights"):
+        storage = hold_weights_in_float16(model, _OffByOneUlp(library))
+    assert not storage.in_float16
+    assert storage.reason == "no module passed the check"
+    assert "differs from the float32 one here" in caplog.text
+    assert type(model.projection) is nn.Linear and type(model.embedding) is nn.Embedding
+    assert mx.array_equal(model(tokens), before).item()
+    # The real extension passes the same check on the same modules.
+    storage = hold_weights_in_float16(model, library)
+    assert set(storage.float16_modules) == {"embedding", "projection"}
+    assert isinstance(model.projection, Float16Linear) and isinstance(model.embedding, Float16Embedding)
+    assert mx.array_equal(model(tokens), before).item()
+
+
+@pytest.mark.unit
+def test_the_switch_turns_it_off_before_anything_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("off", "0", "false", "NO"):
+        assert switched_off({SWITCH_VARIABLE: value})
+    for value in ("", "on", "1"):
+        assert not switched_off({SWITCH_VARIABLE: value})
+    monkeypatch.setenv(SWITCH_VARIABLE, "off")
+    model = _HalfValuedModel()
+    storage = hold_weights_in_float16(model)
+    assert storage.reason == f"{SWITCH_VARIABLE}=off"
+    assert type(model.projection) is nn.Linear
+
+
+@pytest.mark.unit
+def test_a_missing_extension_loads_as_none(tmp_path: Path) -> None:
+    assert load_extension(tmp_path / "strata_float16_linear.so") is None
+
+
+@pytest.mark.process
+def test_a_missing_cmake_is_a_clear_error_and_not_a_failed_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    target = tmp_path / "strata_float16_linear.so"
+    with pytest.raises(Float16WeightsUnavailableError, match="cmake is not installed"):
+        build_extension(target)
+    assert not target.exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "shard_server.float16_weights", "build"],
+        env={**os.environ, "PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "shards will hold float32 weights" in result.stderr
