@@ -61,7 +61,9 @@ class _Request:
 
 
 def _run_together(
-    stages: Sequence[ModelStage], requests: Sequence[tuple[list[int], SamplingOptions]]
+    stages: Sequence[ModelStage],
+    requests: Sequence[tuple[list[int], SamplingOptions]],
+    prefill_step_size: int = PREFILL_STEP_SIZE,
 ) -> list[list[int]]:
     """Every request in the same steps, as a ring runs them: one row per decode, prompt chunks beside."""
     running = [
@@ -69,7 +71,7 @@ def _run_together(
             prompt,
             RequestSampler(options),
             [stage.make_cache() for stage in stages],
-            prefill_chunks(len(prompt), PREFILL_STEP_SIZE),
+            prefill_chunks(len(prompt), prefill_step_size),
         )
         for prompt, options in requests
     ]
@@ -139,3 +141,36 @@ def test_split_stages_batched_with_other_requests_equal_plain_mlx_lm(
     with capsys.disabled():
         for report, counts in reports.items():
             print(f"\n{case} over {'/'.join(map(str, counts))} stages: {report}")
+
+
+SORTING_STEP_SIZE = 24
+"""Three prompt chunks of 24 rows share a batch: 144 routed indices at 2 experts a token, past the 64
+from which SwitchGLU sorts its rows, while each chunk alone (48) and each decode row stay below."""
+
+
+def test_moe_batches_past_switchglus_sorting_threshold_equal_plain_mlx_lm(
+    family_store: ModelStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_dir = family_store.model_dir(ModelId("tiny-qwen3_moe"))
+    prompts = [[(index * 37 + offset * 11) % 500 + 1 for offset in range(49)] for index in range(3)]
+    requests = [
+        (prompts[0], SamplingOptions()),
+        (prompts[1], SamplingOptions(temperature=0.9, seed=5)),
+        (prompts[2], SamplingOptions(temperature=1.0, top_p=0.9, seed=6)),
+    ]
+    expected = [
+        reference_tokens(
+            model_dir, prompt, NEW_TOKENS, SORTING_STEP_SIZE, options.temperature, options.top_p, options.seed
+        )
+        for prompt, options in requests
+    ]
+    for count in (1, 2):
+        stages = [
+            ModelStage(model_dir, StageRange(start, end, NUM_LAYERS)) for start, end in even_split(NUM_LAYERS, count)
+        ]
+        for stage in stages:
+            # As a shard checks: its prefill step and the decode rows beside it, so the check's batch sorts too.
+            stage.check_batching(SORTING_STEP_SIZE + 64)
+        assert _run_together(stages, requests, SORTING_STEP_SIZE) == expected, f"{count} stages"
+        with capsys.disabled():
+            print(f"\nqwen3_moe, 72-row batches over {count} stages: {_batching_report(stages)}")
