@@ -5,8 +5,9 @@ the LM head) runs on every row of the batch at once; the KV cache update and sca
 attention run per request, on its own cache, with the shapes and ops of the model's attention
 running that request alone. A request's rows thus see exactly the ops they would see alone,
 provided row-wise results do not depend on how many rows share an op. `check_batch_invariance`
-verifies that on the stage's real layers at load; where it fails, `forward_rows` runs each request
-alone (the batch-invariant mode) and stays exact.
+verifies that on the stage's real layers at load, once per layer kind (see `layer_kinds`: sliding or
+global, dense or mixture of experts); where it fails, `forward_rows` runs each request alone through
+the layers of that kind (the batch-invariant mode) and stays exact.
 """
 
 from collections.abc import Sequence
@@ -15,26 +16,38 @@ from typing import Protocol, cast
 
 import mlx.core as mx
 from mlx import nn
-from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
+from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
 from services.platform.mlx_typing import start_evaluating
+from shard_server.layer_kinds import FULL_ATTENTION, AttentionMask, LayerKind, StageCache
 from shard_server.native_attention import NativeAttention, request_rows_view
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class Block(Protocol):
-    def __call__(self, x: mx.array, mask: mx.array | str | None, cache: KVCache) -> mx.array: ...
+    def __call__(self, x: mx.array, mask: AttentionMask, cache: StageCache) -> mx.array: ...
 
 
 @dataclass(frozen=True)
 class RequestRows:
     """Rows [start, start + length) of the batch belong to one request with these caches."""
 
-    caches: Sequence[KVCache]
+    caches: Sequence[StageCache]
     start: int
     length: int
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How `forward_rows` runs one layer over a batch of several requests."""
+
+    kind: LayerKind = FULL_ATTENTION
+    batched: bool = False
+    """Row-wise work over the whole batch (checked exact at load); else each request alone."""
+    native: NativeAttention | None = None
+    """The batch's attention in one native call (full-attention layers, checked bitwise at load)."""
 
 
 def is_batchable(block: object) -> bool:
@@ -75,7 +88,7 @@ def _heads(attention: nn.Module, projected: mx.array, count_name: str, norm_name
 
 
 def _batched_block(
-    block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int, native: NativeAttention | None
+    block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int, plan: LayerPlan
 ) -> mx.array:
     """The block's own computation, with everything but the attention proper over the whole batch.
 
@@ -99,12 +112,13 @@ def _batched_block(
     scale = cast(float, attention.scale)
     caches = [rows.caches[layer] for rows in requests]
     merged: mx.array | None = None
-    if native is not None and queries.dtype == mx.float32:
-        merged = native.attend(
+    whole_context = [cache for cache in caches if type(cache) is KVCache]
+    if plan.native is not None and queries.dtype == mx.float32 and len(whole_context) == len(caches):
+        merged = plan.native.attend(
             queries,
             keys,
             values,
-            caches,
+            whole_context,
             [rows.start for rows in requests],
             [rows.length for rows in requests],
             scale,
@@ -112,7 +126,7 @@ def _batched_block(
     if merged is None:
         pieces: list[mx.array] = []
         for rows, cache in zip(requests, caches, strict=True):
-            mask = create_attention_mask(normed[:, rows.start : rows.start + rows.length], cache)
+            mask = plan.kind.mask(normed[:, rows.start : rows.start + rows.length], cache)
             request_keys, request_values = cache.update_and_fetch(
                 request_rows_view(keys, rows.start, rows.length), request_rows_view(values, rows.start, rows.length)
             )
@@ -128,47 +142,42 @@ def _batched_block(
     return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
 
 
-def _alone(block: Block, hidden: mx.array, requests: Sequence[RequestRows], layer: int) -> mx.array:
+def _alone(block: Block, hidden: mx.array, requests: Sequence[RequestRows], layer: int, kind: LayerKind) -> mx.array:
     """Each request through the block by itself: the batch-invariant mode."""
     outputs: list[mx.array] = []
     for rows in requests:
         request_hidden = hidden[:, rows.start : rows.start + rows.length]
         cache = rows.caches[layer]
-        outputs.append(block(request_hidden, create_attention_mask(request_hidden, cache), cache))
+        outputs.append(block(request_hidden, kind.mask(request_hidden, cache), cache))
     return mx.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
 
 
 def forward_rows(
-    blocks: Sequence[Block],
-    hidden: mx.array,
-    requests: Sequence[RequestRows],
-    batched: bool,
-    native: NativeAttention | None = None,
+    blocks: Sequence[Block], hidden: mx.array, requests: Sequence[RequestRows], plans: Sequence[LayerPlan]
 ) -> mx.array:
-    """Runs every block of a stage over the batch. hidden: (1, rows, hidden_size).
+    """Runs every block of a stage over the batch, each as its plan says. hidden: (1, rows, hidden_size).
 
     Each block's graph starts computing as soon as it is built (`mx.async_eval`), while Python builds
     the next: building the graph of 30 blocks takes ~20% of a one-row step here, which would
     otherwise come on top of the compute. The ops, hence the results, are the same.
     """
-    for layer, block in enumerate(blocks):
+    for layer, (block, plan) in enumerate(zip(blocks, plans, strict=True)):
         if len(requests) == 1:
-            rows = requests[0]
-            cache = rows.caches[layer]
-            hidden = block(hidden, create_attention_mask(hidden, cache), cache)
-        elif batched:
-            hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, native)
+            cache = requests[0].caches[layer]
+            hidden = block(hidden, plan.kind.mask(hidden, cache), cache)
+        elif plan.batched:
+            hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, plan)
         else:
-            hidden = _alone(block, hidden, requests, layer)
+            hidden = _alone(block, hidden, requests, layer, plan.kind)
         start_evaluating(hidden)
     return hidden
 
 
-def _primed_cache(block: Block, length: int, hidden_size: int, dtype: mx.Dtype) -> KVCache:
-    cache = KVCache()
+def _primed_cache(block: Block, kind: LayerKind, length: int, hidden_size: int, dtype: mx.Dtype) -> StageCache:
+    cache = kind.new_cache()
     if length:
         context = mx.random.normal((1, length, hidden_size), key=mx.random.key(length)).astype(dtype)
-        block(context, create_attention_mask(context, cache), cache)
+        block(context, kind.mask(context, cache), cache)
     return cache
 
 
@@ -178,13 +187,15 @@ def check_batch_invariance(
     hidden_size: int,
     dtype: mx.Dtype,
     max_rows: int,
+    kind: LayerKind = FULL_ATTENTION,
     native: NativeAttention | None = None,
 ) -> bool:
     """Whether batching rows of different requests leaves every request's results bitwise unchanged.
 
-    Runs one real block over a batch mixing decode rows and a long prefill chunk (up to `max_rows`
-    rows in all), against each request alone; and each row-wise head module over many rows against
-    one row at a time. With `native`, the batch's attention runs through it.
+    Runs one real block of `kind` over a batch mixing decode rows and a long prefill chunk (up to
+    `max_rows` rows in all; a mixture of experts changes kernels with the rows it routes) on caches
+    shorter and longer than any window, against each request alone; and each row-wise head module
+    over many rows against one row at a time. With `native`, the batch's attention runs through it.
     """
     lengths = [1, 1, 3, 1, max(1, max_rows - 10), 1, 2, 1]
     contexts = [5, 17, 0, 40, 9, 2, 33, 300]
@@ -195,12 +206,18 @@ def check_batch_invariance(
         requests: list[RequestRows] = []
         start = 0
         for length, context in zip(lengths, contexts, strict=True):
-            requests.append(RequestRows([_primed_cache(block, context, hidden_size, dtype)], start, length))
+            requests.append(RequestRows([_primed_cache(block, kind, context, hidden_size, dtype)], start, length))
             start += length
-        results.append(forward_rows([block], hidden, requests, batched=batched, native=native if batched else None))
+        plan = LayerPlan(kind, batched, native if batched else None)
+        results.append(forward_rows([block], hidden, requests, [plan]))
     if not mx.array_equal(results[0], results[1]).item():
         return False
-    rows = hidden[:, :33]
+    return row_modules_independent(row_modules, hidden_size, dtype)
+
+
+def row_modules_independent(row_modules: Sequence[RowFunction], hidden_size: int, dtype: mx.Dtype) -> bool:
+    """Whether each row-wise module gives every row the same bits over 33 rows as over that row alone."""
+    rows = mx.random.normal((1, 33, hidden_size), key=mx.random.key(2027)).astype(dtype)
     for module in row_modules:
         together = module(rows)
         one_by_one = mx.concatenate([module(rows[:, index : index + 1]) for index in range(rows.shape[1])], axis=1)

@@ -3,12 +3,14 @@
 The first stage also holds the token embedding; the last holds the final norm and the LM head (and
 the embedding matrix when embeddings are tied). Only the weight files of the stage are read, and
 the model's other layers are dropped before any weight is materialized, so a stage never holds the
-whole model. The forward pass runs exactly the ops of the model's own `__call__` (embedding, each block with the
-attention mask of its cache, norm, head), so splitting is exact by construction; several requests
-share a step through `batched_forward`.
+whole model. The forward pass runs exactly the ops of the model's own `__call__` (embedding and its
+family's scale, each block with the mask and cache of its layer kind, norm, head and its family's
+finish: see `stage_adapters` and `layer_kinds`), so splitting is exact by construction; several
+requests share a step through `batched_forward`.
 """
 
 import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +19,22 @@ from typing import Protocol, cast
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import make_prompt_cache
 
 from services.kernel.compute_dtype import ComputeDtype
-from services.models.model_config import ModelConfig, Quantization, read_model_config
-from services.models.model_families import SUPPORTED_MODEL_TYPES
-from services.models.model_files import weight_files_for_stage
+from services.models.model_config import Quantization, read_model_config
+from services.models.model_families import mlx_module_of, unsupported_reason
+from services.models.model_files import read_weight_map, weight_files_for_stage
 from services.platform.mlx_compute import convert_module
 from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
-from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
+from shard_server.batched_forward import Block, LayerPlan, RequestRows, RowFunction, forward_rows
+from shard_server.batching_check import plan_layers
 from shard_server.float16_weights import Float16Linear, WeightStorage, hold_weights_in_float16
-from shard_server.native_attention import NativeAttention, load_native_attention
+from shard_server.layer_kinds import LayerKind, StageCache, UnsupportedCacheError, layer_kind_of
+from shard_server.native_attention import NativeAttention
+from shard_server.stage_adapters import STAGE_ADAPTERS, StageAdapter
+
+logger = logging.getLogger(__name__)
 
 
 class ModelLoadError(Exception):
@@ -53,20 +60,9 @@ class StageRange:
         return self.end_layer == self.num_layers
 
 
-def _model_classes(model_type: str) -> tuple[Callable[[object], nn.Module], ModelArguments]:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
-        )
-    module = importlib.import_module(f"mlx_lm.models.{model_type}")
+def _model_classes(module_name: str) -> tuple[Callable[[object], nn.Module], ModelArguments]:
+    module = importlib.import_module(f"mlx_lm.models.{module_name}")
     return cast(Callable[[object], nn.Module], module.Model), cast(ModelArguments, module.ModelArgs)
-
-
-def _check_full_attention(config: ModelConfig) -> None:
-    if any(kind != "full" for kind in config.layer_attention):
-        raise ModelLoadError("models with sliding-window layers are not supported yet")
-    if config.raw.get("use_sliding_window") is True:
-        raise ModelLoadError("models with sliding-window attention are not supported yet")
 
 
 class ModelStage:
@@ -82,13 +78,18 @@ class ModelStage:
             raise ModelLoadError(
                 f"layer range [{stage.start_layer}, {stage.end_layer}) is not inside [0, {stage.num_layers})"
             )
-        _check_full_attention(config)
-        model_class, arguments_class = _model_classes(config.model_type)
+        reason = unsupported_reason(config)
+        module_name = mlx_module_of(config.model_type)
+        if reason is not None or module_name is None:
+            raise ModelLoadError(reason or f"model type {config.model_type!r} is not supported")
+        self._adapter: StageAdapter = STAGE_ADAPTERS[module_name]
+        model_class, arguments_class = _model_classes(module_name)
         arguments = arguments_class.from_dict(config.as_dict())
         self.stage = stage
-        # Absent: tied, as mlx-lm's llama and qwen ModelArgs default.
-        self.tied_embeddings = config.tie_word_embeddings is not False
         self._model = model_class(arguments)
+        self.layer_kinds: tuple[LayerKind, ...] = self._layer_kinds()
+        """This stage's layers' kinds, in order: what the model's own `make_cache` gives them."""
+        self.tied_embeddings = self._ties_embeddings(model_dir)
         self._drop_other_parts()
         self._load_weights(model_dir)
         self._model = convert_module(self._model, compute_dtype)
@@ -102,13 +103,59 @@ class ModelStage:
         self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])
         self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))
         self._hidden_size = config.hidden_size
-        self.batch_invariant = False
-        """Whether rows of different requests may share one batch (see `check_batching`)."""
-        self.native_attention: NativeAttention | None = None
-        """Set when batched attention runs in one native call (see `check_batching`)."""
+        self.layer_plans: tuple[LayerPlan, ...] = tuple(LayerPlan(kind) for kind in self.layer_kinds)
+        """How each layer runs a batch of several requests (see `check_batching`); each alone until checked."""
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether rows of different requests share every layer of this stage (see `check_batching`)."""
+        return all(plan.batched for plan in self.layer_plans)
+
+    @batch_invariant.setter
+    def batch_invariant(self, batched: bool) -> None:
+        self.layer_plans = tuple(LayerPlan(plan.kind, batched) for plan in self.layer_plans)
+
+    @property
+    def native_attention(self) -> NativeAttention | None:
+        """The native attention, when some layer runs a batch's attention in one native call."""
+        return next((plan.native for plan in self.layer_plans if plan.native is not None), None)
+
+    @native_attention.setter
+    def native_attention(self, native: NativeAttention | None) -> None:
+        self.layer_plans = tuple(
+            LayerPlan(plan.kind, plan.batched, native if plan.batched and plan.kind.window is None else None)
+            for plan in self.layer_plans
+        )
+
+    def _language_model(self) -> nn.Module:
+        return self._adapter.language_model(self._model)
 
     def _inner(self) -> nn.Module:
-        return cast(nn.Module, self._model["model"])
+        return cast(nn.Module, self._language_model()["model"])
+
+    def _layer_kinds(self) -> tuple[LayerKind, ...]:
+        """Asks the whole model (before any layer is dropped or any weight exists) for its caches."""
+        caches = make_prompt_cache(self._model)
+        if len(caches) != self.stage.num_layers:
+            raise ModelLoadError(f"the model makes {len(caches)} caches for {self.stage.num_layers} layers")
+        try:
+            return tuple(
+                layer_kind_of(cache, self._adapter.array_masks)
+                for cache in caches[self.stage.start_layer : self.stage.end_layer]
+            )
+        except UnsupportedCacheError as error:
+            raise ModelLoadError(str(error)) from error
+
+    def _ties_embeddings(self, model_dir: Path) -> bool:
+        """As mlx-lm decides: no `lm_head` module, or (gemma3's rule) no `lm_head` weights to load."""
+        language_model = self._language_model()
+        if "lm_head" not in language_model:
+            return True
+        head_prefix = ".".join((*self._adapter.language_model_path, "lm_head", ""))
+        if any(key.startswith(head_prefix) for key in read_weight_map(model_dir)):
+            return False
+        del language_model["lm_head"]
+        return True
 
     def _drop_other_parts(self) -> None:
         """Removes every module outside the stage before weights exist, keeping global layer numbers."""
@@ -121,8 +168,9 @@ class ModelStage:
             del inner["embed_tokens"]
         if not self.stage.is_last:
             del inner["norm"]
-            if "lm_head" in self._model:
-                del self._model["lm_head"]
+            language_model = self._language_model()
+            if "lm_head" in language_model:
+                del language_model["lm_head"]
 
     def _load_weights(self, model_dir: Path) -> None:
         weights: dict[str, mx.array] = {}
@@ -151,8 +199,13 @@ class ModelStage:
 
         quantize_module(self._model, quantization.group_size, quantization.bits, quantized_here)
 
-    def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.layers]
+    def make_cache(self) -> list[StageCache]:
+        return [kind.new_cache() for kind in self.layer_kinds]
+
+    @property
+    def keeps_whole_context(self) -> bool:
+        """Whether every layer caches every position (prompt prefixes can then be stored and reused)."""
+        return all(kind.window is None for kind in self.layer_kinds)
 
     @property
     def hidden_size(self) -> int:
@@ -160,20 +213,23 @@ class ModelStage:
 
     def activation_dtype(self) -> mx.Dtype:
         """The dtype hidden states have between layers (the projections' output dtype)."""
-        attention = cast(nn.Module, cast(nn.Module, self.layers[0])["self_attn"])
-        projection = cast(nn.Module, attention["q_proj"])
-        if isinstance(projection, Float16Linear):
-            return mx.float32
-        reference = cast(mx.array, projection["scales"] if "scales" in projection else projection["weight"])
+        layer = cast(nn.Module, self.layers[0])
+        if any(isinstance(module, Float16Linear) for _, module in layer.named_modules()):
+            return mx.float32  # float16 weights widened in registers: float32 activations
+        parameters = tree_flatten(layer.parameters())
+        scales = [array for name, array in parameters if name.endswith(".scales")]
+        matrices = [array for name, array in parameters if name.endswith("weight") and array.ndim >= 2]
+        reference = scales[0] if scales else matrices[0]
         return reference.dtype
 
     def embed(self, tokens: mx.array) -> mx.array:
         """First stage: token ids (1, rows) -> hidden states (1, rows, hidden)."""
-        return cast(nn.Embedding, self._inner()["embed_tokens"])(tokens)
+        hidden = cast(nn.Embedding, self._inner()["embed_tokens"])(tokens)
+        return self._adapter.scale_embedding(self._language_model(), hidden)
 
     def run_layers(self, hidden: mx.array, requests: Sequence[RequestRows]) -> mx.array:
         """hidden (1, rows, hidden) of several requests -> hidden after this stage's layers."""
-        return forward_rows(self.layers, hidden, requests, batched=self.batch_invariant, native=self.native_attention)
+        return forward_rows(self.layers, hidden, requests, self.layer_plans)
 
     def use_threads(self, threads: int) -> None:
         """Threads for the native attention's next calls (the BLAS thread count of the batch)."""
@@ -185,25 +241,20 @@ class ModelStage:
         inner = self._inner()
         normed = cast(nn.RMSNorm, inner["norm"])(hidden)
         if self.tied_embeddings:
-            return embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), normed)
-        return cast(nn.Linear, self._model["lm_head"])(normed)
+            logits = embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), normed)
+        else:
+            logits = cast(nn.Linear, self._language_model()["lm_head"])(normed)
+        return self._adapter.finish_logits(self._language_model(), logits)
 
     def check_batching(self, max_rows: int, threads: int = 1) -> bool:
-        """Decides (and returns) whether requests may share a batch: see `check_batch_invariance`.
+        """Decides, per layer kind, whether requests may share a batch: see `batching_check.plan_layers`.
 
-        Where they may, also whether the native attention gives MLX's results bitwise here, with
-        its requests shared among `threads` threads (the most the shard will use).
+        Returns whether every layer of the stage may (`batch_invariant`); where a kind may, also
+        whether the native attention gives MLX's results bitwise here, with its requests shared
+        among `threads` threads (the most the shard will use).
         """
         head: list[RowFunction] = [self.logits] if self.stage.is_last else []
-        dtype = self.activation_dtype()
-        self.batch_invariant = check_batch_invariance(self.layers[0], head, self.hidden_size, dtype, max_rows)
-        self.native_attention = None
-        native = load_native_attention() if self.batch_invariant and dtype == mx.float32 else None
-        if native is not None:
-            native.threads = threads
-            # Grouped heads (fewer BLAS calls) where they are exact here, else MLX's own call shapes.
-            for candidate in (native.grouped(), native):
-                if check_batch_invariance(self.layers[0], [], self.hidden_size, dtype, max_rows, native=candidate):
-                    self.native_attention = candidate
-                    break
+        self.layer_plans = plan_layers(
+            self.layers, self.layer_kinds, head, self.hidden_size, self.activation_dtype(), max_rows, threads
+        )
         return self.batch_invariant

@@ -6,7 +6,9 @@ stored keys and values are bitwise the ones it would compute. Generated tokens a
 (one-token decode steps and chunked prefill give different bits in float32).
 
 Every shard stores the prefix for its own layers; the first shard alone decides what is kept (an
-LRU bounded in bytes) and tells the others to store or forget, so all shards agree.
+LRU bounded in bytes) and tells the others to store or forget, so all shards agree. Only models whose
+every layer caches the whole context keep prefixes (a sliding window's rotating cache has dropped
+and reordered positions; see `prefixes_reusable`).
 """
 
 import hashlib
@@ -18,9 +20,16 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
+from services.models.model_config import ModelConfig
 from services.platform.mlx_typing import evaluate
+from shard_server.layer_kinds import StageCache
 
 DEFAULT_PREFIX_CACHE_BYTES = 256 * 1024 * 1024
+
+
+def prefixes_reusable(config: ModelConfig) -> bool:
+    """Whether every layer of the model (on every shard) caches every position, as stored prefixes need."""
+    return all(kind == "full" for kind in config.layer_attention)
 
 
 def prefix_key(tokens: Sequence[int]) -> str:
@@ -44,7 +53,7 @@ class PrefixStore:
     def nbytes(self) -> int:
         return sum(prefix.nbytes for prefix in self._stored.values())
 
-    def put(self, key: str, caches: Sequence[KVCache], length: int) -> int:
+    def put(self, key: str, caches: Sequence[StageCache], length: int) -> int:
         """Keeps positions [0, length) of the caches; returns the bytes held."""
         layers: list[tuple[mx.array, mx.array]] = []
         for cache in caches:
@@ -56,12 +65,12 @@ class PrefixStore:
         self._stored[key] = _StoredPrefix(tuple(layers), length, nbytes)
         return nbytes
 
-    def restore(self, key: str) -> list[KVCache] | None:
+    def restore(self, key: str) -> list[StageCache] | None:
         """Fresh caches positioned after the prefix, or None when it is not stored here."""
         stored = self._stored.get(key)
         if stored is None:
             return None
-        caches: list[KVCache] = []
+        caches: list[StageCache] = []
         for keys, values in stored.layers:
             cache = KVCache()
             cache.keys, cache.values, cache.offset = keys, values, stored.length

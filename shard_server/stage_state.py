@@ -5,11 +5,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
 
 from services.kernel.ids import InstanceId, RequestId
 from services.kernel.sampling import SamplingOptions
 from shard_server.batch_plan import DecodeRow
+from shard_server.layer_kinds import StageCache
 from shard_server.model_stage import ModelStage
 from shard_server.prefix_cache import PrefixDirectory, PrefixStore
 from shard_server.ring_messages import BatchStep, Segment
@@ -35,7 +35,7 @@ class Driver:
 
 @dataclass
 class RequestState:
-    cache: list[KVCache]
+    cache: list[StageCache]
     sampling: SamplingOptions | None = None
     """Sent on with the request's first step so the last shard can sample."""
     sampler: RequestSampler | None = None

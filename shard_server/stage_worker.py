@@ -35,7 +35,7 @@ from shard_server.batched_forward import RequestRows
 from shard_server.blas_threads import BlasThreads
 from shard_server.first_shard import FirstShardDriver
 from shard_server.model_stage import ModelLoadError, ModelStage
-from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory
+from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory, prefixes_reusable
 from shard_server.ring_messages import (
     BatchStep,
     CancelRequest,
@@ -239,7 +239,7 @@ class StageWorker:
             self._emit(StageLoadFailed(item.instance_id, str(error)))
             return
         self._loaded = LoadedStage(item.instance_id, stage, item.prefill_step_size, max(1, item.ring_size))
-        if item.stage.is_first:
+        if item.stage.is_first and prefixes_reusable(stage.config):
             self._loaded.directory = PrefixDirectory(DEFAULT_PREFIX_CACHE_BYTES)
         logger.info(
             "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes; %s); %s; %s",

@@ -12,8 +12,10 @@ Rules, one for every family:
   else `DEFAULT_CONTEXT_LENGTH`.
 - Attention kind per layer: `layer_types` when given; else `sliding_window_pattern` (every p-th
   layer global, the rest sliding: gemma3, cohere2); else `use_sliding_window` (layers from
-  `max_window_layers` on slide: Qwen2's rule); else every layer attends to the whole context. A
-  bare `sliding_window` (Mistral) is ignored, as mlx-lm's llama ignores it.
+  `max_window_layers` on slide: Qwen2's rule); else gpt_oss alternates sliding and full layers (its
+  mlx-lm default); else every layer attends to the whole context. A bare `sliding_window` (Mistral)
+  is ignored, as mlx-lm's llama ignores it, and gemma2's windows too (mlx-lm's gemma2 caches and
+  attends to the whole context on every layer).
 - A missing or mistyped required field raises `ModelConfigError` naming the file and the key.
 """
 
@@ -50,6 +52,9 @@ _LAYER_TYPE_KINDS: dict[str, LayerAttentionKind] = {
 }
 
 _EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts")
+
+_WHOLE_CONTEXT_TYPES = frozenset({"gemma2"})
+"""Families whose config names windows that mlx-lm's classes ignore (every layer keeps the context)."""
 
 QWEN2_MAX_WINDOW_LAYERS = 28
 """Hugging Face Qwen2's default for `max_window_layers`: the layers below it never slide."""
@@ -193,7 +198,7 @@ def parse_model_config(content: object, source: Path) -> ModelConfig:
     hidden_size = fields.positive_int("hidden_size")
     heads = fields.positive_int("num_attention_heads")
     context_length, context_key = _context_length(fields)
-    layer_attention, window = _layer_attention(fields, num_layers)
+    layer_attention, window = _layer_attention(fields, num_layers, _text_model_type(raw, source) or model_type)
     return ModelConfig(
         source=source,
         model_type=model_type,
@@ -307,11 +312,15 @@ def _context_length(fields: _Fields) -> tuple[int, str | None]:
     return DEFAULT_CONTEXT_LENGTH, None
 
 
-def _layer_attention(fields: _Fields, num_layers: int) -> tuple[tuple[LayerAttentionKind, ...], int | None]:
+def _layer_attention(
+    fields: _Fields, num_layers: int, model_type: str
+) -> tuple[tuple[LayerAttentionKind, ...], int | None]:
     layer_types = fields.values.get("layer_types")
     pattern = fields.optional_positive_int("sliding_window_pattern")
     kinds: list[LayerAttentionKind]
-    if layer_types is not None:
+    if model_type in _WHOLE_CONTEXT_TYPES:
+        kinds = ["full"] * num_layers
+    elif layer_types is not None:
         if not isinstance(layer_types, list) or not all(isinstance(kind, str) for kind in layer_types):
             raise fields.error("layer_types", "a list of strings")
         if len(layer_types) != num_layers:
@@ -326,6 +335,8 @@ def _layer_attention(fields: _Fields, num_layers: int) -> tuple[tuple[LayerAtten
         if not isinstance(first_sliding, int) or isinstance(first_sliding, bool):
             raise fields.error("max_window_layers", "an integer")
         kinds = ["sliding" if layer >= first_sliding else "full" for layer in range(num_layers)]
+    elif model_type == "gpt_oss":
+        kinds = ["sliding" if layer % 2 == 0 else "full" for layer in range(num_layers)]
     else:
         kinds = ["full"] * num_layers
     if "sliding" not in kinds:

@@ -36,6 +36,8 @@ HEAD_FILE = "model-head.safetensors"
 # Keys such as "model.layers.12.mlp.up_proj.weight"; the prefix before "layers" varies by architecture.
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _EMBED_KEY = re.compile(r"(?:^|\.)embed_tokens\.")
+# The stacked routed experts of mlx-lm's mixtures (SwitchGLU); shared experts are dense.
+_ROUTED_EXPERTS_KEY = re.compile(r"\.(?:switch_mlp|experts)\.")
 # A safetensors header is JSON; anything this large is a corrupt or foreign file.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -52,6 +54,9 @@ class WeightGroupStats(BaseModel):
     """Bytes of its tensors on disk (packed quantized data, scales and biases included)."""
     parameter_count: int
     """Logical weights: a quantized matrix counts as its unpacked size; scales and biases do not count."""
+    routed_expert_parameter_count: int = 0
+    """Of those, the weights of a mixture's routed experts (stacked `switch_mlp` / `experts` tensors),
+    of which each token reads only the experts it is routed to."""
 
 
 class ModelManifest(BaseModel):
@@ -200,13 +205,21 @@ def read_manifest(model_dir: Path, config: ModelConfig | None = None) -> ModelMa
     num_layers = config.num_layers
     stored: dict[WeightGroup, int] = {}
     parameters: dict[WeightGroup, int] = {}
+    routed: dict[WeightGroup, int] = {}
     for key, header in headers.items():
         group = weight_group_of(key)
+        count = _parameter_count(key, header, headers, config)
         stored[group] = stored.get(group, 0) + header.stored_bytes
-        parameters[group] = parameters.get(group, 0) + _parameter_count(key, header, headers, config)
+        parameters[group] = parameters.get(group, 0) + count
+        if config.experts is not None and _ROUTED_EXPERTS_KEY.search(key):
+            routed[group] = routed.get(group, 0) + count
 
     def stats(group: WeightGroup) -> WeightGroupStats:
-        return WeightGroupStats(stored_bytes=stored.get(group, 0), parameter_count=parameters.get(group, 0))
+        return WeightGroupStats(
+            stored_bytes=stored.get(group, 0),
+            parameter_count=parameters.get(group, 0),
+            routed_expert_parameter_count=routed.get(group, 0),
+        )
 
     return ModelManifest(
         config=config,

@@ -6,6 +6,7 @@ from services.cluster.state import ModelSpec, WeightCost
 from services.kernel.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
 from services.kernel.ids import ModelId
 from services.models.kv_footprint import kv_bytes_per_layer
+from services.models.model_config import Experts
 from services.models.model_files import WeightGroupStats, read_manifest
 
 LAYER_FIXED_WORK = 2_000_000
@@ -16,10 +17,20 @@ takes as long as reading ~5.5M, and the LM head (28M parameters, one product and
 long as ~5 layers, not the 8 its parameters say. Small against a large model's layer (~200M)."""
 
 
-def _cost(group: WeightGroupStats, compute_dtype: ComputeDtype) -> WeightCost:
+def _cost(group: WeightGroupStats, compute_dtype: ComputeDtype, experts: Experts | None = None) -> WeightCost:
+    """Bytes: every weight held, all experts included. Work: the weights one token reads."""
+    work = _parameters_read_per_token(group, experts)
     if compute_dtype == "stored":
-        return WeightCost(bytes=group.stored_bytes, work=group.parameter_count)
-    return WeightCost(bytes=group.parameter_count * BYTES_PER_PARAMETER[compute_dtype], work=group.parameter_count)
+        return WeightCost(bytes=group.stored_bytes, work=work)
+    return WeightCost(bytes=group.parameter_count * BYTES_PER_PARAMETER[compute_dtype], work=work)
+
+
+def _parameters_read_per_token(group: WeightGroupStats, experts: Experts | None) -> int:
+    """A mixture's token reads only its `per_token` of the `count` routed experts (all: when unknown)."""
+    routed = group.routed_expert_parameter_count
+    if experts is None or experts.per_token is None or not routed:
+        return group.parameter_count
+    return group.parameter_count - routed + routed * min(experts.per_token, experts.count) // experts.count
 
 
 def _layer_cost(cost: WeightCost) -> WeightCost:
@@ -29,7 +40,8 @@ def _layer_cost(cost: WeightCost) -> WeightCost:
 def model_spec(
     model_id: ModelId, model_dir: Path, compute_dtype: ComputeDtype = "stored", concurrent_rows: int = 1
 ) -> ModelSpec:
-    """Bytes are counted in the compute dtype; work is parameters read per token, plus each layer's fixed work.
+    """Bytes are counted in the compute dtype (a mixture's every expert); work is parameters read per
+    token (a mixture's routed experts in the share a token reads), plus each layer's fixed work.
 
     KV: the most any one layer caches for `concurrent_rows` full contexts (see `kv_footprint`).
     """
@@ -43,7 +55,7 @@ def model_spec(
     return ModelSpec(
         model_id=model_id,
         num_layers=manifest.num_layers,
-        layers=tuple(_layer_cost(_cost(layer, compute_dtype)) for layer in manifest.layers),
+        layers=tuple(_layer_cost(_cost(layer, compute_dtype, manifest.config.experts)) for layer in manifest.layers),
         embedding=WeightCost(bytes=embedding.bytes, work=0),
         head=head,
         tied_embeddings=manifest.tie_word_embeddings,

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx_lm.models.cache import KVCache
 
 from services.kernel.ids import ModelId
 from services.models.model_store import ModelStore
-from shard_server.batched_forward import RequestRows, check_batch_invariance, forward_rows, is_batchable
+from shard_server.batched_forward import LayerPlan, RequestRows, check_batch_invariance, forward_rows, is_batchable
 from shard_server.model_stage import ModelStage, StageRange
 from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model
 
@@ -80,8 +79,9 @@ def test_invariance_check_fails_when_a_row_depends_on_its_batch(tiny_models: dic
 
 def test_a_single_request_runs_the_block_directly(tiny_models: dict[str, Path]) -> None:
     stage = ModelStage(tiny_models["qwen2"], StageRange(0, 3, NUM_LAYERS))
-    cache: list[KVCache] = stage.make_cache()
+    cache = stage.make_cache()
     hidden = stage.embed(mx.array([[1, 2, 3]]))
-    out = forward_rows(stage.layers, hidden, [RequestRows(cache, 0, 3)], batched=True)
+    plans = [LayerPlan(kind, batched=True) for kind in stage.layer_kinds]
+    out = forward_rows(stage.layers, hidden, [RequestRows(cache, 0, 3)], plans)
     assert out.shape == (1, 3, 64)
     assert cache[0].offset == 3

@@ -1,3 +1,5 @@
+from typing import Any
+
 import mlx.core as mx
 
 class KVCache:
@@ -10,3 +12,18 @@ class KVCache:
     @property
     def nbytes(self) -> int: ...
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]: ...
+
+class RotatingKVCache:
+    offset: int
+    keys: mx.array | None
+    values: mx.array | None
+    max_size: int
+    keep: int
+    def __init__(self, max_size: int, keep: int = 0) -> None: ...
+    @property
+    def state(self) -> tuple[mx.array, mx.array] | list[mx.array]: ...
+    @property
+    def nbytes(self) -> int: ...
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]: ...
+
+def make_prompt_cache(model: Any, max_kv_size: int | None = None) -> list[Any]: ...
