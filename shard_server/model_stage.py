@@ -214,7 +214,8 @@ class ModelStage:
     def activation_dtype(self) -> mx.Dtype:
         """The dtype hidden states have between layers (the projections' output dtype)."""
         layer = cast(nn.Module, self.layers[0])
-        if any(isinstance(module, Float16Linear) for _, module in layer.named_modules()):
+        modules = cast(Callable[[], list[tuple[str, nn.Module]]], layer.named_modules)()
+        if any(isinstance(module, Float16Linear) for _, module in modules):
             return mx.float32  # float16 weights widened in registers: float32 activations
         parameters = tree_flatten(layer.parameters())
         scales = [array for name, array in parameters if name.endswith(".scales")]
