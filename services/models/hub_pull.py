@@ -7,6 +7,7 @@ before any weight travels, and every LFS file checked against the sha256 the lis
 """
 
 import importlib
+import os
 import re
 import shutil
 from collections.abc import Generator, Sequence
@@ -27,6 +28,7 @@ from huggingface_hub.hf_api import RepoSibling
 from pydantic import BaseModel, ConfigDict
 
 from services.kernel.ids import ModelId
+from services.models.hub_http import file_url, progress_bar, stream_from
 from services.models.model_config import CONFIG_FILE, ModelConfigError, read_model_config
 from services.models.model_families import check_supported
 from services.models.model_file_service import sha256_of
@@ -75,6 +77,8 @@ class HubFile(BaseModel):
     name: str
     sha256: str | None
     """From the listing's LFS pointer; None for small files kept in git (no hash to check against)."""
+    size: int | None = None
+    """From the listing's LFS pointer (with the sha256)."""
 
 
 class PullRequest(BaseModel):
@@ -112,7 +116,11 @@ def list_needed_files(
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
     siblings: Sequence[RepoSibling] = info.siblings or []
     files = [
-        HubFile(name=sibling.rfilename, sha256=sibling.lfs.sha256 if sibling.lfs else None)
+        HubFile(
+            name=sibling.rfilename,
+            sha256=sibling.lfs.sha256 if sibling.lfs else None,
+            size=sibling.lfs.size if sibling.lfs else None,
+        )
         for sibling in siblings
         if is_needed(sibling.rfilename)
     ]
@@ -166,17 +174,51 @@ def pull_model(
 
 
 def _download(reference: PullRequest, commit: str, file: HubFile, download_dir: Path, endpoint: str | None) -> None:
-    with _hub_errors(reference.repo_id, reference.revision):
-        # The commit, not the branch: every file of one pull comes from the same revision.
-        path = Path(
-            _hf_hub_download(reference.repo_id, file.name, revision=commit, local_dir=download_dir, endpoint=endpoint)
-        )
+    if file.sha256 is not None and file.size is not None:
+        path = download_dir / file.name
+        if not path.is_file():
+            with _hub_errors(reference.repo_id, reference.revision):
+                _download_resumable(file_url(reference.repo_id, file.name, commit, endpoint), file, download_dir)
+    else:
+        with _hub_errors(reference.repo_id, reference.revision):
+            # The commit, not the branch: every file of one pull comes from the same revision.
+            path = Path(
+                _hf_hub_download(
+                    reference.repo_id, file.name, revision=commit, local_dir=download_dir, endpoint=endpoint
+                )
+            )
     if file.sha256 is not None and (actual := sha256_of(path)) != file.sha256:
         path.unlink()  # a later pull fetches it again rather than trusting it
         raise PullError(
             f"{reference.repo_id}@{reference.revision}: {file.name} is corrupted "
             f"(sha256 {actual}, the Hub lists {file.sha256}); it was deleted, nothing was stored"
         )
+
+
+def incomplete_path(download_dir: Path, name: str) -> Path:
+    """Where a weight file grows while it downloads; kept when a pull stops, resumed by the next one."""
+    return download_dir / f".{name}.incomplete"
+
+
+def _download_resumable(url: str, file: HubFile, download_dir: Path) -> None:
+    """A weight file appended to its `.incomplete` file from the length already there (this pull's or an
+    earlier one's), then renamed into place; its sha256 is checked by the caller."""
+    assert file.size is not None
+    partial = incomplete_path(download_dir, file.name)
+    offset = partial.stat().st_size if partial.is_file() else 0
+    if offset > file.size:
+        partial.unlink()
+        offset = 0
+    with partial.open("ab") as output, progress_bar(file.name, file.size, offset) as progress:
+
+        def write(chunk: bytes) -> None:
+            output.write(chunk)
+            progress.update(len(chunk))
+
+        stream_from(url, offset, file.size, write)
+        output.flush()
+        os.fsync(output.fileno())
+    partial.replace(download_dir / file.name)
 
 
 @contextmanager
