@@ -57,6 +57,8 @@ def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple
         device=device,
         incarnation=message.incarnation,
         metrics_address=message.metrics_address,
+        fetched_bytes_from_peers=message.fetched_bytes_from_peers,
+        fetched_bytes_from_hub=message.fetched_bytes_from_hub,
     )
     return shard, origin
 
@@ -103,6 +105,8 @@ def state_to_pb(state: ClusterState) -> coordinator_pb2.ClusterState:
                 available_memory_bytes=shard.available_memory_bytes,
                 device=shard.device,
                 metrics_address=shard.metrics_address,
+                fetched_bytes_from_peers=shard.fetched_bytes_from_peers,
+                fetched_bytes_from_hub=shard.fetched_bytes_from_hub,
             )
             for shard in state.shards.values()
         ],

@@ -108,7 +108,12 @@ async def serve_shard(options: ShardOptions) -> None:
     )
     coordinators = presence.coordinators(options.coordinator)
     service = ShardService(
-        shard_id, address, store, fetch_stage=presence.fetch_stage_hook(coordinators), admission=options.admission
+        shard_id,
+        address,
+        store,
+        fetch_stage=presence.fetch_stage_hook(coordinators),
+        admission=options.admission,
+        fetched=presence.fetched,
     )
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
     add_peer_service(server.server, presence.identity)
@@ -131,6 +136,7 @@ async def serve_shard(options: ShardOptions) -> None:
             available_memory_bytes=presence.memory_share(),
             incarnation=incarnation,
             metrics_address=metrics.address,
+            fetched=presence.fetched,
         )
 
     stopping = asyncio.Event()

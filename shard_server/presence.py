@@ -13,7 +13,7 @@ import psutil
 from discovery.peer import PROTOCOL_VERSION, PeerInfo, host_share
 from discovery.peer_source import Discovery, DiscoveryOptions
 from services.kernel.ids import ModelId, NodeId
-from services.models.model_fetch import FetchError, ModelFetcher
+from services.models.model_fetch import FetchedBytes, FetchError, ModelFetcher
 from services.models.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ class ShardPresence:
 
     async def stop(self) -> None:
         await self.discovery.stop()
+
+    @property
+    def fetched(self) -> FetchedBytes:
+        """Model file bytes fetched for this shard's stages since it started (peers, Hub)."""
+        return self._fetcher.fetched
 
     def memory_share(self) -> int:
         """This shard's part of what the host offers: an equal split among the host's shard servers.

@@ -21,6 +21,10 @@ class RegisteredShard(Frozen):
     """Random per shard process; "" when unknown (found by discovery rather than registered)."""
     metrics_address: str = ""
     """host:port of its Prometheus `/metrics` endpoint; "" when unknown (found by discovery)."""
+    fetched_bytes_from_peers: int = 0
+    """Model file bytes it received from peers' stores since it started, as it last registered."""
+    fetched_bytes_from_hub: int = 0
+    """Tensor bytes it read from the Hub by range requests (lazily pulled models), likewise."""
 
 
 class WeightCost(Frozen):
