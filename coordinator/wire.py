@@ -60,6 +60,8 @@ def registration_from_pb(message: coordinator_pb2.RegisterShardRequest) -> tuple
         incarnation=message.incarnation,
         metrics_address=message.metrics_address,
         work_per_second=message.work_per_second,
+        fetched_bytes_from_peers=message.fetched_bytes_from_peers,
+        fetched_bytes_from_hub=message.fetched_bytes_from_hub,
     )
     return shard, origin
 
@@ -107,6 +109,8 @@ def state_to_pb(state: ClusterState) -> coordinator_pb2.ClusterState:
                 device=shard.device,
                 metrics_address=shard.metrics_address,
                 work_per_second=shard.work_per_second,
+                fetched_bytes_from_peers=shard.fetched_bytes_from_peers,
+                fetched_bytes_from_hub=shard.fetched_bytes_from_hub,
             )
             for shard in state.shards.values()
         ],

@@ -121,7 +121,12 @@ async def serve_shard(options: ShardOptions) -> None:
     )
     coordinators = presence.coordinators(options.coordinator)
     service = ShardService(
-        shard_id, address, store, fetch_stage=presence.fetch_stage_hook(coordinators), admission=options.admission
+        shard_id,
+        address,
+        store,
+        fetch_stage=presence.fetch_stage_hook(coordinators),
+        admission=options.admission,
+        fetched=presence.fetched,
     )
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
     add_peer_service(server.server, presence.identity)
@@ -146,6 +151,7 @@ async def serve_shard(options: ShardOptions) -> None:
             device=device.kind,
             work_per_second=work_per_second,
             metrics_address=metrics.address,
+            fetched=presence.fetched,
         )
 
     stopping = asyncio.Event()

@@ -13,7 +13,7 @@ import psutil
 from discovery.peer import PROTOCOL_VERSION, PeerInfo, host_share
 from discovery.peer_source import Discovery, DiscoveryOptions
 from services.kernel.ids import ModelId, NodeId
-from services.models.model_fetch import FetchError, ModelFetcher
+from services.models.model_fetch import FetchedBytes, FetchError, ModelFetcher
 from services.models.model_store import ModelStore
 from services.platform.compute_device import ComputeDevice
 
@@ -52,6 +52,11 @@ class ShardPresence:
 
     async def stop(self) -> None:
         await self.discovery.stop()
+
+    @property
+    def fetched(self) -> FetchedBytes:
+        """Model file bytes fetched for this shard's stages since it started (peers, Hub)."""
+        return self._fetcher.fetched
 
     def memory_share(self) -> int:
         """This shard's part of what the host offers: an equal split among the host's shard servers.

@@ -17,6 +17,7 @@ from services.kernel.ids import InstanceId, ModelId, RequestId, ShardId
 from services.kernel.status_errors import AlreadyExistsError, FailedPreconditionError, UnavailableError
 from services.models.kv_footprint import kv_bytes_per_token_per_layer
 from services.models.model_config import ModelConfig
+from services.models.model_fetch import FetchedBytes
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
 from services.platform.request_context import bind_request_id, request_id_from_metadata
@@ -73,8 +74,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         store: ModelStore,
         fetch_stage: Callable[[ModelId, int, int], Awaitable[str | None]] | None = None,
         admission: AdmissionLimits | None = None,
+        fetched: FetchedBytes | None = None,
     ) -> None:
         self._shard_id = shard_id
+        self._fetched = fetched
+        """The model bytes `fetch_stage` received (from peers, from the Hub), reported in GetStats."""
         self._address = address
         self._store = store
         self._fetch_stage = fetch_stage
@@ -312,4 +316,4 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self, request: shard_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.ShardStats:
         stats = await asyncio.to_thread(self._worker.fresh_stats, STATS_WAIT_SECONDS)
-        return stats_to_pb(self._shard_id, stats, self._admission.stats())
+        return stats_to_pb(self._shard_id, stats, self._admission.stats(), self._fetched)

@@ -6,6 +6,7 @@ from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
 from services.kernel.devices import DeviceKind
 from services.kernel.ids import RequestId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
+from services.models.model_fetch import FetchedBytes
 from services.platform.tensor_codec import EncodedTensor
 from services.wire.generate_call import sampling_from_pb, sampling_to_pb
 from shard_server.admission import AdmissionStats
@@ -200,7 +201,9 @@ def ring_refusal_to_pb(request_id: str, error: WireError) -> shard_pb2.RingReply
     return shard_pb2.RingReply(request_id=request_id, error=str(error))
 
 
-def stats_to_pb(shard_id: ShardId, stats: StageStats, admission: AdmissionStats) -> shard_pb2.ShardStats:
+def stats_to_pb(
+    shard_id: ShardId, stats: StageStats, admission: AdmissionStats, fetched: FetchedBytes | None = None
+) -> shard_pb2.ShardStats:
     return shard_pb2.ShardStats(
         shard_id=shard_id,
         instance_id=stats.instance_id or "",
@@ -228,6 +231,8 @@ def stats_to_pb(shard_id: ShardId, stats: StageStats, admission: AdmissionStats)
         rejected_requests=admission.rejected_requests,
         kv_budget_tokens=admission.kv_budget_tokens or 0,
         reserved_kv_tokens=admission.reserved_tokens,
+        fetched_bytes_from_peers=fetched.from_peers if fetched else 0,
+        fetched_bytes_from_hub=fetched.from_hub if fetched else 0,
     )
 
 
@@ -241,8 +246,9 @@ def registration_to_pb(
     device: DeviceKind,
     work_per_second: float,
     metrics_address: str = "",
+    fetched: FetchedBytes | None = None,
 ) -> coordinator_pb2.RegisterShardRequest:
-    """This shard server, as it announces itself to the coordinator."""
+    """This shard server, as it announces itself to the coordinator (with the model bytes it fetched)."""
     return coordinator_pb2.RegisterShardRequest(
         shard_id=shard_id,
         node_id=node_id,
@@ -252,6 +258,8 @@ def registration_to_pb(
         incarnation=incarnation,
         metrics_address=metrics_address,
         work_per_second=work_per_second,
+        fetched_bytes_from_peers=fetched.from_peers if fetched else 0,
+        fetched_bytes_from_hub=fetched.from_hub if fetched else 0,
     )
 
 

@@ -103,13 +103,29 @@ def _hosts_table(state: coordinator_pb2.ClusterState) -> Table:
 
 
 def _shards_table(state: coordinator_pb2.ClusterState) -> Table:
-    columns = ("SHARD", "NODE", "ADDRESS", "MEMORY GiB", "DEVICE", "SPEED Gparam/s", "METRICS")
+    columns = (
+        "SHARD",
+        "NODE",
+        "ADDRESS",
+        "MEMORY GiB",
+        "DEVICE",
+        "SPEED Gparam/s",
+        "METRICS",
+        "FETCHED MiB (peers / hub)",
+    )
     table = _table("shard servers", columns)
     for shard in sorted(state.shards, key=lambda shard: (shard.node_id, shard.shard_id)):
         memory = _gib(shard.available_memory_bytes)
         speed = f"{shard.work_per_second / 1e9:.1f}" if shard.work_per_second > 0 else "-"
-        table.add_row(shard.shard_id, shard.node_id, shard.address, memory, shard.device, speed, shard.metrics_address)
+        fetched = f"{_mib(shard.fetched_bytes_from_peers)} / {_mib(shard.fetched_bytes_from_hub)}"
+        table.add_row(
+            shard.shard_id, shard.node_id, shard.address, memory, shard.device, speed, shard.metrics_address, fetched
+        )
     return table
+
+
+def _mib(byte_count: int) -> str:
+    return f"{byte_count / 2**20:.1f}"
 
 
 _STATUS_STYLES = {"ready": "green", "loaded": "green", "loading": "yellow", "assigned": "yellow", "failed": "red"}

@@ -24,6 +24,10 @@ class RegisteredShard(Frozen):
     """host:port of its Prometheus `/metrics` endpoint; "" when unknown (found by discovery)."""
     work_per_second: float = 0.0
     """Parameters per second its device read in a decode-like product at start; 0: not measured."""
+    fetched_bytes_from_peers: int = 0
+    """Model file bytes it received from peers' stores since it started, as it last registered."""
+    fetched_bytes_from_hub: int = 0
+    """Tensor bytes it read from the Hub by range requests (lazily pulled models), likewise."""
 
 
 class WeightCost(Frozen):

@@ -5,6 +5,9 @@ Files land in the model's directory in the local store: each is received into a 
 sha256, flushed, then renamed into place, so a visible file is always complete and verified.
 Only the files asked for travel: a shard asks for the metadata (config, index, tokenizer: every file
 that is not `model*.safetensors`) and the weight files of its layers; a gateway for the metadata only.
+A lazily pulled model (`hub-tensors.json` among its metadata) may have no peer holding a weight file:
+each file no peer has is rebuilt from the Hub by range reads of its tensors (`hub_range_fetch`).
+`ModelFetcher.fetched` counts the bytes received, from peers and from the Hub.
 """
 
 import asyncio
@@ -13,14 +16,18 @@ import fcntl
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from huggingface_hub.errors import HfHubHTTPError
 
 from services.kernel.ids import ModelId
+from services.models.hub_range_fetch import TensorCheckError, fetch_weight_file
 from services.models.model_file_service import sha256_of
-from services.models.model_files import weight_files_for_stage
+from services.models.model_files import read_weight_map, weight_files_for_stage
 from services.models.model_store import ModelStore
+from services.models.remote_tensors import RemoteTensors, read_remote_tensors
 from services.platform.grpc_server import cluster_channel
 from strata_wire import model_transfer_pb2, model_transfer_pb2_grpc
 
@@ -36,12 +43,29 @@ class FetchError(Exception):
     """No source could provide the files."""
 
 
+@dataclass
+class FetchedBytes:
+    """Bytes this process received for model files since it started."""
+
+    from_peers: int = 0
+    """File bytes streamed from peers' `ModelFiles` services."""
+    from_hub: int = 0
+    """Tensor bytes read from the Hub by range requests."""
+
+
 Chooser = Callable[[list[str]], list[str]]
 """Given the names a source lists, the names to fetch; raises FetchError when the source lacks some."""
 
 
 def _metadata_files(listing: list[str]) -> list[str]:
     return [name for name in listing if not is_weight_file(name)]
+
+
+def _those_listed(names: list[str]) -> Chooser:
+    def choose(listing: list[str]) -> list[str]:
+        return [name for name in names if name in listing]
+
+    return choose
 
 
 def _these_files(names: list[str]) -> Chooser:
@@ -77,6 +101,7 @@ class ModelFetcher:
     def __init__(self, store: ModelStore) -> None:
         self._store = store
         self._locks: dict[ModelId, asyncio.Lock] = {}
+        self.fetched = FetchedBytes()
 
     async def ensure_metadata(self, model_id: ModelId, sources: Sequence[str]) -> None:
         """Config, index and tokenizer files present (fetched when absent); raises FetchError."""
@@ -96,8 +121,47 @@ class ModelFetcher:
             missing = missing_stage_files(model_dir, start_layer, end_layer)
             if missing is None:
                 raise FetchError(f"model {model_id!r} metadata is unreadable after fetching it")
-            if missing:
+            if not missing:
+                return
+            manifest = read_remote_tensors(model_dir)
+            if manifest is None:
                 await self._fetch(model_id, sources, _these_files(missing))
+            else:
+                await self._fetch_with_hub(model_id, sources, missing, manifest)
+
+    async def _fetch_with_hub(
+        self, model_id: ModelId, sources: Sequence[str], missing: list[str], manifest: RemoteTensors
+    ) -> None:
+        """Each file from a peer that holds it, else from the Hub; raises FetchError."""
+        model_dir = self._store.model_dir(model_id)
+        async with _store_lock(self._store, model_id):
+            for source in sources:
+                missing = [name for name in missing if not (model_dir / name).is_file()]
+                if not missing:
+                    return
+                try:
+                    await self._fetch_from(model_id, source, _those_listed(missing))
+                except (grpc.aio.AioRpcError, FetchError, OSError) as error:
+                    detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+                    logger.info("peer %s did not give %s: %s", source, model_id, detail)
+            missing = [name for name in missing if not (model_dir / name).is_file()]
+            weight_map = read_weight_map(model_dir)
+            for name in missing:
+                where = f"{manifest.repo_id}@{manifest.commit[:12]}"
+                try:
+                    fetched = await asyncio.to_thread(
+                        fetch_weight_file, model_dir, name, weight_map, manifest, partial_path(model_dir, name)
+                    )
+                except TensorCheckError as error:
+                    raise FetchError(f"{name} of {model_id!r}: {error}") from error
+                except (OSError, ValueError, HfHubHTTPError) as error:
+                    raise FetchError(
+                        f"could not read {name} of {model_id!r} from the Hub ({where}): {error}"
+                    ) from error
+                self.fetched.from_hub += fetched
+                logger.info(
+                    "read %s of %s from the Hub (%s): %d bytes by range requests", name, model_id, where, fetched
+                )
 
     async def _fetch(self, model_id: ModelId, sources: Sequence[str], choose: Chooser) -> None:
         if not sources:
@@ -153,9 +217,13 @@ class ModelFetcher:
             partial.unlink()
         raise FetchError(f"{file.name} of {model_id!r} failed its checksum {ATTEMPTS_PER_FILE} times")
 
-    @staticmethod
     async def _receive(
-        stub: "model_transfer_pb2_grpc.ModelFilesAsyncStub", model_id: ModelId, name: str, partial: Path, offset: int
+        self,
+        stub: "model_transfer_pb2_grpc.ModelFilesAsyncStub",
+        model_id: ModelId,
+        name: str,
+        partial: Path,
+        offset: int,
     ) -> None:
         request = model_transfer_pb2.ReadModelFileRequest(model_id=model_id, name=name, offset=offset)
         with partial.open("ab") as output:
@@ -164,6 +232,7 @@ class ModelFetcher:
                     raise FetchError(f"{name}: chunk at {chunk.offset}, expected {offset}")
                 output.write(chunk.data)
                 offset += len(chunk.data)
+                self.fetched.from_peers += len(chunk.data)
             output.flush()
             os.fsync(output.fileno())
 

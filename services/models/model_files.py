@@ -28,6 +28,7 @@ from typing import Literal, cast
 from pydantic import BaseModel, ConfigDict
 
 from services.models.model_config import ModelConfig, read_model_config
+from services.models.remote_tensors import RemoteTensors, read_remote_tensors
 
 INDEX_FILE = "model.safetensors.index.json"
 EMBED_FILE = "model-embed.safetensors"
@@ -196,12 +197,23 @@ def read_manifest(model_dir: Path, config: ModelConfig | None = None) -> ModelMa
         config = read_model_config(model_dir)
     weight_map = read_weight_map(model_dir)
     headers: dict[str, TensorHeader] = {}
+    remote = read_remote_tensors(model_dir)
     for file_name in sorted(set(weight_map.values())):
-        headers.update(read_safetensors_header(model_dir / file_name))
+        if remote is not None and not (model_dir / file_name).is_file():
+            # A lazily pulled model: its weight files are fetched from the Hub by the shards that need them.
+            headers.update(_remote_headers(remote, weight_map, file_name))
+        else:
+            headers.update(read_safetensors_header(model_dir / file_name))
     missing = sorted(set(weight_map) - set(headers))
     if missing:
         raise ValueError(f"{model_dir}: the index names tensors absent from the weight files: {missing[:5]}")
+    return manifest_from_headers(config, weight_map, headers)
 
+
+def manifest_from_headers(
+    config: ModelConfig, weight_map: Mapping[str, str], headers: Mapping[str, "TensorHeader"]
+) -> ModelManifest:
+    """Sizes of the model's parts from its config and every tensor's header (wherever the files are)."""
     num_layers = config.num_layers
     stored: dict[WeightGroup, int] = {}
     parameters: dict[WeightGroup, int] = {}
@@ -264,6 +276,14 @@ def weight_files_for_stage(
         if needed(group):
             files[file_name] = min(files.get(file_name, math.inf), order(group))
     return [model_dir / name for name in sorted(files, key=lambda name: (files[name], name))]
+
+
+def _remote_headers(remote: RemoteTensors, weight_map: Mapping[str, str], file_name: str) -> dict[str, TensorHeader]:
+    return {
+        key: TensorHeader(dtype=tensor.dtype, shape=tensor.shape, stored_bytes=tensor.stored_bytes)
+        for key, tensor in remote.tensors.items()
+        if weight_map.get(key) == file_name
+    }
 
 
 def _parameter_count(key: str, header: TensorHeader, headers: Mapping[str, TensorHeader], config: ModelConfig) -> int:

@@ -34,6 +34,8 @@ def sample_state() -> coordinator_pb2.ClusterState:
                 device="cpu",
                 metrics_address="10.0.0.2:53417",
                 work_per_second=3.26e9,
+                fetched_bytes_from_peers=3 * 2**20,
+                fetched_bytes_from_hub=5 * 2**19,
             ),
             coordinator_pb2.ShardServerInfo(
                 shard_id="node-a:52417",
@@ -114,12 +116,14 @@ def test_a_replica_whose_address_no_shard_server_shares_is_a_host_of_its_own() -
     assert ["(10.0.0.3)", "10.0.0.3", "coordinator", "10.0.0.3:52416", "voter"] in rows(render_status(state))
 
 
-def test_shard_servers_are_sorted_with_memory_device_and_metrics() -> None:
+def test_shard_servers_are_sorted_with_memory_device_metrics_and_bytes_fetched() -> None:
     table = rows(render_status(sample_state()))
 
-    first = table.index(["node-a:52417", "node-a", "10.0.0.1:52417", "1.00", "cpu", "-"])
-    second = table.index(["node-a:52418", "node-a", "10.0.0.1:52418", "1.00", "cpu", "-"])
-    third = table.index(["node-b:52417", "node-b", "10.0.0.2:52417", "2.00", "cpu", "3.3", "10.0.0.2:53417"])
+    first = table.index(["node-a:52417", "node-a", "10.0.0.1:52417", "1.00", "cpu", "-", "0.0", "/", "0.0"])
+    second = table.index(["node-a:52418", "node-a", "10.0.0.1:52418", "1.00", "cpu", "-", "0.0", "/", "0.0"])
+    third = table.index(
+        ["node-b:52417", "node-b", "10.0.0.2:52417", "2.00", "cpu", "3.3", "10.0.0.2:53417", "3.0", "/", "2.5"]
+    )
     assert first < second < third
 
 

@@ -45,6 +45,8 @@ class HubFaults:
     (the library gives up after 5 tries: a pull stopped half way)."""
     corrupted: set[str] = field(default_factory=set[str])
     """File names served with a flipped byte (the listing and ETag keep the true sha256)."""
+    flipped_bytes: dict[str, int] = field(default_factory=dict[str, int])
+    """File name -> position of a byte served flipped (inside a tensor, say; listing and ETag unchanged)."""
 
 
 @dataclass
@@ -68,6 +70,8 @@ class FakeHub:
         data = (self.root / repo_id / file_name).read_bytes()
         if file_name in self.faults.corrupted:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if (position := self.faults.flipped_bytes.get(file_name)) is not None:
+            data = data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
         return data
 
 

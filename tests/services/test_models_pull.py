@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-import huggingface_hub.constants
 import mlx.core as mx
 import pytest
 from mlx_lm.models.llama import Model
@@ -18,7 +17,14 @@ from mlx_lm.utils import load_model
 
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root
-from services.models.hub_pull import HubUnreachableError, PullError, default_model_id, parse_repo_reference, pull_model
+from services.models.hub_pull import (
+    HubUnreachableError,
+    PullError,
+    default_model_id,
+    incomplete_path,
+    parse_repo_reference,
+    pull_model,
+)
 from services.models.model_card import model_card
 from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore
@@ -94,9 +100,7 @@ def test_pull_stores_the_model_under_the_repository_name(tmp_path: Path) -> None
 
 @pytest.mark.unit
 @pytest.mark.timeout(120)
-def test_a_connection_dropped_mid_file_is_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The library keeps what it received in whole chunks (10 MiB); the tiny model is ~1 MiB.
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+def test_a_connection_dropped_mid_file_is_resumed(tmp_path: Path) -> None:
     _hub_repository(tmp_path)
     with fake_hub(tmp_path / "hub") as hub:
         hub.faults.drop_first_get.add(WEIGHTS)
@@ -114,25 +118,29 @@ def test_a_connection_dropped_mid_file_is_resumed(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.unit
 @pytest.mark.timeout(120)
-def test_a_failed_pull_keeps_its_finished_files_for_the_next_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+def test_a_pull_cut_off_mid_file_is_resumed_by_the_next_pull(tmp_path: Path) -> None:
     _hub_repository(tmp_path)
+    partial = incomplete_path(tmp_path / "downloads" / REPO, WEIGHTS)
     with fake_hub(tmp_path / "hub") as hub:
         hub.faults.drop_first_get.add(WEIGHTS)
         hub.faults.silent_after_cut.add(WEIGHTS)
         with pytest.raises(HubUnreachableError, match="could not reach the Hub"):
             _pull(hub, tmp_path)
         assert _store(tmp_path).list_models() == []
+        kept = partial.stat().st_size
         hub.faults.silent_after_cut.clear()
         with hub.lock:
             hub.requests.clear()
+            hub.ranges.clear()
         model_dir = _pull(hub, tmp_path)
         fetched_again = hub.resolved_files()
+        ranges = list(hub.ranges)
 
-    # huggingface_hub 2.x resumes a file only within one pull (its partial file is per process).
-    assert fetched_again == [WEIGHTS]
+    size = (tmp_path / "hub" / REPO / WEIGHTS).stat().st_size
+    assert 0 < kept <= size // 2  # what the cut connection brought stayed on disk
+    assert fetched_again == [WEIGHTS]  # the finished small files were not fetched again
+    assert ranges == [(WEIGHTS, f"bytes={kept}-")]  # and the weights continued where they stopped
+    assert not partial.exists()
     _assert_same_model(model_dir, tmp_path / "layered")
 
 
