@@ -37,6 +37,7 @@ from gateway.generation_request import (
     with_generation_defaults,
 )
 from gateway.metrics import GatewayMetrics, GenerationTimer
+from gateway.token_logprobs import TokenLogprob, token_logprob
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
 from services.kernel.ids import ModelId, RequestId
@@ -87,6 +88,8 @@ class CompletionEngine:
         detokenizer = tokenizer.detokenizer()
         stop_matcher = StopStringMatcher(request.stop)
         generated_tokens = 0
+        pending_logprobs: list[TokenLogprob] = []
+        """Logprobs of tokens read since the last delta (their text may be held back)."""
         events = self._token_source.generate(token_request)
         try:
             async for event in events:
@@ -96,9 +99,12 @@ class CompletionEngine:
                         generated_tokens += 1
                         if token_id in stop_token_ids:
                             continue  # end of sequence: never part of the text
+                        if (logprob := token_logprob(event, tokenizer.decode)) is not None:
+                            pending_logprobs.append(logprob)
                         scan = stop_matcher.feed(detokenizer.add(token_id))
                         if scan.text:
-                            yield TextDelta(text=scan.text)
+                            yield TextDelta(text=scan.text, logprobs=tuple(pending_logprobs))
+                            pending_logprobs.clear()
                         if scan.matched is not None:
                             yield TextFinished(
                                 reason="stop",
@@ -110,8 +116,8 @@ class CompletionEngine:
                     case GenerationFinished(reason=reason, generated_tokens=reported_tokens):
                         scan = stop_matcher.feed(detokenizer.flush())
                         tail = scan.text if scan.matched is not None else scan.text + stop_matcher.flush()
-                        if tail:
-                            yield TextDelta(text=tail)
+                        if tail or pending_logprobs:
+                            yield TextDelta(text=tail, logprobs=tuple(pending_logprobs))
                         yield TextFinished(
                             reason="stop" if scan.matched is not None else reason,
                             prompt_tokens=prompt_tokens,
@@ -176,6 +182,12 @@ class CompletionEngine:
                 f"model's context window is {context_length} tokens: at most {remaining} can be generated.",
                 param="max_tokens",
                 code="context_length_exceeded",
+            )
+        if any(not 0 <= token < tokenizer.vocab_size for token, _ in request.sampling.logit_bias):
+            raise InvalidRequestError(
+                f"logit_bias names a token id outside this model's vocabulary [0, {tokenizer.vocab_size}).",
+                param="logit_bias",
+                code="invalid_value",
             )
         token_request = TokenRequest(
             request_id=request.request_id,

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.token_logprobs import TokenLogprob
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
 
@@ -121,6 +122,9 @@ class TextDelta(BaseModel):
 
     kind: Literal["delta"] = "delta"
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """When the request asked for logprobs: those of the tokens read since the last delta (the
+    text may be empty when a token's text is held back, e.g. at the end)."""
 
 
 class TextFinished(BaseModel):
@@ -160,12 +164,12 @@ def with_generation_defaults(
     if not valid:
         return sampling
     # An omitted temperature already defaulted to 1 (> 0), so the request carries its seed.
-    return SamplingOptions(
-        temperature=float(valid.get("temperature", sampling.temperature)),
-        top_p=float(valid.get("top_p", sampling.top_p)),
-        top_k=int(valid.get("top_k", sampling.top_k)),
-        seed=sampling.seed,
-        key_position=sampling.key_position,
+    return sampling.model_copy(
+        update={
+            "temperature": float(valid.get("temperature", sampling.temperature)),
+            "top_p": float(valid.get("top_p", sampling.top_p)),
+            "top_k": int(valid.get("top_k", sampling.top_k)),
+        }
     )
 
 

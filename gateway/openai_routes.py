@@ -24,8 +24,7 @@ from gateway.dialect_replies import (
     event_stream_reply,
     json_reply,
     new_request_id,
-    started_generation,
-    whole_generation,
+    unless_disconnected,
 )
 from gateway.errors import describe_error
 from gateway.generation_request import (
@@ -36,6 +35,15 @@ from gateway.generation_request import (
     TextGenerationRequest,
     TextStarted,
 )
+from gateway.openai_choices import (
+    choice_requests,
+    combined_reply,
+    indexed_reply,
+    interleaved,
+    started_choices,
+    total_usage,
+    whole_choices,
+)
 from gateway.openai_schemas import (
     ChatCompletionRequest,
     ChatEncoder,
@@ -43,7 +51,6 @@ from gateway.openai_schemas import (
     CompletionRequest,
     ModelCard,
     ModelList,
-    ReplyEncoder,
     unix_time,
 )
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
@@ -100,40 +107,66 @@ async def _reply(
     request: Request,
     engine: CompletionEngine,
     generation: TextGenerationRequest,
-    encoder: ReplyEncoder,
+    encoder: ChatEncoder | CompletionEncoder,
     options: ChatCompletionRequest | CompletionRequest,
 ) -> Response:
     request_id = generation.request_id
+    generations = choice_requests(generation, options.choices)
+    logprobs = generation.sampling.logprobs
     if options.stream:
-        events = await started_generation(request, engine, generation)
-        if events is None:
+        streams = await unless_disconnected(request, request_id, started_choices(engine, generations))
+        if streams is None:
             return client_closed_reply()
-        return event_stream_reply(_server_sent_events(request_id, events, encoder, options.include_usage))
-    outcome = await whole_generation(request, engine, generation)
-    if outcome is None:
+        return event_stream_reply(_server_sent_events(request_id, streams, encoder, options.include_usage, logprobs))
+    outcomes = await unless_disconnected(request, request_id, whole_choices(engine, generations))
+    if outcomes is None:
         return client_closed_reply()
-    text, finished = outcome
-    return json_reply(encoder.whole(text, finished))
+    usage = total_usage([finished for _, finished in outcomes])
+    if isinstance(encoder, ChatEncoder):
+        chats = [
+            indexed_reply(encoder.whole(choice.text, finished), index, choice.logprobs if logprobs else None)
+            for index, (choice, finished) in enumerate(outcomes)
+        ]
+        return json_reply(combined_reply(chats, encoder.whole("", usage)))
+    completions = [
+        indexed_reply(encoder.whole(choice.text, finished), index, choice.logprobs if logprobs else None)
+        for index, (choice, finished) in enumerate(outcomes)
+    ]
+    return json_reply(combined_reply(completions, encoder.whole("", usage)))
 
 
 async def _server_sent_events(
-    request_id: RequestId, events: AsyncGenerator[TextEvent], encoder: ReplyEncoder, include_usage: bool
+    request_id: RequestId,
+    streams: Sequence[AsyncGenerator[TextEvent]],
+    encoder: ChatEncoder | CompletionEncoder,
+    include_usage: bool,
+    logprobs: bool,
 ) -> AsyncGenerator[str]:
-    async with aclosing(events):
+    text_lengths = [0] * len(streams)
+    """Per choice, the characters streamed so far (completions' `text_offset`)."""
+    finishes: dict[int, TextFinished] = {}
+    async with aclosing(interleaved(streams)) as events:
         try:
-            opening = encoder.opening()
-            if opening is not None:
-                yield _event(opening.model_dump_json())
-            async for event in events:
+            for index in range(len(streams)):
+                opening = encoder.opening()
+                if opening is not None:
+                    yield _event(indexed_reply(opening, index, None).model_dump_json())
+            async for index, event in events:
                 match event:
-                    case TextDelta(text=text):
-                        yield _event(encoder.delta(text).model_dump_json())
+                    case TextDelta(text=text, logprobs=token_logprobs):
+                        chunk = indexed_reply(
+                            encoder.delta(text), index, token_logprobs if logprobs else None, text_lengths[index]
+                        )
+                        text_lengths[index] += len(text)
+                        yield _event(chunk.model_dump_json())
                     case TextFinished(reason=reason):
-                        yield _event(encoder.finish(reason).model_dump_json())
-                        if include_usage:
-                            yield _event(encoder.usage(event).model_dump_json())
+                        finishes[index] = event
+                        yield _event(indexed_reply(encoder.finish(reason), index, None).model_dump_json())
                     case TextStarted():
                         pass
+            if include_usage:
+                usage = total_usage([finishes[index] for index in sorted(finishes)])
+                yield _event(encoder.usage(usage).model_dump_json())
         except Exception as error:  # the status line is gone: report in-band, then end the stream
             description = describe_error(error)
             log = logger.exception if description.status >= 500 else logger.info

@@ -5,8 +5,11 @@ gateway does not know are ignored, as OpenAI-compatible servers usually do. What
 - chat: `messages` with roles system/developer/user/assistant and string content or a list of
   `{"type": "text", "text": ...}` parts (joined with newlines); other part types are refused.
 - both: `max_tokens` (chat also `max_completion_tokens`, which wins), `temperature` in [0, 2]
-  (default 1, as OpenAI), `top_p` in (0, 1], `top_k` (an extension), `seed` in [0, 2**63 - 1],
-  `stop` (one string or up to 4), `n` (only 1), `stream`, `stream_options.include_usage`.
+  (default 1, as OpenAI), `top_p` in (0, 1], `top_k` and `min_p` (extensions), `seed` in
+  [0, 2**63 - 1], `stop` (one string or up to 4), `n` (1 to `MAX_CHOICES`), `stream`,
+  `stream_options.include_usage`, `user` (accepted); the logits options (`openai_sampling.py`):
+  `logit_bias`, `presence_penalty`, `frequency_penalty`, `repetition_penalty` (an extension);
+  chat `logprobs` + `top_logprobs` (0-20), completions `logprobs` (0-20).
 - completions: `prompt` as a string (or a list of exactly one string); `max_tokens` defaults to 16
   as in OpenAI's API, while chat leaves it to the context window.
 
@@ -18,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.generation_request import (
@@ -30,6 +33,16 @@ from gateway.generation_request import (
     TextGenerationRequest,
     TextPrompt,
     sampling_options,
+)
+from gateway.openai_logprobs import ChatChoiceLogprobs, CompletionChoiceLogprobs
+from gateway.openai_sampling import (
+    MAX_CHOICES,
+    LogitBias,
+    MinP,
+    Penalty,
+    RepetitionPenalty,
+    TopLogprobs,
+    with_logits_options,
 )
 from services.kernel.ids import ModelId, RequestId
 
@@ -116,13 +129,23 @@ class _SamplingFields(BaseModel):
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    min_p: MinP = None
+    logit_bias: LogitBias = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    repetition_penalty: RepetitionPenalty = None
+    user: str | None = None
 
     @field_validator("n")
     @classmethod
-    def _only_one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise PydanticCustomError("unsupported_n", "only n=1 is supported")
+    def _choices_within_limit(cls, n: int | None) -> int | None:
+        if n is not None and not 1 <= n <= MAX_CHOICES:
+            raise PydanticCustomError("invalid_n", "n must lie in [1, {limit}]", {"limit": MAX_CHOICES})
         return n
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     @property
     def include_usage(self) -> bool:
@@ -136,6 +159,10 @@ class _SamplingFields(BaseModel):
         )
         return frozenset(key for key, value in given if value is None)
 
+    def _top_logprobs(self) -> int | None:
+        """How many alternatives to report per token; None: no logprobs (each endpoint says)."""
+        return None
+
     def _generation_request(
         self, request_id: RequestId, prompt: ChatPrompt | TextPrompt, max_tokens: int | None
     ) -> TextGenerationRequest:
@@ -145,11 +172,15 @@ class _SamplingFields(BaseModel):
             model_id=ModelId(self.model),
             prompt=prompt,
             max_tokens=max_tokens,
-            sampling=sampling_options(
-                temperature=temperature,
-                top_p=1.0 if self.top_p is None else self.top_p,
-                top_k=self.top_k or 0,
-                seed=self.seed,
+            sampling=with_logits_options(
+                sampling_options(
+                    temperature=temperature,
+                    top_p=1.0 if self.top_p is None else self.top_p,
+                    top_k=self.top_k or 0,
+                    seed=self.seed,
+                ),
+                self,
+                self._top_logprobs(),
             ),
             stop=self.stop or (),
             omitted_sampling=self._omitted_sampling(),
@@ -169,6 +200,17 @@ class ChatMessageInput(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: Annotated[tuple[ChatMessageInput, ...], Field(min_length=1)]
     max_completion_tokens: MaxTokens = None
+    logprobs: bool = False
+    top_logprobs: TopLogprobs = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise PydanticCustomError("invalid_top_logprobs", "top_logprobs needs logprobs: true")
+        return self
+
+    def _top_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def to_generation_request(self, request_id: RequestId) -> TextGenerationRequest:
         prompt = ChatPrompt(messages=tuple(message.to_chat_message() for message in self.messages))
@@ -179,6 +221,11 @@ class ChatCompletionRequest(_SamplingFields):
 class CompletionRequest(_SamplingFields):
     prompt: Annotated[str, BeforeValidator(_one_prompt)]
     max_tokens: MaxTokens = COMPLETIONS_DEFAULT_MAX_TOKENS
+    logprobs: TopLogprobs = None
+    """The legacy shape: how many alternatives per token (0 for the token's own logprob only)."""
+
+    def _top_logprobs(self) -> int | None:
+        return self.logprobs
 
     def to_generation_request(self, request_id: RequestId) -> TextGenerationRequest:
         return self._generation_request(request_id, TextPrompt(text=self.prompt), self.max_tokens)
@@ -211,7 +258,7 @@ class ChatCompletionChoice(_Reply):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatChoiceLogprobs | None = None
 
 
 class ChatCompletion(_Reply):
@@ -229,7 +276,7 @@ class ChatCompletionChunkChoice(_Reply):
     delta: dict[str, str]
     """`{"role": "assistant", "content": ""}` first, then `{"content": ...}`, `{}` with the finish."""
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(_Reply):
@@ -246,7 +293,7 @@ class CompletionChoice(_Reply):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionChoiceLogprobs | None = None
 
 
 class Completion(_Reply):

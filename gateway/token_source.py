@@ -30,6 +30,10 @@ class GeneratedToken(BaseModel):
 
     kind: Literal["token"] = "token"
     token_id: int
+    logprob: float | None = None
+    """When the request asked for logprobs: the token's, as the last shard computed it."""
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    """(token id, logprob) of the best tokens at this position, best first."""
 
 
 class GenerationFinished(BaseModel):

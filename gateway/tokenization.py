@@ -83,6 +83,11 @@ class ModelTokenizer:
         return self._stop_token_ids
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids the tokenizer knows (a `logit_bias` key must be one of them)."""
+        return len(self._tokenizer)
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(self._tokenizer.chat_template)
 

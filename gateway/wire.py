@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 from gateway.token_source import GeneratedToken, GenerationFinished, TokenEvent, TokenRequest
 from services.kernel.ids import RequestId
-from services.wire.generate_call import sampling_to_pb
+from services.wire.generate_call import logprobs_from_pb, sampling_to_pb
 from strata_wire import shard_pb2
 
 
@@ -27,7 +27,12 @@ def token_event_from_pb(reply: shard_pb2.GenerateReply) -> TokenEvent | None:
     """A token or the end of the generation; None for a reply without a body (ignored)."""
     body = reply.WhichOneof("body")
     if body == "token":
-        return GeneratedToken(token_id=reply.token.token_id)
+        token = reply.token
+        return GeneratedToken(
+            token_id=token.token_id,
+            logprob=token.logprob if token.HasField("logprob") else None,
+            top_logprobs=logprobs_from_pb(token.top_logprobs),
+        )
     if body == "finished":
         finished = reply.finished
         reason = "stop" if finished.reason == "stop" else "length"

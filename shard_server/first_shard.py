@@ -74,7 +74,8 @@ class FirstShardDriver:
             chunks=prefill_chunks(len(item.prompt_tokens), loaded.prefill_step_size),
             replay_tokens=item.replay_tokens,
         )
-        sampler = RequestSampler(item.sampling) if loaded.stage.stage.is_last else None
+        sampling = item.sampling.with_prompt(item.prompt_tokens)
+        sampler = RequestSampler(sampling) if loaded.stage.stage.is_last else None
         cache = loaded.stage.make_cache()
         directory = loaded.directory
         reusable = directory.longest_reusable(item.prompt_tokens, loaded.prefill_step_size) if directory else None
@@ -92,7 +93,7 @@ class FirstShardDriver:
                 len(item.prompt_tokens),
                 len(item.replay_tokens),
             )
-        loaded.requests[item.request_id] = RequestState(cache, item.sampling, sampler, driver)
+        loaded.requests[item.request_id] = RequestState(cache, sampling, sampler, driver)
         loaded.prefill_waiting.append(item.request_id)
 
     def on_sampled(self, loaded: LoadedStage, sampled: SampledTokens) -> None:
@@ -125,7 +126,7 @@ class FirstShardDriver:
         if index < len(driver.replay_tokens):
             token_id = self._replayed(token.request_id, index, token.token_id, driver.replay_tokens[index])
         else:
-            self._emit(TokenGenerated(token.request_id, token_id, index))
+            self._emit(TokenGenerated(token.request_id, token_id, index, token.logprob, token.top_logprobs))
         reason = None
         if token_id in driver.stop_token_ids:
             reason = "stop"

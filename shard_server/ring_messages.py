@@ -69,6 +69,10 @@ class SampledToken:
     request_id: RequestId
     token_id: int
     position: int
+    logprob: float | None = None
+    """When the request asked for logprobs: the token's (float32, exact)."""
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    """(token id, logprob) of the best tokens, best first."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ class TokenGenerated:
     request_id: RequestId
     token_id: int
     index: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -432,10 +432,16 @@ class StageWorker:
                     f"request {segment.request_id} reached the last shard without sampling options"
                 )
             sampled.append((segment, state.sampler))
-        token_ids = sample_rows([sampler for _, sampler in sampled], logits)
+        choices = sample_rows([sampler for _, sampler in sampled], logits)
         tokens = [
-            SampledToken(segment.request_id, token_id, segment.position + segment.length)
-            for (segment, _), token_id in zip(sampled, token_ids, strict=True)
+            SampledToken(
+                segment.request_id,
+                choice.token_id,
+                segment.position + segment.length,
+                choice.logprob,
+                choice.top_logprobs,
+            )
+            for (segment, _), choice in zip(sampled, choices, strict=True)
         ]
         evaluate(cache_arrays(planned.states))
         if loaded.stage.stage.is_first:

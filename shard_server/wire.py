@@ -8,7 +8,7 @@ from services.kernel.ids import RequestId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
 from services.models.model_fetch import FetchedBytes
 from services.platform.tensor_codec import EncodedTensor
-from services.wire.generate_call import sampling_from_pb, sampling_to_pb
+from services.wire.generate_call import logprobs_from_pb, logprobs_to_pb, sampling_from_pb, sampling_to_pb
 from shard_server.admission import AdmissionStats
 from shard_server.ring_messages import (
     BatchStep,
@@ -25,6 +25,7 @@ from shard_server.ring_messages import (
     StartRequest,
     TokenGenerated,
 )
+from shard_server.sampling_checks import sampling_problem
 from shard_server.stage_state import StageStats
 from strata_wire import common_pb2, coordinator_pb2, shard_pb2
 
@@ -81,7 +82,7 @@ def _generate_problem(message: shard_pb2.GenerateRequest, vocab_size: int) -> st
         return "top_p must lie in [0, 1]"
     if sampling.top_k < 0:
         return "top_k must not be negative"
-    return None
+    return sampling_problem(message.sampling, vocab_size)
 
 
 def start_request_from_pb(message: shard_pb2.GenerateRequest, vocab_size: int = 0) -> StartRequest:
@@ -152,7 +153,11 @@ def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
             tokens = shard_pb2.SampledTokens(
                 tokens=[
                     shard_pb2.SampledToken(
-                        request_id=token.request_id, token_id=token.token_id, position=token.position
+                        request_id=token.request_id,
+                        token_id=token.token_id,
+                        position=token.position,
+                        logprob=token.logprob,
+                        top_logprobs=logprobs_to_pb(token.top_logprobs),
                     )
                     for token in message.tokens
                 ],
@@ -177,7 +182,14 @@ def ring_message_from_pb(message: shard_pb2.RingMessage) -> RingMessage:
         return BatchStep(segments, tensor_from_pb(message.batch.hidden), _seconds(message.batch.compute_seconds))
     if body == "tokens":
         tokens = tuple(
-            SampledToken(RequestId(token.request_id), token.token_id, token.position) for token in message.tokens.tokens
+            SampledToken(
+                RequestId(token.request_id),
+                token.token_id,
+                token.position,
+                token.logprob if token.HasField("logprob") else None,
+                logprobs_from_pb(token.top_logprobs),
+            )
+            for token in message.tokens.tokens
         )
         if not all(token.request_id for token in tokens):
             raise WireError("sampled token without a request_id")
@@ -266,7 +278,12 @@ def registration_to_pb(
 def client_event_to_pb(event: ClientEvent) -> shard_pb2.GenerateReply:
     match event:
         case TokenGenerated():
-            token = shard_pb2.GeneratedToken(token_id=event.token_id, index=event.index)
+            token = shard_pb2.GeneratedToken(
+                token_id=event.token_id,
+                index=event.index,
+                logprob=event.logprob,
+                top_logprobs=logprobs_to_pb(event.top_logprobs),
+            )
             return shard_pb2.GenerateReply(token=token)
         case RequestFinished():
             finished = shard_pb2.GenerationFinished(

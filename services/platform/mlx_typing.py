@@ -14,7 +14,7 @@ _evaluate = cast(Callable[..., None], getattr(mx, "eval"))  # noqa: B009 - its s
 _evaluate_async = cast(Callable[..., None], getattr(mx, "async_eval"))  # noqa: B009
 _quantize = cast(Callable[..., None], getattr(nn, "quantize"))  # noqa: B009
 
-_Scalar = TypeVar("_Scalar", int, bool)
+_Scalar = TypeVar("_Scalar", int, bool, float)
 
 
 def evaluate(*arrays_or_trees: Any) -> None:
@@ -65,6 +65,11 @@ def to_int_list(array: mx.array) -> list[int]:
 def to_bool_list(array: mx.array) -> list[bool]:
     """A one-dimensional boolean array's values."""
     return _values_of(array, bool)
+
+
+def to_float_list(array: mx.array) -> list[float]:
+    """A one-dimensional floating-point array's values (float32 values are exact as Python floats)."""
+    return _values_of(array, float)
 
 
 def load_module_weights(module: nn.Module, weights: list[tuple[str, mx.array]]) -> None:

@@ -9,6 +9,7 @@ def generate_step(
     *,
     max_tokens: int = 256,
     sampler: Callable[[mx.array], mx.array] | None = None,
+    logits_processors: list[Callable[[mx.array, mx.array], mx.array]] | None = None,
     prefill_step_size: int = 2048,
 ) -> Generator[tuple[int, mx.array], None, None]: ...
 
