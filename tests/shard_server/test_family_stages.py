@@ -98,7 +98,7 @@ def _run_together(
         for (request, _), token in zip(
             sampled, sample_rows([request.sampler for request, _ in sampled], logits), strict=True
         ):
-            request.generated.append(token)
+            request.generated.append(token.token_id)
     return [request.generated for request in running]
 
 
