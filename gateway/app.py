@@ -14,6 +14,8 @@ from gateway.anthropic_routes import anthropic_router
 from gateway.cluster_routes import ClusterSource, cluster_router
 from gateway.completion_engine import CompletionEngine
 from gateway.dashboard_routes import dashboard_router
+from gateway.embedding_routes import embedding_router
+from gateway.embeddings import EmbeddingEngine
 from gateway.errors import install_error_handlers
 from gateway.instance_activity import InstanceActivity
 from gateway.ollama_routes import ollama_router
@@ -34,6 +36,8 @@ def create_app(
     app = FastAPI(title="strata gateway", summary="One language model, split across machines, as OpenAI.")
     install_error_handlers(app)
     app.include_router(openai_router(engine, catalog, max_body_bytes=max_body_bytes))
+    embeddings = EmbeddingEngine(engine.token_source, engine.tokenizers)
+    app.include_router(embedding_router(embeddings, max_body_bytes=max_body_bytes))
     app.include_router(anthropic_router(engine, max_body_bytes=max_body_bytes))
     app.include_router(responses_router(engine, max_body_bytes=max_body_bytes))
     app.include_router(ollama_router(engine, catalog, max_body_bytes=max_body_bytes))

@@ -61,6 +61,14 @@ class CompletionEngine:
         self._tokenizers = tokenizers
         self._metrics = metrics if metrics is not None else GatewayMetrics()
 
+    @property
+    def token_source(self) -> TokenSource:
+        return self._token_source
+
+    @property
+    def tokenizers(self) -> TokenizerProvider:
+        return self._tokenizers
+
     async def run(self, request: TextGenerationRequest, *, announce_start: bool = False) -> AsyncGenerator[TextEvent]:
         """Yields the generated text as `TextDelta`s, then exactly one `TextFinished`.
 
@@ -127,7 +135,7 @@ class CompletionEngine:
                         return
             raise PipelineError("the token stream ended without a finish event")
         finally:
-            await _close(events)
+            await close_token_stream(events)
 
     async def start(self, request: TextGenerationRequest, *, announce_start: bool = False) -> AsyncGenerator[TextEvent]:
         """Like `run`, but waits for the first text or finish event before returning.
@@ -212,7 +220,7 @@ async def _prepend(first_events: list[TextEvent], rest: AsyncGenerator[TextEvent
         await rest.aclose()
 
 
-async def _close(events: AsyncIterator[object]) -> None:
+async def close_token_stream(events: AsyncIterator[object]) -> None:
     """Closes a token stream, which cancels the request upstream when it has not finished."""
     if isinstance(events, AsyncGenerator):
         with suppress(Exception):  # a failing close must not hide the outcome of the request

@@ -34,6 +34,8 @@ class GeneratedToken(BaseModel):
     """When the request asked for logprobs: the token's, as the last shard computed it."""
     top_logprobs: tuple[tuple[int, float], ...] = ()
     """(token id, logprob) of the best tokens at this position, best first."""
+    embedding: bytes = b""
+    """When the request asked (`return_embedding`): the final norm's output here, raw float32."""
 
 
 class GenerationFinished(BaseModel):

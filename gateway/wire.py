@@ -32,6 +32,7 @@ def token_event_from_pb(reply: shard_pb2.GenerateReply) -> TokenEvent | None:
             token_id=token.token_id,
             logprob=token.logprob if token.HasField("logprob") else None,
             top_logprobs=logprobs_from_pb(token.top_logprobs),
+            embedding=token.embedding,
         )
     if body == "finished":
         finished = reply.finished

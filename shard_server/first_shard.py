@@ -126,7 +126,9 @@ class FirstShardDriver:
         if index < len(driver.replay_tokens):
             token_id = self._replayed(token.request_id, index, token.token_id, driver.replay_tokens[index])
         else:
-            self._emit(TokenGenerated(token.request_id, token_id, index, token.logprob, token.top_logprobs))
+            self._emit(
+                TokenGenerated(token.request_id, token_id, index, token.logprob, token.top_logprobs, token.embedding)
+            )
         reason = None
         if token_id in driver.stop_token_ids:
             reason = "stop"

@@ -237,10 +237,14 @@ class ModelStage:
         if self.native_attention is not None:
             self.native_attention.threads = threads
 
+    def final_hidden(self, hidden: mx.array) -> mx.array:
+        """Last stage: the final norm's output, (1, rows, hidden) -> (1, rows, hidden) (what the LM head reads)."""
+        return cast(nn.RMSNorm, self._inner()["norm"])(hidden)
+
     def logits(self, hidden: mx.array) -> mx.array:
         """Last stage: final norm and LM head, (1, rows, hidden) -> (1, rows, vocab)."""
         inner = self._inner()
-        normed = cast(nn.RMSNorm, inner["norm"])(hidden)
+        normed = self.final_hidden(hidden)
         if self.tied_embeddings:
             logits = embedding_as_linear(cast(nn.Module, inner["embed_tokens"]), normed)
         else:

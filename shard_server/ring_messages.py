@@ -73,6 +73,8 @@ class SampledToken:
     """When the request asked for logprobs: the token's (float32, exact)."""
     top_logprobs: tuple[tuple[int, float], ...] = ()
     """(token id, logprob) of the best tokens, best first."""
+    embedding: bytes = b""
+    """When the request asked: the final norm's output at this position, raw float32."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class TokenGenerated:
     index: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
+    embedding: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Literal
 import mlx.core as mx
 
 from services.kernel.ids import RequestId
-from services.platform.mlx_typing import evaluate
+from services.platform.mlx_typing import evaluate, float32_bytes
 from services.platform.tensor_codec import TensorDecodeError, decode, encode
 from shard_server.batch_plan import MAX_DECODE_ROWS
 from shard_server.batched_forward import RequestRows
@@ -433,6 +433,7 @@ class StageWorker:
                 )
             sampled.append((segment, state.sampler))
         choices = sample_rows([sampler for _, sampler in sampled], logits)
+        embeddings = self._embeddings(loaded, hidden, sampled_rows, [sampler for _, sampler in sampled])
         tokens = [
             SampledToken(
                 segment.request_id,
@@ -440,8 +441,9 @@ class StageWorker:
                 segment.position + segment.length,
                 choice.logprob,
                 choice.top_logprobs,
+                embedding,
             )
-            for (segment, _), choice in zip(sampled, choices, strict=True)
+            for (segment, _), choice, embedding in zip(sampled, choices, embeddings, strict=True)
         ]
         evaluate(cache_arrays(planned.states))
         if loaded.stage.stage.is_first:
@@ -450,6 +452,21 @@ class StageWorker:
         else:
             computed = planned.upstream_compute_seconds + time.perf_counter() - started
             self._emit(SendToNext(SampledTokens(tuple(tokens), computed)))
+
+    @staticmethod
+    def _embeddings(
+        loaded: LoadedStage, hidden: mx.array, sampled_rows: list[int], samplers: list[RequestSampler]
+    ) -> list[bytes]:
+        """Per sampled row, the final norm's output as raw float32 where its request asked for it."""
+        wanted = [index for index, sampler in enumerate(samplers) if sampler.options.return_embedding]
+        embeddings = [b""] * len(samplers)
+        if not wanted:
+            return embeddings
+        rows = mx.take(hidden, mx.array([sampled_rows[index] for index in wanted]), axis=1)
+        normed = loaded.stage.final_hidden(rows).astype(mx.float32)  # (1, wanted, hidden)
+        for position, index in enumerate(wanted):
+            embeddings[index] = float32_bytes(normed[0, position])
+        return embeddings
 
     # --- ending requests ---
 

@@ -158,6 +158,7 @@ def ring_message_to_pb(message: RingMessage) -> shard_pb2.RingMessage:
                         position=token.position,
                         logprob=token.logprob,
                         top_logprobs=logprobs_to_pb(token.top_logprobs),
+                        embedding=token.embedding,
                     )
                     for token in message.tokens
                 ],
@@ -188,6 +189,7 @@ def ring_message_from_pb(message: shard_pb2.RingMessage) -> RingMessage:
                 token.position,
                 token.logprob if token.HasField("logprob") else None,
                 logprobs_from_pb(token.top_logprobs),
+                token.embedding,
             )
             for token in message.tokens.tokens
         )
@@ -283,6 +285,7 @@ def client_event_to_pb(event: ClientEvent) -> shard_pb2.GenerateReply:
                 index=event.index,
                 logprob=event.logprob,
                 top_logprobs=logprobs_to_pb(event.top_logprobs),
+                embedding=event.embedding,
             )
             return shard_pb2.GenerateReply(token=token)
         case RequestFinished():

@@ -41,6 +41,8 @@ class SamplingOptions(BaseModel):
     """And the best this many (0 to `MAX_TOP_LOGPROBS`), best first."""
     penalty_prompt_tokens: tuple[int, ...] = ()
     """The prompt's last `repetition_context_size` tokens: set by the first shard, for the repetition penalty."""
+    return_embedding: bool = False
+    """Also return the final norm's output at each sampled position (the embeddings route asks for one)."""
 
     @property
     def has_logits_processors(self) -> bool:

@@ -9,6 +9,8 @@ from typing import Any, TypeVar, cast
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
+import numpy.typing as npt
 
 _evaluate = cast(Callable[..., None], getattr(mx, "eval"))  # noqa: B009 - its stub is unannotated
 _evaluate_async = cast(Callable[..., None], getattr(mx, "async_eval"))  # noqa: B009
@@ -70,6 +72,12 @@ def to_bool_list(array: mx.array) -> list[bool]:
 def to_float_list(array: mx.array) -> list[float]:
     """A one-dimensional floating-point array's values (float32 values are exact as Python floats)."""
     return _values_of(array, float)
+
+
+def float32_bytes(array: mx.array) -> bytes:
+    """A float32 array's elements as raw little-endian bytes (bit for bit)."""
+    values = cast(npt.NDArray[np.float32], np.array(array.astype(mx.float32), copy=False))
+    return values.astype("<f4", copy=False).tobytes()
 
 
 def load_module_weights(module: nn.Module, weights: list[tuple[str, mx.array]]) -> None:

@@ -30,6 +30,7 @@ def sampling_from_pb(message: common_pb2.SamplingParams) -> SamplingOptions:
         logprobs=message.logprobs,
         top_logprobs=message.top_logprobs,
         penalty_prompt_tokens=tuple(message.penalty_prompt_tokens),
+        return_embedding=message.return_embedding,
     )
 
 
@@ -49,6 +50,7 @@ def sampling_to_pb(options: SamplingOptions) -> common_pb2.SamplingParams:
         logprobs=options.logprobs,
         top_logprobs=options.top_logprobs,
         penalty_prompt_tokens=list(options.penalty_prompt_tokens),
+        return_embedding=options.return_embedding,
     )
 
 
