@@ -174,6 +174,56 @@ def test_a_lazy_pull_of_a_corrupted_file_stores_nothing(tmp_path: Path) -> None:
     assert store.list_models() == []
 
 
+def _fetch_stage_once(tmp_path: Path, hub: FakeHub, puller: ModelStore, target: ModelStore) -> ModelFetcher:
+    async def scenario() -> ModelFetcher:
+        server = await _serving(puller)
+        fetcher = ModelFetcher(target)
+        try:
+            await fetcher.ensure_stage(MODEL, 0, 3, [f"127.0.0.1:{server.port}"])
+        finally:
+            await server.stop()
+        return fetcher
+
+    return asyncio.run(scenario())
+
+
+def test_a_range_cut_off_mid_way_is_resumed_from_the_next_byte(tmp_path: Path) -> None:
+    layered = sharded_hub_repository(tmp_path)
+    puller = ModelStore(tmp_path / "puller" / "models")
+    target = ModelStore(tmp_path / "target" / "models")
+    with fake_hub(tmp_path / "hub") as hub:
+        _pull_lazily(hub, puller, tmp_path)
+        hub.ranges.clear()
+        hub.faults.drop_first_get.add(HUB_FILES[0])
+        fetcher = _fetch_stage_once(tmp_path, hub, puller, target)
+        ranges = [spec for name, spec in hub.ranges if name == HUB_FILES[0]]
+
+    first_start, _, first_end = ranges[0].removeprefix("bytes=").partition("-")
+    resumed_start, _, resumed_end = ranges[1].removeprefix("bytes=").partition("-")
+    assert int(first_start) < int(resumed_start) <= int(first_end) and resumed_end == first_end
+    assert fetcher.fetched.from_hub == _stage_tensor_bytes(
+        tmp_path / "hub" / SHARDED_REPO, puller.model_dir(MODEL), 0, 3
+    )
+    for path in weight_files_for_stage(puller.model_dir(MODEL), 0, 3):
+        rebuilt, original = mx.load(str(target.model_dir(MODEL) / path.name)), mx.load(str(layered / path.name))
+        assert isinstance(rebuilt, dict) and isinstance(original, dict)
+        assert all(mx.array_equal(rebuilt[key], array).item() for key, array in original.items())
+
+
+def test_a_hub_that_ignores_ranges_is_refused_rather_than_read_whole(tmp_path: Path) -> None:
+    sharded_hub_repository(tmp_path)
+    puller = ModelStore(tmp_path / "puller" / "models")
+    target = ModelStore(tmp_path / "target" / "models")
+    with fake_hub(tmp_path / "hub") as hub:
+        _pull_lazily(hub, puller, tmp_path)
+        hub.faults.ignored_ranges.add(HUB_FILES[0])
+        with pytest.raises(FetchError, match=r"could not read .* from the Hub .*did not answer the range .*status 200"):
+            _fetch_stage_once(tmp_path, hub, puller, target)
+    model_dir = target.model_dir(MODEL)
+    assert not (model_dir / "model-layer-00000.safetensors").exists()  # it has tensors in that file
+    assert not [path for path in model_dir.iterdir() if path.name.endswith(".partial")]
+
+
 def _tensor(hub_file: str, start: int, end: int) -> RemoteTensor:
     return RemoteTensor(hub_file=hub_file, dtype="F32", shape=((end - start) // 4,), start=start, end=end, sha256="")
 
