@@ -14,6 +14,7 @@ from typing import Protocol, cast
 
 import httpx2
 from huggingface_hub import constants, hf_hub_url
+from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_session, hf_raise_for_status
 from huggingface_hub.utils import tqdm as hub_tqdm
 
@@ -43,6 +44,8 @@ def file_url(repo_id: str, file_name: str, commit: str, endpoint: str | None) ->
 
 @contextmanager
 def _get(url: str, token: str | None, byte_range: str | None) -> Generator[httpx2.Response]:
+    if constants.HF_HUB_OFFLINE:
+        raise OfflineModeIsEnabled(f"HF_HUB_OFFLINE is set: not reading {url}")
     headers = _build_hf_headers(token=token)
     if byte_range is not None:
         headers["Range"] = byte_range

@@ -5,6 +5,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import huggingface_hub.constants
 import mlx.core as mx
 import pytest
 
@@ -222,6 +223,18 @@ def test_a_hub_that_ignores_ranges_is_refused_rather_than_read_whole(tmp_path: P
     model_dir = target.model_dir(MODEL)
     assert not (model_dir / "model-layer-00000.safetensors").exists()  # it has tensors in that file
     assert not [path for path in model_dir.iterdir() if path.name.endswith(".partial")]
+
+
+def test_a_shard_under_hf_hub_offline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sharded_hub_repository(tmp_path)
+    puller = ModelStore(tmp_path / "puller" / "models")
+    with fake_hub(tmp_path / "hub") as hub:
+        _pull_lazily(hub, puller, tmp_path)
+        hub.requests.clear()
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(FetchError, match="HF_HUB_OFFLINE is set"):
+            _fetch_stage_once(tmp_path, hub, puller, ModelStore(tmp_path / "target" / "models"))
+        assert hub.requests == []
 
 
 def _tensor(hub_file: str, start: int, end: int) -> RemoteTensor:
