@@ -172,12 +172,14 @@ def pull_model(
             except ModelConfigError as error:
                 raise PullError(f"{where}: {error}") from error
     places: dict[str, dict[str, TensorPlace]] = {}
-    if size_check is not None or lazy:
+    # A full pull of weights the listing gives no size for (kept in git, not LFS) skips the size check.
+    sized = all(file.size is not None for file in weight_files)
+    if lazy or (size_check is not None and sized):
         with _hub_errors(reference.repo_id, reference.revision):
             for file in weight_files:
                 url = file_url(reference.repo_id, file.name, commit, endpoint)
                 places[file.name] = read_hub_header(url, file.name, _listed_size(where, file))
-    if size_check is not None:
+    if size_check is not None and places:
         size_check(read_model_config(download_dir), places)
     if lazy:
         with _hub_errors(reference.repo_id, reference.revision):

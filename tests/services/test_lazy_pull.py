@@ -3,6 +3,7 @@ gRPC server on 127.0.0.1 for the pulling host's store, one store per "host"."""
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -12,6 +13,8 @@ import pytest
 from services.kernel.ids import ModelId
 from services.models.hub_pull import parse_repo_reference, pull_model
 from services.models.hub_range_fetch import byte_runs
+from services.models.lazy_pull import TensorPlace
+from services.models.model_config import ModelConfig
 from services.models.model_fetch import FetchError, ModelFetcher
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from services.models.model_files import INDEX_FILE, read_manifest, read_weight_map, weight_files_for_stage
@@ -235,6 +238,27 @@ def test_a_shard_under_hf_hub_offline_says_so(tmp_path: Path, monkeypatch: pytes
         with pytest.raises(FetchError, match="HF_HUB_OFFLINE is set"):
             _fetch_stage_once(tmp_path, hub, puller, ModelStore(tmp_path / "target" / "models"))
         assert hub.requests == []
+
+
+def test_a_size_check_sees_every_tensor_before_any_weight_is_read(tmp_path: Path) -> None:
+    layered = sharded_hub_repository(tmp_path)
+    store = ModelStore(tmp_path / "puller" / "models")
+    seen: list[int] = []
+
+    def refuse(config: ModelConfig, places: Mapping[str, Mapping[str, TensorPlace]]) -> None:
+        seen.append(sum(len(file_places) for file_places in places.values()))
+        raise PullError(f"{config.num_layers} layers: too large")
+
+    with fake_hub(tmp_path / "hub") as hub:
+        with pytest.raises(PullError, match="6 layers: too large"):
+            pull_model(store, parse_repo_reference(SHARDED_REPO), tmp_path / "downloads", endpoint=hub.url,
+                       size_check=refuse)  # fmt: skip
+        weight_gets = [path for verb, path in hub.requests if verb == "GET" and path.endswith(HUB_FILES)]
+        ranges = [spec for name, spec in hub.ranges if name in HUB_FILES]
+
+    assert seen == [len(read_weight_map(layered))]
+    assert len(weight_gets) == len(ranges) == 2 * len(HUB_FILES)  # each file's length and header, ranged
+    assert store.list_models() == []
 
 
 def _tensor(hub_file: str, start: int, end: int) -> RemoteTensor:
