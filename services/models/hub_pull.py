@@ -244,16 +244,17 @@ def _download(reference: PullRequest, commit: str, file: HubFile, download_dir: 
         )
 
 
-def incomplete_path(download_dir: Path, name: str) -> Path:
-    """Where a weight file grows while it downloads; kept when a pull stops, resumed by the next one."""
-    return download_dir / f".{name}.incomplete"
+def incomplete_path(download_dir: Path, name: str, sha256: str) -> Path:
+    """Where a weight file grows while it downloads; kept when a pull stops, resumed by the next one.
+    Named by the listed sha256 too, so that bytes of another version of the file are never resumed."""
+    return download_dir / f".{name}.{sha256[:16]}.incomplete"
 
 
 def _download_resumable(url: str, file: HubFile, download_dir: Path) -> None:
     """A weight file appended to its `.incomplete` file from the length already there (this pull's or an
     earlier one's), then renamed into place; its sha256 is checked by the caller."""
-    assert file.size is not None
-    partial = incomplete_path(download_dir, file.name)
+    assert file.size is not None and file.sha256 is not None
+    partial = incomplete_path(download_dir, file.name, file.sha256)
     offset = partial.stat().st_size if partial.is_file() else 0
     if offset > file.size:
         partial.unlink()

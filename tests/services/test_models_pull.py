@@ -1,5 +1,6 @@
 """`strata models pull`: a tiny llama laid out as a Hub repository, pulled from a real HTTP fake Hub."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -120,7 +121,8 @@ def test_a_connection_dropped_mid_file_is_resumed(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_a_pull_cut_off_mid_file_is_resumed_by_the_next_pull(tmp_path: Path) -> None:
     _hub_repository(tmp_path)
-    partial = incomplete_path(tmp_path / "downloads" / REPO, WEIGHTS)
+    listed_sha256 = hashlib.sha256((tmp_path / "hub" / REPO / WEIGHTS).read_bytes()).hexdigest()
+    partial = incomplete_path(tmp_path / "downloads" / REPO, WEIGHTS, listed_sha256)
     with fake_hub(tmp_path / "hub") as hub:
         hub.faults.drop_first_get.add(WEIGHTS)
         hub.faults.silent_after_cut.add(WEIGHTS)
