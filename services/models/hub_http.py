@@ -68,8 +68,11 @@ def stream_from(
         before = offset
         try:
             with _get(url, token, f"bytes={offset}-" if offset > 0 else None) as response:
-                if offset > 0 and response.status_code != 206:
-                    raise HubTransferError(f"{url} answered {response.status_code} to a range request")
+                resumed_at = response.headers.get("Content-Range", "")
+                if offset > 0 and (response.status_code != 206 or not resumed_at.startswith(f"bytes {offset}-")):
+                    raise HubTransferError(
+                        f"{url} answered {response.status_code} ({resumed_at!r}) to a request from byte {offset}"
+                    )
                 for received in response.iter_bytes():  # as they arrive: a cut keeps what came
                     chunk = received[: size - offset]  # never past the size the listing gave
                     consume(chunk)

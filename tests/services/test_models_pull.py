@@ -147,6 +147,18 @@ def test_a_pull_cut_off_mid_file_is_resumed_by_the_next_pull(tmp_path: Path) -> 
 
 
 @pytest.mark.unit
+@pytest.mark.timeout(120)
+def test_a_resume_the_hub_answers_with_the_whole_file_is_refused(tmp_path: Path) -> None:
+    _hub_repository(tmp_path)
+    with fake_hub(tmp_path / "hub") as hub:
+        hub.faults.drop_first_get.add(WEIGHTS)
+        hub.faults.ignored_ranges.add(WEIGHTS)  # the resume gets 200 and the file from its first byte
+        with pytest.raises(HubUnreachableError, match=r"answered 200 .* to a request from byte \d+"):
+            _pull(hub, tmp_path)
+    assert _store(tmp_path).list_models() == []
+
+
+@pytest.mark.unit
 @pytest.mark.timeout(60)
 def test_an_unreachable_hub_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as unused:
