@@ -39,6 +39,8 @@ from services.cluster.state import ClusterState, ModelInstance, ModelSpec, Regis
 from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.ids import ModelId, NodeId
 from services.kernel.status_errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from services.models.model_files import ModelManifest
+from services.models.model_spec import spec_from_manifest
 from services.platform.grpc_server import cluster_channel
 from strata_wire import shard_pb2_grpc
 
@@ -91,7 +93,7 @@ class CoordinatorReplica:
         self._models = models
         self._minimum_shards = minimum_shards
         self._prefill_step_size = prefill_step_size
-        self._compute_dtype = compute_dtype
+        self._compute_dtype: ComputeDtype = compute_dtype
         self._last_refusal = ""
 
     @property
@@ -171,6 +173,12 @@ class CoordinatorReplica:
     async def preview_serving(self, model_id: ModelId, instances: int) -> ServingPreview:
         """Where `model_id` would go with `instances` copies now; `UnknownModelError` if the store lacks it."""
         return preview_serving(self._state, await self._spec(model_id), instances)
+
+    async def preview_pulled(self, model_id: ModelId, manifest: ModelManifest, instances: int) -> ServingPreview:
+        """Whether a model about to be pulled fits the cluster's memory: over every shard server not
+        draining, as if none served anything (pulling stores it; serving it may need others stopped)."""
+        spec = await asyncio.to_thread(spec_from_manifest, model_id, manifest, self._compute_dtype)
+        return preview_serving(self._state.model_copy(update={"instances": {}}), spec, instances)
 
     async def serve_model(self, model_id: ModelId, instances: int) -> ServingPreview:
         """Commits `ModelServed` when the model fits the free shard servers; else `ModelDoesNotFitError`

@@ -24,6 +24,7 @@ from coordinator.wire import (
     marked_forwarded,
     membership_to_pb,
     placement_preview_to_pb,
+    pulled_candidate_from_pb,
     registration_from_pb,
     registration_reply_to_pb,
     serving_preview_to_pb,
@@ -128,6 +129,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.PreviewServingRequest, context: Context
     ) -> coordinator_pb2.ServingPreview:
         model_id, instances = serving_request_from_pb(request)
+        if request.HasField("pulled_candidate"):
+            manifest = pulled_candidate_from_pb(request.pulled_candidate)
+            return serving_preview_to_pb(await self._replica.preview_pulled(model_id, manifest, instances))
         return serving_preview_to_pb(await self._replica.preview_serving(model_id, instances))
 
     async def _on_leader(

@@ -4,9 +4,11 @@ A malformed command is refused here with `InvalidArgumentError` (INVALID_ARGUMEN
 the replica.
 """
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from copy import deepcopy
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from coordinator.cluster_log import ClusterLogEntry, ClusterNode, ClusterSnapshot
@@ -20,7 +22,9 @@ from services.cluster.state import ClusterState, ModelInstance, RegisteredShard,
 from services.kernel.devices import DEVICE_KINDS, parse_device_kind
 from services.kernel.ids import ModelId, NodeId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
-from strata_wire import coordinator_pb2, shard_pb2
+from services.models.model_config import parse_model_config
+from services.models.model_files import ModelManifest, TensorHeader, manifest_from_headers
+from strata_wire import coordinator_pb2, model_transfer_pb2, shard_pb2
 
 
 class Forwardable(Protocol):
@@ -253,3 +257,22 @@ def assign_request_to_pb(
         ring_size=len(instance.stages),
         kv_budget_bytes_per_layer=kv_budget_bytes_per_layer,
     )
+
+
+def pulled_candidate_from_pb(message: model_transfer_pb2.PulledModelCandidate) -> ModelManifest:
+    """The sizes of a model about to be pulled, from its config text and tensor headers."""
+    try:
+        config = parse_model_config(json.loads(message.config_json), Path("config.json"))
+    except ValueError as error:  # not JSON, or ModelConfigError
+        raise InvalidArgumentError(f"pulled_candidate.config_json: {error}") from error
+    headers: dict[str, TensorHeader] = {}
+    for tensor in message.tensors:
+        if not tensor.name or tensor.stored_bytes < 0 or any(dimension < 0 for dimension in tensor.shape):
+            raise InvalidArgumentError(f"pulled_candidate: tensor {tensor.name!r} has no name or a negative size")
+        headers[tensor.name] = TensorHeader(
+            dtype=tensor.dtype, shape=tuple(tensor.shape), stored_bytes=tensor.stored_bytes
+        )
+    try:
+        return manifest_from_headers(config, dict.fromkeys(headers, ""), headers)
+    except ValueError as error:
+        raise InvalidArgumentError(f"pulled_candidate: {error}") from error

@@ -7,7 +7,7 @@ of the first shard (prefix hits, replays, hop overheads) stay 0 on the others.
 """
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import (
@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from services.kernel.ids import ShardId
+from services.models.model_fetch import FetchedBytes
 from services.platform.metrics_server import new_registry
 from shard_server.admission import AdmissionStats
 from shard_server.ring_link import RingTraffic
@@ -38,6 +39,8 @@ class ShardMetricsSnapshot:
     stage: StageStats
     admission: AdmissionStats
     ring: RingTraffic
+    fetched: FetchedBytes = field(default_factory=FetchedBytes)
+    """Model file bytes fetched since start, from peers and from the Hub."""
 
 
 class ShardCollector(Collector):
@@ -124,6 +127,14 @@ class ShardCollector(Collector):
             "Bytes of ring messages received from the previous shard.",
             ring.received_bytes,
         )
+        fetched = CounterMetricFamily(
+            "strata_shard_model_fetched_bytes",
+            "Model file bytes fetched since start, by source (peers' stores, or the Hub by range reads).",
+            labels=["source"],
+        )
+        fetched.add_metric(["peers"], snapshot.fetched.from_peers)
+        fetched.add_metric(["hub"], snapshot.fetched.from_hub)
+        yield fetched
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -310,6 +310,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             stage=self._worker.fresh_stats(wait_seconds),
             admission=self._admission.stats(),
             ring=replace(self.ring_traffic),
+            fetched=replace(self._fetched) if self._fetched is not None else FetchedBytes(),
         )
 
     async def GetStats(

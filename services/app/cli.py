@@ -239,10 +239,21 @@ def _add_models_commands(models: argparse.ArgumentParser) -> None:
     pulling = model_commands.add_parser(
         "pull", help="download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN) into the store"
     )
-    _add_home(pulling, security=False)
+    _add_home(pulling)
     pulling.add_argument("repository", metavar="REPO[@REVISION]", help="e.g. HuggingFaceTB/SmolLM2-135M-Instruct@main")
     pulling.add_argument("--id", help="model id to store it under (default: the repository name, lowercased)")
     pulling.add_argument("--replace", action="store_true", help="replace a model with the same id")
+    pulling.add_argument(
+        "--lazy",
+        action="store_true",
+        help="store config, tokenizer and tensor hashes only; each shard reads its layers from the Hub",
+    )
+    pulling.add_argument(
+        "--coordinator",
+        default=f"127.0.0.1:{COORDINATOR_PORT}",
+        help="asked whether the model fits the cluster before any weight is fetched (unreachable: not checked)",
+    )
+    pulling.add_argument("--force", action="store_true", help="pull a model too large for the cluster anyway")
     for action, description in (
         ("serve", "serve a model of the coordinator's store from now on"),
         ("unserve", "stop serving a model (its running requests end with an error)"),
@@ -287,7 +298,17 @@ def _models(arguments: argparse.Namespace, home: Path) -> int:
     if arguments.models_command == "pull":
         from services.app.pull_command import pull
 
-        return pull(store, home, arguments.repository, arguments.id, replace=bool(arguments.replace))
+        configure_security(arguments, home, serves=False)  # a client of the coordinator: reads the token
+        return pull(
+            store,
+            home,
+            arguments.repository,
+            arguments.id,
+            replace=bool(arguments.replace),
+            lazy=bool(arguments.lazy),
+            coordinator=arguments.coordinator,
+            force=bool(arguments.force),
+        )
     replace = bool(arguments.replace)
     if arguments.embedded:
         model_id = parse_model_id(arguments.id) if arguments.id else EMBEDDED_MODEL_ID

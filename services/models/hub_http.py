@@ -14,6 +14,7 @@ from typing import Protocol, cast
 
 import httpx2
 from huggingface_hub import constants, hf_hub_url
+from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import get_session, hf_raise_for_status
 from huggingface_hub.utils import tqdm as hub_tqdm
 
@@ -43,6 +44,8 @@ def file_url(repo_id: str, file_name: str, commit: str, endpoint: str | None) ->
 
 @contextmanager
 def _get(url: str, token: str | None, byte_range: str | None) -> Generator[httpx2.Response]:
+    if constants.HF_HUB_OFFLINE:
+        raise OfflineModeIsEnabled(f"HF_HUB_OFFLINE is set: not reading {url}")
     headers = _build_hf_headers(token=token)
     if byte_range is not None:
         headers["Range"] = byte_range
@@ -65,8 +68,11 @@ def stream_from(
         before = offset
         try:
             with _get(url, token, f"bytes={offset}-" if offset > 0 else None) as response:
-                if offset > 0 and response.status_code != 206:
-                    raise HubTransferError(f"{url} answered {response.status_code} to a range request")
+                resumed_at = response.headers.get("Content-Range", "")
+                if offset > 0 and (response.status_code != 206 or not resumed_at.startswith(f"bytes {offset}-")):
+                    raise HubTransferError(
+                        f"{url} answered {response.status_code} ({resumed_at!r}) to a request from byte {offset}"
+                    )
                 for received in response.iter_bytes():  # as they arrive: a cut keeps what came
                     chunk = received[: size - offset]  # never past the size the listing gave
                     consume(chunk)

@@ -172,12 +172,14 @@ def pull_model(
             except ModelConfigError as error:
                 raise PullError(f"{where}: {error}") from error
     places: dict[str, dict[str, TensorPlace]] = {}
-    if size_check is not None or lazy:
+    # A full pull of weights the listing gives no size for (kept in git, not LFS) skips the size check.
+    sized = all(file.size is not None for file in weight_files)
+    if lazy or (size_check is not None and sized):
         with _hub_errors(reference.repo_id, reference.revision):
             for file in weight_files:
                 url = file_url(reference.repo_id, file.name, commit, endpoint)
                 places[file.name] = read_hub_header(url, file.name, _listed_size(where, file))
-    if size_check is not None:
+    if size_check is not None and places:
         size_check(read_model_config(download_dir), places)
     if lazy:
         with _hub_errors(reference.repo_id, reference.revision):
@@ -242,16 +244,17 @@ def _download(reference: PullRequest, commit: str, file: HubFile, download_dir: 
         )
 
 
-def incomplete_path(download_dir: Path, name: str) -> Path:
-    """Where a weight file grows while it downloads; kept when a pull stops, resumed by the next one."""
-    return download_dir / f".{name}.incomplete"
+def incomplete_path(download_dir: Path, name: str, sha256: str) -> Path:
+    """Where a weight file grows while it downloads; kept when a pull stops, resumed by the next one.
+    Named by the listed sha256 too, so that bytes of another version of the file are never resumed."""
+    return download_dir / f".{name}.{sha256[:16]}.incomplete"
 
 
 def _download_resumable(url: str, file: HubFile, download_dir: Path) -> None:
     """A weight file appended to its `.incomplete` file from the length already there (this pull's or an
     earlier one's), then renamed into place; its sha256 is checked by the caller."""
-    assert file.size is not None
-    partial = incomplete_path(download_dir, file.name)
+    assert file.size is not None and file.sha256 is not None
+    partial = incomplete_path(download_dir, file.name, file.sha256)
     offset = partial.stat().st_size if partial.is_file() else 0
     if offset > file.size:
         partial.unlink()

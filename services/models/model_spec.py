@@ -7,7 +7,7 @@ from services.kernel.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
 from services.kernel.ids import ModelId
 from services.models.kv_footprint import kv_bytes_per_layer
 from services.models.model_config import Experts
-from services.models.model_files import WeightGroupStats, read_manifest
+from services.models.model_files import ModelManifest, WeightGroupStats, read_manifest
 
 LAYER_FIXED_WORK = 2_000_000
 """Work a transformer layer does per token beyond reading its weights (norms, rotary embedding,
@@ -45,7 +45,13 @@ def model_spec(
 
     KV: the most any one layer caches for `concurrent_rows` full contexts (see `kv_footprint`).
     """
-    manifest = read_manifest(model_dir)
+    return spec_from_manifest(model_id, read_manifest(model_dir), compute_dtype, concurrent_rows)
+
+
+def spec_from_manifest(
+    model_id: ModelId, manifest: ModelManifest, compute_dtype: ComputeDtype = "stored", concurrent_rows: int = 1
+) -> ModelSpec:
+    """As `model_spec`, from a manifest read elsewhere (a model on the Hub, from its headers)."""
     embedding = _cost(manifest.embedding, compute_dtype)
     head = _cost(manifest.head, compute_dtype)
     if manifest.tie_word_embeddings:

@@ -3,7 +3,8 @@
 It answers what huggingface_hub asks for a pull: the model listing (`/api/models/{repo}/revision/{rev}`,
 with LFS sha256 for *.safetensors) and `HEAD`/`GET /{repo}/resolve/{rev}/{file}` with the Hub's headers
 (`X-Repo-Commit`, `ETag`, `X-Linked-Etag`, `X-Linked-Size`) and Range requests (206). Faults on demand:
-a file whose first GET is cut off half way, or a file served corrupted under its listed hash.
+a file whose first GET is cut off half way, a file served corrupted under its listed hash (or one byte
+flipped), a file whose Range requests are ignored.
 """
 
 import hashlib
@@ -45,6 +46,9 @@ class HubFaults:
     (the library gives up after 5 tries: a pull stopped half way)."""
     corrupted: set[str] = field(default_factory=set[str])
     """File names served with a flipped byte (the listing and ETag keep the true sha256)."""
+    ignored_ranges: set[str] = field(default_factory=set[str])
+    """File names whose Range header is ignored: the whole file comes back with 200, as from a server
+    without range support."""
     flipped_bytes: dict[str, int] = field(default_factory=dict[str, int])
     """File name -> position of a byte served flipped (inside a tensor, say; listing and ETag unchanged)."""
 
@@ -152,7 +156,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if _is_lfs(file_name):
                 headers |= {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(true_data))}
             status = 200
-            if (requested := self.headers.get("Range")) and (match := _RANGE.fullmatch(requested)):
+            requested = None if file_name in hub.faults.ignored_ranges else self.headers.get("Range")
+            if requested and (match := _RANGE.fullmatch(requested)):
                 with hub.lock:
                     hub.ranges.append((file_name, requested))
                 start = int(match["start"])

@@ -3,14 +3,18 @@ gRPC server on 127.0.0.1 for the pulling host's store, one store per "host"."""
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+import huggingface_hub.constants
 import mlx.core as mx
 import pytest
 
 from services.kernel.ids import ModelId
 from services.models.hub_pull import parse_repo_reference, pull_model
 from services.models.hub_range_fetch import byte_runs
+from services.models.lazy_pull import TensorPlace
+from services.models.model_config import ModelConfig
 from services.models.model_fetch import FetchError, ModelFetcher
 from services.models.model_file_service import MODEL_FILES_SERVICE_NAME, add_model_file_service
 from services.models.model_files import INDEX_FILE, read_manifest, read_weight_map, weight_files_for_stage
@@ -171,6 +175,89 @@ def test_a_lazy_pull_of_a_corrupted_file_stores_nothing(tmp_path: Path) -> None:
         hub.faults.flipped_bytes[HUB_FILES[1]] = (tmp_path / "hub" / SHARDED_REPO / HUB_FILES[1]).stat().st_size - 1
         with pytest.raises(PullError, match=rf"{HUB_FILES[1]} is corrupted .*nothing was stored"):
             _pull_lazily(hub, store, tmp_path)
+    assert store.list_models() == []
+
+
+def _fetch_stage_once(tmp_path: Path, hub: FakeHub, puller: ModelStore, target: ModelStore) -> ModelFetcher:
+    async def scenario() -> ModelFetcher:
+        server = await _serving(puller)
+        fetcher = ModelFetcher(target)
+        try:
+            await fetcher.ensure_stage(MODEL, 0, 3, [f"127.0.0.1:{server.port}"])
+        finally:
+            await server.stop()
+        return fetcher
+
+    return asyncio.run(scenario())
+
+
+def test_a_range_cut_off_mid_way_is_resumed_from_the_next_byte(tmp_path: Path) -> None:
+    layered = sharded_hub_repository(tmp_path)
+    puller = ModelStore(tmp_path / "puller" / "models")
+    target = ModelStore(tmp_path / "target" / "models")
+    with fake_hub(tmp_path / "hub") as hub:
+        _pull_lazily(hub, puller, tmp_path)
+        hub.ranges.clear()
+        hub.faults.drop_first_get.add(HUB_FILES[0])
+        fetcher = _fetch_stage_once(tmp_path, hub, puller, target)
+        ranges = [spec for name, spec in hub.ranges if name == HUB_FILES[0]]
+
+    first_start, _, first_end = ranges[0].removeprefix("bytes=").partition("-")
+    resumed_start, _, resumed_end = ranges[1].removeprefix("bytes=").partition("-")
+    assert int(first_start) < int(resumed_start) <= int(first_end) and resumed_end == first_end
+    assert fetcher.fetched.from_hub == _stage_tensor_bytes(
+        tmp_path / "hub" / SHARDED_REPO, puller.model_dir(MODEL), 0, 3
+    )
+    for path in weight_files_for_stage(puller.model_dir(MODEL), 0, 3):
+        rebuilt, original = mx.load(str(target.model_dir(MODEL) / path.name)), mx.load(str(layered / path.name))
+        assert isinstance(rebuilt, dict) and isinstance(original, dict)
+        assert all(mx.array_equal(rebuilt[key], array).item() for key, array in original.items())
+
+
+def test_a_hub_that_ignores_ranges_is_refused_rather_than_read_whole(tmp_path: Path) -> None:
+    sharded_hub_repository(tmp_path)
+    puller = ModelStore(tmp_path / "puller" / "models")
+    target = ModelStore(tmp_path / "target" / "models")
+    with fake_hub(tmp_path / "hub") as hub:
+        _pull_lazily(hub, puller, tmp_path)
+        hub.faults.ignored_ranges.add(HUB_FILES[0])
+        with pytest.raises(FetchError, match=r"could not read .* from the Hub .*did not answer the range .*status 200"):
+            _fetch_stage_once(tmp_path, hub, puller, target)
+    model_dir = target.model_dir(MODEL)
+    assert not (model_dir / "model-layer-00000.safetensors").exists()  # it has tensors in that file
+    assert not [path for path in model_dir.iterdir() if path.name.endswith(".partial")]
+
+
+def test_a_shard_under_hf_hub_offline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sharded_hub_repository(tmp_path)
+    puller = ModelStore(tmp_path / "puller" / "models")
+    with fake_hub(tmp_path / "hub") as hub:
+        _pull_lazily(hub, puller, tmp_path)
+        hub.requests.clear()
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(FetchError, match="HF_HUB_OFFLINE is set"):
+            _fetch_stage_once(tmp_path, hub, puller, ModelStore(tmp_path / "target" / "models"))
+        assert hub.requests == []
+
+
+def test_a_size_check_sees_every_tensor_before_any_weight_is_read(tmp_path: Path) -> None:
+    layered = sharded_hub_repository(tmp_path)
+    store = ModelStore(tmp_path / "puller" / "models")
+    seen: list[int] = []
+
+    def refuse(config: ModelConfig, places: Mapping[str, Mapping[str, TensorPlace]]) -> None:
+        seen.append(sum(len(file_places) for file_places in places.values()))
+        raise PullError(f"{config.num_layers} layers: too large")
+
+    with fake_hub(tmp_path / "hub") as hub:
+        with pytest.raises(PullError, match="6 layers: too large"):
+            pull_model(store, parse_repo_reference(SHARDED_REPO), tmp_path / "downloads", endpoint=hub.url,
+                       size_check=refuse)  # fmt: skip
+        weight_gets = [path for verb, path in hub.requests if verb == "GET" and path.endswith(HUB_FILES)]
+        ranges = [spec for name, spec in hub.ranges if name in HUB_FILES]
+
+    assert seen == [len(read_weight_map(layered))]
+    assert len(weight_gets) == len(ranges) == 2 * len(HUB_FILES)  # each file's length and header, ranged
     assert store.list_models() == []
 
 

@@ -1,5 +1,6 @@
 """`strata models pull`: a tiny llama laid out as a Hub repository, pulled from a real HTTP fake Hub."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -120,7 +121,8 @@ def test_a_connection_dropped_mid_file_is_resumed(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_a_pull_cut_off_mid_file_is_resumed_by_the_next_pull(tmp_path: Path) -> None:
     _hub_repository(tmp_path)
-    partial = incomplete_path(tmp_path / "downloads" / REPO, WEIGHTS)
+    listed_sha256 = hashlib.sha256((tmp_path / "hub" / REPO / WEIGHTS).read_bytes()).hexdigest()
+    partial = incomplete_path(tmp_path / "downloads" / REPO, WEIGHTS, listed_sha256)
     with fake_hub(tmp_path / "hub") as hub:
         hub.faults.drop_first_get.add(WEIGHTS)
         hub.faults.silent_after_cut.add(WEIGHTS)
@@ -142,6 +144,18 @@ def test_a_pull_cut_off_mid_file_is_resumed_by_the_next_pull(tmp_path: Path) -> 
     assert ranges == [(WEIGHTS, f"bytes={kept}-")]  # and the weights continued where they stopped
     assert not partial.exists()
     _assert_same_model(model_dir, tmp_path / "layered")
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(120)
+def test_a_resume_the_hub_answers_with_the_whole_file_is_refused(tmp_path: Path) -> None:
+    _hub_repository(tmp_path)
+    with fake_hub(tmp_path / "hub") as hub:
+        hub.faults.drop_first_get.add(WEIGHTS)
+        hub.faults.ignored_ranges.add(WEIGHTS)  # the resume gets 200 and the file from its first byte
+        with pytest.raises(HubUnreachableError, match=r"answered 200 .* to a request from byte \d+"):
+            _pull(hub, tmp_path)
+    assert _store(tmp_path).list_models() == []
 
 
 @pytest.mark.unit

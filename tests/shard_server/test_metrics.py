@@ -5,6 +5,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.kernel.ids import InstanceId, ShardId
+from services.models.model_fetch import FetchedBytes
 from shard_server.admission import AdmissionStats
 from shard_server.metrics import ShardMetricsSnapshot, shard_registry
 from shard_server.ring_link import RingTraffic
@@ -54,7 +55,8 @@ def test_a_first_shard_serving_reports_its_counters() -> None:
         active_requests=2, waiting_requests=1, reserved_tokens=700, rejected_requests=4, kv_budget_tokens=8192
     )
     ring = RingTraffic(sent_messages=10, sent_bytes=5000, received_messages=6, received_bytes=300)
-    samples, types = scrape(ShardMetricsSnapshot(ShardId("node:1"), stage, admission, ring))
+    fetched = FetchedBytes(from_peers=2048, from_hub=1 << 20)
+    samples, types = scrape(ShardMetricsSnapshot(ShardId("node:1"), stage, admission, ring, fetched))
     stage_labels = (("end_layer", "18"), ("instance_id", "inst-1"), ("shard_id", "node:1"), ("start_layer", "0"))
     assert samples[("strata_shard_stage", stage_labels)] == 1
     assert samples[("strata_shard_requests_running", ())] == 2
@@ -80,6 +82,8 @@ def test_a_first_shard_serving_reports_its_counters() -> None:
     assert samples[("strata_shard_ring_sent_bytes_total", ())] == 5000
     assert samples[("strata_shard_ring_received_bytes_total", ())] == 300
     assert samples[("strata_shard_compute_seconds_total", ())] == 1.5
+    assert samples[("strata_shard_model_fetched_bytes_total", (("source", "peers"),))] == 2048
+    assert samples[("strata_shard_model_fetched_bytes_total", (("source", "hub"),))] == 1 << 20
 
 
 def test_an_idle_shard_reports_zeros_and_no_stage() -> None:
