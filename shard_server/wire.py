@@ -236,9 +236,13 @@ def registration_to_pb(
     available_memory_bytes: int,
     incarnation: str,
     metrics_address: str = "",
+    host_memory_total_bytes: int = 0,
+    host_memory_free_bytes: int = 0,
 ) -> coordinator_pb2.RegisterShardRequest:
     """This shard server, as it announces itself to the coordinator."""
     return coordinator_pb2.RegisterShardRequest(
+        host_memory_total_bytes=host_memory_total_bytes,
+        host_memory_free_bytes=host_memory_free_bytes,
         shard_id=shard_id,
         node_id=node_id,
         address=address,

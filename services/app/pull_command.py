@@ -3,12 +3,10 @@
 import sys
 from pathlib import Path
 
+from services.models.hub_files import DOWNLOADS_FOLDER
 from services.models.hub_pull import HubUnreachableError, PullError, default_model_id, parse_repo_reference, pull_model
 from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore, parse_model_id
-
-DOWNLOADS_FOLDER = "downloads"
-"""Under STRATA_HOME: the files as the Hub has them, kept so that an interrupted pull resumes."""
 
 
 def pull(store: ModelStore, home: Path, repository: str, model_id_text: str | None, *, replace: bool) -> int:
