@@ -20,6 +20,11 @@ function element(tag, attributes, ...children) {
 }
 
 const gibibytes = (bytes) => `${(Number(bytes) / 2 ** 30).toFixed(2)} GiB`;
+function size(bytes) {
+  const value = Number(bytes);
+  const [unit, scale] = value >= 2 ** 30 ? ["GiB", 2 ** 30] : value >= 2 ** 20 ? ["MiB", 2 ** 20] : ["KiB", 2 ** 10];
+  return `${(value / scale).toFixed(value >= 100 * scale ? 0 : 1)} ${unit}`;
+}
 
 async function errorText(response) {
   try { return (await response.json()).error.message; } catch { return `${response.status} ${response.statusText}`; }
@@ -146,13 +151,13 @@ async function loadModels() {
       if (!reply.ok) { preview.textContent = `preview: ${await errorText(reply)}`; return; }
       const plan = await reply.json();
       preview.textContent = plan.fits
-        ? plan.stages.map((stage) => `${stage.node_id} ${stage.shard_id} [${stage.start_layer}, ${stage.end_layer}) ${gibibytes(stage.memory_bytes)}`).join(" · ")
-        : `does not fit: ${plan.reason || gibibytes(plan.missing_bytes) + " missing"}`;
+        ? plan.stages.map((stage) => `${stage.shard_id} [${stage.start_layer}, ${stage.end_layer}) ${size(stage.memory_bytes)}`).join(" · ")
+        : `does not fit: ${plan.reason || size(plan.missing_bytes) + " missing"}`;
     };
     const serveButton = element("button", { type: "button" }, card.served ? "Unserve" : "Serve");
     serveButton.onclick = () => (card.served ? action("unserve", {}) : action("serve", { instances: 1 }));
     const facts = card.card_available
-      ? `${card.architecture} · ${card.num_layers} layers · ${gibibytes(card.bytes)} · ${card.compute_dtype}${card.quantization ? " · " + card.quantization : ""}`
+      ? [card.architecture, `${card.num_layers} layers`, size(card.bytes), card.compute_dtype, card.quantization].filter(Boolean).join(" · ")
       : "weights on other hosts";
     return element("div", { class: "card model", "data-model": card.id },
       element("strong", {}, card.id), ` ${card.served ? "served" : "stored"}`,
@@ -182,12 +187,12 @@ function pullCard(pull) {
   const speed = Number(pull.bytes_per_second);
   const eta = Number(pull.eta_seconds);
   const details = ACTIVE_PULL_STATES.includes(pull.state)
-    ? ` · ${(speed / 2 ** 20).toFixed(1)} MiB/s${eta >= 0 ? ` · ${Math.ceil(eta)} s left` : ""}`
+    ? ` · ${size(speed)}/s${eta >= 0 ? ` · ${Math.ceil(eta)} s left` : ""}`
     : "";
   return element("div", { class: "card pull", "data-repository": pull.repository, "data-state": pull.state },
     element("strong", {}, `${pull.repository}@${pull.revision}`), ` → ${pull.model_id} · `,
     element("span", { class: "pull-state" }, pull.state),
-    element("div", { class: "muted" }, `${gibibytes(done)} of ${gibibytes(total)} · ${share}%${details}`),
+    element("div", { class: "muted" }, `${size(done)} of ${size(total)} · ${share}%${details}`),
     element("div", { class: "memory progress" }, element("div", { style: `width:${share}%` })),
     pull.error ? element("div", { class: "error" }, pull.error) : "");
 }

@@ -81,7 +81,7 @@ def pull_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) 
         gateway_port, coordinator_port, shard_port = free_port(), free_port(), free_port(consecutive=2)
         arguments = ["run", "--port", str(gateway_port), "--coordinator-port", str(coordinator_port)]
         arguments += ["--shard-port", str(shard_port), "--metrics-port", "0"]
-        environment = {"HF_ENDPOINT": hub.url}
+        environment = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
         logs = tmp_path_factory.mktemp("pull-logs")
         process = start_strata("strata-run", arguments, home, logs, extra_environment=environment)
         try:
