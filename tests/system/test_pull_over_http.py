@@ -44,6 +44,9 @@ pytestmark = [pytest.mark.process, pytest.mark.model]
 REPO = "TinyOrg/Tiny-Llama-Chat"
 OLLAMA_REPO = "TinyOrg/Tiny-Llama-Ollama"
 BROWSER_REPO = "TinyOrg/Tiny-Llama-Browser"
+CORRUPT_REPO = "TinyOrg/Tiny-Llama-Corrupt"
+CORRUPT_OLLAMA_REPO = "TinyOrg/Tiny-Llama-Corrupt-Ollama"
+SLOW_REPO = "TinyOrg/Tiny-Llama-Slow"
 KEY = {"Authorization": f"Bearer {SESSION_CLUSTER_TOKEN}"}
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGUMENTS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync"]
@@ -63,7 +66,7 @@ def pull_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactory) 
     repositories = tmp_path_factory.mktemp("hub-build")
     source = _hub_repository(repositories, REPO)
     hub_root = source.parents[1]
-    for name in (OLLAMA_REPO, BROWSER_REPO):
+    for name in (OLLAMA_REPO, BROWSER_REPO, CORRUPT_REPO, CORRUPT_OLLAMA_REPO, SLOW_REPO):
         shutil.copytree(source, hub_root / name)
     unsupported = hub_root / "TinyOrg/Tiny-Bert"
     shutil.copytree(source, unsupported)
@@ -192,6 +195,40 @@ def test_ollama_pull_streams_progress(pull_cluster: PullCluster) -> None:
     with pytest.raises(ollama.ResponseError) as refused:
         client.pull("TinyOrg/Gated", stream=False)
     assert refused.value.status_code == 403 and "gated" in refused.value.error
+
+
+@pytest.mark.timeout(400)
+def test_a_pull_that_fails_half_way_says_why(pull_cluster: PullCluster) -> None:
+    pull_cluster.hub.faults.corrupted.add(WEIGHTS)  # served with a flipped byte under its listed sha256
+    try:
+        with httpx.Client(base_url=pull_cluster.url, timeout=60.0) as client:
+            started = client.post("/v1/cluster/models/pull", json={"repository": CORRUPT_REPO}, headers=KEY)
+            assert started.status_code == 202, started.text
+            ended = _wait_for_pull(client, started.json()["pull_id"])
+            assert ended["state"] == "failed" and "is corrupted" in ended["error"], ended
+            models = [model["id"] for model in client.get("/v1/cluster/models").json()["data"]]
+            assert "tiny-llama-corrupt" not in models
+        ollama_client = ollama.Client(host=pull_cluster.url, timeout=300.0, headers=KEY)
+        with pytest.raises(ollama.ResponseError, match="is corrupted"):
+            for _ in ollama_client.pull(CORRUPT_OLLAMA_REPO, stream=True):
+                pass
+    finally:
+        pull_cluster.hub.faults.corrupted.clear()
+
+
+@pytest.mark.timeout(400)
+def test_a_second_pull_of_a_repository_into_another_id_waits(pull_cluster: PullCluster) -> None:
+    pull_cluster.hub.faults.slow_seconds = 5.0
+    try:
+        with httpx.Client(base_url=pull_cluster.url, timeout=60.0) as client:
+            started = client.post("/v1/cluster/models/pull", json={"repository": SLOW_REPO}, headers=KEY)
+            assert started.status_code == 202, started.text
+            other = {"repository": SLOW_REPO, "model_id": "another-id"}
+            conflict = client.post("/v1/cluster/models/pull", json=other, headers=KEY)
+            assert conflict.status_code == 409 and "in progress" in conflict.json()["error"]["message"]
+            assert _wait_for_pull(client, started.json()["pull_id"])["state"] == "done"
+    finally:
+        pull_cluster.hub.faults.slow_seconds = 0.0
 
 
 @pytest.mark.timeout(300)
