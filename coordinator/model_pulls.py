@@ -144,12 +144,12 @@ def file_progress(download_dir: Path, file: HubFile) -> int:
 
 
 def _checked_before_start(
-    reference: PullRequest, download_dir: Path
+    reference: PullRequest, download_dir: Path, endpoint: str | None
 ) -> tuple[str, list[HubFile]]:  # runs in a thread: the Hub and the disk
-    commit, files = list_needed_files(reference.repo_id, reference.revision)
+    commit, files = list_needed_files(reference.repo_id, reference.revision, endpoint=endpoint)
     download_dir.mkdir(parents=True, exist_ok=True)
     [config] = [file for file in files if file.name == CONFIG_FILE]
-    download_file(reference, commit, config, download_dir, None)
+    download_file(reference, commit, config, download_dir, endpoint)
     check_downloaded_family(reference, download_dir)
     return commit, files
 
@@ -168,8 +168,18 @@ def _cli_error(stderr: bytes, returncode: int) -> str:
 class ModelPulls:
     """The pulls of one replica; `start` and `stop` run on the event loop, the work off it."""
 
-    def __init__(self, home: Path, node_id: NodeId, store: ModelStore, command: Sequence[str] | None = None) -> None:
-        """`command`: the argv that runs the CLI (default: this interpreter's `-m services.app.cli`)."""
+    def __init__(
+        self,
+        home: Path,
+        node_id: NodeId,
+        store: ModelStore,
+        command: Sequence[str] | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        """`command`: the argv that runs the CLI (default: this interpreter's `-m services.app.cli`);
+        `endpoint`: the Hub's URL (default: HF_ENDPOINT as huggingface_hub read it at import; the child
+        gets it as HF_ENDPOINT)."""
+        self._endpoint = endpoint
         self._home = home
         self._node_id = node_id
         self._store = store
@@ -214,7 +224,7 @@ class ModelPulls:
                 return done  # as `strata models pull`: stored already, no Hub traffic
             download_dir = self._home / DOWNLOADS_FOLDER / reference.repo_id
             try:
-                commit, files = await asyncio.to_thread(_checked_before_start, reference, download_dir)
+                commit, files = await asyncio.to_thread(_checked_before_start, reference, download_dir, self._endpoint)
             except (PullError, UnsupportedModelError) as error:
                 raise refusal_status(error) from error
             pulled = tuple(
@@ -235,7 +245,11 @@ class ModelPulls:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+                env={
+                    **os.environ,
+                    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                    **({"HF_ENDPOINT": self._endpoint} if self._endpoint else {}),
+                },
             )
             logger.info("pulling %s@%s into %s (pid %d)", reference.repo_id, commit, model_id, run.process.pid)
             self._running[pull.pull_id] = run

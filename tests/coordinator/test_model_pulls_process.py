@@ -6,7 +6,6 @@ import asyncio
 import os
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 
 from coordinator.model_pulls import ModelPulls
@@ -34,12 +33,10 @@ def test_stopping_the_coordinator_stops_its_pull(tmp_path: Path, monkeypatch: py
     home = tmp_path / "home"
     with fake_hub(tmp_path / "hub") as hub:
         hub.faults.slow_seconds = 60.0  # the weights take a minute: the pull is stopped half way
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)  # the child's
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
         async def scenario() -> None:
-            pulls = ModelPulls(home, NodeId("node-a"), ModelStore(models_root(home)))
+            pulls = ModelPulls(home, NodeId("node-a"), ModelStore(models_root(home)), endpoint=hub.url)
             with pytest.raises(NotFoundError):
                 await pulls.start("TinyOrg/Absent", "", replace=False)
             assert pulls.pulls() == []
