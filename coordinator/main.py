@@ -10,6 +10,7 @@ from pathlib import Path
 
 from coordinator.cluster_log import CLUSTER_LOG
 from coordinator.metrics import coordinator_registry, replica_snapshot
+from coordinator.model_pulls import ModelPulls
 from coordinator.presence import CoordinatorPresence
 from coordinator.raft.interface import NotLeaderError
 from coordinator.raft.membership import PeerSet
@@ -124,8 +125,9 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
     metrics = serve_metrics_beside(
         coordinator_registry(lambda: replica_snapshot(replica)), options.host, options.metrics_port, server.port
     )
+    pulls = ModelPulls(options.home, node_id(options.home), store)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorService(replica, presence.discovery.refused, lambda: metrics.address), server.server
+        CoordinatorService(replica, presence.discovery.refused, lambda: metrics.address, pulls), server.server
     )
     raft_pb2_grpc.add_RaftServicer_to_server(RaftService(node), server.server)
     add_peer_service(server.server, presence.identity)
@@ -156,6 +158,7 @@ async def serve_coordinator(options: CoordinatorOptions) -> None:
     joining.cancel()
     following.cancel()
     await presence.stop()
+    await pulls.stop()
     await server.stop()
     await node.stop()
     await asyncio.to_thread(metrics.stop)

@@ -13,6 +13,9 @@ from typing import TypeAlias, TypeVar
 
 import grpc
 
+from coordinator.host_memory import HostMemoryTable
+from coordinator.model_pulls import ModelPulls
+from coordinator.pull_wire import pull_request_from_pb, pull_to_pb
 from coordinator.raft.interface import NotLeaderError
 from coordinator.replica import CoordinatorReplica
 from coordinator.watch import committed_after
@@ -54,8 +57,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         replica: CoordinatorReplica,
         refused_peers: Callable[[], Iterable[RefusedPeer]] = lambda: (),
         metrics_address: Callable[[], str] = lambda: "",
+        pulls: ModelPulls | None = None,
     ) -> None:
         self._replica = replica
+        self._pulls = pulls
+        """Pulls from the Hub into this replica's store (None: this replica takes none)."""
+        self._host_memory = HostMemoryTable()
         self._refused_peers = refused_peers
         """Peers discovery refused: shown by GetState so `strata status` tells why a host is missing."""
         self._metrics_address = metrics_address
@@ -65,6 +72,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.RegisterShardRequest, context: Context
     ) -> coordinator_pb2.RegisterShardReply:
         shard, origin = registration_from_pb(request)
+        self._host_memory.record(request)
 
         async def register() -> coordinator_pb2.RegisterShardReply:
             state = await self._replica.register_shard(shard, origin)
@@ -75,7 +83,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     async def GetState(
         self, request: coordinator_pb2.GetStateRequest, context: Context
     ) -> coordinator_pb2.ClusterState:
-        return cluster_view_to_pb(self._replica.node, self._refused_peers(), self._metrics_address())
+        reply = cluster_view_to_pb(self._replica.node, self._refused_peers(), self._metrics_address())
+        if self._pulls is not None:
+            reply.pulls.extend(map(pull_to_pb, self._pulls.pulls()))
+        reply.host_memory.extend(self._host_memory.to_pb())
+        return reply
 
     async def JoinCluster(
         self, request: coordinator_pb2.JoinClusterRequest, context: Context
@@ -133,6 +145,20 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             manifest = pulled_candidate_from_pb(request.pulled_candidate)
             return serving_preview_to_pb(await self._replica.preview_pulled(model_id, manifest, instances))
         return serving_preview_to_pb(await self._replica.preview_serving(model_id, instances))
+
+    async def PullModel(self, request: coordinator_pb2.PullModelRequest, context: Context) -> coordinator_pb2.ModelPull:
+        repository, model_id, replace = pull_request_from_pb(request)
+        pulls = self._pulls
+
+        async def pull() -> coordinator_pb2.ModelPull:
+            # The leader's store: serving reads a model's spec there (see coordinator/model_pulls.py).
+            if not self._replica.node.leads_with_lease():
+                raise NotLeaderError(self._replica.node.leader_id)
+            if pulls is None:
+                raise UnavailableError("this coordinator replica takes no pulls")
+            return pull_to_pb(await pulls.start(repository, model_id, replace=replace))
+
+        return await self._on_leader(request, pull, lambda stub: stub.PullModel)
 
     async def _on_leader(
         self, request: Command, run: Callable[[], Awaitable[Reply]], method: LeaderMethod[Command, Reply]

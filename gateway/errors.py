@@ -180,7 +180,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Routes every exception a request raises through `describe_error`."""
 
     async def handle(request: Request, error: Exception) -> JSONResponse:
-        if isinstance(error, StarletteHTTPException) and error.status_code == 404:
+        # Only Starlette's own 404 (no route): a route's 404 keeps its message (an unknown repository).
+        if isinstance(error, StarletteHTTPException) and error.status_code == 404 and error.detail == "Not Found":
             error = StarletteHTTPException(404, f"Unknown URL: {request.method} {request.url.path}")
         elif isinstance(error, OverloadedError):
             logger.info("%s %s: refused at capacity: %s", request.method, request.url.path, error)

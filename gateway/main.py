@@ -19,8 +19,10 @@ from gateway.completion_engine import CompletionEngine
 from gateway.generation_request import ModelNotFoundError
 from gateway.metrics import GatewayMetrics, HttpMetrics
 from gateway.model_routes import model_router
+from gateway.ollama_pull import ollama_pull_router
 from gateway.pipeline_client import PipelineClient
 from gateway.presence import GatewayPresence
+from gateway.pull_routes import PullClient, pull_router
 from gateway.request_ids import RequestIds
 from gateway.store_routes import store_router
 from gateway.tokenization import ModelTokenizer
@@ -76,7 +78,11 @@ async def serve_gateway(options: GatewayOptions) -> None:
     api_keys = load_api_keys(options.api_key_file)
     http_app = create_app(engine, view, cluster=view, activity=pipeline.activity)
     http_app.include_router(store_router(store, view.served_models))
-    http_app.include_router(model_router(lambda: view.coordinator_address, cluster_key_check(api_keys, options.home)))
+    require_key = cluster_key_check(api_keys, options.home)
+    pulls = PullClient(lambda: view.coordinator_address, view)
+    http_app.include_router(pull_router(pulls, require_key))  # before model_router: its paths end in /{action}
+    http_app.include_router(ollama_pull_router(pulls, require_key))
+    http_app.include_router(model_router(lambda: view.coordinator_address, require_key))
     app: ASGIApp = http_app
     if api_keys:
         app = ApiKeyGuard(app, api_keys)

@@ -261,9 +261,13 @@ def registration_to_pb(
     work_per_second: float,
     metrics_address: str = "",
     fetched: FetchedBytes | None = None,
+    host_memory_total_bytes: int = 0,
+    host_memory_free_bytes: int = 0,
 ) -> coordinator_pb2.RegisterShardRequest:
     """This shard server, as it announces itself to the coordinator (with the model bytes it fetched)."""
     return coordinator_pb2.RegisterShardRequest(
+        host_memory_total_bytes=host_memory_total_bytes,
+        host_memory_free_bytes=host_memory_free_bytes,
         shard_id=shard_id,
         node_id=node_id,
         address=address,

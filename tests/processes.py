@@ -51,12 +51,21 @@ def start_strata(
     extra_environment: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
     """`strata ARGUMENTS` with its own STRATA_HOME; `session_token=False`: the token comes from the home
-    (its cluster.token, created on first start), as on a real host. `extra_environment` is added last."""
+    (its cluster.token, created on first start), as on a real host. `extra_environment` is added last.
+    Services start with HF_HUB_OFFLINE=1 unless `extra_environment` says otherwise."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name.replace(' ', '-')}.log"
     # Services compute with the BLAS this test process uses, so in-process references stay exact.
     blas = "fast" if fast_blas_loaded() else "reference"
-    environment = {**os.environ, "STRATA_HOME": str(home), "STRATA_BLAS": blas, **(extra_environment or {})}
+    # HF_HUB_OFFLINE: no service a test starts reaches the real Hub (a fuzzed PullModel, say); a test of
+    # pulls gives its fake Hub's HF_ENDPOINT and HF_HUB_OFFLINE=0.
+    environment = {
+        **os.environ,
+        "STRATA_HOME": str(home),
+        "STRATA_BLAS": blas,
+        "HF_HUB_OFFLINE": "1",
+        **(extra_environment or {}),
+    }
     if not session_token:
         environment.pop(TOKEN_ENVIRONMENT_VARIABLE, None)
     with log_path.open("ab") as log:

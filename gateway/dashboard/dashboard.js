@@ -20,6 +20,11 @@ function element(tag, attributes, ...children) {
 }
 
 const gibibytes = (bytes) => `${(Number(bytes) / 2 ** 30).toFixed(2)} GiB`;
+function size(bytes) {
+  const value = Number(bytes);
+  const [unit, scale] = value >= 2 ** 30 ? ["GiB", 2 ** 30] : value >= 2 ** 20 ? ["MiB", 2 ** 20] : ["KiB", 2 ** 10];
+  return `${(value / scale).toFixed(value >= 100 * scale ? 0 : 1)} ${unit}`;
+}
 
 async function errorText(response) {
   try { return (await response.json()).error.message; } catch { return `${response.status} ${response.statusText}`; }
@@ -40,6 +45,14 @@ function renderStatus(status) {
     const used = new Map();
     for (const instance of status.instances) for (const stage of instance.stages) used.set(stage.shard_id, instance);
     const card = element("div", { class: "card host", "data-node": nodeId }, element("strong", {}, `node ${nodeId}`));
+    const memory = (status.host_memory || []).find((report) => report.node_id === nodeId);
+    if (memory) {
+      const total = Number(memory.total_bytes);
+      const free = Number(memory.free_bytes);
+      const usedShare = total ? Math.round((100 * (total - free)) / total) : 0;
+      card.append(element("div", { class: "memory-line muted" }, `${gibibytes(total - free)} used · ${gibibytes(free)} free of ${gibibytes(total)}`),
+        element("div", { class: "memory", title: `${usedShare}% used` }, element("div", { style: `width:${usedShare}%` })));
+    }
     for (const shard of shards) {
       const instance = used.get(shard.shard_id);
       card.append(element("div", { class: "shard", "data-shard": shard.shard_id },
@@ -95,7 +108,7 @@ events.addEventListener("committed", (message) => {
   const committed = JSON.parse(message.data);
   logEvent(committed);
   renderStatus(committed.status);
-  if (["model_registered", "instance_ready", "instance_removed"].includes(committed.kind)) loadModels();
+  if (["model_registered", "model_served", "model_unserved", "instance_ready", "instance_removed"].includes(committed.kind)) loadModels();
 });
 events.addEventListener("activity", (message) => {
   activity = JSON.parse(message.data);
@@ -103,8 +116,17 @@ events.addEventListener("activity", (message) => {
 });
 events.onerror = () => { document.getElementById("leader").textContent = "reconnecting…"; };
 
-// Models, placement preview, serve/unserve and pulls: routes other parts of the gateway own; a 404
-// (not on this gateway yet) is shown as such.
+// Models: stored and served ones (/v1/cluster/models) with placement preview and serve/unserve, a few
+// pullable ones from the Hub, and pulls with their progress (/v1/cluster/pulls, followed while one runs).
+const PULLABLE = [
+  "HuggingFaceTB/SmolLM2-135M-Instruct",
+  "HuggingFaceTB/SmolLM2-360M-Instruct",
+  "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+  "mlx-community/Qwen3-0.6B-4bit",
+  "mlx-community/Llama-3.2-1B-Instruct-4bit",
+];
+const modelIdOf = (repository) => repository.split("@")[0].split("/").pop().toLowerCase();
+
 async function loadModels() {
   const errorLine = document.getElementById("models-error");
   const response = await fetch("/v1/cluster/models", { headers: headers(false) });
@@ -114,9 +136,11 @@ async function loadModels() {
     return;
   }
   errorLine.hidden = true;
-  const cards = (await response.json()).data.map((card) => {
+  const listed = (await response.json()).data;
+  const cards = listed.map((card) => {
     const preview = element("div", { class: "muted preview" });
     const action = async (path, body) => {
+      preview.textContent = `${path}…`;
       const reply = await fetch(`/v1/cluster/models/${card.id}/${path}`, { method: "POST", headers: headers(true), body: JSON.stringify(body) });
       preview.textContent = reply.ok ? `${path}: done` : `${path}: ${await errorText(reply)}`;
       loadModels();
@@ -127,41 +151,79 @@ async function loadModels() {
       if (!reply.ok) { preview.textContent = `preview: ${await errorText(reply)}`; return; }
       const plan = await reply.json();
       preview.textContent = plan.fits
-        ? plan.stages.map((stage) => `${stage.shard_id} [${stage.start_layer}, ${stage.end_layer}) ${gibibytes(stage.memory_bytes)}`).join(" · ")
-        : `does not fit: ${plan.reason || gibibytes(plan.missing_bytes) + " missing"}`;
+        ? plan.stages.map((stage) => `${stage.shard_id} [${stage.start_layer}, ${stage.end_layer}) ${size(stage.memory_bytes)}`).join(" · ")
+        : `does not fit: ${plan.reason || size(plan.missing_bytes) + " missing"}`;
     };
     const serveButton = element("button", { type: "button" }, card.served ? "Unserve" : "Serve");
     serveButton.onclick = () => (card.served ? action("unserve", {}) : action("serve", { instances: 1 }));
+    const facts = card.card_available
+      ? [card.architecture, `${card.num_layers} layers`, size(card.bytes), card.compute_dtype, card.quantization].filter(Boolean).join(" · ")
+      : "weights on other hosts";
     return element("div", { class: "card model", "data-model": card.id },
       element("strong", {}, card.id), ` ${card.served ? "served" : "stored"}`,
-      element("div", { class: "muted" }, `${card.architecture} · ${card.num_layers} layers · ${gibibytes(card.bytes)} · ${card.compute_dtype}`),
+      element("div", { class: "muted" }, facts),
       element("form", {}, previewButton, serveButton), preview);
   });
+  const stored = new Set(listed.map((card) => card.id));
+  for (const repository of PULLABLE) {
+    if (stored.has(modelIdOf(repository))) continue;
+    const pullButton = element("button", { type: "button" }, "Pull");
+    pullButton.onclick = () => startPull(repository);
+    cards.push(element("div", { class: "card model pullable", "data-repository": repository },
+      element("strong", {}, repository), " pullable",
+      element("div", { class: "muted" }, "from the Hugging Face Hub"), element("form", {}, pullButton)));
+  }
   document.getElementById("models").replaceChildren(...cards);
+}
+
+const ACTIVE_PULL_STATES = ["downloading", "importing"];
+let followingPulls = false;
+let activePulls = new Set();
+
+function pullCard(pull) {
+  const done = Number(pull.bytes_done);
+  const total = Number(pull.bytes_total);
+  const share = pull.state === "done" ? 100 : total ? Math.floor((100 * done) / total) : 0;
+  const speed = Number(pull.bytes_per_second);
+  const eta = Number(pull.eta_seconds);
+  const details = ACTIVE_PULL_STATES.includes(pull.state)
+    ? ` · ${size(speed)}/s${eta >= 0 ? ` · ${Math.ceil(eta)} s left` : ""}`
+    : "";
+  return element("div", { class: "card pull", "data-repository": pull.repository, "data-state": pull.state },
+    element("strong", {}, `${pull.repository}@${pull.revision}`), ` → ${pull.model_id} · `,
+    element("span", { class: "pull-state" }, pull.state),
+    element("div", { class: "muted" }, `${size(done)} of ${size(total)} · ${share}%${details}`),
+    element("div", { class: "memory progress" }, element("div", { style: `width:${share}%` })),
+    pull.error ? element("div", { class: "error" }, pull.error) : "");
 }
 
 async function loadPulls() {
   const response = await fetch("/v1/cluster/pulls", { headers: headers(false) });
   if (!response.ok) return;
   const pulls = (await response.json()).data;
-  document.getElementById("pulls").replaceChildren(...pulls.map((pull) => {
-    const share = pull.bytes_total ? Math.round((100 * pull.bytes_done) / pull.bytes_total) : 0;
-    return element("div", { class: "card pull" }, `${pull.repo} · ${pull.state} · ${share}%`,
-      element("div", { class: "memory" }, element("div", { style: `width:${share}%` })),
-      pull.error ? element("div", { class: "error" }, pull.error) : "");
-  }));
-  // A pull in progress is followed until it ends (the pull routes have no event stream of their own).
-  if (pulls.some((pull) => pull.state === "running")) setTimeout(loadPulls, 1000);
+  document.getElementById("pulls").replaceChildren(...pulls.map(pullCard));
+  const active = new Set(pulls.filter((pull) => ACTIVE_PULL_STATES.includes(pull.state)).map((pull) => pull.pull_id));
+  if ([...activePulls].some((pullId) => !active.has(pullId))) loadModels();  // one ended: its model may be stored now
+  activePulls = active;
+  // The pulls have no event stream of their own: a pull in progress is followed until it ends.
+  if (active.size && !followingPulls) {
+    followingPulls = true;
+    setTimeout(() => { followingPulls = false; loadPulls(); }, 1000);
+  }
 }
 
-document.getElementById("pull-form").addEventListener("submit", async (submitted) => {
-  submitted.preventDefault();
-  const repo = document.getElementById("pull-repo").value.trim();
-  const response = await fetch("/v1/cluster/models/pull", { method: "POST", headers: headers(true), body: JSON.stringify({ repo, revision: null }) });
+async function startPull(repository) {
   const errorLine = document.getElementById("models-error");
+  const response = await fetch("/v1/cluster/models/pull", { method: "POST", headers: headers(true), body: JSON.stringify({ repository }) });
   errorLine.hidden = response.ok;
-  if (!response.ok) errorLine.textContent = response.status === 404 ? "This gateway cannot pull models yet." : await errorText(response);
-  loadPulls();
+  if (!response.ok) errorLine.textContent = `pull ${repository}: ${await errorText(response)}`;
+  await loadPulls();
+  loadModels();
+}
+
+document.getElementById("pull-form").addEventListener("submit", (submitted) => {
+  submitted.preventDefault();
+  startPull(document.getElementById("pull-repo").value.trim());
 });
 
 // Chat: openai-style SSE from /v1/chat/completions; TTFT, tok/s and reasoning_content shown apart.

@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 from services.app.pull_fit_check import ModelTooLargeError, cluster_fit_check
+from services.models.hub_files import DOWNLOADS_FOLDER
 from services.models.hub_pull import default_model_id, parse_repo_reference, pull_model
 from services.models.model_families import UnsupportedModelError
 from services.models.model_store import ModelStore, parse_model_id
 from services.models.pull_errors import HubUnreachableError, PullError
 
-DOWNLOADS_FOLDER = "downloads"
-"""Under STRATA_HOME: the files as the Hub has them, kept so that an interrupted pull resumes."""
 EXIT_TOO_LARGE = 3
 
 

@@ -1,7 +1,8 @@
 """What `strata status` shows: a pure function of a coordinator's `GetState` reply, as rich tables.
 
 `status_view(state)` builds the renderable (hosts with their memory, device and services; model
-instances with their layer ranges; leader, term and replicas with their log positions; refused peers);
+instances with their layer ranges; leader, term and replicas with their log positions; downloads from
+the Hub; refused peers);
 `render_status(state)` is the same as plain text, which tests read without a cluster or a terminal.
 A host is a node id (one `STRATA_HOME`); a coordinator replica is placed on the node whose shard
 servers share its IP address, or on a host of its own when none does.
@@ -90,12 +91,15 @@ def _summary(state: coordinator_pb2.ClusterState) -> Text:
 
 
 def _hosts_table(state: coordinator_pb2.ClusterState) -> Table:
-    table = _table("hosts", ("HOST", "ADDRESS", "MEMORY GiB", "DEVICE", "SERVICES"))
+    table = _table("hosts", ("HOST", "ADDRESS", "MEMORY GiB", "USED/FREE GiB", "DEVICE", "SERVICES"))
+    memory = {report.node_id: report for report in state.host_memory}
     for host in _hosts(state):
+        report = memory.get(host.name)
         table.add_row(
             host.name,
             ", ".join(host.addresses),
             _gib(host.memory_bytes) if host.memory_bytes else "",
+            f"{_gib(report.total_bytes - report.free_bytes)}/{_gib(report.free_bytes)}" if report else "",
             ", ".join(host.devices),
             "\n".join(host.services),
         )
@@ -164,6 +168,29 @@ def _replicas_table(state: coordinator_pb2.ClusterState) -> Table:
     return table
 
 
+def _eta(seconds: float) -> str:
+    return "" if seconds < 0 else f"{seconds:.0f} s"
+
+
+def _pulls_table(state: coordinator_pb2.ClusterState) -> Table:
+    table = _table("downloads", ("PULL", "REPOSITORY", "MODEL", "NODE", "STATE", "DONE/TOTAL GiB", "MiB/s", "ETA"))
+    for pull in state.pulls:
+        status = Text(pull.state, style=_STATUS_STYLES.get("ready" if pull.state == "done" else pull.state, "yellow"))
+        if pull.error:
+            status.append(f": {pull.error}")
+        table.add_row(
+            pull.pull_id,
+            f"{pull.repository}@{pull.revision}",
+            pull.model_id,
+            pull.node_id,
+            status,
+            f"{_gib(pull.bytes_done)}/{_gib(pull.bytes_total)}",
+            f"{pull.bytes_per_second / 2**20:.1f}",
+            _eta(pull.eta_seconds),
+        )
+    return table
+
+
 def _refused_table(state: coordinator_pb2.ClusterState) -> Table:
     table = _table("refused peers (never joined)", ("ADDRESS", "NODE", "REASON"))
     for peer in state.refused_peers:
@@ -174,6 +201,8 @@ def _refused_table(state: coordinator_pb2.ClusterState) -> Table:
 def status_view(state: coordinator_pb2.ClusterState) -> Group:
     """Every section of `strata status` for `state`, in reading order."""
     tables = [_hosts_table(state), _shards_table(state), _instances_table(state), _replicas_table(state)]
+    if state.pulls:
+        tables.append(_pulls_table(state))
     if state.refused_peers:
         tables.append(_refused_table(state))
     sections: list[RenderableType] = [_summary(state), *(Padding(table, (1, 0, 0, 0)) for table in tables)]

@@ -1,131 +1,47 @@
 """`strata models pull REPO[@REVISION]`: a model from the Hugging Face Hub (or a mirror) into the store.
 
-huggingface_hub does the talking: HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured by it, and
-`hf_hub_download` into a `local_dir` resumes an interrupted file (HTTP Range, `.incomplete` files).
-strata adds what a store needs: only the files a model needs, the family refused from config.json
-before any weight travels, and every LFS file checked against the sha256 the listing gives.
+huggingface_hub lists the repository and fetches small files (HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE
+honoured); weight files are fetched by strata's own reads (`services.models.hub_http`), appended to a
+`.incomplete` file that the next pull resumes from. strata adds what a store needs: only the files a
+model needs, the family refused from config.json before any weight travels, and every LFS file checked
+against the sha256 the listing gives. The Hub side lives in `services.models.hub_files` (no MLX); this
+module adds the import into the store (and the lazy variant, `services.models.lazy_pull`).
 """
 
-import importlib
 import os
-import re
 import shutil
-from collections.abc import Callable, Generator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol, cast
-
-import httpx2
-from huggingface_hub import HfApi
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.hf_api import RepoSibling
-from pydantic import BaseModel, ConfigDict
 
 from services.kernel.ids import ModelId
+from services.models.hub_files import (
+    HubFile,
+    PullRequest,
+    default_model_id,
+    download_file,
+    hub_errors,
+    incomplete_path,
+    list_needed_files,
+    parse_repo_reference,
+)
 from services.models.hub_http import file_url, progress_bar, stream_from
 from services.models.lazy_pull import TensorPlace, WeightFile, read_hub_header, store_lazily
 from services.models.model_config import CONFIG_FILE, ModelConfig, ModelConfigError, read_model_config
 from services.models.model_families import check_supported
 from services.models.model_file_service import sha256_of
 from services.models.model_import import import_directory
-from services.models.model_store import ModelStore, parse_model_id
+from services.models.model_store import ModelStore
 from services.models.pull_errors import HubUnreachableError, PullError
 
-DEFAULT_REVISION = "main"
-_NEEDED_FILES = frozenset(
-    {
-        CONFIG_FILE,
-        "generation_config.json",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "tokenizer.model",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "vocab.json",
-        "merges.txt",
-        "chat_template.jinja",
-        "chat_template.json",
-    }
-)
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-
-
-class _Download(Protocol):
-    def __call__(self, repo_id: str, filename: str, *, revision: str, local_dir: Path, endpoint: str | None) -> str: ...
-
-
-# Its overloads carry an untyped `user_agent: dict`; the one call strata makes, typed.
-_hf_hub_download = cast(_Download, importlib.import_module("huggingface_hub").hf_hub_download)
-
-
-class HubFile(BaseModel):
-    model_config = ConfigDict(frozen=True, strict=True)
-
-    name: str
-    sha256: str | None
-    """From the listing's LFS pointer; None for small files kept in git (no hash to check against)."""
-    size: int | None = None
-    """From the listing's LFS pointer (with the sha256)."""
-
-
-class PullRequest(BaseModel):
-    model_config = ConfigDict(frozen=True, strict=True)
-
-    repo_id: str
-    revision: str
-
-
-def parse_repo_reference(text: str) -> PullRequest:
-    """`owner/name[@revision]`; raises ValueError for anything else."""
-    repo_id, _, revision = text.partition("@")
-    if not _REPO_ID.fullmatch(repo_id) or ".." in repo_id or (("@" in text) and not revision):
-        raise ValueError(f"invalid repository {text!r}: use OWNER/NAME or OWNER/NAME@REVISION")
-    return PullRequest(repo_id=repo_id, revision=revision or DEFAULT_REVISION)
-
-
-def default_model_id(repo_id: str) -> ModelId:
-    """The repository's name, lowercased: `HuggingFaceTB/SmolLM2-135M-Instruct` -> `smollm2-135m-instruct`."""
-    return parse_model_id(repo_id.rsplit("/", 1)[-1].lower())
-
-
-def is_needed(file_name: str) -> bool:
-    """Config, tokenizer, chat template and top-level safetensors weights; not other formats or docs."""
-    if "/" in file_name:
-        return False
-    return file_name in _NEEDED_FILES or file_name.endswith(".safetensors")
-
-
-def list_needed_files(
-    repo_id: str, revision: str, *, endpoint: str | None = None, token: str | None = None
-) -> tuple[str, list[HubFile]]:
-    """The revision's commit and the files to fetch; raises PullError when the Hub refuses."""
-    with _hub_errors(repo_id, revision):
-        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
-    siblings: Sequence[RepoSibling] = info.siblings or []
-    files = [
-        HubFile(
-            name=sibling.rfilename,
-            sha256=sibling.lfs.sha256 if sibling.lfs else None,
-            size=sibling.lfs.size if sibling.lfs else None,
-        )
-        for sibling in siblings
-        if is_needed(sibling.rfilename)
-    ]
-    names = {file.name for file in files}
-    if CONFIG_FILE not in names:
-        raise PullError(f"{repo_id}@{revision} has no {CONFIG_FILE}: not a transformers/MLX model repository")
-    if not any(name.endswith(".safetensors") for name in names):
-        raise PullError(f"{repo_id}@{revision} has no *.safetensors weights (other formats are not supported)")
-    if info.sha is None:
-        raise PullError(f"{repo_id}@{revision}: the Hub did not say which commit the revision is")
-    return info.sha, sorted(files, key=lambda file: file.name)
+__all__ = [
+    "HubUnreachableError",
+    "PullError",
+    "PullRequest",
+    "default_model_id",
+    "incomplete_path",
+    "parse_repo_reference",
+    "pull_model",
+]
 
 
 SizeCheck = Callable[[ModelConfig, Mapping[str, dict[str, TensorPlace]]], None]
@@ -175,14 +91,14 @@ def pull_model(
     # A full pull of weights the listing gives no size for (kept in git, not LFS) skips the size check.
     sized = all(file.size is not None for file in weight_files)
     if lazy or (size_check is not None and sized):
-        with _hub_errors(reference.repo_id, reference.revision):
+        with hub_errors(reference.repo_id, reference.revision):
             for file in weight_files:
                 url = file_url(reference.repo_id, file.name, commit, endpoint)
                 places[file.name] = read_hub_header(url, file.name, _listed_size(where, file))
     if size_check is not None and places:
         size_check(read_model_config(download_dir), places)
     if lazy:
-        with _hub_errors(reference.repo_id, reference.revision):
+        with hub_errors(reference.repo_id, reference.revision):
             model_dir = store_lazily(
                 store,
                 target_id,
@@ -223,31 +139,21 @@ def _listed_sha256(where: str, file: HubFile) -> str:
 
 
 def _download(reference: PullRequest, commit: str, file: HubFile, download_dir: Path, endpoint: str | None) -> None:
-    if file.sha256 is not None and file.size is not None:
-        path = download_dir / file.name
-        if not path.is_file():
-            with _hub_errors(reference.repo_id, reference.revision):
-                _download_resumable(file_url(reference.repo_id, file.name, commit, endpoint), file, download_dir)
-    else:
-        with _hub_errors(reference.repo_id, reference.revision):
-            # The commit, not the branch: every file of one pull comes from the same revision.
-            path = Path(
-                _hf_hub_download(
-                    reference.repo_id, file.name, revision=commit, local_dir=download_dir, endpoint=endpoint
-                )
-            )
-    if file.sha256 is not None and (actual := sha256_of(path)) != file.sha256:
+    """A weight or LFS file by strata's own resumable reads; a small file kept in git by huggingface_hub.
+    Either way checked against the listed sha256."""
+    if file.sha256 is None or file.size is None:
+        download_file(reference, commit, file, download_dir, endpoint)
+        return
+    path = download_dir / file.name
+    if not path.is_file():
+        with hub_errors(reference.repo_id, reference.revision):
+            _download_resumable(file_url(reference.repo_id, file.name, commit, endpoint), file, download_dir)
+    if (actual := sha256_of(path)) != file.sha256:
         path.unlink()  # a later pull fetches it again rather than trusting it
         raise PullError(
             f"{reference.repo_id}@{reference.revision}: {file.name} is corrupted "
             f"(sha256 {actual}, the Hub lists {file.sha256}); it was deleted, nothing was stored"
         )
-
-
-def incomplete_path(download_dir: Path, name: str, sha256: str) -> Path:
-    """Where a weight file grows while it downloads; kept when a pull stops, resumed by the next one.
-    Named by the listed sha256 too, so that bytes of another version of the file are never resumed."""
-    return download_dir / f".{name}.{sha256[:16]}.incomplete"
 
 
 def _download_resumable(url: str, file: HubFile, download_dir: Path) -> None:
@@ -269,24 +175,3 @@ def _download_resumable(url: str, file: HubFile, download_dir: Path) -> None:
         output.flush()
         os.fsync(output.fileno())
     partial.replace(download_dir / file.name)
-
-
-@contextmanager
-def _hub_errors(repo_id: str, revision: str) -> Generator[None]:
-    """Turns huggingface_hub's errors into PullError messages naming the repository and revision."""
-    where = f"{repo_id}@{revision}"
-    try:
-        yield
-    except GatedRepoError as error:
-        raise PullError(f"{repo_id} is gated: accept its terms on the Hub and set HF_TOKEN") from error
-    except RepositoryNotFoundError as error:
-        raise PullError(f"repository {repo_id!r} not found (or private: set HF_TOKEN)") from error
-    except RevisionNotFoundError as error:
-        raise PullError(f"revision {revision!r} not found in {repo_id}") from error
-    except OfflineModeIsEnabled as error:
-        raise PullError(f"cannot pull {where}: HF_HUB_OFFLINE is set") from error
-    except HfHubHTTPError as error:
-        raise PullError(f"the Hub refused {where}: {error}") from error
-    except (OSError, httpx2.TransportError) as error:
-        # Connection refused, DNS, a file the library gave up resuming: the network, not the model.
-        raise HubUnreachableError(f"could not reach the Hub for {where}: {error}") from error

@@ -323,6 +323,21 @@ COORDINATOR_CASES: dict[str, tuple[str, object, Expected]] = {
         coordinator_pb2.PreviewServingRequest(model_id="m", instances=-1),
         (grpc.StatusCode.INVALID_ARGUMENT, "instances"),
     ),
+    "pull without a repository": (
+        "PullModel",
+        coordinator_pb2.PullModelRequest(),
+        (grpc.StatusCode.INVALID_ARGUMENT, "repository is required"),
+    ),
+    "pull of a malformed repository": (
+        "PullModel",
+        coordinator_pb2.PullModelRequest(repository="../etc"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "invalid repository"),
+    ),
+    "pull with HF_HUB_OFFLINE": (
+        "PullModel",
+        coordinator_pb2.PullModelRequest(repository="Org/Name"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "HF_HUB_OFFLINE"),
+    ),
     "join without a replica id": (
         "JoinCluster",
         coordinator_pb2.JoinClusterRequest(),

@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class HubFaults:
     without range support."""
     flipped_bytes: dict[str, int] = field(default_factory=dict[str, int])
     """File name -> position of a byte served flipped (inside a tensor, say; listing and ETag unchanged)."""
+    slow_seconds: float = 0.0
+    """Every *.safetensors GET body is sent in 20 pieces over this many seconds (progress can be seen)."""
 
 
 @dataclass
@@ -171,7 +174,22 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if send_body and file_name in hub.faults.silent_after_cut:
                 self._send_cut(status, data, headers, 0)
                 return
+            if send_body and hub.faults.slow_seconds > 0 and _is_lfs(file_name):
+                self._send_slowly(status, data, headers, hub.faults.slow_seconds)
+                return
             self._send(status, data, headers, send_body=send_body)
+
+        def _send_slowly(self, status: int, data: bytes, headers: dict[str, str], seconds: float) -> None:
+            self.send_response(status)
+            for name, value in (headers | {"Content-Length": str(len(data))}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            pieces = 20
+            step = max(1, -(-len(data) // pieces))
+            for start in range(0, len(data), step):
+                self.wfile.write(data[start : start + step])
+                self.wfile.flush()
+                time.sleep(seconds / pieces)
 
         def _send_cut(self, status: int, data: bytes, headers: dict[str, str], sent_bytes: int) -> None:
             self.send_response(status)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from services.app.benchmark.baselines import BaselineFigures
+from services.app.benchmark.event_latency import EventLatency, event_latency_lines
 from services.app.benchmark.llama_cpp import LlamaCppFigures
 from services.app.benchmark.load_client import LoadResult
 from services.app.benchmark.transport_floor import TransportFloor
@@ -47,6 +48,8 @@ class ClusterFigures:
     shard_figures: tuple[ShardFigures, ...]
     paired_mlx_lm: tuple[float, ...] = ()
     """mlx-lm's one-stream decode rate right before and right after this cluster's."""
+    event_latency: EventLatency | None = None
+    """Committed event to the dashboard's stream (measured on the first cluster only)."""
 
     @property
     def paired_mlx_lm_mean(self) -> float:
@@ -308,6 +311,7 @@ def write_report(
         "",
         *_memory_table(clusters),
         "",
+        *event_latency_lines(next((cluster.event_latency for cluster in clusters if cluster.event_latency), None)),
     ]
     if scale_out is not None:
         lines += [

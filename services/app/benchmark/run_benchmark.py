@@ -24,6 +24,7 @@ import httpx
 
 from coordinator.placement import stage_weight_bytes
 from services.app.benchmark.baselines import BaselineFigures, BaselineModel, averaged
+from services.app.benchmark.event_latency import EventLatency, measure_event_latency
 from services.app.benchmark.llama_cpp import LlamaCppFigures, llama_cpp_binaries, measure_llama_cpp
 from services.app.benchmark.llama_server import LlamaServerError, measure_llama_server
 from services.app.benchmark.load_client import LoadResult, run_load
@@ -200,6 +201,14 @@ def _measure_cluster(options: BenchOptions, shards: int, paired: BaselineModel) 
             flush=True,
         )
         results, peak_kv = _load_levels(running, options)
+        event_latency: EventLatency | None = None
+        if shards == options.shard_counts[0]:
+            event_latency = measure_event_latency(running.gateway_url, running.coordinator_address, options.model_id, 1)
+            print(
+                f"  committed event -> /v1/cluster/events: median {event_latency.median_seconds * 1000:.1f} ms "
+                f"(max {event_latency.max_seconds * 1000:.1f})",
+                flush=True,
+            )
         spec = model_spec(options.model_id, models_root(options.home) / options.model_id, options.compute_dtype)
         shard_figures = tuple(
             ShardFigures(
@@ -212,7 +221,7 @@ def _measure_cluster(options: BenchOptions, shards: int, paired: BaselineModel) 
             )
             for address, pid, stage in zip(running.shard_addresses, running.shard_pids, running.stages, strict=True)
         )
-    return ClusterFigures(shards, decode_rate, per_hop, results, shard_figures, (before, after))
+    return ClusterFigures(shards, decode_rate, per_hop, results, shard_figures, (before, after), event_latency)
 
 
 def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) -> ScaleOutFigures | None:
