@@ -203,11 +203,11 @@ async def test_unexpected_errors_are_500_without_internals(model_tokenizer: Mode
 
 async def test_unknown_route_and_method_are_openai_errors(model_tokenizer: ModelTokenizer) -> None:
     async with in_memory_client(build_gateway(model_tokenizer, scripted_source(model_tokenizer))) as client:
-        missing = await client.post("/v1/embeddings", json={})
+        missing = await client.post("/v1/audio/speech", json={})
         wrong_method = await client.get("/v1/chat/completions")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "invalid_request_error"
-    assert "/v1/embeddings" in missing.json()["error"]["message"]
+    assert "/v1/audio/speech" in missing.json()["error"]["message"]
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"
     assert set(wrong_method.json()["error"]) == {"message", "type", "param", "code"}
