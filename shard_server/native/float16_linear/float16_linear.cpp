@@ -54,31 +54,55 @@ struct Product {
 namespace {
 #define STRATA_KERNEL 1
 #define KERNEL __attribute__((target("avx2,fma,f16c")))
+#define KERNEL_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
-KERNEL inline float lane_sum(__m256 v) {
+KERNEL_INLINE float lane_sum(__m256 v) {
   __m128 halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   __m128 pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
   return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
 }
 
-KERNEL inline __m256 widen(const uint16_t *w) {
+KERNEL_INLINE __m256 widen(const uint16_t *w) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(w)));
 }
 
 // The last K % 8 weights of a row, zeros in the lanes past K (what the shim's masked load reads).
-KERNEL inline __m256 widen_tail(const uint16_t *w, int lanes) {
+KERNEL_INLINE __m256 widen_tail(const uint16_t *w, int lanes) {
   alignas(16) uint16_t padded[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::memcpy(padded, w, sizeof(uint16_t) * static_cast<size_t>(lanes));
   return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i *>(padded)));
 }
 
+// Where a tile's weights come from: float16 rows widened as they are loaded (one or a few rows of x),
+// or float32 rows widened once into a scratch block and then read as the shim reads W (many rows of x,
+// where widening per row tile would cost more than the product). Both give every element the same
+// float32 values in the same operations.
+struct HalfRows {
+  const uint16_t *w;
+  int stride;
+  KERNEL_INLINE __m256 load(int q, int k) const { return widen(w + static_cast<size_t>(q) * stride + k); }
+  KERNEL_INLINE __m256 tail(int q, int k, int lanes, __m256i) const { return widen_tail(w + static_cast<size_t>(q) * stride + k, lanes); }
+  KERNEL_INLINE void prefetch(int q, int k) const {
+    _mm_prefetch(reinterpret_cast<const char *>(w + static_cast<size_t>(q) * stride + k), _MM_HINT_T0);
+  }
+};
+
+struct WideRows {
+  const float *w;
+  int stride;
+  KERNEL_INLINE __m256 load(int q, int k) const { return _mm256_loadu_ps(w + static_cast<size_t>(q) * stride + k); }
+  KERNEL_INLINE __m256 tail(int q, int k, int, __m256i mask) const {
+    return _mm256_maskload_ps(w + static_cast<size_t>(q) * stride + k, mask);
+  }
+  KERNEL_INLINE void prefetch(int, int) const {}  // the scratch block is in cache already
+};
+
 // A ROWS x COLUMNS tile of the output. Every element sees the same operations whatever the tile's
-// shape; the prefetch brings in the next tile's weight rows while this one computes.
-template <int ROWS, int COLUMNS>
-KERNEL void tile(const Product &p, int row, int column, __m256i tail) {
+// shape: eight lanes of FMA over K in order, the tail as lanes of zeros, one fixed sum tree.
+template <int ROWS, int COLUMNS, class Weights>
+KERNEL void tile(const Product &p, const Weights &weights_of, int row, int column, __m256i tail) {
   const int k_size = p.k;
   const float *a = p.a + static_cast<size_t>(row) * k_size;
-  const uint16_t *w = p.w + static_cast<size_t>(column) * k_size;
   __m256 sums[ROWS][COLUMNS];
   for (int r = 0; r < ROWS; r++)
     for (int q = 0; q < COLUMNS; q++) sums[r][q] = _mm256_setzero_ps();
@@ -86,8 +110,8 @@ KERNEL void tile(const Product &p, int row, int column, __m256i tail) {
   for (; k + 8 <= k_size; k += 8) {
     __m256 weights[COLUMNS];
     for (int q = 0; q < COLUMNS; q++) {
-      weights[q] = widen(w + static_cast<size_t>(q) * k_size + k);
-      _mm_prefetch(reinterpret_cast<const char *>(w + static_cast<size_t>(q + COLUMNS) * k_size + k), _MM_HINT_T0);
+      weights[q] = weights_of.load(q, k);
+      weights_of.prefetch(q + COLUMNS, k);
     }
     for (int r = 0; r < ROWS; r++) {
       __m256 values = _mm256_loadu_ps(a + static_cast<size_t>(r) * k_size + k);
@@ -96,7 +120,7 @@ KERNEL void tile(const Product &p, int row, int column, __m256i tail) {
   }
   if (k < k_size) {
     __m256 weights[COLUMNS];
-    for (int q = 0; q < COLUMNS; q++) weights[q] = widen_tail(w + static_cast<size_t>(q) * k_size + k, k_size - k);
+    for (int q = 0; q < COLUMNS; q++) weights[q] = weights_of.tail(q, k, k_size - k, tail);
     for (int r = 0; r < ROWS; r++) {
       __m256 values = _mm256_maskload_ps(a + static_cast<size_t>(r) * k_size + k, tail);
       for (int q = 0; q < COLUMNS; q++) sums[r][q] = _mm256_fmadd_ps(values, weights[q], sums[r][q]);
@@ -111,25 +135,58 @@ KERNEL void tile(const Product &p, int row, int column, __m256i tail) {
   }
 }
 
-using TileFunction = void (*)(const Product &, int, int, __m256i);
-constexpr int kRowBlock = 48;  // rows of x kept in cache while a block of W streams past (as the shim)
+constexpr int kRowBlock = 48;   // rows of x kept in cache while a block of W streams past (as the shim)
+constexpr int kWideningRows = 4;  // from this many rows on, a column block is widened once into scratch
+
+// Rows [first_row, last_row) x columns [column, column + COLUMNS), tiles of up to TILE_ROWS rows.
+template <int COLUMNS, int TILE_ROWS, class Weights>
+KERNEL void row_tiles(const Product &p, const Weights &weights, int first_row, int last_row, int column, __m256i tail) {
+  for (int i = first_row; i < last_row;) {
+    const int rows = last_row - i >= TILE_ROWS ? TILE_ROWS : last_row - i;
+    switch (rows) {
+      case 4: tile<4, COLUMNS>(p, weights, i, column, tail); break;
+      case 3: tile<3, COLUMNS>(p, weights, i, column, tail); break;
+      case 2: tile<2, COLUMNS>(p, weights, i, column, tail); break;
+      default: tile<1, COLUMNS>(p, weights, i, column, tail); break;
+    }
+    i += rows;
+  }
+}
+
+KERNEL void widen_block(const uint16_t *w, int k_size, int columns, float *scratch) {
+  for (int q = 0; q < columns; q++) {
+    const uint16_t *row = w + static_cast<size_t>(q) * k_size;
+    float *into = scratch + static_cast<size_t>(q) * k_size;
+    int k = 0;
+    for (; k + 8 <= k_size; k += 8) _mm256_storeu_ps(into + k, widen(row + k));
+    for (; k < k_size; k++) into[k] = _cvtsh_ss(row[k]);
+  }
+}
 
 KERNEL void columns_of(const Product &p, int first, int last) {
   const int lanes = p.k % 8;
   const __m256i tail = _mm256_setr_epi32(lanes > 0 ? -1 : 0, lanes > 1 ? -1 : 0, lanes > 2 ? -1 : 0,
                                          lanes > 3 ? -1 : 0, lanes > 4 ? -1 : 0, lanes > 5 ? -1 : 0,
                                          lanes > 6 ? -1 : 0, 0);
-  static const TileFunction wide[4] = {nullptr, tile<1, 4>, tile<2, 4>, tile<3, 4>};
-  static const TileFunction narrow[4] = {nullptr, tile<1, 1>, tile<2, 1>, tile<3, 1>};
+  thread_local std::vector<float> scratch;
   for (int row_start = 0; row_start < p.rows; row_start += kRowBlock) {
     const int row_end = row_start + kRowBlock < p.rows ? row_start + kRowBlock : p.rows;
+    const bool widen_once = row_end - row_start >= kWideningRows;
     for (int j = first; j < last;) {
       const int columns = last - j >= 4 ? 4 : 1;
-      const TileFunction *tiles = columns == 4 ? wide : narrow;
-      for (int i = row_start; i < row_end;) {
-        const int rows = row_end - i >= 3 ? 3 : row_end - i;
-        tiles[rows](p, i, j, tail);
-        i += rows;
+      const uint16_t *w = p.w + static_cast<size_t>(j) * p.k;
+      if (widen_once) {
+        scratch.resize(static_cast<size_t>(4) * p.k);
+        widen_block(w, p.k, columns, scratch.data());
+        const WideRows wide{scratch.data(), p.k};
+        // 3 x 4 as the shim: weights come from memory operands, 12 accumulators fit the registers.
+        if (columns == 4) row_tiles<4, 3>(p, wide, row_start, row_end, j, tail);
+        else row_tiles<1, 4>(p, wide, row_start, row_end, j, tail);
+      } else {
+        const HalfRows half{w, p.k};
+        // Widened weights live in registers: 4 columns x 2 rows keep accumulators and weights in 16.
+        if (columns == 4) row_tiles<4, 2>(p, half, row_start, row_end, j, tail);
+        else row_tiles<1, 4>(p, half, row_start, row_end, j, tail);
       }
       j += columns;
     }
@@ -267,6 +324,28 @@ ColumnPool &pool() {
   return *instance;
 }
 
+// An input as row-major values: its own memory when row-contiguous, else a copy into `into`.
+// Runs inside the dispatched task, when the input's values exist.
+template <typename T>
+const T *row_major(const T *base, bool contiguous, const mx::Shape &shape, const mx::Strides &strides,
+                   std::vector<T> &into) {
+  if (contiguous) return base;
+  size_t count = 1;
+  for (auto size : shape) count *= static_cast<size_t>(size);
+  into.resize(count);
+  std::vector<int64_t> index(shape.size(), 0);
+  for (size_t element = 0; element < count; element++) {
+    int64_t offset = 0;
+    for (size_t axis = 0; axis < shape.size(); axis++) offset += index[axis] * strides[axis];
+    into[element] = base[offset];
+    for (size_t axis = shape.size(); axis-- > 0;) {
+      if (++index[axis] < shape[axis]) break;
+      index[axis] = 0;
+    }
+  }
+  return into.data();
+}
+
 class Float16Linear : public mx::UnaryPrimitive {
  public:
   explicit Float16Linear(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
@@ -274,24 +353,42 @@ class Float16Linear : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
     const mx::array &x = inputs[0];
     const mx::array &w = inputs[1];
-    const float *bias = nullptr;
-    if (inputs.size() > 2) {
-      if (!inputs[2].flags().row_contiguous) throw std::runtime_error("float16_linear: the bias is not contiguous");
-      bias = inputs[2].data<float>();
-    }
-    if (!x.flags().row_contiguous || !w.flags().row_contiguous)
-      throw std::runtime_error("float16_linear: inputs must be row-contiguous");
     out.set_data(mx::allocator::malloc(out.nbytes()));
-    const int k = static_cast<int>(w.shape(1));
-    const int columns = static_cast<int>(w.shape(0));
-    const int rows = static_cast<int>(x.size() / static_cast<size_t>(k));
     auto &encoder = mx::cpu::get_command_encoder(stream());
     for (const auto &input : inputs) encoder.set_input_array(input);
     encoder.set_output_array(out);
-    Product product{rows, columns, k, x.data<float>(), reinterpret_cast<const uint16_t *>(w.data<mx::float16_t>()),
-                    bias, out.data<float>()};
-    encoder.dispatch([product]() {
-      if (product.rows > 0 && product.columns > 0) pool().run(product);
+    struct Operand {
+      const void *base;
+      bool contiguous;
+      mx::Shape shape;
+      mx::Strides strides;
+    };
+    auto operand = [](const mx::array &a) {
+      return Operand{a.data<void>(), static_cast<bool>(a.flags().row_contiguous), a.shape(), a.strides()};
+    };
+    const bool has_bias = inputs.size() > 2;
+    Operand values = operand(x), weight = operand(w), bias = has_bias ? operand(inputs[2]) : Operand{};
+    const int k = static_cast<int>(w.shape(1));
+    const int columns = static_cast<int>(w.shape(0));
+    const int rows = static_cast<int>(x.size() / static_cast<size_t>(k));
+    float *result = out.data<float>();
+    encoder.dispatch([=]() {
+      if (rows <= 0 || columns <= 0) return;
+      std::vector<float> values_copy, bias_copy;
+      std::vector<uint16_t> weight_copy;
+      Product product{
+          rows,
+          columns,
+          k,
+          row_major(static_cast<const float *>(values.base), values.contiguous, values.shape, values.strides,
+                    values_copy),
+          row_major(static_cast<const uint16_t *>(weight.base), weight.contiguous, weight.shape, weight.strides,
+                    weight_copy),
+          has_bias ? row_major(static_cast<const float *>(bias.base), bias.contiguous, bias.shape, bias.strides,
+                               bias_copy)
+                   : nullptr,
+          result};
+      pool().run(product);
     });
   }
 
@@ -320,8 +417,10 @@ mx::array float16_linear(const mx::array &x, const mx::array &weight, const std:
   mx::Stream stream = mx::default_stream(mx::Device::cpu);
   mx::Shape shape = x.shape();
   shape.back() = weight.shape(0);
-  std::vector<mx::array> inputs = {mx::contiguous(x, false, stream), mx::contiguous(weight, false, stream)};
-  if (bias.has_value()) inputs.push_back(mx::contiguous(*bias, false, stream));
+  // One graph node: no contiguous() nodes around it (an op costs ~8 us, a decode row's product ~30 us);
+  // an input that is not row-contiguous is copied inside the task.
+  std::vector<mx::array> inputs = {x, weight};
+  if (bias.has_value()) inputs.push_back(*bias);
   return mx::array(shape, mx::float32, std::make_shared<Float16Linear>(stream), std::move(inputs));
 }
 
