@@ -27,6 +27,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -43,9 +44,14 @@ namespace {
 struct Product {
   int rows, columns, k;
   const float *a;     // rows x k
-  const uint16_t *w;  // float16 bits, columns x k
+  const uint16_t *w;  // float16 bits, columns x k (null when the weights are codes)
   const float *bias;  // columns values, or null
   float *c;           // rows x columns
+  // Quantized weights (MLX's affine layout): codes of `bits` bits packed in uint32 words, one float16
+  // scale and bias per `group` weights. Null `codes`: the weights are `w`.
+  const uint32_t *codes = nullptr;
+  const uint16_t *scales = nullptr, *biases = nullptr;
+  int group = 0, bits = 0;
 };
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -95,6 +101,40 @@ struct WideRows {
     return _mm256_maskload_ps(w + static_cast<size_t>(q) * stride + k, mask);
   }
   KERNEL_INLINE void prefetch(int, int) const {}  // the scratch block is in cache already
+};
+
+// Weights rebuilt from their codes in registers, exactly as MLX's float16 dequantization computes
+// them (float16(float16(scale * code) + bias): each product is exact in float32, then rounded to
+// float16 as MLX rounds it; float32 holds a sum of two float16 values closely enough that rounding it
+// to float16 gives float16 addition's result), then widened: the float32 weights the float32 path reads.
+// K is a multiple of the group, and the group of 8, so there is no tail.
+template <int BITS>
+struct CodeRows {
+  const uint32_t *codes;
+  const uint16_t *scales, *biases;
+  int words_per_row, groups_per_row, group;
+  KERNEL_INLINE __m256 load(int q, int k) const {
+    const uint32_t *row = codes + static_cast<size_t>(q) * words_per_row;
+    __m256i values;
+    if constexpr (BITS == 4) {
+      const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+      values = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(row[k / 8])), shifts),
+                                _mm256_set1_epi32(15));
+    } else {
+      values = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(row + k / 4)));
+    }
+    const size_t at = static_cast<size_t>(q) * groups_per_row + static_cast<size_t>(k / group);
+    const __m256 scale = _mm256_set1_ps(_cvtsh_ss(scales[at]));
+    const __m256 bias = _mm256_set1_ps(_cvtsh_ss(biases[at]));
+    const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(values), scale);
+    const __m256 rounded = _mm256_cvtph_ps(_mm256_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_add_ps(rounded, bias), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  KERNEL_INLINE __m256 tail(int, int, int, __m256i) const { return _mm256_setzero_ps(); }
+  KERNEL_INLINE void prefetch(int q, int k) const {
+    _mm_prefetch(reinterpret_cast<const char *>(codes + static_cast<size_t>(q) * words_per_row + k * BITS / 32),
+                 _MM_HINT_T0);
+  }
 };
 
 // A ROWS x COLUMNS tile of the output. Every element sees the same operations whatever the tile's
@@ -153,13 +193,37 @@ KERNEL void row_tiles(const Product &p, const Weights &weights, int first_row, i
   }
 }
 
-KERNEL void widen_block(const uint16_t *w, int k_size, int columns, float *scratch) {
+// `columns` weight rows widened to float32 into scratch (the lanes past K as the tail loads them).
+template <class Weights>
+KERNEL void widen_block(const Weights &weights, int k_size, int columns, float *scratch, __m256i tail) {
   for (int q = 0; q < columns; q++) {
-    const uint16_t *row = w + static_cast<size_t>(q) * k_size;
     float *into = scratch + static_cast<size_t>(q) * k_size;
     int k = 0;
-    for (; k + 8 <= k_size; k += 8) _mm256_storeu_ps(into + k, widen(row + k));
-    for (; k < k_size; k++) into[k] = _cvtsh_ss(row[k]);
+    for (; k + 8 <= k_size; k += 8) _mm256_storeu_ps(into + k, weights.load(q, k));
+    if (k < k_size) {
+      alignas(32) float last[8];
+      _mm256_store_ps(last, weights.tail(q, k, k_size - k, tail));
+      std::memcpy(into + k, last, sizeof(float) * static_cast<size_t>(k_size - k));
+    }
+  }
+}
+
+// Columns [column, column + columns) of a row block.
+template <class Weights>
+KERNEL void column_block(const Product &p, const Weights &weights, int columns, int row_start, int row_end, int column,
+                         __m256i tail) {
+  if (row_end - row_start >= kWideningRows) {
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(4) * p.k);
+    widen_block(weights, p.k, columns, scratch.data(), tail);
+    const WideRows wide{scratch.data(), p.k};
+    // 3 x 4 as the shim: weights come from memory operands, 12 accumulators fit the registers.
+    if (columns == 4) row_tiles<4, 3>(p, wide, row_start, row_end, column, tail);
+    else row_tiles<1, 4>(p, wide, row_start, row_end, column, tail);
+  } else {
+    // Widened weights live in registers: 4 columns x 2 rows keep accumulators and weights in 16.
+    if (columns == 4) row_tiles<4, 2>(p, weights, row_start, row_end, column, tail);
+    else row_tiles<1, 4>(p, weights, row_start, row_end, column, tail);
   }
 }
 
@@ -168,25 +232,26 @@ KERNEL void columns_of(const Product &p, int first, int last) {
   const __m256i tail = _mm256_setr_epi32(lanes > 0 ? -1 : 0, lanes > 1 ? -1 : 0, lanes > 2 ? -1 : 0,
                                          lanes > 3 ? -1 : 0, lanes > 4 ? -1 : 0, lanes > 5 ? -1 : 0,
                                          lanes > 6 ? -1 : 0, 0);
-  thread_local std::vector<float> scratch;
+  const int words_per_row = p.codes != nullptr ? p.k * p.bits / 32 : 0;
+  const int groups_per_row = p.codes != nullptr ? p.k / p.group : 0;
   for (int row_start = 0; row_start < p.rows; row_start += kRowBlock) {
     const int row_end = row_start + kRowBlock < p.rows ? row_start + kRowBlock : p.rows;
-    const bool widen_once = row_end - row_start >= kWideningRows;
     for (int j = first; j < last;) {
       const int columns = last - j >= 4 ? 4 : 1;
-      const uint16_t *w = p.w + static_cast<size_t>(j) * p.k;
-      if (widen_once) {
-        scratch.resize(static_cast<size_t>(4) * p.k);
-        widen_block(w, p.k, columns, scratch.data());
-        const WideRows wide{scratch.data(), p.k};
-        // 3 x 4 as the shim: weights come from memory operands, 12 accumulators fit the registers.
-        if (columns == 4) row_tiles<4, 3>(p, wide, row_start, row_end, j, tail);
-        else row_tiles<1, 4>(p, wide, row_start, row_end, j, tail);
+      if (p.codes == nullptr) {
+        const HalfRows half{p.w + static_cast<size_t>(j) * p.k, p.k};
+        column_block(p, half, columns, row_start, row_end, j, tail);
       } else {
-        const HalfRows half{w, p.k};
-        // Widened weights live in registers: 4 columns x 2 rows keep accumulators and weights in 16.
-        if (columns == 4) row_tiles<4, 2>(p, half, row_start, row_end, j, tail);
-        else row_tiles<1, 4>(p, half, row_start, row_end, j, tail);
+        const uint32_t *codes = p.codes + static_cast<size_t>(j) * words_per_row;
+        const uint16_t *scales = p.scales + static_cast<size_t>(j) * groups_per_row;
+        const uint16_t *biases = p.biases + static_cast<size_t>(j) * groups_per_row;
+        if (p.bits == 4) {
+          const CodeRows<4> rows{codes, scales, biases, words_per_row, groups_per_row, p.group};
+          column_block(p, rows, columns, row_start, row_end, j, tail);
+        } else {
+          const CodeRows<8> rows{codes, scales, biases, words_per_row, groups_per_row, p.group};
+          column_block(p, rows, columns, row_start, row_end, j, tail);
+        }
       }
       j += columns;
     }
@@ -346,54 +411,67 @@ const T *row_major(const T *base, bool contiguous, const mx::Shape &shape, const
   return into.data();
 }
 
-class Float16Linear : public mx::UnaryPrimitive {
+// Inputs: x, then the float16 weight (bits 0) or the codes, scales and biases (bits 4 or 8), then an
+// optional float32 bias.
+class CompactLinear : public mx::UnaryPrimitive {
  public:
-  explicit Float16Linear(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+  CompactLinear(mx::Stream stream, int group, int bits) : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
 
   void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
     const mx::array &x = inputs[0];
-    const mx::array &w = inputs[1];
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto &encoder = mx::cpu::get_command_encoder(stream());
     for (const auto &input : inputs) encoder.set_input_array(input);
     encoder.set_output_array(out);
     struct Operand {
-      const void *base;
-      bool contiguous;
+      const void *base = nullptr;
+      bool contiguous = true;
       mx::Shape shape;
       mx::Strides strides;
     };
     auto operand = [](const mx::array &a) {
       return Operand{a.data<void>(), static_cast<bool>(a.flags().row_contiguous), a.shape(), a.strides()};
     };
-    const bool has_bias = inputs.size() > 2;
-    Operand values = operand(x), weight = operand(w), bias = has_bias ? operand(inputs[2]) : Operand{};
-    const int k = static_cast<int>(w.shape(1));
-    const int columns = static_cast<int>(w.shape(0));
+    const size_t weight_inputs = bits_ == 0 ? 1 : 3;
+    const bool has_bias = inputs.size() > 1 + weight_inputs;
+    const Operand values = operand(x), first = operand(inputs[1]);
+    const Operand scales = bits_ == 0 ? Operand{} : operand(inputs[2]);
+    const Operand biases = bits_ == 0 ? Operand{} : operand(inputs[3]);
+    const Operand bias = has_bias ? operand(inputs.back()) : Operand{};
+    const int k = static_cast<int>(x.shape(-1));
+    const int columns = static_cast<int>(inputs[1].shape(0));
     const int rows = static_cast<int>(x.size() / static_cast<size_t>(k));
+    const int group = group_, bits = bits_;
     float *result = out.data<float>();
     encoder.dispatch([=]() {
       if (rows <= 0 || columns <= 0) return;
       std::vector<float> values_copy, bias_copy;
-      std::vector<uint16_t> weight_copy;
-      Product product{
-          rows,
-          columns,
-          k,
-          row_major(static_cast<const float *>(values.base), values.contiguous, values.shape, values.strides,
-                    values_copy),
-          row_major(static_cast<const uint16_t *>(weight.base), weight.contiguous, weight.shape, weight.strides,
-                    weight_copy),
-          has_bias ? row_major(static_cast<const float *>(bias.base), bias.contiguous, bias.shape, bias.strides,
-                               bias_copy)
-                   : nullptr,
-          result};
+      std::vector<uint16_t> weight_copy, scales_copy, biases_copy;
+      std::vector<uint32_t> codes_copy;
+      auto floats = [](const Operand &o, std::vector<float> &into) {
+        return row_major(static_cast<const float *>(o.base), o.contiguous, o.shape, o.strides, into);
+      };
+      auto halves = [](const Operand &o, std::vector<uint16_t> &into) {
+        return row_major(static_cast<const uint16_t *>(o.base), o.contiguous, o.shape, o.strides, into);
+      };
+      Product product{rows, columns, k, floats(values, values_copy), nullptr,
+                      has_bias ? floats(bias, bias_copy) : nullptr, result};
+      if (bits == 0) {
+        product.w = halves(first, weight_copy);
+      } else {
+        product.codes =
+            row_major(static_cast<const uint32_t *>(first.base), first.contiguous, first.shape, first.strides, codes_copy);
+        product.scales = halves(scales, scales_copy);
+        product.biases = halves(biases, biases_copy);
+        product.group = group;
+        product.bits = bits;
+      }
       pool().run(product);
     });
   }
 
   void eval_gpu(const std::vector<mx::array> &, mx::array &) override {
-    throw std::runtime_error("float16_linear runs on the CPU only");
+    throw std::runtime_error("strata's compact linear layers run on the CPU only");
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
@@ -402,26 +480,61 @@ class Float16Linear : public mx::UnaryPrimitive {
     return {shape};
   }
 
-  const char *name() const override { return "Float16Linear"; }
-  bool is_equivalent(const mx::Primitive &) const override { return true; }
+  const char *name() const override { return bits_ == 0 ? "Float16Linear" : "QuantizedCodesLinear"; }
+  bool is_equivalent(const mx::Primitive &other) const override {
+    const auto &same = static_cast<const CompactLinear &>(other);
+    return same.group_ == group_ && same.bits_ == bits_;
+  }
+
+ private:
+  int group_, bits_;
 };
 
-mx::array float16_linear(const mx::array &x, const mx::array &weight, const std::optional<mx::array> &bias) {
-  if (x.dtype() != mx::float32) throw std::invalid_argument("float16_linear: x must be float32");
-  if (weight.dtype() != mx::float16 || weight.ndim() != 2)
-    throw std::invalid_argument("float16_linear: the weight must be a float16 (out, in) matrix");
-  if (x.ndim() < 1 || x.shape(-1) != weight.shape(1))
-    throw std::invalid_argument("float16_linear: x's last axis must match the weight's input size");
-  if (bias.has_value() && (bias->dtype() != mx::float32 || bias->ndim() != 1 || bias->shape(0) != weight.shape(0)))
-    throw std::invalid_argument("float16_linear: the bias must be float32 with one value per output");
+void check_x_and_bias(const char *function, const mx::array &x, int inputs, int outputs,
+                      const std::optional<mx::array> &bias) {
+  const std::string name(function);
+  if (x.dtype() != mx::float32) throw std::invalid_argument(name + ": x must be float32");
+  if (x.ndim() < 1 || x.shape(-1) != inputs)
+    throw std::invalid_argument(name + ": x's last axis must match the weight's input size");
+  if (bias.has_value() && (bias->dtype() != mx::float32 || bias->ndim() != 1 || bias->shape(0) != outputs))
+    throw std::invalid_argument(name + ": the bias must be float32 with one value per output");
+}
+
+mx::array compact_linear(const mx::array &x, std::vector<mx::array> inputs, int outputs, int group, int bits,
+                         const std::optional<mx::array> &bias) {
   mx::Stream stream = mx::default_stream(mx::Device::cpu);
   mx::Shape shape = x.shape();
-  shape.back() = weight.shape(0);
+  shape.back() = outputs;
   // One graph node: no contiguous() nodes around it (an op costs ~8 us, a decode row's product ~30 us);
   // an input that is not row-contiguous is copied inside the task.
-  std::vector<mx::array> inputs = {x, weight};
+  inputs.insert(inputs.begin(), x);
   if (bias.has_value()) inputs.push_back(*bias);
-  return mx::array(shape, mx::float32, std::make_shared<Float16Linear>(stream), std::move(inputs));
+  return mx::array(shape, mx::float32, std::make_shared<CompactLinear>(stream, group, bits), std::move(inputs));
+}
+
+mx::array float16_linear(const mx::array &x, const mx::array &weight, const std::optional<mx::array> &bias) {
+  if (weight.dtype() != mx::float16 || weight.ndim() != 2)
+    throw std::invalid_argument("float16_linear: the weight must be a float16 (out, in) matrix");
+  check_x_and_bias("float16_linear", x, weight.shape(1), weight.shape(0), bias);
+  return compact_linear(x, {weight}, weight.shape(0), 0, 0, bias);
+}
+
+mx::array quantized_codes_linear(const mx::array &x, const mx::array &codes, const mx::array &scales,
+                                 const mx::array &biases, int group_size, int bits,
+                                 const std::optional<mx::array> &bias) {
+  if (bits != 4 && bits != 8) throw std::invalid_argument("quantized_codes_linear: bits must be 4 or 8");
+  if (group_size <= 0 || group_size % 8 != 0)
+    throw std::invalid_argument("quantized_codes_linear: the group size must be a positive multiple of 8");
+  if (codes.dtype() != mx::uint32 || codes.ndim() != 2)
+    throw std::invalid_argument("quantized_codes_linear: the codes must be a uint32 (out, in * bits / 32) matrix");
+  const int outputs = codes.shape(0);
+  const int inputs = codes.shape(1) * 32 / bits;
+  for (const mx::array *part : {&scales, &biases})
+    if (part->dtype() != mx::float16 || part->ndim() != 2 || part->shape(0) != outputs ||
+        part->shape(1) * group_size != inputs)
+      throw std::invalid_argument("quantized_codes_linear: scales and biases must be float16, one per group");
+  check_x_and_bias("quantized_codes_linear", x, inputs, outputs, bias);
+  return compact_linear(x, {codes, scales, biases}, outputs, group_size, bits, bias);
 }
 
 }  // namespace
@@ -431,5 +544,8 @@ NB_MODULE(strata_float16_linear, module) {
   nb::module_::import_("mlx.core");
   module.def("float16_linear", &float16_linear, nb::arg("x"), nb::arg("weight"), nb::arg("bias") = nb::none(),
              "float32 x (..., K) times float16 weight (N, K) transposed, plus an optional float32 bias (N)");
+  module.def("quantized_codes_linear", &quantized_codes_linear, nb::arg("x"), nb::arg("codes"), nb::arg("scales"),
+             nb::arg("biases"), nb::arg("group_size"), nb::arg("bits"), nb::arg("bias") = nb::none(),
+             "float32 x times the float32 weights MLX's float16 dequantization of these codes gives, transposed");
   module.def("kernel_available", &cpu_supports_kernel, "whether this CPU runs the kernel (AVX2, FMA, F16C)");
 }
