@@ -26,8 +26,10 @@ from services.models.model_files import weight_files_for_stage
 from services.platform.mlx_compute import convert_module
 from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
-from shard_server.float16_weights import Float16Linear, WeightStorage, hold_weights_in_float16
+from shard_server.compact_linear import CompactLinear
+from shard_server.float16_weights import WeightStorage, hold_weights_in_float16
 from shard_server.native_attention import NativeAttention, load_native_attention
+from shard_server.weight_codes import stored_codes
 
 
 class ModelLoadError(Exception):
@@ -91,14 +93,16 @@ class ModelStage:
         self._model = model_class(arguments)
         self._drop_other_parts()
         self._load_weights(model_dir)
+        codes = stored_codes(self._model) if compute_dtype == "float32" else {}
         self._model = convert_module(self._model, compute_dtype)
         evaluate(self._model.parameters())
-        # float32 weights that are float16 values are held in float16, checked bitwise (float16_weights.py).
+        # float32 weights held as their quantized codes or float16 values, checked bitwise (float16_weights.py).
         self.weight_storage = (
-            hold_weights_in_float16(self._model)
+            hold_weights_in_float16(self._model, codes=codes)
             if compute_dtype == "float32"
             else WeightStorage((), (), f"computing in {compute_dtype}")
         )
+        del codes  # the codes not kept are freed
         self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])
         self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))
         self._hidden_size = config.hidden_size
@@ -162,7 +166,7 @@ class ModelStage:
         """The dtype hidden states have between layers (the projections' output dtype)."""
         attention = cast(nn.Module, cast(nn.Module, self.layers[0])["self_attn"])
         projection = cast(nn.Module, attention["q_proj"])
-        if isinstance(projection, Float16Linear):
+        if isinstance(projection, CompactLinear):
             return mx.float32
         reference = cast(mx.array, projection["scales"] if "scales" in projection else projection["weight"])
         return reference.dtype
