@@ -27,7 +27,7 @@ from services.platform.mlx_compute import convert_module
 from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from shard_server.batched_forward import Block, RequestRows, RowFunction, check_batch_invariance, forward_rows
 from shard_server.compact_linear import CompactLinear
-from shard_server.float16_weights import WeightStorage, hold_weights_in_float16
+from shard_server.float16_weights import CODES_SWITCH_VARIABLE, WeightStorage, hold_weights_in_float16, switched_on
 from shard_server.native_attention import NativeAttention, load_native_attention
 from shard_server.weight_codes import stored_codes
 
@@ -93,7 +93,7 @@ class ModelStage:
         self._model = model_class(arguments)
         self._drop_other_parts()
         self._load_weights(model_dir)
-        codes = stored_codes(self._model) if compute_dtype == "float32" else {}
+        codes = stored_codes(self._model) if compute_dtype == "float32" and switched_on(CODES_SWITCH_VARIABLE) else {}
         self._model = convert_module(self._model, compute_dtype)
         evaluate(self._model.parameters())
         # float32 weights held as their quantized codes or float16 values, checked bitwise (float16_weights.py).

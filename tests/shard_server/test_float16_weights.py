@@ -27,6 +27,7 @@ from shard_server.float16_weights import (
     hold_weights_in_float16,
     load_extension,
     switched_off,
+    switched_on,
 )
 from shard_server.model_stage import ModelStage, StageRange
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
@@ -195,6 +196,7 @@ def test_the_embedded_model_keeps_its_codes_in_under_a_third_of_the_bytes_with_t
     embedded_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _require_extension()
+    monkeypatch.setenv(CODES_SWITCH_VARIABLE, "on")
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
     compact, full = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
     assert compact.weight_storage.code_modules and not compact.weight_storage.float16_modules
@@ -206,11 +208,11 @@ def test_the_embedded_model_keeps_its_codes_in_under_a_third_of_the_bytes_with_t
 
 @pytest.mark.native
 @pytest.mark.model
-def test_with_codes_switched_off_the_embedded_model_holds_float16_in_half_the_bytes(
+def test_by_default_the_embedded_model_holds_float16_in_half_the_bytes(
     embedded_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _require_extension()
-    monkeypatch.setenv(CODES_SWITCH_VARIABLE, "off")
+    monkeypatch.delenv(CODES_SWITCH_VARIABLE, raising=False)
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
     half, full = _both_ways(model_dir, StageRange(15, 30, 30), monkeypatch)  # the last stage: the tied head
     assert half.weight_storage.float16_modules and not half.weight_storage.code_modules
@@ -312,6 +314,10 @@ def test_the_switch_turns_it_off_before_anything_is_loaded(monkeypatch: pytest.M
         assert switched_off({SWITCH_VARIABLE: value})
     for value in ("", "on", "1"):
         assert not switched_off({SWITCH_VARIABLE: value})
+    # The codes are opt-in: only an explicit yes turns them on.
+    assert switched_on(CODES_SWITCH_VARIABLE, {CODES_SWITCH_VARIABLE: "On"})
+    for value in ("", "off", "maybe"):
+        assert not switched_on(CODES_SWITCH_VARIABLE, {CODES_SWITCH_VARIABLE: value})
     monkeypatch.setenv(SWITCH_VARIABLE, "off")
     model = _HalfValuedModel()
     storage = hold_weights_in_float16(model)
