@@ -9,7 +9,8 @@ widens each float16 weight to float32 in registers and runs the arithmetic of th
 shim's A * W^T kernel, element by element (`services/platform/native/strata_blas.c`).
 
 `hold_weights_in_float16` swaps each eligible `nn.Linear` and `nn.Embedding` of a loaded stage for a
-float16-weight twin, and keeps the swap only where the twin's output equals the float32 module's
+twin holding its quantized codes (`weight_codes.py`, with STRATA_WEIGHT_CODES=on) or its float16
+values, and keeps the swap only where the twin's output equals the float32 module's
 bitwise on test inputs (checked at load, as the native attention is); any other module keeps its
 float32 weights, with a log line saying why. Off where the shim's kernel does not compute the
 float32 path (then the two paths are different arithmetic), on CPUs without AVX2/FMA/F16C, where the
