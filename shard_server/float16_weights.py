@@ -9,7 +9,8 @@ widens each float16 weight to float32 in registers and runs the arithmetic of th
 shim's A * W^T kernel, element by element (`services/platform/native/strata_blas.c`).
 
 `hold_weights_in_float16` swaps each eligible `nn.Linear` and `nn.Embedding` of a loaded stage for a
-float16-weight twin, and keeps the swap only where the twin's output equals the float32 module's
+twin holding its quantized codes (`weight_codes.py`, with STRATA_WEIGHT_CODES=on) or its float16
+values, and keeps the swap only where the twin's output equals the float32 module's
 bitwise on test inputs (checked at load, as the native attention is); any other module keeps its
 float32 weights, with a log line saying why. Off where the shim's kernel does not compute the
 float32 path (then the two paths are different arithmetic), on CPUs without AVX2/FMA/F16C, where the
@@ -24,37 +25,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import cast
 
 import mlx.core as mx
 from mlx import nn
 
 from services.platform.fast_blas import strata_kernel_active
 from services.platform.mlx_typing import evaluate
+from shard_server.compact_linear import CompactLinear, Float16LinearLibrary, lookups_equal, same_results
+from shard_server.weight_codes import StoredCodes, codes_twin
 
 MODULE_NAME = "strata_float16_linear"
 SOURCE_DIRECTORY = Path(__file__).parent / "native" / "float16_linear"
 SWITCH_VARIABLE = "STRATA_FLOAT16_WEIGHTS"
 """`off` (or `0`, `false`, `no`) keeps every weight in float32."""
-CHECK_ROWS = (1, 7, 33)
-"""Row counts of the load check: one decode row, and counts that take every tile shape of the kernel."""
+CODES_SWITCH_VARIABLE = "STRATA_WEIGHT_CODES"
+"""`on` keeps a quantized model's 4- or 8-bit codes (~0.18x float32's bytes for the embedded model);
+default off: rebuilding each weight from its code costs more than reading float16 here (a one-row
+decode step measured 1.5x float32's time, float16 0.75x), so codes are for hosts short of memory."""
 
 logger = logging.getLogger(__name__)
 
 
 class Float16WeightsUnavailableError(RuntimeError):
     """The extension cannot be built here; the message says what is missing."""
-
-
-class Float16LinearLibrary(Protocol):
-    """The extension's functions (its C++ checks shapes and dtypes and raises ValueError)."""
-
-    def float16_linear(self, x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array: ...
-
-    def kernel_available(self) -> bool: ...
 
 
 def extension_path() -> Path:
@@ -121,12 +118,17 @@ def load_extension(path: Path | None = None) -> Float16LinearLibrary | None:
     return cast(Float16LinearLibrary, module)
 
 
-def switched_off(environment: dict[str, str] | None = None) -> bool:
-    value = (environment if environment is not None else dict(os.environ)).get(SWITCH_VARIABLE, "")
+def switched_off(environment: dict[str, str] | None = None, variable: str = SWITCH_VARIABLE) -> bool:
+    value = (environment if environment is not None else dict(os.environ)).get(variable, "")
     return value.strip().lower() in ("off", "0", "false", "no")
 
 
-class Float16Linear(nn.Module):
+def switched_on(variable: str, environment: dict[str, str] | None = None) -> bool:
+    value = (environment if environment is not None else dict(os.environ)).get(variable, "")
+    return value.strip().lower() in ("on", "1", "true", "yes")
+
+
+class Float16Linear(CompactLinear):
     """`nn.Linear` with its weight held as float16: float32 in, float32 out, the float32 arithmetic."""
 
     def __init__(self, library: Float16LinearLibrary, weight: mx.array, bias: mx.array | None) -> None:
@@ -158,22 +160,27 @@ class Float16Embedding(nn.Module):
 
 @dataclass(frozen=True)
 class WeightStorage:
-    """What the load did: modules now holding float16 weights, and those kept in float32 with why."""
+    """What the load did: modules now holding their codes or float16 values, those kept in float32 and why."""
 
     float16_modules: tuple[str, ...]
     float32_modules: tuple[tuple[str, str], ...]
     reason: str
     """Why no module was swapped at all (empty when some were)."""
+    code_modules: tuple[str, ...] = ()
+    """Modules holding the 4- or 8-bit codes their float32 weights were dequantized from."""
 
     @property
-    def in_float16(self) -> bool:
-        return bool(self.float16_modules)
+    def compact(self) -> bool:
+        """Whether any weight matrix is held in fewer bytes than float32."""
+        return bool(self.float16_modules or self.code_modules)
 
     def describe(self) -> str:
-        if not self.float16_modules:
+        if not self.compact:
             return f"weights in float32 ({self.reason})"
-        kept = f", {len(self.float32_modules)} kept in float32" if self.float32_modules else ""
-        return f"{len(self.float16_modules)} weight matrices in float16 (checked bitwise against float32{kept})"
+        parts = [f"{len(self.code_modules)} as their quantized codes"] if self.code_modules else []
+        parts += [f"{len(self.float16_modules)} in float16"] if self.float16_modules else []
+        parts += [f"{len(self.float32_modules)} kept in float32"] if self.float32_modules else []
+        return f"weight matrices {', '.join(parts)} (checked bitwise against float32)"
 
 
 def _float16_exact(weight: mx.array) -> mx.array | None:
@@ -182,14 +189,6 @@ def _float16_exact(weight: mx.array) -> mx.array | None:
         return None
     halved = weight.astype(mx.float16)
     return halved if mx.array_equal(halved.astype(mx.float32), weight).item() else None
-
-
-def _same_results(original: Callable[[mx.array], mx.array], twin: Callable[[mx.array], mx.array], inputs: int) -> bool:
-    for rows in CHECK_ROWS:
-        x = mx.random.normal((1, rows, inputs), key=mx.random.key(rows * 7919 + inputs))
-        if not mx.array_equal(original(x), twin(x)).item():
-            return False
-    return True
 
 
 def _twin(library: Float16LinearLibrary, module: nn.Module) -> tuple[nn.Module | None, str]:
@@ -201,17 +200,16 @@ def _twin(library: Float16LinearLibrary, module: nn.Module) -> tuple[nn.Module |
     evaluate(halved)
     if type(module) is nn.Embedding:
         embedding = Float16Embedding(library, halved)
-        ids = mx.arange(0, weight.shape[0], max(1, weight.shape[0] // 97))
-        lookup_equal = mx.array_equal(module(ids), embedding(ids)).item()
+        lookup_equal = lookups_equal(module, embedding, weight.shape[0])
         as_linear = cast(Callable[[mx.array], mx.array], module.as_linear)
-        if not lookup_equal or not _same_results(as_linear, embedding.as_linear, weight.shape[1]):
+        if not lookup_equal or not same_results(as_linear, embedding.as_linear, weight.shape[1]):
             return None, "its float16 product differs from the float32 one here"
         return embedding, ""
     bias = cast(mx.array, module["bias"]) if "bias" in module else None
     if bias is not None and bias.dtype != mx.float32:
         return None, "its bias is not float32"
     linear = Float16Linear(library, halved, bias)
-    if not _same_results(cast(Callable[[mx.array], mx.array], module), linear, weight.shape[1]):
+    if not same_results(cast(Callable[[mx.array], mx.array], module), linear, weight.shape[1]):
         return None, "its float16 product differs from the float32 one here"
     return linear, ""
 
@@ -228,11 +226,15 @@ def _set_module(root: nn.Module, path: str, replacement: nn.Module) -> None:
         cast(list[object], node)[int(last)] = replacement
 
 
-def hold_weights_in_float16(model: nn.Module, library: Float16LinearLibrary | None = None) -> WeightStorage:
-    """Swaps the model's float32 Linear and Embedding modules for checked float16-weight twins (in place).
+def hold_weights_in_float16(
+    model: nn.Module, library: Float16LinearLibrary | None = None, codes: Mapping[str, StoredCodes] | None = None
+) -> WeightStorage:
+    """Swaps the model's float32 Linear and Embedding modules for checked compact twins (in place).
 
-    `library`: the extension (default: the one `make` built). The float32 path must be the BLAS shim's
-    kernel (the arithmetic the extension reproduces); else nothing changes.
+    `codes`: the quantized codes the model was dequantized from (`weight_codes.stored_codes` before
+    conversion); a module found there keeps them where their product is bitwise the float32 one, else
+    it tries float16. `library`: the extension (default: the one `make` built). The float32 path must
+    be the BLAS shim's kernel (the arithmetic the extension reproduces); else nothing changes.
     """
     if switched_off():
         return WeightStorage((), (), f"{SWITCH_VARIABLE}=off")
@@ -244,11 +246,22 @@ def hold_weights_in_float16(model: nn.Module, library: Float16LinearLibrary | No
             return WeightStorage((), (), f"the float16 linear extension is not built ({extension_path()})")
     if not library.kernel_available():
         return WeightStorage((), (), "this CPU lacks AVX2, FMA or F16C")
+    usable_codes = dict(codes) if codes is not None and switched_on(CODES_SWITCH_VARIABLE) else {}
+    in_codes: list[str] = []
+    codes_refused: list[str] = []
     converted: list[str] = []
     kept: list[tuple[str, str]] = []
     named = cast(Callable[[], list[tuple[str, nn.Module]]], model.named_modules)()
     candidates = [(path, module) for path, module in named if type(module) in (nn.Linear, nn.Embedding)]
     for path, module in candidates:
+        stored = usable_codes.get(path)
+        if stored is not None:
+            with_codes = codes_twin(library, module, stored)
+            if with_codes is not None:
+                _set_module(model, path, with_codes)
+                in_codes.append(path)
+                continue
+            codes_refused.append(path)
         twin, reason = _twin(library, module)
         if twin is None:
             kept.append((path, reason))
@@ -257,10 +270,17 @@ def hold_weights_in_float16(model: nn.Module, library: Float16LinearLibrary | No
         converted.append(path)
     evaluate(model.parameters())
     # One line per reason, not per module: a bfloat16 model would otherwise log every matrix.
+    if codes_refused:
+        logger.warning(
+            "%d weight matrices do not keep their codes (their product differs from the float32 one here), e.g. %s",
+            len(codes_refused),
+            codes_refused[0],
+        )
     for reason in sorted({reason for _, reason in kept}):
         paths = [path for path, why in kept if why == reason]
         logger.warning("%d weight matrices keep float32 weights (%s), e.g. %s", len(paths), reason, paths[0])
-    return WeightStorage(tuple(converted), tuple(kept), "" if converted else "no module passed the check")
+    reason = "" if converted or in_codes else "no module passed the check"
+    return WeightStorage(tuple(converted), tuple(kept), reason, tuple(in_codes))
 
 
 def main() -> int:

@@ -29,10 +29,12 @@ from services.platform.mlx_compute import convert_module
 from services.platform.mlx_typing import embedding_as_linear, evaluate, load_module_weights, quantize_module
 from shard_server.batched_forward import Block, LayerPlan, RequestRows, RowFunction, forward_rows
 from shard_server.batching_check import plan_layers
-from shard_server.float16_weights import Float16Linear, WeightStorage, hold_weights_in_float16
+from shard_server.compact_linear import CompactLinear
+from shard_server.float16_weights import CODES_SWITCH_VARIABLE, WeightStorage, hold_weights_in_float16, switched_on
 from shard_server.layer_kinds import LayerKind, StageCache, UnsupportedCacheError, layer_kind_of
 from shard_server.native_attention import NativeAttention
 from shard_server.stage_adapters import STAGE_ADAPTERS, StageAdapter
+from shard_server.weight_codes import stored_codes
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +94,16 @@ class ModelStage:
         self.tied_embeddings = self._ties_embeddings(model_dir)
         self._drop_other_parts()
         self._load_weights(model_dir)
+        codes = stored_codes(self._model) if compute_dtype == "float32" and switched_on(CODES_SWITCH_VARIABLE) else {}
         self._model = convert_module(self._model, compute_dtype)
         evaluate(self._model.parameters())
-        # float32 weights that are float16 values are held in float16, checked bitwise (float16_weights.py).
+        # float32 weights held as their quantized codes or float16 values, checked bitwise (float16_weights.py).
         self.weight_storage = (
-            hold_weights_in_float16(self._model)
+            hold_weights_in_float16(self._model, codes=codes)
             if compute_dtype == "float32"
             else WeightStorage((), (), f"computing in {compute_dtype}")
         )
+        del codes  # the codes not kept are freed
         self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])
         self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))
         self._hidden_size = config.hidden_size
@@ -215,8 +219,8 @@ class ModelStage:
         """The dtype hidden states have between layers (the projections' output dtype)."""
         layer = cast(nn.Module, self.layers[0])
         modules = cast(Callable[[], list[tuple[str, nn.Module]]], layer.named_modules)()
-        if any(isinstance(module, Float16Linear) for _, module in modules):
-            return mx.float32  # float16 weights widened in registers: float32 activations
+        if any(isinstance(module, CompactLinear) for _, module in modules):
+            return mx.float32  # float16 weights or 4-bit codes rebuilt in registers: float32 activations
         parameters = tree_flatten(layer.parameters())
         scales = [array for name, array in parameters if name.endswith(".scales")]
         matrices = [array for name, array in parameters if name.endswith("weight") and array.ndim >= 2]

@@ -62,8 +62,8 @@ class StageStats:
     batch_invariant: bool = False
     native_attention: bool = False
     weight_bytes: int = 0
-    """The stage's weights as held: float32 values that are float16 values count two bytes."""
-    float16_weight_matrices: int = 0
+    """The stage's weights as held: matrices kept as codes or float16 count those bytes."""
+    compact_weight_matrices: int = 0
     compute_seconds: float = 0.0
     """Time spent running batches through this stage (forward, sampling, evaluation)."""
     ring_seconds: float = 0.0

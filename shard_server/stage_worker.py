@@ -180,7 +180,8 @@ class StageWorker:
                 batch_invariant=loaded.stage.batch_invariant,
                 native_attention=loaded.stage.native_attention is not None,
                 weight_bytes=loaded.stage.weight_bytes,
-                float16_weight_matrices=len(loaded.stage.weight_storage.float16_modules),
+                compact_weight_matrices=len(loaded.stage.weight_storage.float16_modules)
+                + len(loaded.stage.weight_storage.code_modules),
                 compute_seconds=self._compute_seconds,
                 ring_seconds=self._first.ring_seconds,
                 ring_samples=self._first.ring_samples,

@@ -230,7 +230,7 @@ def stats_to_pb(
         batch_invariant=stats.batch_invariant,
         native_attention=stats.native_attention,
         weight_bytes=stats.weight_bytes,
-        float16_weight_matrices=stats.float16_weight_matrices,
+        compact_weight_matrices=stats.compact_weight_matrices,
         compute_seconds=stats.compute_seconds,
         ring_seconds=stats.ring_seconds,
         ring_samples=stats.ring_samples,

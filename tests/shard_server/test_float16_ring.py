@@ -110,10 +110,10 @@ def test_two_shards_hold_float16_weights_and_give_mlx_lm_float32_tokens(
     _check_tokens(shard_addresses[0], instance_id, model_dir)
     stats = [shard_stats(address) for address in shard_addresses[:2]]
     assert [stat.weight_bytes for stat in stats] == held
-    assert all(stat.float16_weight_matrices > 0 for stat in stats)
+    assert all(stat.compact_weight_matrices > 0 for stat in stats)
     # A mixed ring: shard 0 in float16 again, the shard with the switch off holding layers [3, 6) in float32.
     mixed_id, mixed_held = _assign([shard_addresses[0], shard_addresses[2]], f"tiny-{model_type}")
     _check_tokens(shard_addresses[0], mixed_id, model_dir)
-    assert shard_stats(shard_addresses[2]).float16_weight_matrices == 0
+    assert shard_stats(shard_addresses[2]).compact_weight_matrices == 0
     # The same layers in half the bytes (the norms' vectors, a few KB here, stay float32).
     assert held[1] < 0.55 * mixed_held[1]

@@ -16,16 +16,18 @@ from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control, strata_kernel_active
 from services.platform.mlx_typing import start_evaluating
 from shard_server.batched_forward import RequestRows
+from shard_server.compact_linear import Float16LinearLibrary
 from shard_server.float16_weights import (
+    CODES_SWITCH_VARIABLE,
     SWITCH_VARIABLE,
     Float16Embedding,
     Float16Linear,
-    Float16LinearLibrary,
     Float16WeightsUnavailableError,
     build_extension,
     hold_weights_in_float16,
     load_extension,
     switched_off,
+    switched_on,
 )
 from shard_server.model_stage import ModelStage, StageRange
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
@@ -81,6 +83,25 @@ def test_the_product_equals_the_float32_product_bitwise(rows: int, threads: int)
 
 
 @pytest.mark.native
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 7, 16, 32])
+def test_the_codes_product_equals_the_float32_product_of_their_dequantized_weights_bitwise(
+    rows: int, bits: int
+) -> None:
+    library = _require_extension()
+    for outputs, inputs in [(576, 576), (192, 576), (1536, 576), (576, 1536), (49, 64), (1001, 96)]:
+        codes, scales, biases = mx.quantize(_half_values((outputs, inputs), outputs + inputs), group_size=32, bits=bits)
+        # The float32 path: MLX's float16 dequantization, widened (what convert_module gives a stage).
+        widened = mx.dequantize(codes, scales, biases, group_size=32, bits=bits).astype(mx.float32)
+        bias = mx.random.normal((outputs,), key=mx.random.key(outputs))
+        x = mx.random.normal((1, rows, inputs), key=mx.random.key(rows + inputs))
+        product = library.quantized_codes_linear(x, codes, scales, biases, 32, bits)
+        assert mx.array_equal(product, x @ widened.T).item(), (outputs, inputs)
+        with_bias = library.quantized_codes_linear(x, codes, scales, biases, 32, bits, bias)
+        assert mx.array_equal(with_bias, mx.addmm(bias, x, widened.T)).item(), (outputs, inputs)
+
+
+@pytest.mark.native
 def test_it_computes_inside_compile_and_async_eval_and_on_strided_inputs() -> None:
     library = _require_extension()
     weight = _half_values((96, 64), 1)
@@ -119,6 +140,23 @@ def test_bad_input_is_a_clear_value_error() -> None:
         library.float16_linear(x, weight, mx.zeros((7,)))
 
 
+@pytest.mark.native
+def test_bad_codes_are_a_clear_value_error() -> None:
+    library = _require_extension()
+    codes, scales, biases = mx.quantize(_half_values((8, 64), 5), group_size=32, bits=4)
+    x = mx.zeros((2, 64))
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        library.quantized_codes_linear(x, codes, scales, biases, 32, 3)
+    with pytest.raises(ValueError, match="positive multiple of 8"):
+        library.quantized_codes_linear(x, codes, scales, biases, 12, 4)
+    with pytest.raises(ValueError, match="uint32"):
+        library.quantized_codes_linear(x, codes.astype(mx.int32), scales, biases, 32, 4)
+    with pytest.raises(ValueError, match="one per group"):
+        library.quantized_codes_linear(x, codes, scales.astype(mx.float32), biases, 32, 4)
+    with pytest.raises(ValueError, match="must match the weight's input size"):
+        library.quantized_codes_linear(mx.zeros((2, 63)), codes, scales, biases, 32, 4)
+
+
 def _prefill_and_decode(stage: ModelStage) -> mx.array:
     """Four requests prefilled in one batch, then one batched decode step: logits, or the last stage's
     hidden states where the stage has no head (hidden states stand in for tokens where it has no embedding).
@@ -154,14 +192,30 @@ def _both_ways(model_dir: Path, stage_range: StageRange, monkeypatch: pytest.Mon
 
 @pytest.mark.native
 @pytest.mark.model
-def test_the_embedded_model_holds_half_the_bytes_and_gives_the_same_logits(
+def test_the_embedded_model_keeps_its_codes_in_under_a_third_of_the_bytes_with_the_same_logits(
     embedded_models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _require_extension()
+    monkeypatch.setenv(CODES_SWITCH_VARIABLE, "on")
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
-    half, full = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
-    assert half.weight_storage.in_float16 and not half.weight_storage.float32_modules
-    assert not full.weight_storage.in_float16
+    compact, full = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
+    assert compact.weight_storage.code_modules and not compact.weight_storage.float16_modules
+    assert not compact.weight_storage.float32_modules
+    assert not full.weight_storage.compact
+    assert compact.weight_bytes / full.weight_bytes < 0.3  # 4-bit layers, an 8-bit embedding (the tied head)
+    assert mx.array_equal(_prefill_and_decode(compact), _prefill_and_decode(full)).item()
+
+
+@pytest.mark.native
+@pytest.mark.model
+def test_by_default_the_embedded_model_holds_float16_in_half_the_bytes(
+    embedded_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require_extension()
+    monkeypatch.delenv(CODES_SWITCH_VARIABLE, raising=False)
+    model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
+    half, full = _both_ways(model_dir, StageRange(15, 30, 30), monkeypatch)  # the last stage: the tied head
+    assert half.weight_storage.float16_modules and not half.weight_storage.code_modules
     # Every matrix halves; only the norms' vectors stay float32.
     assert 0.49 < half.weight_bytes / full.weight_bytes < 0.51
     assert mx.array_equal(_prefill_and_decode(half), _prefill_and_decode(full)).item()
@@ -177,7 +231,7 @@ def test_a_tiny_model_with_half_values_swaps_every_matrix_and_stays_exact(
     store = ModelStore(tmp_path / "models")
     model_dir = build_tiny_half_model(model_type, tmp_path / "random", store.model_dir(ModelId(f"tiny-{model_type}")))
     half, full = _both_ways(model_dir, StageRange(start, end, NUM_LAYERS), monkeypatch)
-    assert half.weight_storage.in_float16 and not half.weight_storage.float32_modules
+    assert half.weight_storage.compact and not half.weight_storage.float32_modules
     assert half.weight_bytes < 0.55 * full.weight_bytes
     assert mx.array_equal(_prefill_and_decode(half), _prefill_and_decode(full)).item()
 
@@ -190,7 +244,7 @@ def test_weights_that_are_not_float16_values_keep_float32_with_a_log_line(
     model_dir = build_tiny_model("llama", ModelStore(tmp_path).model_dir(ModelId("tiny-llama")))  # random float32
     with caplog.at_level(logging.WARNING, logger="shard_server.float16_weights"):
         stage = ModelStage(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), "float32")
-    assert not stage.weight_storage.in_float16
+    assert not stage.weight_storage.compact
     assert {reason for _, reason in stage.weight_storage.float32_modules} == {"its weights are not all float16 values"}
     assert "keep float32 weights (its weights are not all float16 values)" in caplog.text
     assert stage.weight_storage.reason == "no module passed the check"
@@ -204,6 +258,19 @@ class _OffByOneUlp:
 
     def float16_linear(self, x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
         return self._library.float16_linear(x, weight, bias) * (1.0 + 2.0**-20)
+
+    def quantized_codes_linear(
+        self,
+        x: mx.array,
+        codes: mx.array,
+        scales: mx.array,
+        biases: mx.array,
+        group_size: int,
+        bits: int,
+        bias: mx.array | None = None,
+    ) -> mx.array:
+        product = self._library.quantized_codes_linear(x, codes, scales, biases, group_size, bits, bias)
+        return product * (1.0 + 2.0**-20)
 
     def kernel_available(self) -> bool:
         return True
@@ -229,7 +296,7 @@ def test_a_kernel_whose_results_differ_is_refused_at_load(caplog: pytest.LogCapt
     before = model(tokens)
     with caplog.at_level(logging.WARNING, logger="shard_server.float16_weights"):
         storage = hold_weights_in_float16(model, _OffByOneUlp(library))
-    assert not storage.in_float16
+    assert not storage.compact
     assert storage.reason == "no module passed the check"
     assert "differs from the float32 one here" in caplog.text
     assert type(model.projection) is nn.Linear and type(model.embedding) is nn.Embedding
@@ -247,6 +314,10 @@ def test_the_switch_turns_it_off_before_anything_is_loaded(monkeypatch: pytest.M
         assert switched_off({SWITCH_VARIABLE: value})
     for value in ("", "on", "1"):
         assert not switched_off({SWITCH_VARIABLE: value})
+    # The codes are opt-in: only an explicit yes turns them on.
+    assert switched_on(CODES_SWITCH_VARIABLE, {CODES_SWITCH_VARIABLE: "On"})
+    for value in ("", "off", "maybe"):
+        assert not switched_on(CODES_SWITCH_VARIABLE, {CODES_SWITCH_VARIABLE: value})
     monkeypatch.setenv(SWITCH_VARIABLE, "off")
     model = _HalfValuedModel()
     storage = hold_weights_in_float16(model)
