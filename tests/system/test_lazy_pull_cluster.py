@@ -102,7 +102,13 @@ def _start_cluster(
         port = free_port()
         arguments = ["shard", "--no-mdns", "--port", str(port), "--coordinator", coordinator]
         processes.append(
-            start_strata(f"shard-{index}", arguments, home, logs, extra_environment={"HF_ENDPOINT": hub.url})
+            start_strata(
+                f"shard-{index}",
+                arguments,
+                home,
+                logs,
+                extra_environment={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"},
+            )
         )
         addresses.append(f"127.0.0.1:{port}")
     for process, address in zip(processes[1:], addresses, strict=True):

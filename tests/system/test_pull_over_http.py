@@ -199,7 +199,9 @@ def test_ollama_pull_streams_progress(pull_cluster: PullCluster) -> None:
 
 @pytest.mark.timeout(400)
 def test_a_pull_that_fails_half_way_says_why(pull_cluster: PullCluster) -> None:
-    pull_cluster.hub.faults.corrupted.add(WEIGHTS)  # served with a flipped byte under its listed sha256
+    # Served with its last byte (a weight, past the header the fit check reads) flipped, under its listed sha256.
+    size = (pull_cluster.hub.root / CORRUPT_REPO / WEIGHTS).stat().st_size
+    pull_cluster.hub.faults.flipped_bytes[WEIGHTS] = size - 1
     try:
         with httpx.Client(base_url=pull_cluster.url, timeout=60.0) as client:
             started = client.post("/v1/cluster/models/pull", json={"repository": CORRUPT_REPO}, headers=KEY)
@@ -213,7 +215,7 @@ def test_a_pull_that_fails_half_way_says_why(pull_cluster: PullCluster) -> None:
             for _ in ollama_client.pull(CORRUPT_OLLAMA_REPO, stream=True):
                 pass
     finally:
-        pull_cluster.hub.faults.corrupted.clear()
+        pull_cluster.hub.faults.flipped_bytes.clear()
 
 
 @pytest.mark.timeout(400)
