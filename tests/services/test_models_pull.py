@@ -197,9 +197,9 @@ def test_a_gated_repository_asks_for_a_token(tmp_path: Path) -> None:
 @pytest.mark.unit
 @pytest.mark.timeout(60)
 def test_an_unsupported_family_is_refused_before_any_weight_is_fetched(tmp_path: Path) -> None:
-    _hub_repository(tmp_path, model_type="gemma3")
+    _hub_repository(tmp_path, model_type="mamba")
     with fake_hub(tmp_path / "hub") as hub:
-        with pytest.raises(UnsupportedModelError, match="model type 'gemma3' is not supported"):
+        with pytest.raises(UnsupportedModelError, match="model type 'mamba' is not supported"):
             _pull(hub, tmp_path)
         fetched = hub.resolved_files("GET") + hub.resolved_files("HEAD")
 
@@ -239,11 +239,11 @@ def _strata_pull(
 @pytest.mark.timeout(300)
 def test_strata_models_pull_honours_hf_endpoint_and_exits_2_on_refusal(tmp_path: Path) -> None:
     _hub_repository(tmp_path)
-    _hub_repository(tmp_path / "other", repo_id="TinyOrg/Gemma", model_type="gemma3")
-    shutil.move(tmp_path / "other" / "hub" / "TinyOrg" / "Gemma", tmp_path / "hub" / "TinyOrg" / "Gemma")
+    _hub_repository(tmp_path / "other", repo_id="TinyOrg/Mamba", model_type="mamba")
+    shutil.move(tmp_path / "other" / "hub" / "TinyOrg" / "Mamba", tmp_path / "hub" / "TinyOrg" / "Mamba")
     with fake_hub(tmp_path / "hub") as hub:
         pulled = _strata_pull(tmp_path, hub, REPO, "--id", "my-llama")
-        refused = _strata_pull(tmp_path, hub, "TinyOrg/Gemma")
+        refused = _strata_pull(tmp_path, hub, "TinyOrg/Mamba")
         unknown = _strata_pull(tmp_path, hub, "TinyOrg/Nothing@main")
         bad_id = _strata_pull(tmp_path, hub, REPO, "--id", "Not Valid")
         offline = _strata_pull(tmp_path, hub, REPO, "--id", "offline-llama", extra_environment={"HF_HUB_OFFLINE": "1"})
@@ -252,7 +252,7 @@ def test_strata_models_pull_honours_hf_endpoint_and_exits_2_on_refusal(tmp_path:
     assert pulled.returncode == 0, pulled.stderr
     assert f"my-llama is in the store at {_store(tmp_path).model_dir(ModelId('my-llama'))}" in pulled.stdout
     assert refused.returncode == 2
-    assert "strata models pull: refused:" in refused.stderr and "'gemma3' is not supported" in refused.stderr
+    assert "strata models pull: refused:" in refused.stderr and "'mamba' is not supported" in refused.stderr
     assert unknown.returncode == 2 and "'TinyOrg/Nothing' not found" in unknown.stderr
     assert bad_id.returncode == 2 and "invalid model id 'Not Valid'" in bad_id.stderr
     assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stderr
