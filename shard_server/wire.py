@@ -210,6 +210,7 @@ def stats_to_pb(shard_id: ShardId, stats: StageStats, admission: AdmissionStats)
         steps=stats.steps,
         batched_rows=stats.batched_rows,
         batch_invariant=stats.batch_invariant,
+        batched_layers=stats.batched_layers,
         native_attention=stats.native_attention,
         compute_seconds=stats.compute_seconds,
         ring_seconds=stats.ring_seconds,
