@@ -138,7 +138,14 @@ def _batched_block(
             )
         attended = mx.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]  # (1, heads, rows, head_dim)
         merged = mx.reshape(mx.transpose(attended, (0, 2, 1, 3)), (1, hidden.shape[1], -1))
-    after_attention = hidden + _part(attention, "o_proj")(merged)
+    attended_out = _part(attention, "o_proj")(merged)
+    residual_multiplier = getattr(block, "residual_multiplier", None)
+    if isinstance(residual_multiplier, int | float):
+        # Granite scales each branch before adding it to the residual stream, as its block does.
+        after_attention = hidden + attended_out * residual_multiplier
+        mlp_out = _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
+        return after_attention + mlp_out * residual_multiplier
+    after_attention = hidden + attended_out
     return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
 
 
