@@ -97,7 +97,9 @@ def _plan_kind(
         logger.info("%s layers: each request runs alone (the block is not of the form the batched path runs)", name)
         return LayerPlan(kind)
     if not check_batch_invariance(block, [], hidden_size, dtype, max_rows, kind):
-        logger.info("%s layers: row results change with the batch here, so each request runs alone", name)
+        # Either rows' bits change with the batch here, or the block does more than the batched path
+        # (gemma's extra norms): the comparison cannot tell, and either way requests must run alone.
+        logger.info("%s layers: batched rows differ from each request alone, so each request runs alone", name)
         return LayerPlan(kind)
     native = None
     if kind.window is None and dtype == mx.float32:
