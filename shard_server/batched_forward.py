@@ -48,6 +48,11 @@ class LayerPlan:
     """Row-wise work over the whole batch (checked exact at load); else each request alone."""
     native: NativeAttention | None = None
     """The batch's attention in one native call (full-attention layers, checked bitwise at load)."""
+    max_rows: int | None = None
+    """Batches of more rows run each request alone (a mixture's kernels change path past some rows)."""
+
+    def batches(self, rows: int) -> bool:
+        return self.batched and (self.max_rows is None or rows <= self.max_rows)
 
 
 def is_batchable(block: object) -> bool:
@@ -172,7 +177,7 @@ def forward_rows(
         if len(requests) == 1:
             cache = requests[0].caches[layer]
             hidden = block(hidden, plan.kind.mask(hidden, cache), cache)
-        elif plan.batched:
+        elif plan.batches(hidden.shape[1]):
             hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, plan)
         else:
             hidden = _alone(block, hidden, requests, layer, plan.kind)
