@@ -48,6 +48,11 @@ class LayerPlan:
     """Row-wise work over the whole batch (checked exact at load); else each request alone."""
     native: NativeAttention | None = None
     """The batch's attention in one native call (full-attention layers, checked bitwise at load)."""
+    max_rows: int | None = None
+    """Batches of more rows run each request alone (a mixture's kernels change path past some rows)."""
+
+    def batches(self, rows: int) -> bool:
+        return self.batched and (self.max_rows is None or rows <= self.max_rows)
 
 
 def is_batchable(block: object) -> bool:
@@ -138,7 +143,14 @@ def _batched_block(
             )
         attended = mx.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0]  # (1, heads, rows, head_dim)
         merged = mx.reshape(mx.transpose(attended, (0, 2, 1, 3)), (1, hidden.shape[1], -1))
-    after_attention = hidden + _part(attention, "o_proj")(merged)
+    attended_out = _part(attention, "o_proj")(merged)
+    residual_multiplier = getattr(block, "residual_multiplier", None)
+    if isinstance(residual_multiplier, int | float):
+        # Granite scales each branch before adding it to the residual stream, as its block does.
+        after_attention = hidden + attended_out * residual_multiplier
+        mlp_out = _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
+        return after_attention + mlp_out * residual_multiplier
+    after_attention = hidden + attended_out
     return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
 
 
@@ -165,7 +177,7 @@ def forward_rows(
         if len(requests) == 1:
             cache = requests[0].caches[layer]
             hidden = block(hidden, plan.kind.mask(hidden, cache), cache)
-        elif plan.batched:
+        elif plan.batches(hidden.shape[1]):
             hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, plan)
         else:
             hidden = _alone(block, hidden, requests, layer, plan.kind)

@@ -96,15 +96,51 @@ def _plan_kind(
     if not is_batchable(block):
         logger.info("%s layers: each request runs alone (the block is not of the form the batched path runs)", name)
         return LayerPlan(kind)
+    rows_cap: int | None = None
     if not check_batch_invariance(block, [], hidden_size, dtype, max_rows, kind):
-        logger.info("%s layers: row results change with the batch here, so each request runs alone", name)
-        return LayerPlan(kind)
+        rows_cap = _largest_invariant_rows(block, kind, hidden_size, dtype, max_rows)
+        if rows_cap is None:
+            # Either rows' bits change with the batch here, or the block does more than the batched path
+            # (gemma's extra norms): the comparison cannot tell, and either way requests must run alone.
+            logger.info("%s layers: batched rows differ from each request alone, so each request runs alone", name)
+            return LayerPlan(kind)
     native = None
     if kind.window is None and dtype == mx.float32:
-        native = _native_for(block, kind, hidden_size, max_rows, threads)
+        native = _native_for(block, kind, hidden_size, rows_cap or max_rows, threads)
     logger.info(
-        "%s layers: rows of different requests share batches; attention %s",
+        "%s layers: rows of different requests share batches%s; attention %s",
         name,
+        "" if rows_cap is None else f" of up to {rows_cap} rows (larger ones change the experts' kernels)",
         "in one native call" if native is not None else "through MLX (native attention serves full attention only)",
     )
-    return LayerPlan(kind, batched=True, native=native)
+    return LayerPlan(kind, batched=True, native=native, max_rows=rows_cap)
+
+
+SMALLEST_CHECKED_BATCH = 11
+"""The fewest rows `check_batch_invariance` mixes: its eight requests with a one-row prompt chunk."""
+
+
+def _largest_invariant_rows(
+    block: Block, kind: LayerKind, hidden_size: int, dtype: mx.Dtype, max_rows: int
+) -> int | None:
+    """A mixture of experts: the most rows (halving from `max_rows`) whose batches stay exact, if any.
+
+    SwitchGLU sorts the rows it routes from 64 indices on (rows x experts per token), and a sorted
+    product may round differently: a batch whose routed indices stay below that gives each request
+    the bits it gets alone, which the check confirms at that size. Other blocks are not retried.
+    """
+    if not _routes_experts(block):
+        return None
+    rows = max_rows // 2
+    while rows >= SMALLEST_CHECKED_BATCH:
+        if check_batch_invariance(block, [], hidden_size, dtype, rows, kind):
+            return rows
+        rows //= 2
+    return None
+
+
+def _routes_experts(block: Block) -> bool:
+    if not isinstance(block, nn.Module):
+        return False
+    modules = cast(list[object], block.modules())
+    return any(type(module).__name__ in ("SwitchGLU", "SwitchMLP") for module in modules)

@@ -127,7 +127,9 @@ class ModelStage:
     @native_attention.setter
     def native_attention(self, native: NativeAttention | None) -> None:
         self.layer_plans = tuple(
-            LayerPlan(plan.kind, plan.batched, native if plan.batched and plan.kind.window is None else None)
+            LayerPlan(
+                plan.kind, plan.batched, native if plan.batched and plan.kind.window is None else None, plan.max_rows
+            )
             for plan in self.layer_plans
         )
 

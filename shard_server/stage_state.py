@@ -60,6 +60,8 @@ class StageStats:
     batch_rows_buckets: tuple[int, ...] = ()
     """Steps per bucket of rows (not cumulative): one per bound of `BATCH_ROWS_BOUNDS`, then one above."""
     batch_invariant: bool = False
+    batched_layers: int = 0
+    """Layers whose batches mix requests (per layer kind; the rest run each request alone)."""
     native_attention: bool = False
     weight_bytes: int = 0
     """The stage's weights as held: matrices kept as codes or float16 count those bytes."""

@@ -178,6 +178,7 @@ class StageWorker:
                 batched_rows=self._batched_rows,
                 batch_rows_buckets=tuple(self._batch_rows_counts),
                 batch_invariant=loaded.stage.batch_invariant,
+                batched_layers=sum(plan.batched for plan in loaded.stage.layer_plans),
                 native_attention=loaded.stage.native_attention is not None,
                 weight_bytes=loaded.stage.weight_bytes,
                 compact_weight_matrices=len(loaded.stage.weight_storage.float16_modules)
@@ -253,7 +254,8 @@ class StageWorker:
             stage.weight_storage.describe(),
             "rows of different requests share batches (row results checked independent of batch size)"
             if batched
-            else "row results depend on batch size here: each request runs alone (batch-invariant mode)",
+            else f"rows of different requests share batches in {sum(plan.batched for plan in stage.layer_plans)} "
+            f"of {len(stage.layer_plans)} layers; the others run each request alone (batch-invariant mode)",
             "batched attention in one native call per layer (checked bitwise against MLX's)"
             if stage.native_attention is not None
             else "attention through MLX ops, per request",

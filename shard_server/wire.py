@@ -228,6 +228,7 @@ def stats_to_pb(
         steps=stats.steps,
         batched_rows=stats.batched_rows,
         batch_invariant=stats.batch_invariant,
+        batched_layers=stats.batched_layers,
         native_attention=stats.native_attention,
         weight_bytes=stats.weight_bytes,
         compact_weight_matrices=stats.compact_weight_matrices,

@@ -3,15 +3,18 @@
 This is the MLX side of the store (it loads and saves tensors); `ModelStore` itself reads only files.
 """
 
+import importlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 
 from services.kernel.ids import ModelId
 from services.models import gguf_import
-from services.models.model_config import CONFIG_FILE, read_model_config
-from services.models.model_families import check_supported
+from services.models.model_config import CONFIG_FILE, ModelConfig, read_model_config
+from services.models.model_families import check_supported, mlx_module_of
 from services.models.model_files import INDEX_FILE, has_layered_layout
 from services.models.model_store import ModelStore
 from services.models.model_writer import save_model_directory
@@ -47,7 +50,8 @@ def _copy_model(source_dir: Path, destination: Path) -> None:
             if not isinstance(loaded, dict):
                 raise ValueError(f"{weight_file} did not load as a safetensors file")
             weights.update(loaded)
-        save_model_directory(destination, read_model_config(source_dir).as_dict(), weights)
+        config = read_model_config(source_dir)
+        save_model_directory(destination, config.as_dict(), _sanitized(config, weights))
     for entry in sorted(source_dir.iterdir()):
         if not entry.is_file() or entry.name.startswith("."):
             continue
@@ -59,3 +63,24 @@ def _copy_model(source_dir: Path, destination: Path) -> None:
 def _is_weights_or_config(file_name: str) -> bool:
     is_weight_file = file_name.startswith("model") and file_name.endswith(".safetensors")
     return is_weight_file or file_name in (INDEX_FILE, CONFIG_FILE)
+
+
+_Sanitize = Callable[[dict[str, mx.array]], dict[str, mx.array]]
+
+
+def _sanitized(config: ModelConfig, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """The weights as the family's mlx-lm `Model.sanitize` turns them, as `mlx_lm.load` does before loading.
+
+    A transformers checkpoint names some tensors otherwise (one tensor per expert, which mlx-lm
+    stacks; deepseek's kv_b_proj, split for latent attention; gpt_oss's fused gate and up
+    projections); stages load the names mlx-lm's classes have. Idempotent on MLX checkpoints. The
+    model is built only for its method: its parameters stay unevaluated, so no memory is taken.
+    """
+    module_name = mlx_module_of(config.model_type)
+    if module_name is None:
+        return weights
+    module = importlib.import_module(f"mlx_lm.models.{module_name}")
+    arguments = cast(Callable[[dict[str, object]], object], module.ModelArgs.from_dict)(config.as_dict())
+    model = cast(Callable[[object], object], module.Model)(arguments)
+    sanitize = cast(_Sanitize | None, getattr(model, "sanitize", None))
+    return weights if sanitize is None else sanitize(weights)

@@ -261,11 +261,11 @@ def _strata_pull(
 @pytest.mark.timeout(300)
 def test_strata_models_pull_honours_hf_endpoint_and_exits_2_on_refusal(tmp_path: Path) -> None:
     _hub_repository(tmp_path)
-    _hub_repository(tmp_path / "other", repo_id="TinyOrg/Gemma", model_type="mamba")
-    shutil.move(tmp_path / "other" / "hub" / "TinyOrg" / "Gemma", tmp_path / "hub" / "TinyOrg" / "Gemma")
+    _hub_repository(tmp_path / "other", repo_id="TinyOrg/Mamba", model_type="mamba")
+    shutil.move(tmp_path / "other" / "hub" / "TinyOrg" / "Mamba", tmp_path / "hub" / "TinyOrg" / "Mamba")
     with fake_hub(tmp_path / "hub") as hub:
         pulled = _strata_pull(tmp_path, hub, REPO, "--id", "my-llama")
-        refused = _strata_pull(tmp_path, hub, "TinyOrg/Gemma")
+        refused = _strata_pull(tmp_path, hub, "TinyOrg/Mamba")
         unknown = _strata_pull(tmp_path, hub, "TinyOrg/Nothing@main")
         bad_id = _strata_pull(tmp_path, hub, REPO, "--id", "Not Valid")
         offline = _strata_pull(tmp_path, hub, REPO, "--id", "offline-llama", extra_environment={"HF_HUB_OFFLINE": "1"})
