@@ -184,3 +184,15 @@ async def test_anthropic_top_k_reaches_the_sampling_options(model_tokenizer: Mod
 
     assert response.status_code == 200, response.text
     assert source.requests[0].sampling.top_k == 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_n_choices_that_cannot_start_get_the_status_of_the_error(
+    model_tokenizer: ModelTokenizer, stream: bool
+) -> None:
+    source = scripted_source(model_tokenizer, unavailable=True)
+    body: dict[str, object] = {"model": MODEL, "messages": [USER], "n": 3, "stream": stream}
+    response = await post(source, model_tokenizer, "/v1/chat/completions", body)
+
+    assert response.status_code == 503
+    assert response.json()["error"]["type"]
