@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 OLLAMA_API_VERSION = "0.6.3"
 """The Ollama version whose API this mirrors (the client the tests use)."""
 OLLAMA_DEFAULT_TEMPERATURE = 0.8
+UNBOUNDED_REPETITION_WINDOW = 2**31 - 1
+"""`repeat_last_n: -1`: the repetition penalty looks back over the whole context."""
 
 
 class Options(BaseModel):
@@ -94,9 +96,6 @@ def with_ollama_penalties(sampling: SamplingOptions, options: Options) -> Sampli
             "frequency_penalty": options.frequency_penalty or 0.0,
         }
     )
-
-
-UNBOUNDED_REPETITION_WINDOW = 2**31 - 1
 
 
 class OllamaMessage(BaseModel):
