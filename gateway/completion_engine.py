@@ -107,7 +107,7 @@ class CompletionEngine:
                         generated_tokens += 1
                         if token_id in stop_token_ids:
                             continue  # end of sequence: never part of the text
-                        if (logprob := token_logprob(event, tokenizer.decode)) is not None:
+                        if (logprob := token_logprob(event, tokenizer)) is not None:
                             pending_logprobs.append(logprob)
                         scan = stop_matcher.feed(detokenizer.add(token_id))
                         if scan.text:

@@ -3,7 +3,8 @@
 `chat` and `generate` stream NDJSON by default (one JSON object a line, the last with `done: true`,
 `done_reason` and the timing fields in nanoseconds), or answer one object with `stream: false`.
 `options`: num_predict (-1, -2 or absent: up to the context window), temperature (default 0.8, as
-Ollama), top_p, top_k, stop, seed; other options are ignored. `keep_alive` is accepted and ignored
+Ollama), top_p, top_k, stop, seed, repeat_penalty + repeat_last_n, min_p, presence_penalty,
+frequency_penalty (`with_ollama_penalties`); other options are ignored. `keep_alive` is accepted and ignored
 (strata keeps its model loaded). `format` (JSON output) and images are refused with 400 for now.
 Errors are `{"error": "..."}` (written by `gateway.errors` for every path under `/api/`).
 """
@@ -44,12 +45,15 @@ from gateway.generation_request import (
 from gateway.openai_routes import ModelCatalog
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
 from services.kernel.ids import ModelId, RequestId
+from services.kernel.sampling import DEFAULT_REPETITION_CONTEXT_SIZE, SamplingOptions
 
 logger = logging.getLogger(__name__)
 
 OLLAMA_API_VERSION = "0.6.3"
 """The Ollama version whose API this mirrors (the client the tests use)."""
 OLLAMA_DEFAULT_TEMPERATURE = 0.8
+UNBOUNDED_REPETITION_WINDOW = 2**31 - 1
+"""`repeat_last_n: -1`: the repetition penalty looks back over the whole context."""
 
 
 class Options(BaseModel):
@@ -61,6 +65,37 @@ class Options(BaseModel):
     top_k: Annotated[int | None, Field(ge=0)] = None
     stop: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
     seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    repeat_penalty: Annotated[float | None, Field(gt=0.0, allow_inf_nan=False)] = None
+    repeat_last_n: Annotated[int | None, Field(ge=-1)] = None
+    min_p: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    presence_penalty: Annotated[float | None, Field(allow_inf_nan=False)] = None
+    frequency_penalty: Annotated[float | None, Field(allow_inf_nan=False)] = None
+
+
+def with_ollama_penalties(sampling: SamplingOptions, options: Options) -> SamplingOptions:
+    """Ollama's `repeat_penalty` over `repeat_last_n` tokens (mlx-lm's repetition penalty; 0 turns it
+    off, -1 looks back over the whole context), `min_p`, and the presence and frequency penalties
+    with OpenAI's semantics (generated tokens only). Ollama's defaults are not applied: an option
+    left out stays off."""
+    window = options.repeat_last_n
+    repetition = options.repeat_penalty or 0.0
+    if window == 0:
+        repetition = 0.0
+    return sampling.model_copy(
+        update={
+            "repetition_penalty": repetition,
+            "repetition_context_size": (
+                DEFAULT_REPETITION_CONTEXT_SIZE
+                if window is None
+                else UNBOUNDED_REPETITION_WINDOW
+                if window == -1
+                else max(1, window)
+            ),
+            "min_p": options.min_p or 0.0,
+            "presence_penalty": options.presence_penalty or 0.0,
+            "frequency_penalty": options.frequency_penalty or 0.0,
+        }
+    )
 
 
 class OllamaMessage(BaseModel):
@@ -88,8 +123,11 @@ class _GenerationFields(BaseModel):
             raise InvalidRequestError("num_predict must be positive, -1 or -2", param="options.num_predict")
         max_tokens = options.num_predict if options.num_predict is not None and options.num_predict > 0 else None
         temperature = OLLAMA_DEFAULT_TEMPERATURE if options.temperature is None else options.temperature
-        sampling = sampling_options(
-            temperature=temperature, top_p=options.top_p or 1.0, top_k=options.top_k or 0, seed=options.seed
+        sampling = with_ollama_penalties(
+            sampling_options(
+                temperature=temperature, top_p=options.top_p or 1.0, top_k=options.top_k or 0, seed=options.seed
+            ),
+            options,
         )
         return TextGenerationRequest(
             request_id=request_id,

@@ -46,12 +46,8 @@ class CompletionChoiceLogprobs(_Reply):
     text_offset: tuple[int, ...]
 
 
-def _utf8(text: str) -> tuple[int, ...]:
-    return tuple(text.encode("utf-8"))
-
-
 def _chat_top(alternative: AlternativeLogprob) -> ChatTopLogprob:
-    return ChatTopLogprob(token=alternative.token, logprob=alternative.logprob, bytes=_utf8(alternative.token))
+    return ChatTopLogprob(token=alternative.token, logprob=alternative.logprob, bytes=alternative.bytes)
 
 
 def chat_logprobs(tokens: Sequence[TokenLogprob]) -> ChatChoiceLogprobs:
@@ -60,7 +56,7 @@ def chat_logprobs(tokens: Sequence[TokenLogprob]) -> ChatChoiceLogprobs:
             ChatTokenLogprob(
                 token=token.token,
                 logprob=token.logprob,
-                bytes=_utf8(token.token),
+                bytes=token.bytes,
                 top_logprobs=tuple(_chat_top(alternative) for alternative in token.top_logprobs),
             )
             for token in tokens

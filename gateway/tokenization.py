@@ -10,6 +10,7 @@
   the stop string and everything after it are never emitted.
 """
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import cast
 
 from jinja2.exceptions import TemplateError, TemplateSyntaxError
+from tokenizers.decoders import ByteLevel as ByteLevelDecoder
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from gateway.generation_request import ChatMessage, ChatPrompt, TextPrompt
@@ -26,6 +28,20 @@ from services.models.model_config import ModelConfigError, read_model_config
 
 REPLACEMENT_CHARACTER = "\ufffd"
 """What a decoder emits for an incomplete UTF-8 sequence: the sign to wait for more tokens."""
+
+
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's `bytes_to_unicode`, reversed: the byte each character of a byte-level token stands for."""
+    byte_values = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    characters = list(byte_values)
+    shifted = 0
+    for byte in range(256):
+        if byte not in byte_values:  # unprintable bytes get the code points from 256 on, in order
+            byte_values.append(byte)
+            characters.append(256 + shifted)
+            shifted += 1
+    return {chr(character): byte for byte, character in zip(byte_values, characters, strict=True)}
 
 
 class ChatTemplateError(ValueError):
@@ -54,6 +70,9 @@ class ModelTokenizer:
         # call; concurrent encodes from worker threads must not interleave those changes, and
         # one encode now settles them before any decode runs beside an encode.
         self._encode_lock = threading.Lock()
+        backend: object = getattr(tokenizer, "backend_tokenizer", None)
+        self._byte_level = isinstance(getattr(backend, "decoder", None), ByteLevelDecoder)
+        """GPT-2 style byte-level BPE: each token is its bytes, one character per byte."""
         self._tokenizer.encode("", add_special_tokens=False)
 
     @classmethod
@@ -126,6 +145,16 @@ class ModelTokenizer:
     def decode(self, token_ids: Sequence[int]) -> str:
         """Decodes to text: special tokens skipped, no clean-up, so decoding is concatenable."""
         return self._tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """One token's own bytes (a byte-level BPE token may hold part of a character), else the
+        UTF-8 of its decoding: what OpenAI's logprobs call `bytes`."""
+        if self._byte_level:
+            raw = self._tokenizer.convert_ids_to_tokens(token_id)
+            alphabet = _byte_level_alphabet()
+            if raw is not None and all(character in alphabet for character in raw):
+                return bytes(alphabet[character] for character in raw)
+        return self.decode([token_id]).encode()
 
     def detokenizer(self) -> "IncrementalDetokenizer":
         return IncrementalDetokenizer(self.decode)
