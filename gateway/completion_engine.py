@@ -181,7 +181,8 @@ class CompletionEngine:
         sampling = with_generation_defaults(request.sampling, request.omitted_sampling, tokenizer.generation_defaults)
         if request.grammar is not None:
             try:
-                sampling = sampling.model_copy(update={"grammar": compile_output_grammar(request.grammar)})
+                compiled = compile_output_grammar(request.grammar, tokenizer.stop_token_ids)
+                sampling = sampling.model_copy(update={"grammar": compiled})
             except OutputGrammarError as error:
                 raise InvalidRequestError(error.message, param=error.param, code=error.code) from error
         token_request = TokenRequest(
