@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.output_grammar import OutputGrammar
 from gateway.token_logprobs import TokenLogprob
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
@@ -94,6 +95,8 @@ class TextGenerationRequest(BaseModel):
     """Sampling fields the client left out: the model's generation_config.json defaults replace them."""
     stop: tuple[str, ...] = ()
     """Stop strings: generation ends before the first occurrence of any of them (not emitted)."""
+    grammar: OutputGrammar | None = None
+    """Structured output: the text must match this grammar (`gateway/output_grammar.py`)."""
 
     @field_validator("stop")
     @classmethod

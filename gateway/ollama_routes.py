@@ -5,7 +5,8 @@
 `options`: num_predict (-1, -2 or absent: up to the context window), temperature (default 0.8, as
 Ollama), top_p, top_k, stop, seed, repeat_penalty + repeat_last_n, min_p, presence_penalty,
 frequency_penalty (`with_ollama_penalties`); other options are ignored. `keep_alive` is accepted and ignored
-(strata keeps its model loaded). `format` (JSON output) and images are refused with 400 for now.
+(strata keeps its model loaded). `format` ("json" or a JSON schema) holds the output to it
+(`gateway/response_formats.py`); images are refused with 400 for now.
 Errors are `{"error": "..."}` (written by `gateway.errors` for every path under `/api/`).
 """
 
@@ -44,6 +45,7 @@ from gateway.generation_request import (
 )
 from gateway.openai_routes import ModelCatalog
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
+from gateway.response_formats import OllamaFormat, ollama_format_grammar
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import DEFAULT_REPETITION_CONTEXT_SIZE, SamplingOptions
 
@@ -112,12 +114,10 @@ class _GenerationFields(BaseModel):
     model: Annotated[str, Field(min_length=1)]
     stream: bool = True
     options: Options | None = None
-    format: str | dict[str, object] | None = None
+    format: OllamaFormat = None
     keep_alive: str | int | float | None = None
 
     def generation_request(self, request_id: RequestId, prompt: ChatPrompt | TextPrompt) -> TextGenerationRequest:
-        if self.format not in (None, ""):
-            raise InvalidRequestError("format (JSON output) is not supported yet", param="format")
         options = self.options or Options()
         if options.num_predict is not None and options.num_predict not in (-1, -2) and options.num_predict < 1:
             raise InvalidRequestError("num_predict must be positive, -1 or -2", param="options.num_predict")
@@ -136,6 +136,7 @@ class _GenerationFields(BaseModel):
             max_tokens=max_tokens,
             sampling=sampling,
             stop=options.stop or (),
+            grammar=ollama_format_grammar(self.format),
         )
 
 

@@ -9,7 +9,8 @@ gateway does not know are ignored, as OpenAI-compatible servers usually do. What
   [0, 2**63 - 1], `stop` (one string or up to 4), `n` (1 to `MAX_CHOICES`), `stream`,
   `stream_options.include_usage`, `user` (accepted); the logits options (`openai_sampling.py`):
   `logit_bias`, `presence_penalty`, `frequency_penalty`, `repetition_penalty` (an extension);
-  chat `logprobs` + `top_logprobs` (0-20), completions `logprobs` (0-20).
+  chat `logprobs` + `top_logprobs` (0-20), completions `logprobs` (0-20);
+  `response_format` (`text`, `json_object`, `json_schema`: `gateway/response_formats.py`).
 - completions: `prompt` as a string (or a list of exactly one string); `max_tokens` defaults to 16
   as in OpenAI's API, while chat leaves it to the context window.
 
@@ -44,6 +45,7 @@ from gateway.openai_sampling import (
     TopLogprobs,
     with_logits_options,
 )
+from gateway.response_formats import ResponseFormat
 from services.kernel.ids import ModelId, RequestId
 
 MAX_STOP_STRINGS = 4
@@ -135,6 +137,7 @@ class _SamplingFields(BaseModel):
     frequency_penalty: Penalty = None
     repetition_penalty: RepetitionPenalty = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("n")
     @classmethod
@@ -184,6 +187,7 @@ class _SamplingFields(BaseModel):
             ),
             stop=self.stop or (),
             omitted_sampling=self._omitted_sampling(),
+            grammar=self.response_format.grammar("response_format") if self.response_format is not None else None,
         )
 
 

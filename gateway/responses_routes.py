@@ -41,6 +41,7 @@ from gateway.generation_request import (
 )
 from gateway.openai_schemas import unix_time
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
+from gateway.response_formats import ResponsesText
 from services.kernel.ids import ModelId, RequestId
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class ResponsesRequest(BaseModel):
     top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
     stream: bool = False
     previous_response_id: str | None = None
+    text: ResponsesText | None = None
 
     def to_generation_request(self, request_id: RequestId) -> TextGenerationRequest:
         if self.previous_response_id is not None:
@@ -101,6 +103,7 @@ class ResponsesRequest(BaseModel):
             prompt=ChatPrompt(messages=(*system, *turns)),
             max_tokens=self.max_output_tokens,
             sampling=sampling_options(temperature=temperature, top_p=1.0 if self.top_p is None else self.top_p),
+            grammar=self.text.grammar() if self.text is not None else None,
         )
 
 

@@ -15,6 +15,10 @@ proves, per row, that it cannot (the gap between the two largest values exceeds 
 the subtraction can make), and leaves the rows it cannot prove to the full computation. Same token,
 without an `exp` over the whole vocabulary per row. Rows with logits processors or that report
 logprobs always take the full computation.
+
+A request with a grammar (`shard_server/grammar_mask.py`) has its logits masked after the other
+processors (for the fast path too: masking is idempotent and commutes with them, as masked logits
+stay -inf), and its matcher advances with each token the request takes (`took`).
 """
 
 import math
@@ -27,6 +31,7 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 from services.kernel.sampling import SamplingOptions
 from services.platform.mlx_typing import evaluate, scalar_int, to_bool_list, to_float_list, to_int_list
+from shard_server.grammar_mask import GrammarMatcher, mask_rows
 from shard_server.logits_processing import RequestLogitsProcessing
 
 
@@ -48,8 +53,9 @@ class SampledChoice:
 class RequestSampler:
     """Turns the last position's logits into a token; owns the request's random key and processors."""
 
-    def __init__(self, options: SamplingOptions) -> None:
+    def __init__(self, options: SamplingOptions, grammar: GrammarMatcher | None = None) -> None:
         self.options = options
+        self.grammar = grammar
         self.key_position = options.key_position
         self._key = mx.random.key(options.seed)
         for _ in range(options.key_position):
@@ -74,6 +80,8 @@ class RequestSampler:
         last = logits[:, -1, :]  # (1, vocab)
         if self._processing.active:
             last = self._processing.apply(last)
+        if self.grammar is not None:
+            last = self.grammar.mask(last)  # the last logits processor, before the logsumexp
         logprobs = last - mx.logsumexp(last, keepdims=True)  # (1, vocab)
         if self.greedy:
             token = scalar_int(mx.argmax(logprobs, axis=-1))
@@ -88,10 +96,18 @@ class RequestSampler:
             self._key, draw_key = mx.random.split(self._key)
             self.key_position += 1
             token = scalar_int(_categorical_with_key(filtered, 1.0 / self.options.temperature, draw_key))
-        self._processing.record(token)
+        self.took(token)
         if not self.options.logprobs:
             return SampledChoice(token)
         return _with_logprobs(token, logprobs[0], self.options.top_logprobs)
+
+    def took(self, token: int) -> int:
+        """The request's token for this step (however it was picked): its processors' history and its
+        grammar advance with it."""
+        self._processing.record(token)
+        if self.grammar is not None:
+            self.grammar.advance(token)
+        return token
 
 
 def _with_logprobs(token: int, logprobs: mx.array, top: int) -> SampledChoice:
@@ -133,6 +149,7 @@ def clear_greedy_tokens(logits: mx.array) -> list[int | None]:
 
 def sample_rows(samplers: Sequence[RequestSampler], logits: mx.array) -> list[SampledChoice]:
     """logits (1, rows, vocab), one row per sampler: each row's token, as its sampler alone would draw it."""
+    logits = mask_rows(logits, [sampler.grammar for sampler in samplers])
     greedy_rows = [row for row, sampler in enumerate(samplers) if sampler.plain_greedy]
     picked: dict[int, int | None] = {}
     if greedy_rows:
@@ -142,5 +159,7 @@ def sample_rows(samplers: Sequence[RequestSampler], logits: mx.array) -> list[Sa
     choices: list[SampledChoice] = []
     for row, sampler in enumerate(samplers):
         token = picked.get(row)
-        choices.append(SampledChoice(token) if token is not None else sampler.sample_choice(logits[:, row : row + 1]))
+        choices.append(
+            SampledChoice(sampler.took(token)) if token is not None else sampler.sample_choice(logits[:, row : row + 1])
+        )
     return choices

@@ -9,6 +9,7 @@ import mlx.core as mx
 from services.kernel.ids import InstanceId, RequestId
 from services.kernel.sampling import SamplingOptions
 from shard_server.batch_plan import DecodeRow
+from shard_server.grammar_mask import GrammarVocabulary
 from shard_server.layer_kinds import StageCache
 from shard_server.model_stage import ModelStage
 from shard_server.prefix_cache import PrefixDirectory, PrefixStore
@@ -109,6 +110,8 @@ class LoadedStage:
     prefixes: PrefixStore = field(default_factory=PrefixStore)
     directory: PrefixDirectory | None = None
     """First shard: which prefixes the ring keeps."""
+    grammar_vocabulary: GrammarVocabulary | None = None
+    """Last shard: the tokenizer grammar masks are computed over (built on the first grammar request)."""
 
 
 @dataclass(frozen=True)

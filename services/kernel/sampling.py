@@ -43,6 +43,9 @@ class SamplingOptions(BaseModel):
     """The prompt's last `repetition_context_size` tokens: set by the first shard, for the repetition penalty."""
     return_embedding: bool = False
     """Also return the final norm's output at each sampled position (the embeddings route asks for one)."""
+    grammar: str | None = None
+    """Structured output: an llguidance grammar (its JSON or Lark form) the output must match; the last
+    shard masks each step's logits to the tokens it allows. None: unconstrained."""
 
     @property
     def has_logits_processors(self) -> bool:

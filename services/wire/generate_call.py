@@ -31,6 +31,7 @@ def sampling_from_pb(message: common_pb2.SamplingParams) -> SamplingOptions:
         top_logprobs=message.top_logprobs,
         penalty_prompt_tokens=tuple(message.penalty_prompt_tokens),
         return_embedding=message.return_embedding,
+        grammar=message.grammar or None,
     )
 
 
@@ -51,6 +52,7 @@ def sampling_to_pb(options: SamplingOptions) -> common_pb2.SamplingParams:
         top_logprobs=options.top_logprobs,
         penalty_prompt_tokens=list(options.penalty_prompt_tokens),
         return_embedding=options.return_embedding,
+        grammar=options.grammar or "",
     )
 
 
