@@ -115,7 +115,7 @@ def test_batched_greedy_rows_with_grammars_pick_what_each_sampler_alone_picks(
     batched, alone = samplers(), samplers()
     for step in range(12):
         logits = random_logits(vocabulary, len(options), seed=step)
-        together = sample_rows(batched, logits)
+        together = [choice.token_id for choice in sample_rows(batched, logits)]
         apart = [sampler.sample(logits[:, row : row + 1]) for row, sampler in enumerate(alone)]
         assert together == apart
 
