@@ -1,0 +1,86 @@
+"""The generated text of a chat turn split into reasoning, answer text and tool calls, as it streams.
+
+`AssistantOutputSplitter` chains the two pure splitters: the think block first
+(`gateway.reasoning_split`, when the model reasons), then tool-call markup in what follows
+(`gateway.tool_call_parsing`, when the request offered tools). `OutputSyntax` says which apply; it is
+decided once per request from the chat template and the rendered prompt (`output_syntax`).
+"""
+
+from dataclasses import dataclass
+
+from gateway.output_pieces import CallPiece, OutputPiece, ReasoningPiece, TextPiece
+from gateway.reasoning_split import THINK_OPEN, ReasoningSplitter, prompt_opens_reasoning
+from gateway.tool_call_parsing import ToolCallFormat, ToolCallParser, tool_call_parser
+
+
+@dataclass(frozen=True)
+class OutputSyntax:
+    reasoning: bool
+    """The model may write a think block."""
+    starts_in_reasoning: bool
+    """The prompt opened the think block: the reply starts inside it."""
+    tool_calls: ToolCallFormat | None
+    """The call format to parse; None: tools were not offered (all text is the answer)."""
+
+    @property
+    def is_plain(self) -> bool:
+        return not self.reasoning and self.tool_calls is None
+
+
+PLAIN_SYNTAX = OutputSyntax(reasoning=False, starts_in_reasoning=False, tool_calls=None)
+
+
+def output_syntax(chat_template: str, rendered_prompt: str, tool_calls: ToolCallFormat | None) -> OutputSyntax:
+    opens = prompt_opens_reasoning(rendered_prompt)
+    return OutputSyntax(
+        reasoning=opens or THINK_OPEN in chat_template, starts_in_reasoning=opens, tool_calls=tool_calls
+    )
+
+
+class AssistantOutputSplitter:
+    def __init__(self, syntax: OutputSyntax) -> None:
+        self._reasoning = (
+            ReasoningSplitter(starts_in_reasoning=syntax.starts_in_reasoning) if syntax.reasoning else None
+        )
+        self._tool_calls: ToolCallParser | None = (
+            tool_call_parser(syntax.tool_calls) if syntax.tool_calls is not None else None
+        )
+
+    def feed(self, text: str) -> list[OutputPiece]:
+        pieces: list[OutputPiece] = list(self._reasoning.feed(text)) if self._reasoning else [TextPiece(text)]
+        return self._parse_calls(pieces)
+
+    def finish(self) -> list[OutputPiece]:
+        pieces: list[OutputPiece] = list(self._reasoning.finish()) if self._reasoning else []
+        parsed = self._parse_calls(pieces)
+        if self._tool_calls is not None:
+            parsed.extend(self._tool_calls.finish())
+        return _merge_text(parsed)
+
+    def _parse_calls(self, pieces: list[OutputPiece]) -> list[OutputPiece]:
+        if self._tool_calls is None:
+            return [piece for piece in pieces if not (isinstance(piece, TextPiece) and not piece.text)]
+        parsed: list[OutputPiece] = []
+        for piece in pieces:
+            match piece:
+                case TextPiece(text=text):
+                    parsed.extend(self._tool_calls.feed(text))
+                case ReasoningPiece() | CallPiece():
+                    parsed.append(piece)
+        return _merge_text(parsed)
+
+
+def _merge_text(pieces: list[OutputPiece]) -> list[OutputPiece]:
+    """Adjacent pieces of one kind of text joined, empty ones dropped (fewer, larger deltas)."""
+    merged: list[OutputPiece] = []
+    for piece in pieces:
+        if isinstance(piece, TextPiece | ReasoningPiece) and not piece.text:
+            continue
+        previous = merged[-1] if merged else None
+        if isinstance(piece, TextPiece) and isinstance(previous, TextPiece):
+            merged[-1] = TextPiece(previous.text + piece.text)
+        elif isinstance(piece, ReasoningPiece) and isinstance(previous, ReasoningPiece):
+            merged[-1] = ReasoningPiece(previous.text + piece.text)
+        else:
+            merged.append(piece)
+    return merged
