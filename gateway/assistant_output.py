@@ -4,13 +4,17 @@
 (`gateway.reasoning_split`, when the model reasons), then tool-call markup in what follows
 (`gateway.tool_call_parsing`, when the request offered tools). `OutputSyntax` says which apply; it is
 decided once per request from the chat template and the rendered prompt (`output_syntax`).
+`OutputEvents` turns the pieces into the engine's events (`TextDelta`, `ReasoningDelta`,
+`ToolCallDelta` with a fresh call id each).
 """
 
 from dataclasses import dataclass
 
+from gateway.generation_request import ReasoningDelta, TextDelta, TextEvent, ToolCallDelta
 from gateway.output_pieces import CallPiece, OutputPiece, ReasoningPiece, TextPiece
 from gateway.reasoning_split import THINK_OPEN, ReasoningSplitter, prompt_opens_reasoning
 from gateway.tool_call_parsing import ToolCallFormat, ToolCallParser, tool_call_parser
+from gateway.tool_definitions import ToolCall, new_tool_call_id
 
 
 @dataclass(frozen=True)
@@ -84,3 +88,34 @@ def _merge_text(pieces: list[OutputPiece]) -> list[OutputPiece]:
         else:
             merged.append(piece)
     return merged
+
+
+class OutputEvents:
+    """The engine's events for one generation's text: passed through as it is for plain syntax."""
+
+    def __init__(self, syntax: OutputSyntax) -> None:
+        self._splitter = None if syntax.is_plain else AssistantOutputSplitter(syntax)
+        self.tool_calls = 0
+        """Calls parsed so far."""
+
+    def feed(self, text: str) -> list[TextEvent]:
+        if self._splitter is None:
+            return [TextDelta(text=text)] if text else []
+        return self._events(self._splitter.feed(text))
+
+    def finish(self) -> list[TextEvent]:
+        return self._events(self._splitter.finish()) if self._splitter is not None else []
+
+    def _events(self, pieces: list[OutputPiece]) -> list[TextEvent]:
+        events: list[TextEvent] = []
+        for piece in pieces:
+            match piece:
+                case TextPiece(text=text):
+                    events.append(TextDelta(text=text))
+                case ReasoningPiece(text=text):
+                    events.append(ReasoningDelta(text=text))
+                case CallPiece(name=name, arguments=arguments):
+                    call = ToolCall(id=new_tool_call_id(), name=name, arguments=arguments)
+                    events.append(ToolCallDelta(index=self.tool_calls, call=call))
+                    self.tool_calls += 1
+        return events

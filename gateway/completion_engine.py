@@ -25,10 +25,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, suppress
 from typing import Protocol
 
+from gateway.assistant_output import PLAIN_SYNTAX, OutputEvents, OutputSyntax, output_syntax
 from gateway.generation_request import (
     ChatPrompt,
     InvalidRequestError,
-    TextDelta,
     TextEvent,
     TextFinished,
     TextGenerationRequest,
@@ -39,6 +39,8 @@ from gateway.generation_request import (
 from gateway.metrics import GatewayMetrics, GenerationTimer
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
+from gateway.tool_call_parsing import tool_call_format
+from gateway.tool_definitions import check_tool_choice
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
 
@@ -79,8 +81,9 @@ class CompletionEngine:
     async def _generate(
         self, request: TextGenerationRequest, timer: GenerationTimer, announce_start: bool
     ) -> AsyncGenerator[TextEvent]:
-        tokenizer, token_request = await asyncio.to_thread(self._prepare, request)
+        tokenizer, token_request, syntax = await asyncio.to_thread(self._prepare, request)
         prompt_tokens = len(token_request.prompt_tokens)
+        output = OutputEvents(syntax)  # reasoning and tool calls split from the answer text
         if announce_start:
             yield TextStarted(prompt_tokens=prompt_tokens)
         stop_token_ids = frozenset(token_request.stop_token_ids)
@@ -97,9 +100,11 @@ class CompletionEngine:
                         if token_id in stop_token_ids:
                             continue  # end of sequence: never part of the text
                         scan = stop_matcher.feed(detokenizer.add(token_id))
-                        if scan.text:
-                            yield TextDelta(text=scan.text)
+                        for text_event in output.feed(scan.text):
+                            yield text_event
                         if scan.matched is not None:
+                            for text_event in output.finish():
+                                yield text_event
                             yield TextFinished(
                                 reason="stop",
                                 prompt_tokens=prompt_tokens,
@@ -110,8 +115,10 @@ class CompletionEngine:
                     case GenerationFinished(reason=reason, generated_tokens=reported_tokens):
                         scan = stop_matcher.feed(detokenizer.flush())
                         tail = scan.text if scan.matched is not None else scan.text + stop_matcher.flush()
-                        if tail:
-                            yield TextDelta(text=tail)
+                        for text_event in [*output.feed(tail), *output.finish()]:
+                            yield text_event
+                        if scan.matched is None and reason == "stop" and output.tool_calls:
+                            reason = "tool_calls"  # the turn ended with calls for the client to run
                         yield TextFinished(
                             reason="stop" if scan.matched is not None else reason,
                             prompt_tokens=prompt_tokens,
@@ -148,17 +155,19 @@ class CompletionEngine:
             max_tokens=None,
             sampling=SamplingOptions(),
         )
-        _, token_request = await asyncio.to_thread(self._prepare, request)
+        _, token_request, _ = await asyncio.to_thread(self._prepare, request)
         return len(token_request.prompt_tokens)
 
-    def _prepare(self, request: TextGenerationRequest) -> tuple[ModelTokenizer, TokenRequest]:
+    def _prepare(self, request: TextGenerationRequest) -> tuple[ModelTokenizer, TokenRequest, OutputSyntax]:
         """Tokenizes and validates against the context window. Blocking: run in a worker thread."""
         tokenizer = self._tokenizers.tokenizer_for(request.model_id)
         prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
         try:
-            prompt_tokens = tokenizer.encode_prompt(request.prompt)
+            prompt_tokens, syntax = _encode(tokenizer, request)
         except ChatTemplateError as error:
-            raise InvalidRequestError(str(error), param=prompt_param, code="invalid_chat_template") from error
+            param = "tools" if str(error).endswith("does not support tools") else prompt_param
+            code = "tools_not_supported" if param == "tools" else "invalid_chat_template"
+            raise InvalidRequestError(str(error), param=param, code=code) from error
         context_length = tokenizer.context_length
         if not prompt_tokens:
             raise InvalidRequestError("The prompt is empty.", param=prompt_param, code="empty_prompt")
@@ -187,7 +196,24 @@ class CompletionEngine:
             ),
             stop_token_ids=tokenizer.stop_token_ids,
         )
-        return tokenizer, token_request
+        return tokenizer, token_request, syntax
+
+
+def _encode(tokenizer: ModelTokenizer, request: TextGenerationRequest) -> tuple[list[int], OutputSyntax]:
+    """The prompt's tokens, and how to read the reply: a chat prompt's tools are shown to the model
+    (unless `tool_choice` is `none`) and its calls parsed back; a think block is split off."""
+    prompt = request.prompt
+    if not isinstance(prompt, ChatPrompt):
+        return tokenizer.encode_prompt(prompt), PLAIN_SYNTAX
+    try:
+        check_tool_choice(prompt.tools, request.tool_choice)
+    except ValueError as error:
+        raise InvalidRequestError(str(error), param="tool_choice", code="invalid_tool_choice") from error
+    tools = prompt.tools if request.tool_choice != "none" else ()
+    rendered = tokenizer.render_chat(prompt.messages, tools=tools, template_options=prompt.template_options)
+    template = tokenizer.chat_template
+    syntax = output_syntax(template, rendered, tool_call_format(template) if tools else None)
+    return tokenizer.encode_rendered(rendered), syntax
 
 
 async def _prepend(first_events: list[TextEvent], rest: AsyncGenerator[TextEvent]) -> AsyncGenerator[TextEvent]:

@@ -25,16 +25,18 @@ from gateway.dialect_replies import (
     json_reply,
     new_request_id,
     started_generation,
-    whole_generation,
+    whole_output,
 )
 from gateway.errors import describe_error
 from gateway.generation_request import (
     ModelNotFoundError,
+    ReasoningDelta,
     TextDelta,
     TextEvent,
     TextFinished,
     TextGenerationRequest,
     TextStarted,
+    ToolCallDelta,
 )
 from gateway.openai_schemas import (
     ChatCompletionRequest,
@@ -109,11 +111,10 @@ async def _reply(
         if events is None:
             return client_closed_reply()
         return event_stream_reply(_server_sent_events(request_id, events, encoder, options.include_usage))
-    outcome = await whole_generation(request, engine, generation)
+    outcome = await whole_output(request, engine, generation)
     if outcome is None:
         return client_closed_reply()
-    text, finished = outcome
-    return json_reply(encoder.whole(text, finished))
+    return json_reply(encoder.whole(outcome))
 
 
 async def _server_sent_events(
@@ -128,6 +129,10 @@ async def _server_sent_events(
                 match event:
                     case TextDelta(text=text):
                         yield _event(encoder.delta(text).model_dump_json())
+                    case ReasoningDelta() | ToolCallDelta():
+                        side = encoder.side_delta(event)
+                        if side is not None:
+                            yield _event(side.model_dump_json())
                     case TextFinished(reason=reason):
                         yield _event(encoder.finish(reason).model_dump_json())
                         if include_usage:
