@@ -8,7 +8,7 @@ goes through here; none of them sees token ids.
 Errors, raised before the first event unless noted:
 - `ModelNotFoundError`: the `TokenizerProvider` does not know the model.
 - `InvalidRequestError`: empty or too long prompt, `max_tokens` beyond the context window, a chat
-  template that is missing or rejects the conversation.
+  template that is missing or rejects the conversation, an output grammar (JSON schema) llguidance refuses.
 - `ModelUnavailableError`: from the token source, when no instance is ready.
 - `PipelineError`: from the token source, also mid-stream; or when its stream ends without a finish.
 
@@ -37,6 +37,7 @@ from gateway.generation_request import (
     with_generation_defaults,
 )
 from gateway.metrics import GatewayMetrics, GenerationTimer
+from gateway.output_grammar import OutputGrammarError, compile_output_grammar
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
 from gateway.tool_call_parsing import tool_call_format
@@ -186,14 +187,18 @@ class CompletionEngine:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        sampling = with_generation_defaults(request.sampling, request.omitted_sampling, tokenizer.generation_defaults)
+        if request.grammar is not None:
+            try:
+                sampling = sampling.model_copy(update={"grammar": compile_output_grammar(request.grammar)})
+            except OutputGrammarError as error:
+                raise InvalidRequestError(error.message, param=error.param, code=error.code) from error
         token_request = TokenRequest(
             request_id=request.request_id,
             model_id=request.model_id,
             prompt_tokens=tuple(prompt_tokens),
             max_tokens=request.max_tokens if request.max_tokens is not None else remaining,
-            sampling=with_generation_defaults(
-                request.sampling, request.omitted_sampling, tokenizer.generation_defaults
-            ),
+            sampling=sampling,
             stop_token_ids=tokenizer.stop_token_ids,
         )
         return tokenizer, token_request, syntax

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.output_grammar import OutputGrammar
 from gateway.tool_definitions import ChatTemplateOptions, ToolCall, ToolChoice, Tools
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
@@ -108,6 +109,8 @@ class TextGenerationRequest(BaseModel):
     """Stop strings: generation ends before the first occurrence of any of them (not emitted)."""
     tool_choice: ToolChoice = "auto"
     """With the prompt's tools: `none` hides them from the model and parses no call."""
+    grammar: OutputGrammar | None = None
+    """Structured output: the text must match this grammar (`gateway/output_grammar.py`)."""
 
     @field_validator("stop")
     @classmethod

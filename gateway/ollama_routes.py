@@ -4,7 +4,8 @@
 `done_reason` and the timing fields in nanoseconds), or answer one object with `stream: false`.
 `options`: num_predict (-1, -2 or absent: up to the context window), temperature (default 0.8, as
 Ollama), top_p, top_k, stop, seed; other options are ignored. `keep_alive` is accepted and ignored
-(strata keeps its model loaded). `format` (JSON output) and images are refused with 400 for now.
+(strata keeps its model loaded). `format` ("json" or a JSON schema) holds the output to it
+(`gateway/response_formats.py`); images are refused with 400 for now.
 `tools` (OpenAI's function tools), messages with `tool_calls` / `tool_name` / `thinking`, and `think`
 (true/false or an effort) reach the chat template; replies carry `message.tool_calls` (arguments
 as objects, a streamed line per call) and `message.thinking`.
@@ -49,6 +50,7 @@ from gateway.generation_request import (
 from gateway.openai_routes import ModelCatalog
 from gateway.openai_tools import ToolInputs
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
+from gateway.response_formats import OllamaFormat, ollama_format_grammar
 from gateway.tool_definitions import ChatTemplateOptions, ToolCall
 from services.kernel.ids import ModelId, RequestId
 
@@ -113,12 +115,10 @@ class _GenerationFields(BaseModel):
     model: Annotated[str, Field(min_length=1)]
     stream: bool = True
     options: Options | None = None
-    format: str | dict[str, object] | None = None
+    format: OllamaFormat = None
     keep_alive: str | int | float | None = None
 
     def generation_request(self, request_id: RequestId, prompt: ChatPrompt | TextPrompt) -> TextGenerationRequest:
-        if self.format not in (None, ""):
-            raise InvalidRequestError("format (JSON output) is not supported yet", param="format")
         options = self.options or Options()
         if options.num_predict is not None and options.num_predict not in (-1, -2) and options.num_predict < 1:
             raise InvalidRequestError("num_predict must be positive, -1 or -2", param="options.num_predict")
@@ -134,6 +134,7 @@ class _GenerationFields(BaseModel):
             max_tokens=max_tokens,
             sampling=sampling,
             stop=options.stop or (),
+            grammar=ollama_format_grammar(self.format),
         )
 
 

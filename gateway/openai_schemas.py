@@ -6,7 +6,8 @@ gateway does not know are ignored, as OpenAI-compatible servers usually do. What
   `{"type": "text", "text": ...}` parts (joined with newlines); other part types are refused.
 - both: `max_tokens` (chat also `max_completion_tokens`, which wins), `temperature` in [0, 2]
   (default 1, as OpenAI), `top_p` in (0, 1], `top_k` (an extension), `seed` in [0, 2**63 - 1],
-  `stop` (one string or up to 4), `n` (only 1), `stream`, `stream_options.include_usage`.
+  `stop` (one string or up to 4), `n` (only 1), `stream`, `stream_options.include_usage`,
+  `response_format` (`text`, `json_object`, `json_schema`: `gateway/response_formats.py`).
 - completions: `prompt` as a string (or a list of exactly one string); `max_tokens` defaults to 16
   as in OpenAI's API, while chat leaves it to the context window.
 
@@ -52,6 +53,7 @@ from gateway.openai_tools import (
     tool_call_delta,
     tool_choice,
 )
+from gateway.response_formats import ResponseFormat
 from gateway.tool_definitions import ReasoningEffort
 from services.kernel.ids import ModelId, RequestId
 
@@ -138,6 +140,7 @@ class _SamplingFields(BaseModel):
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("n")
     @classmethod
@@ -175,6 +178,7 @@ class _SamplingFields(BaseModel):
             ),
             stop=self.stop or (),
             omitted_sampling=self._omitted_sampling(),
+            grammar=self.response_format.grammar("response_format") if self.response_format is not None else None,
         )
 
 

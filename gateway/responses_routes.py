@@ -48,6 +48,7 @@ from gateway.generation_request import (
 from gateway.openai_schemas import unix_time
 from gateway.openai_tools import arguments_object, valid_definition
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
+from gateway.response_formats import ResponsesText
 from gateway.responses_output import ResponseSettings, StreamedItems, response_object, sse_framer, whole_items
 from gateway.tool_definitions import (
     MAX_TOOLS,
@@ -170,6 +171,8 @@ class ResponsesRequest(_Input):
             return NamedToolChoice(name=self.tool_choice.name)
         return self.tool_choice or "auto"
 
+    text: ResponsesText | None = None
+
     def to_generation_request(self, request_id: RequestId) -> TextGenerationRequest:
         if self.previous_response_id is not None:
             message = "previous_response_id is not supported: responses are not stored; send the whole input"
@@ -191,6 +194,7 @@ class ResponsesRequest(_Input):
             max_tokens=self.max_output_tokens,
             sampling=sampling_options(temperature=temperature, top_p=1.0 if self.top_p is None else self.top_p),
             tool_choice=self.choice,
+            grammar=self.text.grammar() if self.text is not None else None,
         )
 
     def _turns(self) -> list[ChatMessage]:

@@ -22,6 +22,7 @@ import mlx.core as mx
 
 from services.kernel.ids import RequestId
 from shard_server.batch_plan import DecodeRow, WaitingPrompt, plan_batch
+from shard_server.grammar_mask import GrammarError, grammar_matcher
 from shard_server.prefill import prefill_chunks
 from shard_server.prefix_cache import prefix_key
 from shard_server.ring_messages import (
@@ -74,7 +75,14 @@ class FirstShardDriver:
             chunks=prefill_chunks(len(item.prompt_tokens), loaded.prefill_step_size),
             replay_tokens=item.replay_tokens,
         )
-        sampler = RequestSampler(item.sampling) if loaded.stage.stage.is_last else None
+        sampler = None
+        if loaded.stage.stage.is_last:
+            try:
+                grammar = grammar_matcher(item.sampling.grammar, loaded.grammar_vocabulary, item.replay_tokens)
+            except GrammarError as error:
+                self._emit(RequestFailed(item.request_id, str(error)))
+                return
+            sampler = RequestSampler(item.sampling, grammar)
         cache = loaded.stage.make_cache()
         directory = loaded.directory
         reusable = directory.longest_reusable(item.prompt_tokens, loaded.prefill_step_size) if directory else None
@@ -215,6 +223,8 @@ class FirstShardDriver:
             state.sampling if first_step else None,
             self._prefix_to_store(loaded, driver, end, last_chunk),
             driver.reuse_prefix if first_step else None,
+            # The last shard's grammar matcher follows the journal, as this shard does.
+            driver.replay_tokens if first_step and state.sampling is not None and state.sampling.grammar else (),
         )
 
     def _prefix_to_store(self, loaded: LoadedStage, driver: Driver, end: int, last_chunk: bool) -> str | None:

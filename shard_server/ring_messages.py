@@ -52,6 +52,8 @@ class Segment:
     """Keep the request's KV cache [0, position + length) under this key after the step."""
     reuse_prefix: str | None = None
     """The request starts at `position` from the KV cache stored under this key."""
+    grammar_replay_tokens: tuple[int, ...] = ()
+    """First step of a recovering request with a grammar: the journal's tokens, for the last shard's matcher."""
 
 
 @dataclass(frozen=True)

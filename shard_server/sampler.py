@@ -11,6 +11,9 @@ unless the rounding of the subtraction merges the top value with a runner-up. `c
 proves, per row, that it cannot (the gap between the two largest values exceeds the rounding error
 the subtraction can make), and leaves the rows it cannot prove to the full computation. Same token,
 without an `exp` over the whole vocabulary per row.
+
+A request with a grammar (`shard_server/grammar_mask.py`) has its logits masked first, for the fast
+path too, and its matcher advances with each token the request takes (`took`).
 """
 
 import math
@@ -22,6 +25,7 @@ from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
 from services.kernel.sampling import SamplingOptions
 from services.platform.mlx_typing import evaluate, scalar_int, to_bool_list, to_int_list
+from shard_server.grammar_mask import GrammarMatcher, mask_rows
 
 
 @partial(mx.compile)
@@ -32,8 +36,9 @@ def _categorical_with_key(logits: mx.array, inverse_temperature: float, key: mx.
 class RequestSampler:
     """Turns the last position's logits into a token; owns the request's random key."""
 
-    def __init__(self, options: SamplingOptions) -> None:
+    def __init__(self, options: SamplingOptions, grammar: GrammarMatcher | None = None) -> None:
         self.options = options
+        self.grammar = grammar
         self.key_position = options.key_position
         self._key = mx.random.key(options.seed)
         for _ in range(options.key_position):
@@ -46,9 +51,11 @@ class RequestSampler:
     def sample(self, logits: mx.array) -> int:
         """logits: (1, positions, vocab); samples from the last position as mlx-lm's generate_step."""
         last = logits[:, -1, :]  # (1, vocab)
+        if self.grammar is not None:
+            last = self.grammar.mask(last)  # one more logits processor, before the logsumexp
         logprobs = last - mx.logsumexp(last, keepdims=True)
         if self.greedy:
-            return scalar_int(mx.argmax(logprobs, axis=-1))
+            return self.took(scalar_int(mx.argmax(logprobs, axis=-1)))
         if 0 < self.options.top_p < 1.0:
             logprobs = apply_top_p(logprobs, self.options.top_p)
         if self.options.top_k > 0:
@@ -56,7 +63,13 @@ class RequestSampler:
         self._key, draw_key = mx.random.split(self._key)
         self.key_position += 1
         token = _categorical_with_key(logprobs, 1.0 / self.options.temperature, draw_key)
-        return scalar_int(token)
+        return self.took(scalar_int(token))
+
+    def took(self, token: int) -> int:
+        """The request's token for this step (however it was picked): its grammar advances with it."""
+        if self.grammar is not None:
+            self.grammar.advance(token)
+        return token
 
 
 def clear_greedy_tokens(logits: mx.array) -> list[int | None]:
@@ -83,6 +96,7 @@ def clear_greedy_tokens(logits: mx.array) -> list[int | None]:
 
 def sample_rows(samplers: Sequence[RequestSampler], logits: mx.array) -> list[int]:
     """logits (1, rows, vocab), one row per sampler: each row's token, as its sampler alone would draw it."""
+    logits = mask_rows(logits, [sampler.grammar for sampler in samplers])
     greedy_rows = [row for row, sampler in enumerate(samplers) if sampler.greedy]
     picked: dict[int, int | None] = {}
     if greedy_rows:
@@ -92,5 +106,5 @@ def sample_rows(samplers: Sequence[RequestSampler], logits: mx.array) -> list[in
     tokens: list[int] = []
     for row, sampler in enumerate(samplers):
         token = picked.get(row)
-        tokens.append(token if token is not None else sampler.sample(logits[:, row : row + 1]))
+        tokens.append(sampler.took(token) if token is not None else sampler.sample(logits[:, row : row + 1]))
     return tokens

@@ -10,6 +10,7 @@ from mlx_lm.models.cache import KVCache
 from services.kernel.ids import InstanceId, RequestId
 from services.kernel.sampling import SamplingOptions
 from shard_server.batch_plan import DecodeRow
+from shard_server.grammar_mask import GrammarVocabulary
 from shard_server.model_stage import ModelStage
 from shard_server.prefix_cache import PrefixDirectory, PrefixStore
 from shard_server.ring_messages import BatchStep, Segment
@@ -104,6 +105,8 @@ class LoadedStage:
     prefixes: PrefixStore = field(default_factory=PrefixStore)
     directory: PrefixDirectory | None = None
     """First shard: which prefixes the ring keeps."""
+    grammar_vocabulary: GrammarVocabulary | None = None
+    """Last shard: the tokenizer grammar masks are computed over (built on the first grammar request)."""
 
 
 @dataclass(frozen=True)

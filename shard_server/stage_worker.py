@@ -34,6 +34,7 @@ from shard_server.batch_plan import MAX_DECODE_ROWS
 from shard_server.batched_forward import RequestRows
 from shard_server.blas_threads import BlasThreads
 from shard_server.first_shard import FirstShardDriver
+from shard_server.grammar_mask import GrammarError, GrammarVocabulary, grammar_matcher
 from shard_server.model_stage import ModelLoadError, ModelStage
 from shard_server.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixDirectory
 from shard_server.ring_messages import (
@@ -239,6 +240,8 @@ class StageWorker:
         self._loaded = LoadedStage(item.instance_id, stage, item.prefill_step_size, max(1, item.ring_size))
         if item.stage.is_first:
             self._loaded.directory = PrefixDirectory(DEFAULT_PREFIX_CACHE_BYTES)
+        if item.stage.is_last:
+            self._loaded.grammar_vocabulary = GrammarVocabulary(item.model_dir, stage.config)
         logger.info(
             "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes); %s; %s",
             item.stage.start_layer,
@@ -363,7 +366,14 @@ class StageWorker:
         if segment.sampling is not None:
             state.sampling = segment.sampling
             if loaded.stage.stage.is_last and state.sampler is None:
-                state.sampler = RequestSampler(segment.sampling)
+                try:
+                    grammar = grammar_matcher(
+                        segment.sampling.grammar, loaded.grammar_vocabulary, segment.grammar_replay_tokens
+                    )
+                except GrammarError as error:
+                    self._end_request(segment.request_id, "failed here", str(error))
+                    return None
+                state.sampler = RequestSampler(segment.sampling, grammar)
         return state
 
     def _compute(self, loaded: LoadedStage, planned: PlannedBatch) -> None:

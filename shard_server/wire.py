@@ -7,6 +7,7 @@ from services.kernel.ids import RequestId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
 from services.platform.tensor_codec import EncodedTensor
 from services.wire.generate_call import sampling_from_pb, sampling_to_pb
+from services.wire.grammar_validation import grammar_problem
 from shard_server.admission import AdmissionStats
 from shard_server.ring_messages import (
     BatchStep,
@@ -79,6 +80,8 @@ def _generate_problem(message: shard_pb2.GenerateRequest, vocab_size: int) -> st
         return "top_p must lie in [0, 1]"
     if sampling.top_k < 0:
         return "top_k must not be negative"
+    if sampling.grammar and (problem := grammar_problem(sampling.grammar)) is not None:
+        return f"grammar refused: {problem}"
     return None
 
 
@@ -114,6 +117,7 @@ def _segment_to_pb(segment: Segment) -> shard_pb2.StepSegment:
         sample=segment.sample,
         store_prefix=segment.store_prefix or "",
         reuse_prefix=segment.reuse_prefix or "",
+        grammar_replay_tokens=segment.grammar_replay_tokens,
     )
     if segment.sampling is not None:
         message.sampling.CopyFrom(sampling_to_pb(segment.sampling))
@@ -134,6 +138,7 @@ def _segment_from_pb(message: shard_pb2.StepSegment) -> Segment:
         sampling,
         message.store_prefix or None,
         message.reuse_prefix or None,
+        tuple(message.grammar_replay_tokens),
     )
 
 

@@ -18,3 +18,6 @@ class SamplingOptions(BaseModel):
     """Seed of the request's own random key."""
     key_position: int = 0
     """Samples already drawn from that key (non-zero when a request resumes)."""
+    grammar: str | None = None
+    """Structured output: an llguidance grammar (its JSON or Lark form) the output must match; the last
+    shard masks each step's logits to the tokens it allows. None: unconstrained."""

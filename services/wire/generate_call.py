@@ -19,6 +19,7 @@ def sampling_from_pb(message: common_pb2.SamplingParams) -> SamplingOptions:
         top_k=message.top_k,
         seed=message.seed,
         key_position=message.key_position,
+        grammar=message.grammar or None,
     )
 
 
@@ -29,4 +30,5 @@ def sampling_to_pb(options: SamplingOptions) -> common_pb2.SamplingParams:
         top_k=options.top_k,
         seed=options.seed,
         key_position=options.key_position,
+        grammar=options.grammar or "",
     )
