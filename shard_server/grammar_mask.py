@@ -18,18 +18,21 @@ The tokenizer (`GrammarVocabulary`) is built once per loaded stage, on the first
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import llguidance
 import mlx.core as mx
 import numpy as np
+from numpy.typing import NDArray
 
 from services.models.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-_BIT_POSITIONS = mx.arange(32, dtype=mx.int32)
+_bool_array = cast(Callable[[NDArray[np.bool_]], mx.array], mx.array)
+"""mx.array from a numpy array (its stub leaves numpy out of the accepted types)."""
 
 
 class GrammarError(Exception):
@@ -82,9 +85,9 @@ class GrammarMatcher:
         """(vocab,) bool: the tokens the grammar allows next (only EOS when it is complete or broken)."""
         if self._allowed is None:
             self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
-            words = mx.array(self._bitmask.tolist(), dtype=mx.int32)  # (vocab / 32,), bit i of word w: token 32w + i
-            bits = mx.bitwise_and(mx.right_shift(words[:, None], _BIT_POSITIONS), 1)  # (vocab / 32, 32)
-            self._allowed = mx.reshape(bits, (-1,))[: self._vocab_size].astype(mx.bool_)
+            # Bit i of word w is token 32 w + i (little-endian words, so little-endian bytes too).
+            bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")[: self._vocab_size]
+            self._allowed = _bool_array(bits.astype(np.bool_))  # (vocab,)
         return self._allowed
 
     def mask(self, logits: mx.array) -> mx.array:

@@ -70,9 +70,11 @@ def test_errors(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as not_found:
         client.chat(model="llama9", messages=[ollama.Message(role="user", content="hi")])  # pyright: ignore[reportUnknownMemberType]
     assert not_found.value.status_code == 404
-    with pytest.raises(ollama.ResponseError) as json_format:
-        client.chat(model=MODEL, messages=[ollama.Message(role="user", content="hi")], format="json", stream=False)  # pyright: ignore[reportUnknownMemberType]
-    assert json_format.value.status_code == 400 and "not supported yet" in json_format.value.error
+    with pytest.raises(ollama.ResponseError) as bad_schema:
+        client.chat(  # pyright: ignore[reportUnknownMemberType]
+            model=MODEL, messages=[ollama.Message(role="user", content="hi")], format={"type": "text"}, stream=False
+        )
+    assert bad_schema.value.status_code == 400 and "Invalid JSON schema for format" in bad_schema.value.error
     with pytest.raises(ollama.ResponseError) as wrong_type:
         client.chat(model=MODEL, messages=[ollama.Message(role="user", content="hi")], options={"temperature": "hot"})  # type: ignore[dict-item]  # pyright: ignore[reportUnknownMemberType]
     assert wrong_type.value.status_code == 400
