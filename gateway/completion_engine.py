@@ -26,6 +26,7 @@ from contextlib import aclosing, suppress
 from typing import Protocol
 
 from gateway.assistant_output import PLAIN_SYNTAX, OutputEvents, OutputSyntax, output_syntax
+from gateway.forced_tool_calls import forced_call_grammar
 from gateway.generation_request import (
     ChatPrompt,
     InvalidRequestError,
@@ -37,7 +38,7 @@ from gateway.generation_request import (
     with_generation_defaults,
 )
 from gateway.metrics import GatewayMetrics, GenerationTimer
-from gateway.output_grammar import OutputGrammarError, compile_output_grammar
+from gateway.output_grammar import OutputGrammar, OutputGrammarError, compile_output_grammar
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
 from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
 from gateway.tool_call_parsing import tool_call_format
@@ -164,7 +165,7 @@ class CompletionEngine:
         tokenizer = self._tokenizers.tokenizer_for(request.model_id)
         prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
         try:
-            prompt_tokens, syntax = _encode(tokenizer, request)
+            prompt_tokens, syntax, forced_grammar = _encode(tokenizer, request)
         except ChatTemplateError as error:
             param = "tools" if str(error).endswith("does not support tools") else prompt_param
             code = "tools_not_supported" if param == "tools" else "invalid_chat_template"
@@ -188,9 +189,10 @@ class CompletionEngine:
                 code="context_length_exceeded",
             )
         sampling = with_generation_defaults(request.sampling, request.omitted_sampling, tokenizer.generation_defaults)
-        if request.grammar is not None:
+        grammar = forced_grammar or request.grammar  # a forced call has no text answer to format
+        if grammar is not None:
             try:
-                sampling = sampling.model_copy(update={"grammar": compile_output_grammar(request.grammar)})
+                sampling = sampling.model_copy(update={"grammar": compile_output_grammar(grammar)})
             except OutputGrammarError as error:
                 raise InvalidRequestError(error.message, param=error.param, code=error.code) from error
         token_request = TokenRequest(
@@ -204,12 +206,15 @@ class CompletionEngine:
         return tokenizer, token_request, syntax
 
 
-def _encode(tokenizer: ModelTokenizer, request: TextGenerationRequest) -> tuple[list[int], OutputSyntax]:
-    """The prompt's tokens, and how to read the reply: a chat prompt's tools are shown to the model
-    (unless `tool_choice` is `none`) and its calls parsed back; a think block is split off."""
+def _encode(
+    tokenizer: ModelTokenizer, request: TextGenerationRequest
+) -> tuple[list[int], OutputSyntax, OutputGrammar | None]:
+    """The prompt's tokens, how to read the reply, and the grammar of a forced tool call: a chat
+    prompt's tools are shown to the model (unless `tool_choice` is `none`) and its calls parsed back
+    (forced by a grammar for `required` or a named function); a think block is split off."""
     prompt = request.prompt
     if not isinstance(prompt, ChatPrompt):
-        return tokenizer.encode_prompt(prompt), PLAIN_SYNTAX
+        return tokenizer.encode_prompt(prompt), PLAIN_SYNTAX, None
     try:
         check_tool_choice(prompt.tools, request.tool_choice)
     except ValueError as error:
@@ -217,8 +222,14 @@ def _encode(tokenizer: ModelTokenizer, request: TextGenerationRequest) -> tuple[
     tools = prompt.tools if request.tool_choice != "none" else ()
     rendered = tokenizer.render_chat(prompt.messages, tools=tools, template_options=prompt.template_options)
     template = tokenizer.chat_template
-    syntax = output_syntax(template, rendered, tool_call_format(template) if tools else None)
-    return tokenizer.encode_rendered(rendered), syntax
+    call_format = tool_call_format(template) if tools else None
+    syntax = output_syntax(template, rendered, call_format)
+    forced = None
+    if call_format is not None:
+        forced = forced_call_grammar(
+            tools, request.tool_choice, call_format, close_reasoning=syntax.starts_in_reasoning
+        )
+    return tokenizer.encode_rendered(rendered), syntax, forced
 
 
 async def _prepend(first_events: list[TextEvent], rest: AsyncGenerator[TextEvent]) -> AsyncGenerator[TextEvent]:

@@ -34,6 +34,7 @@ from gateway.generation_request import (
     TextStarted,
     ToolCallDelta,
 )
+from gateway.stream_keepalive import with_keepalive
 from services.kernel.ids import RequestId
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,9 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 def event_stream_reply(stream: AsyncGenerator[str]) -> ClosingStreamingResponse:
-    """Server-Sent Events, unbuffered by proxies."""
+    """Server-Sent Events, unbuffered by proxies, with a keep-alive comment every 15 s of silence."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return ClosingStreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    return ClosingStreamingResponse(with_keepalive(stream), media_type="text/event-stream", headers=headers)
 
 
 def named_event(name: str, data: str) -> str:
