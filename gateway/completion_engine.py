@@ -192,7 +192,8 @@ class CompletionEngine:
         grammar = forced_grammar or request.grammar  # a forced call has no text answer to format
         if grammar is not None:
             try:
-                sampling = sampling.model_copy(update={"grammar": compile_output_grammar(grammar)})
+                compiled = compile_output_grammar(grammar, tokenizer.stop_token_ids)
+                sampling = sampling.model_copy(update={"grammar": compiled})
             except OutputGrammarError as error:
                 raise InvalidRequestError(error.message, param=error.param, code=error.code) from error
         token_request = TokenRequest(

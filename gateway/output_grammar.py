@@ -13,7 +13,7 @@ once the grammar is complete and allows nothing but the end of sequence, the mod
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import llguidance
 from pydantic import BaseModel, ConfigDict
@@ -38,7 +38,10 @@ class OutputGrammarError(ValueError):
 
 
 class OutputGrammar(BaseModel):
-    """The output a request must produce, as a Lark grammar in llguidance's dialect.
+    """The output a request must produce, as Lark rules in llguidance's dialect whose top rule is `output`.
+
+    `compile_output_grammar` adds the start rule: `output`, then one of the model's stop tokens, so
+    the request ends (finish "stop") right after the text is complete.
 
     `json_schema_text` is the JSON schema the grammar embeds, when it embeds one (checked on its own
     first, so a bad schema's error names the schema, not a grammar position).
@@ -65,7 +68,7 @@ def json_value_grammar(
       spell it (a prefix that the tokenizer only has as one special token is not matched by it).
     - `param`: the request field named when the schema is refused.
     The JSON is written compactly, with no whitespace outside strings beyond `", "` and `": "`
-    (llguidance's default), so nothing can run on past the value. Nothing is checked here:
+    (llguidance's default); after the suffix the model can only end. Nothing is checked here:
     `compile_output_grammar` does that (put the result on `TextGenerationRequest.grammar`).
     """
     json_schema_text = json.dumps(schema, ensure_ascii=False)
@@ -73,12 +76,14 @@ def json_value_grammar(
     parts.append("value")
     if suffix:
         parts.append(json.dumps(suffix, ensure_ascii=False))
-    lark = f"start: {' '.join(parts)}\nvalue: %json {json_schema_text}\n"
+    lark = f"output: {' '.join(parts)}\nvalue: %json {json_schema_text}\n"
     return OutputGrammar(lark=lark, json_schema_text=json_schema_text, param=param)
 
 
-def compile_output_grammar(grammar: OutputGrammar) -> str:
-    """The llguidance grammar (its JSON form) the last shard matches; `OutputGrammarError` when refused.
+def compile_output_grammar(grammar: OutputGrammar, stop_token_ids: Sequence[int] = ()) -> str:
+    """The llguidance grammar the last shard matches: `grammar.output`, then one of `stop_token_ids`
+    (the model's end-of-sequence ids, which end the request; none: the tokenizer's own EOS ends it).
+    Raises `OutputGrammarError` when llguidance refuses the schema or the grammar.
 
     Compiles the schema (llguidance drops the GIL for it, but it is CPU work): call it from a worker thread.
     """
@@ -93,7 +98,9 @@ def compile_output_grammar(grammar: OutputGrammar) -> str:
             raise OutputGrammarError(
                 f"Invalid JSON schema for {grammar.param}: {problem}", param=grammar.param, code="invalid_json_schema"
             )
-    compiled = llguidance.LLMatcher.grammar_from_lark(grammar.lark)
+    ends = " | ".join(f"<[{token_id}]>" for token_id in sorted(set(stop_token_ids)))
+    start = f"start: output end_of_sequence\nend_of_sequence: {ends}\n" if ends else "start: output\n"
+    compiled = llguidance.LLMatcher.grammar_from_lark(start + grammar.lark)
     problem = grammar_problem(compiled)
     if problem is not None:
         raise OutputGrammarError(

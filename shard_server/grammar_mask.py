@@ -4,10 +4,10 @@ A request whose `SamplingOptions.grammar` is set gets a `GrammarMatcher` (llguid
 over the model's own tokenizer). Before every sample its mask sets the logits of the tokens the
 grammar does not allow to -inf: one more logits processor, right before the logsumexp, so greedy
 and seeded sampling pick among allowed tokens exactly as they would pick among all. The matcher then
-consumes the step's token. Once the grammar is complete and allows nothing but the end of sequence,
-the mask leaves only the model's EOS tokens (which the request's stop tokens include), so the next
-token ends the request with "stop". A matcher in an error state (it cannot happen with tokens its
-own mask allowed) also allows only EOS, and says why in the log.
+consumes the step's token. The gateway's grammars end with one of the request's stop tokens
+(`gateway/output_grammar.py`), so once the text is complete the mask leaves only those, and the
+request ends with "stop". A matcher that is stopped, or in an error state (which tokens its own mask
+allowed cannot cause; it says why in the log), allows only the tokenizer's EOS.
 
 A recovering request (`replay_tokens`) consumes the journal's tokens in place of the ones sampled at
 those steps, as the first shard feeds them: the matcher follows the text the client already has.

@@ -52,6 +52,16 @@ def test_any_json_object(tokenizer: llguidance.LLTokenizer) -> None:
     assert not accepts(tokenizer, compiled, "[1, 2]")
 
 
+def test_the_output_ends_with_one_of_the_stop_tokens(tokenizer: llguidance.LLTokenizer) -> None:
+    stop_token_ids = (1, 2)
+    compiled = compile_output_grammar(json_value_grammar(ANY_JSON_OBJECT), stop_token_ids)
+    matcher = llguidance.LLMatcher(tokenizer, compiled, log_level=0)
+    assert matcher.consume_tokens(tokenizer.tokenize_str('{"a": 1}'))
+    assert not matcher.is_accepting()
+    assert matcher.validate_tokens([2]) == 1 and matcher.validate_tokens([0]) == 0
+    assert matcher.consume_token(2) and matcher.is_stopped()
+
+
 @pytest.mark.parametrize(
     ("schema", "reason"),
     [

@@ -76,7 +76,8 @@ async def test_a_json_schema_travels_as_the_request_grammar(model_tokenizer: Mod
     reply, source = await post(model_tokenizer, dialect, openai_schema_format(dialect, SCHEMA))
     assert reply.status_code == 200, reply.text
     (request,) = source.requests
-    assert request.sampling.grammar == compile_output_grammar(json_value_grammar(SCHEMA))
+    expected = compile_output_grammar(json_value_grammar(SCHEMA), model_tokenizer.stop_token_ids)
+    assert request.sampling.grammar == expected
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda dialect: dialect.name)
@@ -90,7 +91,8 @@ async def test_json_object_asks_for_some_object(
     tokenizer_json = (model_directory / "tokenizer.json").read_text()
     tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=model_tokenizer.stop_token_ids[0])
     matcher = llguidance.LLMatcher(tokenizer, request.sampling.grammar, log_level=0)
-    assert matcher.consume_tokens(tokenizer.tokenize_str('{"a": 1}')) and matcher.is_accepting()
+    assert matcher.consume_tokens(tokenizer.tokenize_str('{"a": 1}'))
+    assert matcher.consume_token(model_tokenizer.stop_token_ids[0]) and matcher.is_accepting()
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda dialect: dialect.name)
