@@ -27,6 +27,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -191,6 +192,14 @@ class ChatMessageInput(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
     reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _content_unless_calls(self) -> "ChatMessageInput":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError("missing_content", "content is required unless an assistant turn has tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise PydanticCustomError("missing_tool_call_id", "a tool message needs the tool_call_id it answers")
+        return self
 
     def to_chat_message(self) -> ChatMessage:
         return ChatMessage(

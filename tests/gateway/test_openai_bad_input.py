@@ -52,6 +52,8 @@ CASES = (
     BadInput("messages is a string", chat(messages="hi"), 400, "messages", "invalid_type"),
     BadInput("content is a number", one_message(role="user", content=5), 400, "messages[0].content", "invalid_type"),
     BadInput("unsupported role", one_message(role="function", content="x"), 400, "messages[0].role"),
+    BadInput("no content", one_message(role="user"), 400, "messages[0]"),
+    BadInput("tool turn without its call id", one_message(role="tool", content="sunny"), 400, "messages[0]"),
     BadInput("image part", one_message(role="user", content=[{"type": "image_url"}]), 400, "messages[0].content"),
     BadInput("temperature as a string", chat(temperature="0.5"), 400, "temperature", "invalid_type"),
     BadInput("max_tokens as a string", chat(max_tokens="5"), 400, "max_tokens", "invalid_type"),
