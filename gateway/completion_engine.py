@@ -40,7 +40,7 @@ from gateway.generation_request import (
 from gateway.metrics import GatewayMetrics, GenerationTimer
 from gateway.output_grammar import OutputGrammar, OutputGrammarError, compile_output_grammar
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
-from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
+from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher, ToolsNotSupportedError
 from gateway.tool_call_parsing import tool_call_format
 from gateway.tool_definitions import check_tool_choice
 from services.kernel.ids import ModelId, RequestId
@@ -166,10 +166,10 @@ class CompletionEngine:
         prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
         try:
             prompt_tokens, syntax, forced_grammar = _encode(tokenizer, request)
+        except ToolsNotSupportedError as error:
+            raise InvalidRequestError(str(error), param="tools", code="tools_not_supported") from error
         except ChatTemplateError as error:
-            param = "tools" if str(error).endswith("does not support tools") else prompt_param
-            code = "tools_not_supported" if param == "tools" else "invalid_chat_template"
-            raise InvalidRequestError(str(error), param=param, code=code) from error
+            raise InvalidRequestError(str(error), param=prompt_param, code="invalid_chat_template") from error
         context_length = tokenizer.context_length
         if not prompt_tokens:
             raise InvalidRequestError("The prompt is empty.", param=prompt_param, code="empty_prompt")

@@ -35,6 +35,10 @@ class ChatTemplateError(ValueError):
     """The model has no chat template, or its template refused the conversation."""
 
 
+class ToolsNotSupportedError(ChatTemplateError):
+    """The request offers tools, but the model's chat template renders none."""
+
+
 class ModelTokenizer:
     """The tokenizer of one model, with the facts about the model that tokenizing depends on."""
 
@@ -134,7 +138,7 @@ class ModelTokenizer:
             raise ChatTemplateError("this model has no chat template; use the completions endpoint instead")
         supports_tools = tool_call_format(self.chat_template) is not None
         if tools and not supports_tools:
-            raise ChatTemplateError("this model's chat template does not support tools")
+            raise ToolsNotSupportedError("this model's chat template does not support tools")
         conversation = template_conversation(messages, supports_tools=supports_tools)
         arguments = template_options.template_arguments() if template_options is not None else {}
         template_tools = [tool.as_template_tool() for tool in tools] or None
