@@ -11,9 +11,10 @@ decided once per request from the chat template and the rendered prompt (`output
 from dataclasses import dataclass
 
 from gateway.generation_request import ReasoningDelta, TextDelta, TextEvent, ToolCallDelta
+from gateway.harmony_parsing import HarmonyParser
 from gateway.output_pieces import CallPiece, OutputPiece, ReasoningPiece, TextPiece
 from gateway.reasoning_split import THINK_OPEN, ReasoningSplitter, prompt_opens_reasoning
-from gateway.tool_call_parsing import ToolCallFormat, ToolCallParser, tool_call_parser
+from gateway.tool_call_parsing import HARMONY_CHANNEL, ToolCallFormat, ToolCallParser, tool_call_parser
 from gateway.tool_definitions import ToolCall, new_tool_call_id
 
 
@@ -25,16 +26,20 @@ class OutputSyntax:
     """The prompt opened the think block: the reply starts inside it."""
     tool_calls: ToolCallFormat | None
     """The call format to parse; None: tools were not offered (all text is the answer)."""
+    harmony: bool = False
+    """gpt-oss's channels: decoded with special tokens kept and split by `gateway.harmony_parsing`."""
 
     @property
     def is_plain(self) -> bool:
-        return not self.reasoning and self.tool_calls is None
+        return not self.reasoning and self.tool_calls is None and not self.harmony
 
 
 PLAIN_SYNTAX = OutputSyntax(reasoning=False, starts_in_reasoning=False, tool_calls=None)
 
 
 def output_syntax(chat_template: str, rendered_prompt: str, tool_calls: ToolCallFormat | None) -> OutputSyntax:
+    if HARMONY_CHANNEL in chat_template:
+        return OutputSyntax(reasoning=True, starts_in_reasoning=False, tool_calls=tool_calls, harmony=True)
     opens = prompt_opens_reasoning(rendered_prompt)
     return OutputSyntax(
         reasoning=opens or THINK_OPEN in chat_template, starts_in_reasoning=opens, tool_calls=tool_calls
@@ -43,18 +48,25 @@ def output_syntax(chat_template: str, rendered_prompt: str, tool_calls: ToolCall
 
 class AssistantOutputSplitter:
     def __init__(self, syntax: OutputSyntax) -> None:
+        self._harmony = HarmonyParser() if syntax.harmony else None
         self._reasoning = (
-            ReasoningSplitter(starts_in_reasoning=syntax.starts_in_reasoning) if syntax.reasoning else None
+            ReasoningSplitter(starts_in_reasoning=syntax.starts_in_reasoning)
+            if syntax.reasoning and not syntax.harmony
+            else None
         )
         self._tool_calls: ToolCallParser | None = (
-            tool_call_parser(syntax.tool_calls) if syntax.tool_calls is not None else None
+            tool_call_parser(syntax.tool_calls) if syntax.tool_calls is not None and not syntax.harmony else None
         )
 
     def feed(self, text: str) -> list[OutputPiece]:
+        if self._harmony is not None:
+            return _merge_text(self._harmony.feed(text))
         pieces: list[OutputPiece] = list(self._reasoning.feed(text)) if self._reasoning else [TextPiece(text)]
         return self._parse_calls(pieces)
 
     def finish(self) -> list[OutputPiece]:
+        if self._harmony is not None:
+            return _merge_text(self._harmony.finish())
         pieces: list[OutputPiece] = list(self._reasoning.finish()) if self._reasoning else []
         parsed = self._parse_calls(pieces)
         if self._tool_calls is not None:

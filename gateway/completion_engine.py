@@ -89,7 +89,7 @@ class CompletionEngine:
         if announce_start:
             yield TextStarted(prompt_tokens=prompt_tokens)
         stop_token_ids = frozenset(token_request.stop_token_ids)
-        detokenizer = tokenizer.detokenizer()
+        detokenizer = tokenizer.detokenizer(keep_special_tokens=syntax.harmony)
         stop_matcher = StopStringMatcher(request.stop)
         generated_tokens = 0
         events = self._token_source.generate(token_request)

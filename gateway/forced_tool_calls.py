@@ -17,7 +17,10 @@ from gateway.tool_definitions import NamedToolChoice, ToolChoice, ToolDefinition
 def forced_call_grammar(
     tools: tuple[ToolDefinition, ...], choice: ToolChoice, call_format: ToolCallFormat, *, close_reasoning: bool
 ) -> OutputGrammar | None:
-    """The grammar of one forced call; None when `choice` forces nothing (`auto`, `none`)."""
+    """The grammar of one forced call; None when `choice` forces nothing (`auto`, `none`), and for
+    Harmony, whose call markers are special tokens a text grammar cannot spell."""
+    if call_format == "harmony":
+        return None
     if isinstance(choice, NamedToolChoice):
         candidates = tuple(tool for tool in tools if tool.name == choice.name)
     elif choice == "required":

@@ -162,11 +162,16 @@ class ModelTokenizer:
         with self._encode_lock:
             return self._tokenizer.encode(text, add_special_tokens=True)
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Decodes to text: special tokens skipped, no clean-up, so decoding is concatenable."""
-        return self._tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    def decode(self, token_ids: Sequence[int], *, keep_special_tokens: bool = False) -> str:
+        """Decodes to text: special tokens skipped (unless kept), no clean-up, so decoding is concatenable."""
+        return self._tokenizer.decode(
+            list(token_ids), skip_special_tokens=not keep_special_tokens, clean_up_tokenization_spaces=False
+        )
 
-    def detokenizer(self) -> "IncrementalDetokenizer":
+    def detokenizer(self, *, keep_special_tokens: bool = False) -> "IncrementalDetokenizer":
+        """`keep_special_tokens`: for output whose structure is special tokens (gpt-oss's Harmony)."""
+        if keep_special_tokens:
+            return IncrementalDetokenizer(lambda token_ids: self.decode(token_ids, keep_special_tokens=True))
         return IncrementalDetokenizer(self.decode)
 
 

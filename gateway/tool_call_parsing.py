@@ -14,7 +14,8 @@ Formats (`tool_call_format` picks one from the chat template):
 A call whose JSON does not parse, or lacks a name or an arguments object, is not a call: its text is
 given back as a `TextPiece`, unchanged, so nothing is lost. An unclosed `<tool_call>` at the end (the
 model stopped at its end-of-turn token, or ran out of tokens) is a call when its JSON parses.
-gpt-oss's Harmony format is written in special tokens the detokenizer drops, so it is not parsed here.
+gpt-oss's Harmony format (special-token markers, reasoning and calls in channels) is parsed by
+`gateway.harmony_parsing`.
 """
 
 import json
@@ -22,11 +23,13 @@ from typing import Literal, Protocol, cast
 
 from gateway.output_pieces import CallPiece, TextPiece, held_length
 
-ToolCallFormat = Literal["hermes", "llama3_json"]
+ToolCallFormat = Literal["hermes", "llama3_json", "harmony"]
+"""`harmony` (gpt-oss) is split by `gateway.harmony_parsing`, calls and reasoning together."""
 
 HERMES_OPEN = "<tool_call>"
 HERMES_CLOSE = "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+HARMONY_CHANNEL = "<|channel|>"
 
 ParsedPiece = TextPiece | CallPiece
 
@@ -41,6 +44,8 @@ def tool_call_format(chat_template: str) -> ToolCallFormat | None:
     """The call format a chat template teaches its model; None when the template renders no tools."""
     if "tools" not in chat_template and "tool_calls" not in chat_template:
         return None
+    if HARMONY_CHANNEL in chat_template:
+        return "harmony"
     if HERMES_OPEN in chat_template:
         return "hermes"
     if PYTHON_TAG in chat_template or "<|start_header_id|>" in chat_template:
@@ -54,6 +59,8 @@ def tool_call_parser(call_format: ToolCallFormat) -> ToolCallParser:
             return HermesToolCallParser()
         case "llama3_json":
             return Llama3JsonToolCallParser()
+        case "harmony":
+            raise ValueError("Harmony output is split by gateway.harmony_parsing, not a tool-call parser")
 
 
 def parse_call_object(value: object) -> CallPiece | None:

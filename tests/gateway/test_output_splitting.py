@@ -6,6 +6,7 @@ import pytest
 from gateway.assistant_output import AssistantOutputSplitter, OutputSyntax, output_syntax
 from gateway.output_pieces import CallPiece, OutputPiece, ReasoningPiece, TextPiece
 from gateway.reasoning_split import ReasoningSplitter
+from gateway.tokenization import ModelTokenizer
 from gateway.tool_call_parsing import (
     HermesToolCallParser,
     Llama3JsonToolCallParser,
@@ -154,3 +155,49 @@ def test_formats_and_syntax_from_templates() -> None:
     syntax = output_syntax("{{ '<think>' }}", "<|im_start|>assistant\n<think>\n", None)
     assert syntax.reasoning and syntax.starts_in_reasoning and syntax.tool_calls is None
     assert output_syntax("plain", "<|im_start|>assistant\n", None).is_plain
+
+
+HARMONY_CASES: list[tuple[str, list[OutputPiece]]] = [
+    (
+        "<|channel|>analysis<|message|>The user asks for Paris.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|>Paris.",
+        [ReasoningPiece("The user asks for Paris."), TextPiece("Paris.")],
+    ),
+    (
+        "<|channel|>analysis<|message|>Need the weather.<|end|>"
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+        '<|message|>{"city": "Paris"}',
+        [ReasoningPiece("Need the weather."), CallPiece(name="get_weather", arguments={"city": "Paris"})],
+    ),
+    (
+        '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|end|>',
+        [CallPiece(name="get_weather", arguments={"city": "Paris"})],
+    ),
+    ("Plain text without any header.", [TextPiece("Plain text without any header.")]),
+    (
+        "<|channel|>commentary to=functions.get_weather<|message|>{broken",
+        [TextPiece("{broken")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), HARMONY_CASES)
+def test_harmony_across_every_split(text: str, expected: list[OutputPiece]) -> None:
+    syntax = output_syntax("{{ '<|channel|>' }}{% if tools %}{% endif %}", "<|start|>assistant", "harmony")
+    assert syntax.harmony and syntax.tool_calls == "harmony"
+    for deltas in _every_split(text):
+        splitter = AssistantOutputSplitter(syntax)
+        pieces: list[OutputPiece] = []
+        for delta in deltas:
+            pieces.extend(splitter.feed(delta))
+        pieces.extend(splitter.finish())
+        assert _merged(pieces) == expected, deltas
+
+
+def test_harmony_detection_and_special_tokens_kept(model_tokenizer: ModelTokenizer) -> None:
+    assert tool_call_format("<|start|>{% if tools %}<|channel|>commentary{% endif %}") == "harmony"
+    ids = model_tokenizer.encode_text("<|im_start|>Hello")
+    assert model_tokenizer.decode(ids) == "Hello"
+    assert model_tokenizer.decode(ids, keep_special_tokens=True) == "<|im_start|>Hello"
+    detokenizer = model_tokenizer.detokenizer(keep_special_tokens=True)
+    assert "".join(detokenizer.add(token_id) for token_id in ids) + detokenizer.flush() == "<|im_start|>Hello"
