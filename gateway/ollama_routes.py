@@ -167,6 +167,7 @@ class GenerateRequest(_GenerationFields):
     system: str | None = None
     raw: bool = False
     images: tuple[str, ...] | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.images:
@@ -174,7 +175,10 @@ class GenerateRequest(_GenerationFields):
         if self.raw:
             return TextPrompt(text=self.prompt)
         system = (ChatMessage(role="system", content=self.system),) if self.system else ()
-        return ChatPrompt(messages=(*system, ChatMessage(role="user", content=self.prompt)))
+        return ChatPrompt(
+            messages=(*system, ChatMessage(role="user", content=self.prompt)),
+            template_options=_thinking_options(self.think),
+        )
 
 
 class ModelRequest(BaseModel):

@@ -294,6 +294,8 @@ def test_reasoning_in_every_dialect(thinking_url: str) -> None:
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], think=True
     )
     assert (reply.message.thinking, reply.message.content) == ("Paris is the capital of France.", "Paris.")
+    generated = ollama.Client(host=thinking_url, timeout=30).generate(model=MODEL, prompt=QUESTION, think=True)
+    assert (generated.thinking, generated.response) == ("Paris is the capital of France.", "Paris.")
 
 
 def test_disabled_thinking_reaches_the_template(thinking_tokenizer: ModelTokenizer) -> None:
