@@ -25,10 +25,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, suppress
 from typing import Protocol
 
+from gateway.assistant_output import PLAIN_SYNTAX, OutputEvents, OutputSyntax, output_syntax
+from gateway.forced_tool_calls import forced_call_grammar
 from gateway.generation_request import (
     ChatPrompt,
     InvalidRequestError,
-    TextDelta,
     TextEvent,
     TextFinished,
     TextGenerationRequest,
@@ -37,10 +38,12 @@ from gateway.generation_request import (
     with_generation_defaults,
 )
 from gateway.metrics import GatewayMetrics, GenerationTimer
-from gateway.output_grammar import OutputGrammarError, compile_output_grammar
+from gateway.output_grammar import OutputGrammar, OutputGrammarError, compile_output_grammar
 from gateway.token_logprobs import TokenLogprob, token_logprob
 from gateway.token_source import GeneratedToken, GenerationFinished, PipelineError, TokenRequest, TokenSource
-from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher
+from gateway.tokenization import ChatTemplateError, ModelTokenizer, StopStringMatcher, ToolsNotSupportedError
+from gateway.tool_call_parsing import tool_call_format
+from gateway.tool_definitions import check_tool_choice
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
 
@@ -89,12 +92,13 @@ class CompletionEngine:
     async def _generate(
         self, request: TextGenerationRequest, timer: GenerationTimer, announce_start: bool
     ) -> AsyncGenerator[TextEvent]:
-        tokenizer, token_request = await asyncio.to_thread(self._prepare, request)
+        tokenizer, token_request, syntax = await asyncio.to_thread(self._prepare, request)
         prompt_tokens = len(token_request.prompt_tokens)
+        output = OutputEvents(syntax)  # reasoning and tool calls split from the answer text
         if announce_start:
             yield TextStarted(prompt_tokens=prompt_tokens)
         stop_token_ids = frozenset(token_request.stop_token_ids)
-        detokenizer = tokenizer.detokenizer()
+        detokenizer = tokenizer.detokenizer(keep_special_tokens=syntax.harmony)
         stop_matcher = StopStringMatcher(request.stop)
         generated_tokens = 0
         pending_logprobs: list[TokenLogprob] = []
@@ -111,10 +115,12 @@ class CompletionEngine:
                         if (logprob := token_logprob(event, tokenizer)) is not None:
                             pending_logprobs.append(logprob)
                         scan = stop_matcher.feed(detokenizer.add(token_id))
-                        if scan.text:
-                            yield TextDelta(text=scan.text, logprobs=tuple(pending_logprobs))
-                            pending_logprobs.clear()
+                        for text_event in output.feed(scan.text, pending_logprobs):
+                            yield text_event
+                        pending_logprobs.clear()
                         if scan.matched is not None:
+                            for text_event in output.finish():
+                                yield text_event
                             yield TextFinished(
                                 reason="stop",
                                 prompt_tokens=prompt_tokens,
@@ -125,8 +131,11 @@ class CompletionEngine:
                     case GenerationFinished(reason=reason, generated_tokens=reported_tokens):
                         scan = stop_matcher.feed(detokenizer.flush())
                         tail = scan.text if scan.matched is not None else scan.text + stop_matcher.flush()
-                        if tail or pending_logprobs:
-                            yield TextDelta(text=tail, logprobs=tuple(pending_logprobs))
+                        for text_event in [*output.feed(tail, pending_logprobs), *output.finish()]:
+                            yield text_event
+                        pending_logprobs.clear()
+                        if scan.matched is None and reason == "stop" and output.tool_calls:
+                            reason = "tool_calls"  # the turn ended with calls for the client to run
                         yield TextFinished(
                             reason="stop" if scan.matched is not None else reason,
                             prompt_tokens=prompt_tokens,
@@ -163,15 +172,17 @@ class CompletionEngine:
             max_tokens=None,
             sampling=SamplingOptions(),
         )
-        _, token_request = await asyncio.to_thread(self._prepare, request)
+        _, token_request, _ = await asyncio.to_thread(self._prepare, request)
         return len(token_request.prompt_tokens)
 
-    def _prepare(self, request: TextGenerationRequest) -> tuple[ModelTokenizer, TokenRequest]:
+    def _prepare(self, request: TextGenerationRequest) -> tuple[ModelTokenizer, TokenRequest, OutputSyntax]:
         """Tokenizes and validates against the context window. Blocking: run in a worker thread."""
         tokenizer = self._tokenizers.tokenizer_for(request.model_id)
         prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
         try:
-            prompt_tokens = tokenizer.encode_prompt(request.prompt)
+            prompt_tokens, syntax, forced_grammar = _encode(tokenizer, request)
+        except ToolsNotSupportedError as error:
+            raise InvalidRequestError(str(error), param="tools", code="tools_not_supported") from error
         except ChatTemplateError as error:
             raise InvalidRequestError(str(error), param=prompt_param, code="invalid_chat_template") from error
         context_length = tokenizer.context_length
@@ -199,9 +210,10 @@ class CompletionEngine:
                 code="invalid_value",
             )
         sampling = with_generation_defaults(request.sampling, request.omitted_sampling, tokenizer.generation_defaults)
-        if request.grammar is not None:
+        grammar = forced_grammar or request.grammar  # a forced call has no text answer to format
+        if grammar is not None:
             try:
-                compiled = compile_output_grammar(request.grammar, tokenizer.stop_token_ids)
+                compiled = compile_output_grammar(grammar, tokenizer.stop_token_ids)
                 sampling = sampling.model_copy(update={"grammar": compiled})
             except OutputGrammarError as error:
                 raise InvalidRequestError(error.message, param=error.param, code=error.code) from error
@@ -213,7 +225,33 @@ class CompletionEngine:
             sampling=sampling,
             stop_token_ids=tokenizer.stop_token_ids,
         )
-        return tokenizer, token_request
+        return tokenizer, token_request, syntax
+
+
+def _encode(
+    tokenizer: ModelTokenizer, request: TextGenerationRequest
+) -> tuple[list[int], OutputSyntax, OutputGrammar | None]:
+    """The prompt's tokens, how to read the reply, and the grammar of a forced tool call: a chat
+    prompt's tools are shown to the model (unless `tool_choice` is `none`) and its calls parsed back
+    (forced by a grammar for `required` or a named function); a think block is split off."""
+    prompt = request.prompt
+    if not isinstance(prompt, ChatPrompt):
+        return tokenizer.encode_prompt(prompt), PLAIN_SYNTAX, None
+    try:
+        check_tool_choice(prompt.tools, request.tool_choice)
+    except ValueError as error:
+        raise InvalidRequestError(str(error), param="tool_choice", code="invalid_tool_choice") from error
+    tools = prompt.tools if request.tool_choice != "none" else ()
+    rendered = tokenizer.render_chat(prompt.messages, tools=tools, template_options=prompt.template_options)
+    template = tokenizer.chat_template
+    call_format = tool_call_format(template) if tools else None
+    syntax = output_syntax(template, rendered, call_format)
+    forced = None
+    if call_format is not None:
+        forced = forced_call_grammar(
+            tools, request.tool_choice, call_format, close_reasoning=syntax.starts_in_reasoning
+        )
+    return tokenizer.encode_rendered(rendered), syntax, forced
 
 
 async def _prepend(first_events: list[TextEvent], rest: AsyncGenerator[TextEvent]) -> AsyncGenerator[TextEvent]:

@@ -23,8 +23,18 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Send
 
+from gateway.collected_output import CollectedOutput, collect_output
 from gateway.completion_engine import CompletionEngine
-from gateway.generation_request import TextDelta, TextEvent, TextFinished, TextGenerationRequest, TextStarted
+from gateway.generation_request import (
+    ReasoningDelta,
+    TextDelta,
+    TextEvent,
+    TextFinished,
+    TextGenerationRequest,
+    TextStarted,
+    ToolCallDelta,
+)
+from gateway.stream_keepalive import with_keepalive
 from services.kernel.ids import RequestId
 
 logger = logging.getLogger(__name__)
@@ -54,6 +64,13 @@ async def whole_generation(
     return await unless_disconnected(request, generation.request_id, collect_text(engine.run(generation)))
 
 
+async def whole_output(
+    request: Request, engine: CompletionEngine, generation: TextGenerationRequest
+) -> CollectedOutput | None:
+    """The whole output (text, reasoning, tool calls, finish); None when the client disconnected first."""
+    return await unless_disconnected(request, generation.request_id, collect_output(engine.run(generation)))
+
+
 async def started_generation(
     request: Request, engine: CompletionEngine, generation: TextGenerationRequest, *, announce_start: bool = False
 ) -> AsyncGenerator[TextEvent] | None:
@@ -71,7 +88,7 @@ async def collect_text(events: AsyncGenerator[TextEvent]) -> tuple[str, TextFini
                     parts.append(text)
                 case TextFinished():
                     return "".join(parts), event
-                case TextStarted():
+                case TextStarted() | ReasoningDelta() | ToolCallDelta():
                     pass
     raise RuntimeError("the generation ended without a TextFinished event")
 
@@ -96,9 +113,9 @@ class ClosingStreamingResponse(StreamingResponse):
 
 
 def event_stream_reply(stream: AsyncGenerator[str]) -> ClosingStreamingResponse:
-    """Server-Sent Events, unbuffered by proxies."""
+    """Server-Sent Events, unbuffered by proxies, with a keep-alive comment every 15 s of silence."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return ClosingStreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    return ClosingStreamingResponse(with_keepalive(stream), media_type="text/event-stream", headers=headers)
 
 
 def named_event(name: str, data: str) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.output_grammar import OutputGrammar
 from gateway.token_logprobs import TokenLogprob
+from gateway.tool_definitions import ChatTemplateOptions, ToolCall, ToolChoice, Tools
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import SamplingOptions
 
@@ -51,12 +52,21 @@ class ModelNotFoundError(Exception):
 
 
 class ChatMessage(BaseModel):
-    """One turn of a conversation, already reduced to plain text by the dialect adapter."""
+    """One turn of a conversation, already reduced to plain text by the dialect adapter.
+
+    An assistant turn may carry the tool calls it made (and its earlier reasoning); a `tool` turn is
+    the result of the call `tool_call_id`.
+    """
 
     model_config = ConfigDict(frozen=True, strict=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    """The function a `tool` turn answers, where the dialect says (some templates show it)."""
+    reasoning: str | None = None
 
 
 class ChatPrompt(BaseModel):
@@ -66,6 +76,9 @@ class ChatPrompt(BaseModel):
 
     kind: Literal["chat"] = "chat"
     messages: Annotated[tuple[ChatMessage, ...], Field(min_length=1)]
+    tools: Tools = ()
+    """Functions the model may call, rendered by the chat template (`tools=`)."""
+    template_options: ChatTemplateOptions = ChatTemplateOptions()
 
 
 class TextPrompt(BaseModel):
@@ -95,6 +108,8 @@ class TextGenerationRequest(BaseModel):
     """Sampling fields the client left out: the model's generation_config.json defaults replace them."""
     stop: tuple[str, ...] = ()
     """Stop strings: generation ends before the first occurrence of any of them (not emitted)."""
+    tool_choice: ToolChoice = "auto"
+    """With the prompt's tools: `none` hides them from the model and parses no call."""
     grammar: OutputGrammar | None = None
     """Structured output: the text must match this grammar (`gateway/output_grammar.py`)."""
 
@@ -130,20 +145,40 @@ class TextDelta(BaseModel):
     text may be empty when a token's text is held back, e.g. at the end)."""
 
 
+class ReasoningDelta(BaseModel):
+    """Newly generated text of the model's think block (chat prompts of reasoning models only)."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["reasoning"] = "reasoning"
+    text: str
+
+
+class ToolCallDelta(BaseModel):
+    """One complete tool call parsed from the generated text; `index` counts the calls from 0."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    kind: Literal["tool_call"] = "tool_call"
+    index: int
+    call: ToolCall
+
+
 class TextFinished(BaseModel):
     """The last event of a generation: why it stopped, and the token usage."""
 
     model_config = ConfigDict(frozen=True, strict=True)
 
     kind: Literal["finished"] = "finished"
-    reason: Literal["stop", "length"]
+    reason: Literal["stop", "length", "tool_calls"]
+    """`tool_calls`: the model ended its turn having called tools."""
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None
     """The stop string that ended the text, when one did (some dialects report which)."""
 
 
-TextEvent = TextStarted | TextDelta | TextFinished
+TextEvent = TextStarted | TextDelta | ReasoningDelta | ToolCallDelta | TextFinished
 
 
 def with_generation_defaults(

@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.cluster_auth import cluster_key_check
 from gateway.cluster_view import ClusterView
 from gateway.completion_engine import CompletionEngine
+from gateway.cors import with_cors
 from gateway.generation_request import ModelNotFoundError
 from gateway.metrics import GatewayMetrics, HttpMetrics
 from gateway.model_routes import model_router
@@ -43,6 +44,8 @@ class GatewayOptions:
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     api_key_file: Path | None = None
     """Keys `/v1/*` requires (with `$STRATA_API_KEYS`); none: open."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the gateway (`gateway/cors.py`); none by default."""
 
 
 class StoreTokenizers:
@@ -87,6 +90,9 @@ async def serve_gateway(options: GatewayOptions) -> None:
     if api_keys:
         app = ApiKeyGuard(app, api_keys)
         logger.info("gateway requires one of %d API keys on /v1/*", len(api_keys))
+    app = with_cors(app, options.cors_origins)  # preflights carry no key: answered before the key check
+    if options.cors_origins:
+        logger.info("gateway allows cross-origin requests from %s", ", ".join(options.cors_origins))
     app = HttpMetrics(app, metrics)  # refusals are counted too, and /metrics needs no key
     app = RequestIds(app)  # outermost: every response has its X-Request-Id, every line of it logs it
     server = uvicorn.Server(

@@ -7,6 +7,9 @@ Ollama), top_p, top_k, stop, seed, repeat_penalty + repeat_last_n, min_p, presen
 frequency_penalty (`with_ollama_penalties`); other options are ignored. `keep_alive` is accepted and ignored
 (strata keeps its model loaded). `format` ("json" or a JSON schema) holds the output to it
 (`gateway/response_formats.py`); images are refused with 400 for now.
+`tools` (OpenAI's function tools), messages with `tool_calls` / `tool_name` / `thinking`, and `think`
+(true/false or an effort) reach the chat template; replies carry `message.tool_calls` (arguments
+as objects, a streamed line per call) and `message.thinking`.
 Errors are `{"error": "..."}` (written by `gateway.errors` for every path under `/api/`).
 """
 
@@ -27,7 +30,7 @@ from gateway.dialect_replies import (
     client_closed_reply,
     new_request_id,
     started_generation,
-    whole_generation,
+    whole_output,
 )
 from gateway.errors import describe_error
 from gateway.generation_request import (
@@ -35,17 +38,21 @@ from gateway.generation_request import (
     ChatPrompt,
     InvalidRequestError,
     ModelNotFoundError,
+    ReasoningDelta,
     TextDelta,
     TextEvent,
     TextFinished,
     TextGenerationRequest,
     TextPrompt,
     TextStarted,
+    ToolCallDelta,
     sampling_options,
 )
 from gateway.openai_routes import ModelCatalog
+from gateway.openai_tools import ToolInputs
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
 from gateway.response_formats import OllamaFormat, ollama_format_grammar
+from gateway.tool_definitions import ChatTemplateOptions, ToolCall
 from services.kernel.ids import ModelId, RequestId
 from services.kernel.sampling import DEFAULT_REPETITION_CONTEXT_SIZE, SamplingOptions
 
@@ -100,12 +107,41 @@ def with_ollama_penalties(sampling: SamplingOptions, options: Options) -> Sampli
     )
 
 
+class OllamaFunctionCall(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    name: str
+    arguments: dict[str, object] = Field(default_factory=dict[str, object])
+
+
+class OllamaToolCall(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+
+    function: OllamaFunctionCall
+
+
 class OllamaMessage(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: tuple[str, ...] | None = None
+    thinking: str | None = None
+    tool_calls: tuple[OllamaToolCall, ...] = ()
+    tool_name: str | None = None
+
+    def to_chat_message(self, position: int) -> ChatMessage:
+        calls = tuple(
+            ToolCall(id=f"call_{position}_{index}", name=call.function.name, arguments=call.function.arguments)
+            for index, call in enumerate(self.tool_calls)
+        )
+        return ChatMessage(
+            role=self.role,
+            content=self.content,
+            tool_calls=calls,
+            tool_name=self.tool_name,
+            reasoning=self.thinking,
+        )
 
 
 class _GenerationFields(BaseModel):
@@ -142,17 +178,26 @@ class _GenerationFields(BaseModel):
 
 class ChatRequest(_GenerationFields):
     messages: Annotated[tuple[OllamaMessage, ...], Field(min_length=1)]
+    tools: ToolInputs = ()
+    think: bool | Literal["low", "medium", "high"] | None = None
 
     def prompt(self) -> ChatPrompt:
-        turns: list[ChatMessage] = []
-        for message in self.messages:
-            if message.images:
-                raise InvalidRequestError("images are not supported yet", param="messages.images")
-            if message.role == "tool":  # no tools for these models: the result reads as the user's text
-                turns.append(ChatMessage(role="user", content=f"[tool result: {message.content}]"))
-            else:
-                turns.append(ChatMessage(role=message.role, content=message.content))
-        return ChatPrompt(messages=tuple(turns))
+        if any(message.images for message in self.messages):
+            raise InvalidRequestError("images are not supported yet", param="messages.images")
+        # Ollama's calls carry no ids: each gets one from its position (templates that show ids need some).
+        return ChatPrompt(
+            messages=tuple(message.to_chat_message(position) for position, message in enumerate(self.messages)),
+            tools=tuple(tool.to_definition() for tool in self.tools),
+            template_options=_thinking_options(self.think),
+        )
+
+
+def _thinking_options(think: bool | Literal["low", "medium", "high"] | None) -> ChatTemplateOptions:
+    if think is None:
+        return ChatTemplateOptions()
+    if isinstance(think, bool):
+        return ChatTemplateOptions(enable_thinking=think)
+    return ChatTemplateOptions(enable_thinking=True, reasoning_effort=think)
 
 
 class GenerateRequest(_GenerationFields):
@@ -160,6 +205,7 @@ class GenerateRequest(_GenerationFields):
     system: str | None = None
     raw: bool = False
     images: tuple[str, ...] | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
     def to_prompt(self) -> ChatPrompt | TextPrompt:
         if self.images:
@@ -167,7 +213,10 @@ class GenerateRequest(_GenerationFields):
         if self.raw:
             return TextPrompt(text=self.prompt)
         system = (ChatMessage(role="system", content=self.system),) if self.system else ()
-        return ChatPrompt(messages=(*system, ChatMessage(role="user", content=self.prompt)))
+        return ChatPrompt(
+            messages=(*system, ChatMessage(role="user", content=self.prompt)),
+            template_options=_thinking_options(self.think),
+        )
 
 
 class ModelRequest(BaseModel):
@@ -275,8 +324,20 @@ def _json(document: dict[str, object]) -> Response:
     return Response(json.dumps(document, ensure_ascii=False), media_type="application/json")
 
 
-def _text_fields(text: str, chat: bool) -> dict[str, object]:
-    return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+def _text_fields(
+    text: str, chat: bool, *, thinking: str = "", tool_calls: tuple[ToolCall, ...] = ()
+) -> dict[str, object]:
+    if not chat:
+        return {"response": text, **({"thinking": thinking} if thinking else {})}
+    message: dict[str, object] = {"role": "assistant", "content": text}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = [
+            {"function": {"index": index, "name": call.name, "arguments": call.arguments}}
+            for index, call in enumerate(tool_calls)
+        ]
+    return {"message": message}
 
 
 async def _reply(
@@ -290,12 +351,12 @@ async def _reply(
             return client_closed_reply()
         lines = _lines(events, model, chat, timing, request_id)
         return ClosingStreamingResponse(lines, media_type="application/x-ndjson", headers={})
-    outcome = await whole_generation(request, engine, generation)
+    outcome = await whole_output(request, engine, generation)
     if outcome is None:
         return client_closed_reply()
-    text, finished = outcome
     timing.token()
-    document = {"model": model, "created_at": _now(), **_text_fields(text, chat), **timing.final_fields(finished)}
+    fields = _text_fields(outcome.text, chat, thinking=outcome.reasoning, tool_calls=outcome.tool_calls)
+    document = {"model": model, "created_at": _now(), **fields, **timing.final_fields(outcome.finished)}
     return _json(document)
 
 
@@ -312,6 +373,11 @@ async def _lines(
                     case TextDelta(text=text):
                         timing.token()
                         yield line({**_text_fields(text, chat), "done": False})
+                    case ReasoningDelta(text=text):
+                        timing.token()
+                        yield line({**_text_fields("", chat, thinking=text), "done": False})
+                    case ToolCallDelta(call=call):
+                        yield line({**_text_fields("", chat, tool_calls=(call,)), "done": False})
                     case TextFinished():
                         yield line({**_text_fields("", chat), **timing.final_fields(event)})
                     case TextStarted():

@@ -12,25 +12,17 @@ ends the whole reply (the others are cancelled).
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import TypeVar
 
+from gateway.collected_output import CollectedOutput, collect_output
 from gateway.completion_engine import CompletionEngine
-from gateway.generation_request import MAX_SEED, TextDelta, TextEvent, TextFinished, TextGenerationRequest, TextStarted
+from gateway.generation_request import MAX_SEED, TextEvent, TextFinished, TextGenerationRequest
 from gateway.openai_logprobs import chat_logprobs, completion_logprobs
 from gateway.openai_schemas import ChatCompletion, ChatCompletionChunk, Completion
 from gateway.token_logprobs import TokenLogprob
 from services.kernel.ids import RequestId
 
 _Result = TypeVar("_Result")
-
-
-@dataclass
-class ChoiceText:
-    """What one choice produced so far: its text, and the logprobs of its tokens."""
-
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list[TokenLogprob])
 
 
 def choice_requests(generation: TextGenerationRequest, choices: int) -> list[TextGenerationRequest]:
@@ -67,25 +59,10 @@ async def all_of(work: Sequence[Awaitable[_Result]]) -> list[_Result]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect_choice(events: AsyncGenerator[TextEvent]) -> tuple[ChoiceText, TextFinished]:
-    collected = ChoiceText()
-    async with aclosing(events):
-        async for event in events:
-            match event:
-                case TextDelta(text=text, logprobs=logprobs):
-                    collected.text += text
-                    collected.logprobs.extend(logprobs)
-                case TextFinished():
-                    return collected, event
-                case TextStarted():
-                    pass
-    raise RuntimeError("the generation ended without a TextFinished event")
-
-
 async def whole_choices(
     engine: CompletionEngine, generations: Sequence[TextGenerationRequest]
-) -> list[tuple[ChoiceText, TextFinished]]:
-    return await all_of([collect_choice(engine.run(generation)) for generation in generations])
+) -> list[CollectedOutput]:
+    return await all_of([collect_output(engine.run(generation)) for generation in generations])
 
 
 async def interleaved(streams: Sequence[AsyncGenerator[TextEvent]]) -> AsyncGenerator[tuple[int, TextEvent]]:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from fastapi import APIRouter, Request, Response
 
+from gateway.collected_output import CollectedOutput
 from gateway.completion_engine import CompletionEngine
 from gateway.dialect_replies import (
     client_closed_reply,
@@ -29,11 +30,13 @@ from gateway.dialect_replies import (
 from gateway.errors import describe_error
 from gateway.generation_request import (
     ModelNotFoundError,
+    ReasoningDelta,
     TextDelta,
     TextEvent,
     TextFinished,
     TextGenerationRequest,
     TextStarted,
+    ToolCallDelta,
 )
 from gateway.openai_choices import (
     choice_requests,
@@ -121,18 +124,12 @@ async def _reply(
     outcomes = await unless_disconnected(request, request_id, whole_choices(engine, generations))
     if outcomes is None:
         return client_closed_reply()
-    usage = total_usage([finished for _, finished in outcomes])
-    if isinstance(encoder, ChatEncoder):
-        chats = [
-            indexed_reply(encoder.whole(choice.text, finished), index, choice.logprobs if logprobs else None)
-            for index, (choice, finished) in enumerate(outcomes)
-        ]
-        return json_reply(combined_reply(chats, encoder.whole("", usage)))
-    completions = [
-        indexed_reply(encoder.whole(choice.text, finished), index, choice.logprobs if logprobs else None)
-        for index, (choice, finished) in enumerate(outcomes)
+    usage = total_usage([outcome.finished for outcome in outcomes])
+    replies = [
+        indexed_reply(encoder.whole(outcome), index, outcome.logprobs if logprobs else None)
+        for index, outcome in enumerate(outcomes)
     ]
-    return json_reply(combined_reply(completions, encoder.whole("", usage)))
+    return json_reply(combined_reply(replies, encoder.whole(CollectedOutput("", "", (), usage))))
 
 
 async def _server_sent_events(
@@ -159,6 +156,10 @@ async def _server_sent_events(
                         )
                         text_lengths[index] += len(text)
                         yield _event(chunk.model_dump_json())
+                    case ReasoningDelta() | ToolCallDelta():
+                        side = encoder.side_delta(event)
+                        if side is not None:
+                            yield _event(indexed_reply(side, index, None).model_dump_json())
                     case TextFinished(reason=reason):
                         finishes[index] = event
                         yield _event(indexed_reply(encoder.finish(reason), index, None).model_dump_json())

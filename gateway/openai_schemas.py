@@ -22,17 +22,29 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from gateway.collected_output import CollectedOutput
 from gateway.generation_request import (
     MAX_SEED,
     ChatMessage,
     ChatPrompt,
+    ReasoningDelta,
     SamplingKey,
     TextFinished,
     TextGenerationRequest,
     TextPrompt,
+    ToolCallDelta,
     sampling_options,
 )
 from gateway.openai_logprobs import ChatChoiceLogprobs, CompletionChoiceLogprobs
@@ -45,7 +57,18 @@ from gateway.openai_sampling import (
     TopLogprobs,
     with_logits_options,
 )
+from gateway.openai_tools import (
+    TemplateKeywords,
+    ToolCallInput,
+    ToolCallReply,
+    ToolChoiceInput,
+    ToolInputs,
+    template_options,
+    tool_call_delta,
+    tool_choice,
+)
 from gateway.response_formats import ResponseFormat
+from gateway.tool_definitions import ReasoningEffort
 from services.kernel.ids import ModelId, RequestId
 
 MAX_STOP_STRINGS = 4
@@ -53,7 +76,7 @@ MAX_STOP_STRING_LENGTH = 1024
 """Long enough for any real stop sequence; keeps matching cheap on every token."""
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 def _join_text_parts(value: object) -> object:
@@ -194,11 +217,30 @@ class _SamplingFields(BaseModel):
 class ChatMessageInput(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, BeforeValidator(_join_text_parts)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[str, BeforeValidator(_join_text_parts)] | None = None
+    tool_calls: tuple[ToolCallInput, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _content_unless_calls(self) -> "ChatMessageInput":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError("missing_content", "content is required unless an assistant turn has tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise PydanticCustomError("missing_tool_call_id", "a tool message needs the tool_call_id it answers")
+        return self
 
     def to_chat_message(self) -> ChatMessage:
-        return ChatMessage(role="system" if self.role == "developer" else self.role, content=self.content)
+        return ChatMessage(
+            role="system" if self.role == "developer" else self.role,
+            content=self.content or "",
+            tool_calls=tuple(call.to_tool_call() for call in self.tool_calls),
+            tool_call_id=self.tool_call_id,
+            tool_name=self.name if self.role == "tool" else None,
+            reasoning=self.reasoning_content,
+        )
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -216,10 +258,21 @@ class ChatCompletionRequest(_SamplingFields):
     def _top_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    tools: ToolInputs = ()
+    tool_choice: ToolChoiceInput | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    chat_template_kwargs: TemplateKeywords | None = None
+
     def to_generation_request(self, request_id: RequestId) -> TextGenerationRequest:
-        prompt = ChatPrompt(messages=tuple(message.to_chat_message() for message in self.messages))
+        prompt = ChatPrompt(
+            messages=tuple(message.to_chat_message() for message in self.messages),
+            tools=tuple(tool.to_definition() for tool in self.tools),
+            template_options=template_options(self.reasoning_effort, self.chat_template_kwargs),
+        )
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._generation_request(request_id, prompt, max_tokens)
+        generation = self._generation_request(request_id, prompt, max_tokens)
+        return generation.model_copy(update={"tool_choice": tool_choice(self.tool_choice)})
 
 
 class CompletionRequest(_SamplingFields):
@@ -255,7 +308,16 @@ class Usage(_Reply):
 
 class AssistantMessage(_Reply):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    """None when the turn is only tool calls, as OpenAI sends it."""
+    reasoning_content: str | None = None
+    tool_calls: tuple[ToolCallReply, ...] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """`reasoning_content` and `tool_calls` appear only when there are some, as OpenAI writes them."""
+        message: dict[str, object] = handler(self)
+        return {key: value for key, value in message.items() if value is not None or key == "content"}
 
 
 class ChatCompletionChoice(_Reply):
@@ -277,8 +339,9 @@ class ChatCompletion(_Reply):
 
 class ChatCompletionChunkChoice(_Reply):
     index: int = 0
-    delta: dict[str, str]
-    """`{"role": "assistant", "content": ""}` first, then `{"content": ...}`, `{}` with the finish."""
+    delta: dict[str, object]
+    """`{"role": "assistant", "content": ""}` first, then `{"content": ...}` (or `reasoning_content`,
+    `tool_calls`), `{}` with the finish."""
     finish_reason: FinishReason | None = None
     logprobs: ChatChoiceLogprobs | None = None
 
@@ -333,11 +396,15 @@ class ReplyEncoder(Protocol):
 
     def delta(self, text: str) -> BaseModel: ...
 
+    def side_delta(self, event: ReasoningDelta | ToolCallDelta) -> BaseModel | None:
+        """The chunk of a reasoning delta or tool call, where the endpoint has them."""
+        ...
+
     def finish(self, reason: FinishReason) -> BaseModel: ...
 
     def usage(self, finished: TextFinished) -> BaseModel: ...
 
-    def whole(self, text: str, finished: TextFinished) -> BaseModel: ...
+    def whole(self, output: CollectedOutput) -> BaseModel: ...
 
 
 @dataclass(frozen=True)
@@ -352,6 +419,11 @@ class ChatEncoder:
     def delta(self, text: str) -> ChatCompletionChunk:
         return self._chunk({"content": text})
 
+    def side_delta(self, event: ReasoningDelta | ToolCallDelta) -> ChatCompletionChunk:
+        if isinstance(event, ReasoningDelta):
+            return self._chunk({"reasoning_content": event.text})
+        return self._chunk(tool_call_delta(event))
+
     def finish(self, reason: FinishReason) -> ChatCompletionChunk:
         return self._chunk({}, reason)
 
@@ -360,13 +432,20 @@ class ChatEncoder:
             id=self.id, created=self.created, model=self.model, choices=(), usage=Usage.of(finished)
         )
 
-    def whole(self, text: str, finished: TextFinished) -> ChatCompletion:
-        choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=finished.reason)
+    def whole(self, output: CollectedOutput) -> ChatCompletion:
+        calls = tuple(ToolCallReply.of(call) for call in output.tool_calls) or None
+        message = AssistantMessage(
+            content=None if calls and not output.text else output.text,
+            reasoning_content=output.reasoning or None,
+            tool_calls=calls,
+        )
+        finished = output.finished
+        choice = ChatCompletionChoice(message=message, finish_reason=finished.reason)
         return ChatCompletion(
             id=self.id, created=self.created, model=self.model, choices=(choice,), usage=Usage.of(finished)
         )
 
-    def _chunk(self, delta: dict[str, str], reason: FinishReason | None = None) -> ChatCompletionChunk:
+    def _chunk(self, delta: dict[str, object], reason: FinishReason | None = None) -> ChatCompletionChunk:
         choice = ChatCompletionChunkChoice(delta=delta, finish_reason=reason)
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=(choice,))
 
@@ -383,6 +462,9 @@ class CompletionEncoder:
     def delta(self, text: str) -> Completion:
         return self._completion(CompletionChoice(text=text))
 
+    def side_delta(self, event: ReasoningDelta | ToolCallDelta) -> None:
+        return None  # a text prompt is never split: these do not occur
+
     def finish(self, reason: FinishReason) -> Completion:
         return self._completion(CompletionChoice(text="", finish_reason=reason))
 
@@ -390,9 +472,9 @@ class CompletionEncoder:
         usage = Usage.of(finished)
         return Completion(id=self.id, created=self.created, model=self.model, choices=(), usage=usage)
 
-    def whole(self, text: str, finished: TextFinished) -> Completion:
-        choice = CompletionChoice(text=text, finish_reason=finished.reason)
-        return self._completion(choice, Usage.of(finished))
+    def whole(self, output: CollectedOutput) -> Completion:
+        choice = CompletionChoice(text=output.text, finish_reason=output.finished.reason)
+        return self._completion(choice, Usage.of(output.finished))
 
     def _completion(self, choice: CompletionChoice, usage: Usage | None = None) -> Completion:
         return Completion(id=self.id, created=self.created, model=self.model, choices=(choice,), usage=usage)

@@ -22,7 +22,10 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from tokenizers.decoders import ByteLevel as ByteLevelDecoder
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from gateway.chat_rendering import template_conversation
 from gateway.generation_request import ChatMessage, ChatPrompt, TextPrompt
+from gateway.tool_call_parsing import tool_call_format
+from gateway.tool_definitions import ChatTemplateOptions, ToolDefinition
 from services.models.model_card import generation_defaults
 from services.models.model_config import ModelConfigError, read_model_config
 
@@ -46,6 +49,10 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 class ChatTemplateError(ValueError):
     """The model has no chat template, or its template refused the conversation."""
+
+
+class ToolsNotSupportedError(ChatTemplateError):
+    """The request offers tools, but the model's chat template renders none."""
 
 
 class ModelTokenizer:
@@ -110,30 +117,67 @@ class ModelTokenizer:
     def has_chat_template(self) -> bool:
         return bool(self._tokenizer.chat_template)
 
+    @property
+    def chat_template(self) -> str:
+        """The template's text (every named template joined, for a tokenizer that has several)."""
+        template: object = self._tokenizer.chat_template
+        if isinstance(template, dict):
+            return "\n".join(str(text) for text in cast(dict[str, object], template).values())
+        return str(template or "")
+
     def encode_prompt(self, prompt: ChatPrompt | TextPrompt) -> list[int]:
         match prompt:
-            case ChatPrompt(messages=messages):
-                return self.encode_chat(messages)
+            case ChatPrompt(messages=messages, tools=tools, template_options=options):
+                return self.encode_chat(messages, tools=tools, template_options=options)
             case TextPrompt(text=text):
                 return self.encode_text(text)
 
-    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def encode_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolDefinition] = (),
+        template_options: ChatTemplateOptions | None = None,
+    ) -> list[int]:
         """Renders the model's chat template with the assistant's generation prompt, then encodes it.
 
         Raises `ChatTemplateError` when the model has no template or the template rejects the
         conversation (e.g. roles that do not alternate).
         """
+        return self.encode_rendered(self.render_chat(messages, tools=tools, template_options=template_options))
+
+    def render_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[ToolDefinition] = (),
+        template_options: ChatTemplateOptions | None = None,
+    ) -> str:
+        """The chat template's text for the conversation, with the generation prompt; see `encode_chat`.
+
+        `tools` are passed to the template as `tools=`; a template that renders no tools refuses them
+        (`ChatTemplateError`) rather than leaving the model unaware of them.
+        """
         if not self.has_chat_template:
             raise ChatTemplateError("this model has no chat template; use the completions endpoint instead")
-        conversation = [{"role": message.role, "content": message.content} for message in messages]
+        supports_tools = tool_call_format(self.chat_template) is not None
+        if tools and not supports_tools:
+            raise ToolsNotSupportedError("this model's chat template does not support tools")
+        conversation = template_conversation(messages, supports_tools=supports_tools)
+        arguments = template_options.template_arguments() if template_options is not None else {}
+        template_tools = [tool.as_template_tool() for tool in tools] or None
         try:
-            rendered = self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            return self._tokenizer.apply_chat_template(
+                conversation, tools=template_tools, tokenize=False, add_generation_prompt=True, **arguments
+            )
         except TemplateSyntaxError:
             raise  # the model's template is broken: not the client's fault
         except TemplateError as error:
             message = f"the model's chat template rejected the conversation: {error}"
             raise ChatTemplateError(message) from error
-        # The template writes the special tokens (BOS included) itself.
+
+    def encode_rendered(self, rendered: str) -> list[int]:
+        """Encodes a rendered chat template: it writes the special tokens (BOS included) itself."""
         with self._encode_lock:
             return self._tokenizer.encode(rendered, add_special_tokens=False)
 
@@ -142,9 +186,11 @@ class ModelTokenizer:
         with self._encode_lock:
             return self._tokenizer.encode(text, add_special_tokens=True)
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Decodes to text: special tokens skipped, no clean-up, so decoding is concatenable."""
-        return self._tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    def decode(self, token_ids: Sequence[int], *, keep_special_tokens: bool = False) -> str:
+        """Decodes to text: special tokens skipped (unless kept), no clean-up, so decoding is concatenable."""
+        return self._tokenizer.decode(
+            list(token_ids), skip_special_tokens=not keep_special_tokens, clean_up_tokenization_spaces=False
+        )
 
     def token_bytes(self, token_id: int) -> bytes:
         """One token's own bytes (a byte-level BPE token may hold part of a character), else the
@@ -156,7 +202,10 @@ class ModelTokenizer:
                 return bytes(alphabet[character] for character in raw)
         return self.decode([token_id]).encode()
 
-    def detokenizer(self) -> "IncrementalDetokenizer":
+    def detokenizer(self, *, keep_special_tokens: bool = False) -> "IncrementalDetokenizer":
+        """`keep_special_tokens`: for output whose structure is special tokens (gpt-oss's Harmony)."""
+        if keep_special_tokens:
+            return IncrementalDetokenizer(lambda token_ids: self.decode(token_ids, keep_special_tokens=True))
         return IncrementalDetokenizer(self.decode)
 
 

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -125,6 +126,13 @@ def _add_gateway_arguments(gateway: argparse.ArgumentParser) -> None:
     add_service_address(gateway, GATEWAY_PORT)
     add_coordinator_address(gateway)
     _add_api_key_file(gateway)
+    gateway.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin allowed to call the gateway, e.g. http://localhost:3000, or * (repeatable; "
+        "default: $STRATA_CORS_ORIGINS, else none)",
+    )
     add_discovery_arguments(gateway)
 
 
@@ -408,8 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {report}")
         return 0
     if command == "gateway":
+        from gateway.cors import cors_origins
         from gateway.main import GatewayOptions, run_gateway
 
+        try:
+            origins = cors_origins(arguments.cors_origin, os.environ)
+        except ValueError as error:
+            print(f"strata gateway: {error}", file=sys.stderr)
+            return 2
         run_gateway(
             GatewayOptions(
                 home,
@@ -418,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.coordinator,
                 discovery=discovery_options(arguments),
                 api_key_file=arguments.api_key_file,
+                cors_origins=origins,
             )
         )
         return 0

@@ -110,3 +110,28 @@ async def test_errors_and_polled_paths_have_an_id_too(model_tokenizer: ModelToke
     [polled] = [record for record in collected.records if record.getMessage().startswith("GET /health 200")]
     assert polled.levelno == logging.DEBUG
     assert current_request_id() is None  # nothing leaks out of a request
+
+
+DIALECT_CALLS: list[tuple[str, dict[str, object]]] = [
+    ("/v1/chat/completions", dict(CHAT)),
+    ("/v1/completions", {"model": MODEL, "prompt": "Say hello.", "max_tokens": 2}),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}),
+    ("/v1/responses", {"model": MODEL, "input": "Hi", "max_output_tokens": 2}),
+    ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 2}}),
+    ("/api/generate", {"model": MODEL, "prompt": "Hi", "options": {"num_predict": 2}}),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("path", "body"), DIALECT_CALLS)
+async def test_every_dialect_returns_the_id(
+    model_tokenizer: ModelTokenizer, path: str, body: dict[str, object], stream: bool
+) -> None:
+    source = RecordingSource(scripted_source(model_tokenizer))
+    async with client(source, model_tokenizer) as http:
+        response = await http.post(path, json={**body, "stream": stream}, headers={"X-Request-Id": "trace-7"})
+        unknown = await http.post(path, json={**body, "model": "no-such-model", "stream": stream})
+
+    assert response.status_code == 200 and response.headers["x-request-id"] == "trace-7"
+    assert source.seen == ["trace-7"]
+    assert unknown.status_code == 404 and unknown.headers["x-request-id"]

@@ -2,7 +2,7 @@
 processes on 127.0.0.1) serving the embedded SmolLM2, shared by the system tests of a session. It runs
 in a private home sharing the store of `embedded_home` (tests/fixtures.py)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ class RunningCluster:
     instance_id: str
 
 
-def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, str]:
+def start_local_cluster(home: Path, logs: Path, extra_arguments: Sequence[str] = ()) -> tuple[ServiceProcess, str, str]:
     gateway_port, coordinator_port, shard_port = free_port(), free_port(), free_port(consecutive=2)
     arguments = [
         "run",
@@ -32,6 +32,7 @@ def start_local_cluster(home: Path, logs: Path) -> tuple[ServiceProcess, str, st
         str(coordinator_port),
         "--shard-port",
         str(shard_port),
+        *extra_arguments,
     ]
     process = start_strata("strata-run", arguments, home, logs)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
@@ -45,9 +46,10 @@ def running_cluster(embedded_home: Path, tmp_path_factory: pytest.TempPathFactor
         yield from serve_local_cluster(home, tmp_path_factory.mktemp("cluster-logs"))
 
 
-def serve_local_cluster(home: Path, logs: Path) -> Iterator[RunningCluster]:
-    """`strata run` in `home` until the generator closes; its log tail is printed when it fails to start."""
-    process, gateway_url, coordinator_address = start_local_cluster(home, logs)
+def serve_local_cluster(home: Path, logs: Path, extra_arguments: Sequence[str] = ()) -> Iterator[RunningCluster]:
+    """`strata run [EXTRA_ARGUMENTS]` in `home` until the generator closes; its log tail is printed when it
+    fails to start."""
+    process, gateway_url, coordinator_address = start_local_cluster(home, logs, extra_arguments)
     try:
         state = cluster_state(coordinator_address)
         instance = next(instance for instance in state.instances if instance.status == "ready")

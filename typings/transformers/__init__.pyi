@@ -20,10 +20,12 @@ class PreTrainedTokenizerBase:
     ) -> str: ...
     def apply_chat_template(
         self,
-        conversation: Sequence[Mapping[str, str]],
+        conversation: Sequence[Mapping[str, object]],
         *,
+        tools: Sequence[Mapping[str, object]] | None = None,
         tokenize: Literal[False],
         add_generation_prompt: bool = False,
+        **template_arguments: object,
     ) -> str: ...
 
 class AutoTokenizer:
