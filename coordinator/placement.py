@@ -53,6 +53,8 @@ def stage_weight_bytes(model: ModelSpec, start: int, end: int) -> int:
 
 def stage_bytes(model: ModelSpec, start: int, end: int) -> int:
     """What a stage reserves on its shard server: its weights and KV room for its layers."""
+    if model.layer_kv_bytes:
+        return stage_weight_bytes(model, start, end) + sum(model.layer_kv_bytes[start:end])
     return stage_weight_bytes(model, start, end) + model.kv_bytes_per_layer * (end - start)
 
 

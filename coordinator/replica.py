@@ -284,6 +284,11 @@ class CoordinatorReplica:
         model = self._state.models.get(instance.model_id)
         return model.kv_bytes_per_layer if model is not None else 0
 
+    def _kv_max_sequences(self, instance: ModelInstance) -> int:
+        """The cap on running requests the room of the model's sliding layers assumes (0: none)."""
+        model = self._state.models.get(instance.model_id)
+        return model.kv_max_sequences if model is not None else 0
+
     async def _assign(self, instance: ModelInstance, index: int) -> str | None:
         """Tells one shard to load its stage; returns why it failed, or None."""
         stage: StageAssignment = instance.stages[index]
@@ -298,6 +303,7 @@ class CoordinatorReplica:
             prefill_step_size=self._prefill_step_size,
             compute_dtype=self._compute_dtype,
             kv_budget_bytes_per_layer=self._kv_budget_bytes_per_layer(instance),
+            kv_max_sequences=self._kv_max_sequences(instance),
         )
         async with cluster_channel(shard.address) as channel:
             try:

@@ -242,6 +242,7 @@ def assign_request_to_pb(
     prefill_step_size: int,
     compute_dtype: str,
     kv_budget_bytes_per_layer: int,
+    kv_max_sequences: int = 0,
 ) -> shard_pb2.AssignRequest:
     """The instruction to the shard of `stage` to load it, in a ring of all the instance's stages."""
     return shard_pb2.AssignRequest(
@@ -256,6 +257,7 @@ def assign_request_to_pb(
         compute_dtype=compute_dtype,
         ring_size=len(instance.stages),
         kv_budget_bytes_per_layer=kv_budget_bytes_per_layer,
+        kv_max_sequences=kv_max_sequences,
     )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.kernel.ids import RequestId
 from services.kernel.status_errors import ResourceExhaustedError
@@ -158,6 +158,15 @@ class AdmissionGate:
         logger.info("refused request %s: %s", request_id, message)
         self._rejected += 1
         return AdmissionRefusedError(message, self._limits.retry_after_seconds)
+
+
+def with_sequence_cap(limits: AdmissionLimits, max_sequences: int) -> AdmissionLimits:
+    """`limits` running at most `max_sequences` requests at once (0: unchanged), as the coordinator
+    asks for a model whose sliding layers are reserved room for that many windows only."""
+    if max_sequences <= 0:
+        return limits
+    current = limits.max_active_requests
+    return replace(limits, max_active_requests=max_sequences if current is None else min(current, max_sequences))
 
 
 def kv_budget_tokens(budget_bytes_per_layer: int, bytes_per_token_per_layer: int) -> int | None:

@@ -21,7 +21,7 @@ from services.models.model_fetch import FetchedBytes
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
 from services.platform.request_context import bind_request_id, request_id_from_metadata
-from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens
+from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens, with_sequence_cap
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
 from shard_server.metrics import ShardMetricsSnapshot
 from shard_server.model_stage import StageRange
@@ -187,7 +187,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             self._vocab_size = outcome.config.vocab_size
             self._hidden_size = outcome.config.hidden_size
             self._serves_first_stage = stage.is_first
-            self._admission.configure(self._admission_limits(outcome.config, request.kv_budget_bytes_per_layer))
+            limits = self._admission_limits(outcome.config, request.kv_budget_bytes_per_layer)
+            self._admission.configure(with_sequence_cap(limits, request.kv_max_sequences))
             await self._relink(request.next_address, stage)
             return assign_reply_to_pb(outcome.weight_bytes)
 

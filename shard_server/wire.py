@@ -49,6 +49,8 @@ def check_assign_request(message: shard_pb2.AssignRequest) -> ComputeDtype:
         raise WireError("ring_size must not be negative")
     if message.kv_budget_bytes_per_layer < 0:
         raise WireError("kv_budget_bytes_per_layer must not be negative")
+    if message.kv_max_sequences < 0:
+        raise WireError("kv_max_sequences must not be negative")
     if not message.next_address and message.ring_size > 1:
         raise WireError("next_address is required in a ring of several shards")
     if message.prefill_step_size < 1:

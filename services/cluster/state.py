@@ -46,7 +46,11 @@ class ModelSpec(Frozen):
     """Final norm and LM head; with tied embeddings the head's work is the embedding matrix."""
     tied_embeddings: bool
     kv_bytes_per_layer: int
-    """KV room reserved per layer held (context length x concurrent rows budget)."""
+    """The KV budget per layer (context length x concurrent rows of the most demanding layer)."""
+    layer_kv_bytes: tuple[int, ...] = ()
+    """KV room placement reserves per global layer (a sliding layer less); empty: `kv_bytes_per_layer` each."""
+    kv_max_sequences: int = 0
+    """Requests the first shard may run at once, which the sliding layers' room assumes; 0: no cap."""
 
 
 StageStatus = Literal["assigned", "loaded", "failed"]

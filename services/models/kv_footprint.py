@@ -4,8 +4,15 @@ Counted in float32 (an upper bound for every compute dtype). Per token and layer
 - plain attention: keys and values, 2 * num_key_value_heads * head_dim;
 - multi-head latent attention: one latent, kv_lora_rank + qk_rope_head_dim (mlx-lm caches the
   compressed kv and the rotary key part, not per-head keys and values);
-- a sliding layer holds at most `window` tokens; a full layer the whole context.
+- a sliding layer holds at most `window` tokens per sequence; a full layer the whole context.
 Layers of a kind strata does not model count as full attention.
+
+Room per layer (what placement reserves): the first shard admits requests while their tokens fit
+`context_length x concurrent_rows`, so a full layer needs that many tokens' room. A sliding layer
+needs at most `window` tokens per running request: with at most `WINDOWED_MAX_SEQUENCES` requests
+running at once (the cap the coordinator hands the first shard for such a model), it needs
+min(context x rows, WINDOWED_MAX_SEQUENCES x window) tokens' room, less than a full layer whenever
+windows are short.
 """
 
 from pydantic import BaseModel, ConfigDict
@@ -13,6 +20,9 @@ from pydantic import BaseModel, ConfigDict
 from services.models.model_config import ModelConfig
 
 FLOAT32_BYTES = 4
+WINDOWED_MAX_SEQUENCES = 32
+"""Requests a first shard runs at once in a model whose sliding layers are reserved less room than
+its full ones (the room of a sliding layer is counted for this many windows)."""
 
 
 class LayerKvCache(BaseModel):
@@ -44,8 +54,25 @@ def kv_bytes_per_token_per_layer(config: ModelConfig) -> int:
 
 
 def kv_bytes_per_layer(config: ModelConfig, context_length: int, concurrent_rows: int) -> int:
-    """The most any one layer holds for `concurrent_rows` sequences of `context_length` tokens."""
-    return max(cache.bytes_for(context_length) for cache in layer_kv_caches(config)) * concurrent_rows
+    """The KV budget of admission in bytes per layer: `concurrent_rows` whole contexts of the most
+    demanding layer's tokens (the first shard divides it by the bytes per token)."""
+    return kv_bytes_per_token_per_layer(config) * context_length * concurrent_rows
+
+
+def layer_kv_room(config: ModelConfig, context_length: int, concurrent_rows: int) -> tuple[tuple[int, ...], int]:
+    """Per global layer, the KV bytes placement reserves (see the module's note), and the cap on
+    running requests that room assumes (0: none, when no sliding layer is reserved less)."""
+    budget_tokens = context_length * concurrent_rows
+    rooms: list[int] = []
+    capped = False
+    for cache in layer_kv_caches(config):
+        tokens = budget_tokens
+        if cache.window is not None:
+            windowed = WINDOWED_MAX_SEQUENCES * min(cache.window, context_length)
+            if windowed < budget_tokens:
+                tokens, capped = windowed, True
+        rooms.append(cache.bytes_per_token * tokens)
+    return tuple(rooms), WINDOWED_MAX_SEQUENCES if capped else 0
 
 
 def _bytes_per_token(config: ModelConfig) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 from services.cluster.state import ModelSpec, WeightCost
 from services.kernel.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
 from services.kernel.ids import ModelId
-from services.models.kv_footprint import kv_bytes_per_layer
+from services.models.kv_footprint import kv_bytes_per_layer, layer_kv_room
 from services.models.model_config import Experts
 from services.models.model_files import ModelManifest, WeightGroupStats, read_manifest
 
@@ -43,7 +43,8 @@ def model_spec(
     """Bytes are counted in the compute dtype (a mixture's every expert); work is parameters read per
     token (a mixture's routed experts in the share a token reads), plus each layer's fixed work.
 
-    KV: the most any one layer caches for `concurrent_rows` full contexts (see `kv_footprint`).
+    KV: each layer's room for `concurrent_rows` full contexts, a sliding layer's for at most its windows
+    (see `kv_footprint`).
     """
     return spec_from_manifest(model_id, read_manifest(model_dir), compute_dtype, concurrent_rows)
 
@@ -54,6 +55,7 @@ def spec_from_manifest(
     """As `model_spec`, from a manifest read elsewhere (a model on the Hub, from its headers)."""
     embedding = _cost(manifest.embedding, compute_dtype)
     head = _cost(manifest.head, compute_dtype)
+    layer_kv_bytes, kv_max_sequences = layer_kv_room(manifest.config, manifest.context_length, concurrent_rows)
     if manifest.tie_word_embeddings:
         # The tied LM head reads the embedding matrix once per token.
         head = WeightCost(bytes=head.bytes, work=head.work + embedding.work)
@@ -66,4 +68,6 @@ def spec_from_manifest(
         head=head,
         tied_embeddings=manifest.tie_word_embeddings,
         kv_bytes_per_layer=kv_bytes_per_layer(manifest.config, manifest.context_length, concurrent_rows),
+        layer_kv_bytes=layer_kv_bytes,
+        kv_max_sequences=kv_max_sequences,
     )

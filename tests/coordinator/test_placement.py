@@ -317,3 +317,17 @@ def test_placement_is_deterministic(shard_count: int) -> None:
     shards = [shard_server(f"shard-{position}") for position in range(shard_count)]
 
     assert place(model, shards) == place(model, shards)
+
+
+def test_sliding_layers_reserve_the_room_counted_for_them() -> None:
+    # Layers 0-2 slide (room 50 each), layer 3 holds the whole context (room 400): 700 on one shard.
+    model = tiny_model(num_layers=4, kv_bytes_per_layer=400).model_copy(
+        update={"layer_kv_bytes": (50, 50, 50, 400), "kv_max_sequences": 32}
+    )
+
+    assert isinstance(place(model, [shard_server("shard-a", memory=4 * 100 + 550)]), Placement)
+    assert isinstance(place(model, [shard_server("shard-a", memory=4 * 100 + 549)]), PlacementRefusal)
+    # Without per-layer room every layer would reserve the full 400.
+    assert isinstance(
+        place(tiny_model(num_layers=4, kv_bytes_per_layer=400), [shard_server("shard-a", 950)]), PlacementRefusal
+    )

@@ -255,6 +255,7 @@ ASSIGN_CASES: dict[str, tuple[dict[str, object], Expected]] = {
     "unknown compute dtype": ({"compute_dtype": "float8"}, (grpc.StatusCode.INVALID_ARGUMENT, "float8")),
     "ring without next address": ({"next_address": ""}, (grpc.StatusCode.INVALID_ARGUMENT, "next_address")),
     "negative kv budget": ({"kv_budget_bytes_per_layer": -1}, (grpc.StatusCode.INVALID_ARGUMENT, "kv_budget")),
+    "negative sequence cap": ({"kv_max_sequences": -1}, (grpc.StatusCode.INVALID_ARGUMENT, "kv_max_sequences")),
 }
 
 

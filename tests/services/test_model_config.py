@@ -12,9 +12,11 @@ from gateway.tokenization import ModelTokenizer
 from services.kernel.ids import ModelId
 from services.models.kv_footprint import (
     FLOAT32_BYTES,
+    WINDOWED_MAX_SEQUENCES,
     kv_bytes_per_layer,
     kv_bytes_per_token_per_layer,
     layer_kv_caches,
+    layer_kv_room,
 )
 from services.models.model_config import (
     CONFIG_FILE,
@@ -307,7 +309,20 @@ def test_sliding_layers_hold_at_most_their_window() -> None:
     assert [cache.bytes_for(500) for cache in caches[:3]] == [100 * per_token, 100 * per_token, 500 * per_token]
     assert kv_bytes_per_layer(config, 500, 2) == 500 * per_token * 2  # the global layers bound the rest
     all_sliding = parse(sliding_window_pattern=100, sliding_window=100)
-    assert kv_bytes_per_layer(all_sliding, 500, 1) == 100 * per_token
+    # The admission budget is whole contexts, whatever the windows: many short requests may run.
+    assert kv_bytes_per_layer(all_sliding, 500, 1) == 500 * per_token
+
+
+def test_placement_reserves_a_sliding_layer_room_for_its_windows_only_when_that_is_less() -> None:
+    config = parse(sliding_window_pattern=3, sliding_window=100)
+    per_token = 2 * 2 * 16 * FLOAT32_BYTES
+    # A short context: 32 windows would need more than the context itself, so every layer gets it all.
+    assert layer_kv_room(config, 500, 1) == ((500 * per_token,) * 6, 0)
+    # A long one: sliding layers get WINDOWED_MAX_SEQUENCES windows, and admission is capped to match.
+    rooms, cap = layer_kv_room(config, 32_768, 1)
+    windows = WINDOWED_MAX_SEQUENCES * 100 * per_token
+    assert rooms == (windows, windows, 32_768 * per_token) * 2
+    assert cap == WINDOWED_MAX_SEQUENCES
 
 
 DEEPSEEK_V3_CONFIG: dict[str, JsonValue] = {

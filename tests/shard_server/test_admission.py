@@ -5,7 +5,13 @@ import asyncio
 import pytest
 
 from services.kernel.ids import RequestId
-from shard_server.admission import AdmissionGate, AdmissionLimits, AdmissionRefusedError, kv_budget_tokens
+from shard_server.admission import (
+    AdmissionGate,
+    AdmissionLimits,
+    AdmissionRefusedError,
+    kv_budget_tokens,
+    with_sequence_cap,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
@@ -111,3 +117,22 @@ def test_releasing_twice_or_an_unknown_ticket_changes_nothing() -> None:
 def test_budget_in_tokens_from_bytes_per_layer() -> None:
     assert kv_budget_tokens(0, 24) is None
     assert kv_budget_tokens(24 * 8192, 24) == 8192
+
+
+def test_the_coordinators_sequence_cap_bounds_running_requests() -> None:
+    assert with_sequence_cap(AdmissionLimits(kv_budget_tokens=100), 0) == AdmissionLimits(kv_budget_tokens=100)
+    assert with_sequence_cap(AdmissionLimits(), 32).max_active_requests == 32
+    assert with_sequence_cap(AdmissionLimits(max_active_requests=8), 32).max_active_requests == 8
+    assert with_sequence_cap(AdmissionLimits(max_active_requests=64), 32).max_active_requests == 32
+
+    async def scenario() -> None:
+        gate = AdmissionGate(with_sequence_cap(AdmissionLimits(kv_budget_tokens=1000, max_wait_seconds=5), 2))
+        first = await gate.admit(_id("a"), 10)
+        await gate.admit(_id("b"), 10)
+        third = asyncio.create_task(gate.admit(_id("c"), 10))  # tokens fit, but a third window does not
+        await asyncio.sleep(0.01)
+        assert gate.stats().waiting_requests == 1
+        gate.release(first)
+        assert (await third).request_id == "c"
+
+    asyncio.run(scenario())
