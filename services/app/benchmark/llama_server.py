@@ -21,6 +21,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 _HEALTH_POLL_SECONDS = 0.25
 _CONTEXT_PER_SLOT_BEYOND_NEW_TOKENS = 128
 MODEL_NAME = "llama-server"
+_WARM_UP_ATTEMPTS = 5
 
 
 class LlamaServerError(RuntimeError):
@@ -63,6 +64,19 @@ def _wait_until_healthy(url: str, process: "subprocess.Popen[bytes]") -> None:
     raise LlamaServerError(f"llama-server was not healthy within {START_TIMEOUT_SECONDS:.0f} s")
 
 
+def _warm_up(url: str) -> None:
+    """One short request, tried a few times: a server that just turned healthy may still drop the first
+    connection (seen once in a `make bench` run)."""
+    for attempt in range(_WARM_UP_ATTEMPTS):
+        try:
+            asyncio.run(run_load(url, MODEL_NAME, 1, 1, 8))
+            return
+        except httpx.HTTPError:
+            if attempt == _WARM_UP_ATTEMPTS - 1:
+                raise
+            time.sleep(1.0)
+
+
 def measure_llama_server(
     binaries: Path, gguf: Path, threads: int, max_tokens: int, concurrencies: tuple[int, ...]
 ) -> dict[int, float]:
@@ -75,7 +89,7 @@ def measure_llama_server(
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(url, process)
-        asyncio.run(run_load(url, MODEL_NAME, 1, 1, 8))  # warm up
+        _warm_up(url)
         rates: dict[int, float] = {}
         for concurrency in concurrencies:
             result = asyncio.run(run_load(url, MODEL_NAME, concurrency, max(4, 2 * concurrency), max_tokens))
