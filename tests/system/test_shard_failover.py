@@ -19,6 +19,10 @@ import openai
 import pytest
 from openai import OpenAI
 
+from gateway.tokenization import ModelTokenizer
+from services.kernel.ids import ModelId
+from services.kernel.settings import models_root
+from services.models.model_store import ModelStore
 from tests.system.tiny_cluster import (
     MAX_TOKENS,
     MODEL,
@@ -61,11 +65,19 @@ def test_streams_survive_a_killed_shard_with_the_undisturbed_text(cluster: Clust
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("cluster", [2.0], indirect=True, ids=["recovery-deadline-2s"])
-def test_a_stream_that_cannot_recover_in_time_ends_with_a_clear_error_chunk(cluster: Cluster) -> None:
+def test_a_stream_that_cannot_recover_in_time_ends_with_a_clear_error_chunk(cluster: Cluster, tmp_path: Path) -> None:
     instance = ready_instance(cluster, 3, "", 120)
     client = OpenAI(base_url=f"{cluster.gateway_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    # The tiny model may end its answer within a few tokens, before the kill below lands: with its
+    # end-of-sequence tokens banned the stream runs to MAX_TOKENS, long after the kill.
+    model_dir = ModelStore(models_root(tmp_path / "home")).model_dir(ModelId(MODEL))
+    no_end = {str(token): -100 for token in ModelTokenizer.from_directory(model_dir).stop_token_ids}
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": REQUESTS[0][0]}], max_tokens=MAX_TOKENS, stream=True
+        model=MODEL,
+        messages=[{"role": "user", "content": REQUESTS[0][0]}],
+        max_tokens=MAX_TOKENS,
+        logit_bias=no_end,
+        stream=True,
     )
     received = 0
     started = time.monotonic()
