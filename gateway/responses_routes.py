@@ -19,7 +19,7 @@ from contextlib import aclosing
 from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.completion_engine import CompletionEngine
@@ -46,7 +46,7 @@ from gateway.generation_request import (
     sampling_options,
 )
 from gateway.openai_schemas import unix_time
-from gateway.openai_tools import arguments_object, valid_definition
+from gateway.openai_tools import FunctionCallInput, arguments_object, valid_definition
 from gateway.request_body import DEFAULT_MAX_BODY_BYTES, decode_json_body
 from gateway.response_formats import ResponsesText
 from gateway.responses_output import ResponseSettings, StreamedItems, response_object, sse_framer, whole_items
@@ -89,17 +89,11 @@ class InputMessage(_Input):
     content: Annotated[str, BeforeValidator(_parts_text)]
 
 
-class FunctionCallItem(_Input):
+class FunctionCallItem(FunctionCallInput):
+    """A call the model made: name and JSON arguments checked as in chat's `tool_calls`."""
+
     type: Literal["function_call"]
     call_id: str
-    name: str
-    arguments: str
-
-    @field_validator("arguments")
-    @classmethod
-    def _arguments_are_an_object(cls, arguments: str) -> str:
-        arguments_object(arguments)
-        return arguments
 
 
 class FunctionCallOutputItem(_Input):
