@@ -24,7 +24,7 @@ from discovery.identity_service import PEER_SERVICE_NAME, add_peer_service
 from discovery.peer import PeerInfo
 from discovery.peer_source import DiscoveryOptions
 from services.cluster.state import ModelSpec, RegisteredShard
-from services.kernel.compute_dtype import ComputeDtype
+from services.kernel.compute_dtype import ComputeDtypeChoice
 from services.kernel.devices import parse_device_kind
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root, node_id
@@ -48,7 +48,7 @@ class CoordinatorOptions:
     models: tuple[ModelId, ...]
     minimum_shards: int
     prefill_step_size: int
-    compute_dtype: ComputeDtype
+    compute_dtype: ComputeDtypeChoice
     expect: int = 1
     """Replicas to wait for before bootstrapping a new cluster (Consul's bootstrap_expect)."""
     peers: tuple[str, ...] = ()

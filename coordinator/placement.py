@@ -1,7 +1,8 @@
 """Placement: split a model's layers into contiguous stages over shard servers. Pure.
 
-Each stage must fit its shard's available memory, counted in compute-dtype bytes: its layers, the
-embedding on the first stage (and on the last with tied embeddings), the norm and LM head on the
+Each stage must fit its shard's available memory, counted in bytes of that shard's compute dtype
+(with "auto", float32 on a CPU shard and two bytes on a GPU's: a mixed cluster counts each its own):
+its layers, the embedding on the first stage (and on the last with tied embeddings), the norm and LM head on the
 last, and KV room per layer. Among the splits that fit, the one whose slowest stage does the least
 work wins (work = parameters read per token, plus a layer's fixed work: see `services.models.model_spec`;
 the LM head counts: on SmolLM2 it weighs ~5 layers), times the shard's slowness.
@@ -18,7 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.cluster.state import ModelSpec, RegisteredShard, StageAssignment
+from services.cluster.state import ModelSpec, RegisteredShard, StageAssignment, WeightCost
+from services.kernel.devices import DeviceKind
 from services.kernel.ids import ShardId
 
 _MAX_SLOWDOWN_EXPONENT = 10
@@ -40,22 +42,31 @@ class PlacementRefusal:
     reason: str
 
 
-def stage_weight_bytes(model: ModelSpec, start: int, end: int) -> int:
-    """Weights a stage holds in the compute dtype: its layers, the embedding and head where held."""
-    total = sum(layer.bytes for layer in model.layers[start:end])
+def held_bytes(model: ModelSpec, cost: WeightCost, device: DeviceKind | None = None) -> int:
+    """Bytes of `cost` on a shard of `device` (compute dtype "auto": in that device's dtype; None or a
+    fixed dtype: `cost.bytes`)."""
+    bytes_per_parameter = model.bytes_per_parameter_by_device.get(device) if device is not None else None
+    if bytes_per_parameter is None or cost.parameters <= 0:
+        return cost.bytes
+    return cost.parameters * bytes_per_parameter
+
+
+def stage_weight_bytes(model: ModelSpec, start: int, end: int, device: DeviceKind | None = None) -> int:
+    """Weights a stage holds in its shard's compute dtype: its layers, the embedding and head where held."""
+    total = sum(held_bytes(model, layer, device) for layer in model.layers[start:end])
     is_first, is_last = start == 0, end == model.num_layers
     if is_first or (is_last and model.tied_embeddings):
-        total += model.embedding.bytes
+        total += held_bytes(model, model.embedding, device)
     if is_last:
-        total += model.head.bytes
+        total += held_bytes(model, model.head, device)
     return total
 
 
-def stage_bytes(model: ModelSpec, start: int, end: int) -> int:
-    """What a stage reserves on its shard server: its weights and KV room for its layers."""
+def stage_bytes(model: ModelSpec, start: int, end: int, device: DeviceKind | None = None) -> int:
+    """What a stage reserves on a shard server of `device`: its weights and KV room for its layers."""
     if model.layer_kv_bytes:
-        return stage_weight_bytes(model, start, end) + sum(model.layer_kv_bytes[start:end])
-    return stage_weight_bytes(model, start, end) + model.kv_bytes_per_layer * (end - start)
+        return stage_weight_bytes(model, start, end, device) + sum(model.layer_kv_bytes[start:end])
+    return stage_weight_bytes(model, start, end, device) + model.kv_bytes_per_layer * (end - start)
 
 
 def stage_work(model: ModelSpec, start: int, end: int) -> int:
@@ -107,7 +118,7 @@ def place(model: ModelSpec, shards: Sequence[RegisteredShard]) -> Placement | Pl
         for start, (slowest, splits) in best[index].items():
             remaining_shards = count - index - 1
             for end in range(start + 1, layers - remaining_shards + 1):
-                if stage_bytes(model, start, end) > shard.available_memory_bytes:
+                if stage_bytes(model, start, end, shard.device) > shard.available_memory_bytes:
                     continue
                 work = stage_work(model, start, end) * multipliers[shard.shard_id]
                 candidate = (max(slowest, work), (*splits, end))

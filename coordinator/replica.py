@@ -36,7 +36,7 @@ from services.cluster.events import (
     StageLoaded,
 )
 from services.cluster.state import ClusterState, ModelInstance, ModelSpec, RegisteredShard, StageAssignment
-from services.kernel.compute_dtype import ComputeDtype
+from services.kernel.compute_dtype import ComputeDtypeChoice
 from services.kernel.ids import ModelId, NodeId
 from services.kernel.status_errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from services.models.model_files import ModelManifest
@@ -78,7 +78,7 @@ class CoordinatorReplica:
         models: tuple[ModelSpec, ...],
         minimum_shards: int,
         prefill_step_size: int,
-        compute_dtype: ComputeDtype = "stored",
+        compute_dtype: ComputeDtypeChoice = "stored",
         shard_lease_seconds: float = DEFAULT_SHARD_LEASE_SECONDS,
         voter_target: int = 1,
         instances_per_model: int = 1,
@@ -93,7 +93,7 @@ class CoordinatorReplica:
         self._models = models
         self._minimum_shards = minimum_shards
         self._prefill_step_size = prefill_step_size
-        self._compute_dtype: ComputeDtype = compute_dtype
+        self._compute_dtype: ComputeDtypeChoice = compute_dtype
         self._last_refusal = ""
 
     @property

@@ -109,7 +109,7 @@ def _described(state: ClusterState, model: ModelSpec, stages: list[StageAssignme
             shard_id=str(stage.shard_id),
             start_layer=stage.start_layer,
             end_layer=stage.end_layer,
-            memory_bytes=stage_bytes(model, stage.start_layer, stage.end_layer),
+            memory_bytes=stage_bytes(model, stage.start_layer, stage.end_layer, state.shards[stage.shard_id].device),
         )
         for stage in stages
     )

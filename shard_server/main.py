@@ -105,9 +105,13 @@ async def serve_shard(options: ShardOptions) -> None:
     address = f"{options.host}:{server.port}"
     shard_id = ShardId(f"{host_node}:{server.port}")
     device = detect_compute_device()
-    work_per_second = await asyncio.to_thread(measure_work_per_second, device.kind)
+    work_per_second = await asyncio.to_thread(measure_work_per_second, device)
     logger.info(
-        "computing on %s (%s), %.2e parameters/s in a one-row product", device.kind, device.name, work_per_second
+        "computing on %s (%s), %.2e parameters/s in a one-row product; compute dtype auto means %s here",
+        device.kind,
+        device.name,
+        work_per_second,
+        device.auto_compute_dtype,
     )
     presence = ShardPresence(
         options.discovery,
@@ -127,6 +131,7 @@ async def serve_shard(options: ShardOptions) -> None:
         fetch_stage=presence.fetch_stage_hook(coordinators),
         admission=options.admission,
         fetched=presence.fetched,
+        auto_compute_dtype=device.auto_compute_dtype,
     )
     shard_pb2_grpc.add_ShardServicer_to_server(service, server.server)
     add_peer_service(server.server, presence.identity)

@@ -75,8 +75,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         fetch_stage: Callable[[ModelId, int, int], Awaitable[str | None]] | None = None,
         admission: AdmissionLimits | None = None,
         fetched: FetchedBytes | None = None,
+        auto_compute_dtype: ComputeDtype = "float32",
     ) -> None:
         self._shard_id = shard_id
+        self._auto_compute_dtype: ComputeDtype = auto_compute_dtype
+        """What compute dtype "auto" means on this shard's device (float32 on the CPU, bfloat16 on GPUs)."""
         self._fetched = fetched
         """The model bytes `fetch_stage` received (from peers, from the Hub), reported in GetStats."""
         self._address = address
@@ -163,7 +166,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
     async def Assign(
         self, request: shard_pb2.AssignRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> shard_pb2.AssignReply:
-        compute_dtype = check_assign_request(request)
+        asked_dtype = check_assign_request(request)
+        compute_dtype = self._auto_compute_dtype if asked_dtype == "auto" else asked_dtype
         async with self._assign_lock:
             if request.term < self._term:
                 raise FailedPreconditionError(f"term {request.term} is older than term {self._term} already seen")

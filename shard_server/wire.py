@@ -2,7 +2,7 @@
 
 import math
 
-from services.kernel.compute_dtype import ComputeDtype, parse_compute_dtype
+from services.kernel.compute_dtype import ComputeDtypeChoice, parse_compute_dtype_choice
 from services.kernel.devices import DeviceKind
 from services.kernel.ids import RequestId, ShardId
 from services.kernel.status_errors import InvalidArgumentError
@@ -35,9 +35,10 @@ class WireError(InvalidArgumentError, ValueError):
     """A message is malformed (missing body, out-of-range field); a call answers it INVALID_ARGUMENT."""
 
 
-def check_assign_request(message: shard_pb2.AssignRequest) -> ComputeDtype:
-    """The compute dtype of a coordinator's instructions; raises `WireError` for malformed ones, so they
-    are refused before anything changes (the current stage keeps serving)."""
+def check_assign_request(message: shard_pb2.AssignRequest) -> ComputeDtypeChoice:
+    """The compute dtype of a coordinator's instructions ("auto": the shard's device decides); raises
+    `WireError` for malformed ones, so they are refused before anything changes (the current stage
+    keeps serving)."""
     if not message.instance_id or not message.model_id:
         raise WireError("instance_id and model_id are required")
     if not 0 <= message.start_layer < message.end_layer <= message.num_layers:
@@ -56,7 +57,7 @@ def check_assign_request(message: shard_pb2.AssignRequest) -> ComputeDtype:
     if message.prefill_step_size < 1:
         raise WireError("prefill_step_size must be at least 1")
     try:
-        return parse_compute_dtype(message.compute_dtype or "stored")
+        return parse_compute_dtype_choice(message.compute_dtype or "stored")
     except ValueError as error:
         raise WireError(str(error)) from error
 

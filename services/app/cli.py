@@ -16,7 +16,7 @@ from services.app.environment_defaults import (
 from services.app.logging_options import LoggingOptionsError, StrataArgumentParser, logging_settings
 from services.app.service_command import add_service_arguments, service_command
 from services.app.status_command import add_status_arguments, status_command
-from services.kernel.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype
+from services.kernel.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype_choice
 from services.kernel.ids import ModelId
 from services.kernel.settings import (
     COORDINATOR_PORT,
@@ -185,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--compute-dtype",
         default="auto",
         choices=["auto", *COMPUTE_DTYPES],
-        help="dtype models compute in (auto: float32 on CPU, the stored weights elsewhere)",
+        help="dtype models compute in (auto: each shard's device decides: float32 on CPU, bfloat16 on GPUs)",
     )
     _add_replica_arguments(coordinator)
     _add_metrics_port(coordinator)
@@ -441,11 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
         given_models: list[str] = list(arguments.model) or environment_list(MODEL_VARIABLE)
         models = tuple(ModelId(parse_model_id(model)) for model in given_models)
-        compute_dtype = (
-            default_compute_dtype()
-            if arguments.compute_dtype == "auto"
-            else parse_compute_dtype(arguments.compute_dtype)
-        )
+        compute_dtype = parse_compute_dtype_choice(arguments.compute_dtype)
         options = CoordinatorOptions(
             home,
             arguments.host,

@@ -35,6 +35,8 @@ class WeightCost(Frozen):
 
     bytes: int
     work: int
+    parameters: int = 0
+    """Parameters held, to count bytes in a shard's own dtype ("auto"); 0: unknown (an older log)."""
 
 
 class ModelSpec(Frozen):
@@ -51,6 +53,9 @@ class ModelSpec(Frozen):
     """KV room placement reserves per global layer (a sliding layer less); empty: `kv_bytes_per_layer` each."""
     kv_max_sequences: int = 0
     """Requests the first shard may run at once, which the sliding layers' room assumes; 0: no cap."""
+    bytes_per_parameter_by_device: dict[DeviceKind, int] = {}
+    """With compute dtype "auto": what a shard on each device holds per parameter (float32 on the CPU,
+    two bytes on GPUs); `bytes` count the CPU's. Empty: every shard holds `bytes`."""
 
 
 StageStatus = Literal["assigned", "loaded", "failed"]

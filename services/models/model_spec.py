@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from services.cluster.state import ModelSpec, WeightCost
-from services.kernel.compute_dtype import BYTES_PER_PARAMETER, ComputeDtype
+from services.kernel.compute_dtype import AUTO_BYTES_PER_PARAMETER, BYTES_PER_PARAMETER, ComputeDtypeChoice
 from services.kernel.ids import ModelId
 from services.models.kv_footprint import kv_bytes_per_layer, layer_kv_room
 from services.models.model_config import Experts
@@ -17,11 +17,16 @@ takes as long as reading ~5.5M, and the LM head (28M parameters, one product and
 long as ~5 layers, not the 8 its parameters say. Small against a large model's layer (~200M)."""
 
 
-def _cost(group: WeightGroupStats, compute_dtype: ComputeDtype, experts: Experts | None = None) -> WeightCost:
-    """Bytes: every weight held, all experts included. Work: the weights one token reads."""
+def _cost(group: WeightGroupStats, compute_dtype: ComputeDtypeChoice, experts: Experts | None = None) -> WeightCost:
+    """Bytes: every weight held, all experts included ("auto": as the CPU holds them, in float32).
+    Work: the weights one token reads."""
     work = _parameters_read_per_token(group, experts)
     if compute_dtype == "stored":
         return WeightCost(bytes=group.stored_bytes, work=work)
+    if compute_dtype == "auto":
+        # Each shard holds them in its device's dtype: placement needs the count.
+        parameters = group.parameter_count
+        return WeightCost(bytes=parameters * AUTO_BYTES_PER_PARAMETER["cpu"], work=work, parameters=parameters)
     return WeightCost(bytes=group.parameter_count * BYTES_PER_PARAMETER[compute_dtype], work=work)
 
 
@@ -34,13 +39,14 @@ def _parameters_read_per_token(group: WeightGroupStats, experts: Experts | None)
 
 
 def _layer_cost(cost: WeightCost) -> WeightCost:
-    return WeightCost(bytes=cost.bytes, work=cost.work + LAYER_FIXED_WORK)
+    return cost.model_copy(update={"work": cost.work + LAYER_FIXED_WORK})
 
 
 def model_spec(
-    model_id: ModelId, model_dir: Path, compute_dtype: ComputeDtype = "stored", concurrent_rows: int = 1
+    model_id: ModelId, model_dir: Path, compute_dtype: ComputeDtypeChoice = "stored", concurrent_rows: int = 1
 ) -> ModelSpec:
-    """Bytes are counted in the compute dtype (a mixture's every expert); work is parameters read per
+    """Bytes are counted in the compute dtype (a mixture's every expert; "auto": per device, see
+    `ModelSpec.bytes_per_parameter_by_device`); work is parameters read per
     token (a mixture's routed experts in the share a token reads), plus each layer's fixed work.
 
     KV: each layer's room for `concurrent_rows` full contexts, a sliding layer's for at most its windows
@@ -50,7 +56,7 @@ def model_spec(
 
 
 def spec_from_manifest(
-    model_id: ModelId, manifest: ModelManifest, compute_dtype: ComputeDtype = "stored", concurrent_rows: int = 1
+    model_id: ModelId, manifest: ModelManifest, compute_dtype: ComputeDtypeChoice = "stored", concurrent_rows: int = 1
 ) -> ModelSpec:
     """As `model_spec`, from a manifest read elsewhere (a model on the Hub, from its headers)."""
     embedding = _cost(manifest.embedding, compute_dtype)
@@ -58,16 +64,17 @@ def spec_from_manifest(
     layer_kv_bytes, kv_max_sequences = layer_kv_room(manifest.config, manifest.context_length, concurrent_rows)
     if manifest.tie_word_embeddings:
         # The tied LM head reads the embedding matrix once per token.
-        head = WeightCost(bytes=head.bytes, work=head.work + embedding.work)
-        embedding = WeightCost(bytes=embedding.bytes, work=0)
+        head = head.model_copy(update={"work": head.work + embedding.work})
+        embedding = embedding.model_copy(update={"work": 0})
     return ModelSpec(
         model_id=model_id,
         num_layers=manifest.num_layers,
         layers=tuple(_layer_cost(_cost(layer, compute_dtype, manifest.config.experts)) for layer in manifest.layers),
-        embedding=WeightCost(bytes=embedding.bytes, work=0),
+        embedding=embedding.model_copy(update={"work": 0}),
         head=head,
         tied_embeddings=manifest.tie_word_embeddings,
         kv_bytes_per_layer=kv_bytes_per_layer(manifest.config, manifest.context_length, concurrent_rows),
         layer_kv_bytes=layer_kv_bytes,
         kv_max_sequences=kv_max_sequences,
+        bytes_per_parameter_by_device=dict(AUTO_BYTES_PER_PARAMETER) if compute_dtype == "auto" else {},
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from services.kernel.compute_dtype import ComputeDtype, device_compute_dtype
 from services.kernel.devices import DeviceKind
 from services.platform.mlx_typing import evaluate
 
@@ -29,6 +30,13 @@ class ComputeDevice:
     name: str
     memory_bytes: int | None
     """Memory of the device itself (a CUDA GPU's); None where the device computes in host memory."""
+    cuda_compute_capability_major: int | None = None
+    """A CUDA GPU's compute capability (8 for sm_80); None elsewhere or where MLX does not say."""
+
+    @property
+    def auto_compute_dtype(self) -> ComputeDtype:
+        """What compute dtype "auto" means on this device (see `device_compute_dtype`)."""
+        return device_compute_dtype(self.kind, self.cuda_compute_capability_major)
 
 
 def describe_device(kind: DeviceKind, info: Mapping[str, object]) -> ComputeDevice:
@@ -36,7 +44,9 @@ def describe_device(kind: DeviceKind, info: Mapping[str, object]) -> ComputeDevi
     name = info.get("device_name")
     memory = info.get("memory_size", info.get("total_memory"))
     device_memory = memory if kind == "cuda" and isinstance(memory, int) and memory > 0 else None
-    return ComputeDevice(kind, name if isinstance(name, str) and name else kind, device_memory)
+    major = info.get("compute_capability_major")
+    capability = major if kind == "cuda" and isinstance(major, int) and major > 0 else None
+    return ComputeDevice(kind, name if isinstance(name, str) and name else kind, device_memory, capability)
 
 
 def detect_compute_device() -> ComputeDevice:
@@ -59,16 +69,13 @@ def offered_device_memory(device: ComputeDevice, host_offer: int, headroom: floa
     return int(device.memory_bytes * headroom)
 
 
-def compute_dtype_name_for(device: DeviceKind) -> str:
-    """Pure: the dtype a product runs fastest in on this device (float32 on the CPU with the fast BLAS;
-    bfloat16 on GPUs, whose float32 matmuls are several times slower)."""
-    return "float32" if device == "cpu" else "bfloat16"
+_PROBE_DTYPES: dict[ComputeDtype, mx.Dtype] = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
-def measure_work_per_second(device: DeviceKind) -> float:
-    """Parameters read per second in a one-row product, from the fastest of a few runs (other processes
-    only ever slow a run down), 0.0 if it cannot be timed."""
-    dtype = mx.float32 if compute_dtype_name_for(device) == "float32" else mx.bfloat16
+def measure_work_per_second(device: ComputeDevice) -> float:
+    """Parameters read per second in a one-row product in the device's "auto" dtype, from the fastest
+    of a few runs (other processes only ever slow a run down), 0.0 if it cannot be timed."""
+    dtype = _PROBE_DTYPES.get(device.auto_compute_dtype, mx.float32)
     weights = mx.random.normal((_PROBE_ROWS_OUT, _PROBE_ROWS_IN), key=mx.random.key(0)).astype(dtype)
     row = mx.random.normal((1, _PROBE_ROWS_IN), key=mx.random.key(1)).astype(dtype)
     evaluate(weights, row)

@@ -5,7 +5,6 @@ import pytest
 from services.kernel.devices import parse_device_kind
 from services.platform.compute_device import (
     ComputeDevice,
-    compute_dtype_name_for,
     describe_device,
     detect_compute_device,
     measure_work_per_second,
@@ -44,7 +43,20 @@ def test_metal_and_the_cpu_compute_in_host_memory() -> None:
 
 @pytest.mark.unit
 def test_gpus_compute_in_bfloat16_and_the_cpu_in_float32() -> None:
-    assert [compute_dtype_name_for(kind) for kind in ("cpu", "cuda", "metal")] == ["float32", "bfloat16", "bfloat16"]
+    devices = [describe_device(kind, {}) for kind in ("cpu", "cuda", "metal")]
+    assert [device.auto_compute_dtype for device in devices] == ["float32", "bfloat16", "bfloat16"]
+
+
+@pytest.mark.unit
+def test_a_cuda_gpu_before_sm_80_computes_in_float16() -> None:
+    """MLX's CUDA wheels run from sm_75 (Turing), whose cuBLASLt has no bfloat16 matmul."""
+    turing = describe_device("cuda", {"device_name": "Tesla T4", "compute_capability_major": 7})
+    ampere = describe_device("cuda", {"device_name": "NVIDIA A100", "compute_capability_major": 8})
+    hopper = describe_device("cuda", {"device_name": "NVIDIA H200", "compute_capability_major": 9})
+    assert (turing.cuda_compute_capability_major, turing.auto_compute_dtype) == (7, "float16")
+    assert (ampere.auto_compute_dtype, hopper.auto_compute_dtype) == ("bfloat16", "bfloat16")
+    # Metal reports no compute capability; a CPU's number (were there one) is not a CUDA one.
+    assert describe_device("cpu", {"compute_capability_major": 7}).auto_compute_dtype == "float32"
 
 
 @pytest.mark.model
@@ -53,4 +65,4 @@ def test_this_machine_computes_on_the_cpu_and_measures_a_speed() -> None:
     device = detect_compute_device()
     assert device.kind == "cpu"
     assert device.memory_bytes is None
-    assert measure_work_per_second(device.kind) > 1e6
+    assert measure_work_per_second(device) > 1e6
