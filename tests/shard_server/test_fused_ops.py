@@ -80,6 +80,34 @@ def test_bad_input_is_a_clear_value_error() -> None:
         library.swiglu(mx.zeros((4,)), mx.zeros((1, 4)))
 
 
+@pytest.mark.native
+@pytest.mark.parametrize("scale", [1.0, 1e-20, 1e20])
+@pytest.mark.parametrize("rows", [1, 7, 33])
+@pytest.mark.parametrize("size", [1, 7, 9, 64, 576, 577])
+def test_the_rms_norm_equals_mlxs_fallback_bitwise(size: int, rows: int, scale: float) -> None:
+    library = _require_fused_ops()
+    x = mx.random.normal((rows, size), key=mx.random.key(size * rows)) * scale
+    weight = mx.random.normal((size,), key=mx.random.key(size))
+    for eps in (1e-5, 1e-6):
+        assert np.array_equal(_bits(library.rms_norm(x, weight, eps)), _bits(mx.fast.rms_norm(x, weight, eps)))
+
+
+@pytest.mark.native
+def test_the_rms_norm_equals_mlxs_on_a_non_finite_value_per_row() -> None:
+    library = _require_fused_ops()
+    x = np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)
+    x[0, 3], x[1, 5], x[2, 1], x[3, 0], x[4, :] = np.nan, np.inf, -np.inf, 3e38, 0.0
+    x[5, 7] = np.uint32(0xFFC01234).view(np.float32)
+    weight = mx.random.normal((64,), key=mx.random.key(2))
+    assert np.array_equal(
+        _bits(library.rms_norm(mx.array(x), weight, 1e-5)), _bits(mx.fast.rms_norm(mx.array(x), weight, 1e-5))
+    )
+    with pytest.raises(ValueError, match="must be float32"):
+        library.rms_norm(mx.array(x).astype(mx.float16), weight, 1e-5)
+    with pytest.raises(ValueError, match="a vector of x's last axis size"):
+        library.rms_norm(mx.array(x), mx.ones((63,)), 1e-5)
+
+
 def _prefill_and_decode(stage: ModelStage) -> mx.array:
     """Three requests prefilled in one batch, then one batched decode step: the stage's logits."""
     prompts = [[3, 5, 7, 11], [13], [17, 19, 23, 29, 31, 37]]
@@ -141,6 +169,9 @@ class _OffByOneUlp:
 
     def swiglu(self, gate: mx.array, up: mx.array) -> mx.array:
         return self._library.swiglu(gate, up) * (1.0 + 2.0**-20)
+
+    def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
+        return self._library.rms_norm(x, weight, eps)
 
     def fused_ops_available(self) -> bool:
         return True

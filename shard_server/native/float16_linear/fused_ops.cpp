@@ -11,6 +11,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -133,10 +134,87 @@ mx::array swiglu(const mx::array &gate, const mx::array &up) {
                    {gate, up});
 }
 
+// nn.RMSNorm as MLX's fallback of mx.fast.rms_norm computes it for float32 x and weight: the squares'
+// sum as the scalar build's sequential loop, times MLX's normalizer float(1.0 / n), plus eps,
+// rsqrt = 1 / sqrt, then (x * rsqrt) * weight, the last two vectorized (elementwise, same roundings).
+__attribute__((target("avx2,fma"))) void rms_norm_row(const float *x, const float *weight, float eps, float normalizer,
+                                                      int size, float *out) {
+  float accumulator = 0.0f;
+  for (int index = 0; index < size; index++) {
+    const float square = x[index] * x[index];
+    // Bitwise MLX's, NaN payloads included, except which of several NaNs in a row the sum keeps
+    // (MLX's build keeps neither the first nor the last): not yet swapped in for nn.RMSNorm.
+    accumulator = accumulator + square;
+  }
+  const float sum = 0.0f + accumulator;  // reduce.cpp adds the vector accumulator to the initial value
+  const float scale = 1.0f / std::sqrt(sum * normalizer + eps);
+  const __m256 scale_lanes = _mm256_set1_ps(scale);
+  int index = 0;
+  for (; index + 8 <= size; index += 8) {
+    const __m256 normalized = _mm256_mul_ps(_mm256_loadu_ps(x + index), scale_lanes);
+    _mm256_storeu_ps(out + index, _mm256_mul_ps(normalized, _mm256_loadu_ps(weight + index)));
+  }
+  for (; index < size; index++) {
+    const float normalized = x[index] * scale;
+    out[index] = normalized * weight[index];
+  }
+}
+
+class RmsNorm : public mx::UnaryPrimitive {
+ public:
+  RmsNorm(mx::Stream stream, float eps) : mx::UnaryPrimitive(stream), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto &encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto &input : inputs) encoder.set_input_array(input);
+    encoder.set_output_array(out);
+    const mx::array x = inputs[0], weight = inputs[1];
+    float *result = out.data<float>();
+    const float eps = eps_;
+    encoder.dispatch([x, weight, eps, result]() {
+      std::vector<float> x_copy, weight_copy;
+      const float *values = row_major_floats(x, x_copy);
+      const float *scales = row_major_floats(weight, weight_copy);
+      const int size = x.shape(-1);
+      if (size == 0) return;
+      const float normalizer = static_cast<float>(1.0 / static_cast<double>(size));
+      const size_t rows = x.size() / static_cast<size_t>(size);
+      for (size_t row = 0; row < rows; row++)
+        rms_norm_row(values + row * size, scales, eps, normalizer, size, result + row * size);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, mx::array &) override {
+    throw std::runtime_error("strata's fused rms_norm runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override { return {inputs[0].shape()}; }
+  const char *name() const override { return "StrataRmsNorm"; }
+  bool is_equivalent(const mx::Primitive &other) const override {
+    return static_cast<const RmsNorm &>(other).eps_ == eps_;
+  }
+
+ private:
+  float eps_;
+};
+
+mx::array rms_norm(const mx::array &x, const mx::array &weight, float eps) {
+  if (x.dtype() != mx::float32 || weight.dtype() != mx::float32)
+    throw std::invalid_argument("rms_norm: x and the weight must be float32");
+  if (x.ndim() < 1 || weight.ndim() != 1 || weight.shape(0) != x.shape(-1))
+    throw std::invalid_argument("rms_norm: the weight must be a vector of x's last axis size");
+  if (!cpu_runs_fused_ops()) throw std::invalid_argument("rms_norm: this CPU lacks AVX2 or FMA");
+  return mx::array(x.shape(), mx::float32, std::make_shared<RmsNorm>(mx::default_stream(mx::Device::cpu), eps),
+                   {x, weight});
+}
+
 }  // namespace
 
 void register_fused_ops(nb::module_ &module) {
   module.def("swiglu", &swiglu, nb::arg("gate"), nb::arg("up"),
              "mlx-lm's compiled silu(gate) * up for float32 arrays of one shape, bitwise, in one op");
+  module.def("rms_norm", &rms_norm, nb::arg("x"), nb::arg("weight"), nb::arg("eps"),
+             "mx.fast.rms_norm(x, weight, eps) as MLX's CPU fallback computes it, float32, bitwise, in one op");
   module.def("fused_ops_available", &cpu_runs_fused_ops, "whether this CPU runs the fused ops (AVX2, FMA)");
 }
