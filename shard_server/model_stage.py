@@ -31,6 +31,7 @@ from shard_server.batched_forward import Block, LayerPlan, RequestRows, RowFunct
 from shard_server.batching_check import plan_layers
 from shard_server.compact_linear import CompactLinear
 from shard_server.float16_weights import CODES_SWITCH_VARIABLE, WeightStorage, hold_weights_in_float16, switched_on
+from shard_server.fused_ops import FusedOps, fuse_layer_ops
 from shard_server.layer_kinds import LayerKind, StageCache, UnsupportedCacheError, layer_kind_of
 from shard_server.native_attention import NativeAttention
 from shard_server.stage_adapters import STAGE_ADAPTERS, StageAdapter
@@ -102,6 +103,12 @@ class ModelStage:
             hold_weights_in_float16(self._model, codes=codes)
             if compute_dtype == "float32"
             else WeightStorage((), (), f"computing in {compute_dtype}")
+        )
+        # Llama-form MLPs with their swiglu in one native op, checked bitwise (fused_ops.py).
+        self.fused_ops = (
+            fuse_layer_ops(self._model)
+            if compute_dtype == "float32"
+            else FusedOps((), (), f"computing in {compute_dtype}")
         )
         del codes  # the codes not kept are freed
         self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])

@@ -247,7 +247,7 @@ class StageWorker:
         if item.stage.is_last:
             self._loaded.grammar_vocabulary = GrammarVocabulary(item.model_dir, stage.config)
         logger.info(
-            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes; %s); %s; %s",
+            "loaded layers [%d, %d) of %d for instance %s in %s (%d bytes; %s; %s); %s; %s",
             item.stage.start_layer,
             item.stage.end_layer,
             item.stage.num_layers,
@@ -255,6 +255,7 @@ class StageWorker:
             item.compute_dtype,
             stage.weight_bytes,
             stage.weight_storage.describe(),
+            stage.fused_ops.describe(),
             "rows of different requests share batches (row results checked independent of batch size)"
             if batched
             else f"rows of different requests share batches in {sum(plan.batched for plan in stage.layer_plans)} "

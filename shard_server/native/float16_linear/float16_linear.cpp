@@ -539,6 +539,8 @@ mx::array quantized_codes_linear(const mx::array &x, const mx::array &codes, con
 
 }  // namespace
 
+void register_fused_ops(nb::module_ &module);  // fused_ops.cpp
+
 NB_MODULE(strata_float16_linear, module) {
   module.doc() = "x * W^T with float16 weights, computed as strata's float32 BLAS kernel computes it";
   nb::module_::import_("mlx.core");
@@ -548,4 +550,5 @@ NB_MODULE(strata_float16_linear, module) {
              nb::arg("biases"), nb::arg("group_size"), nb::arg("bits"), nb::arg("bias") = nb::none(),
              "float32 x times the float32 weights MLX's float16 dequantization of these codes gives, transposed");
   module.def("kernel_available", &cpu_supports_kernel, "whether this CPU runs the kernel (AVX2, FMA, F16C)");
+  register_fused_ops(module);
 }

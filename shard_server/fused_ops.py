@@ -1,0 +1,116 @@
+"""Fewer ops per layer: a llama-form MLP's swiglu in one native op, bitwise what mlx-lm computes.
+
+On MLX's CPU wheel each small op of a layer costs a graph node, an allocation and a dispatch; mlx-lm's
+compiled `swiglu` (`silu(gate) * up`) also runs MLX's scalar exp, one element at a time. The
+extension `native/float16_linear/fused_ops.cpp` (built with the float16 linear layer by `make`)
+computes the same arithmetic lane for lane with AVX2 and FMA. `fuse_layer_ops` swaps each module
+with `gate_proj`, `up_proj` and `down_proj` for a `FusedMLP` holding the same projections, and keeps
+the swap only where the twin's output equals the original's bitwise on random rows (1, 7 and 33);
+any other module stays, with one log line per reason. `STRATA_FUSED_OPS=off` keeps MLX's ops.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import mlx.core as mx
+from mlx import nn
+from mlx_lm.models.activations import swiglu
+
+from services.platform.mlx_typing import evaluate
+from shard_server.compact_linear import same_results
+from shard_server.float16_weights import _set_module, load_extension, switched_off  # pyright: ignore[reportPrivateUsage]
+
+SWITCH_VARIABLE = "STRATA_FUSED_OPS"
+"""`off` (or `0`, `false`, `no`) keeps MLX's ops."""
+
+logger = logging.getLogger(__name__)
+
+
+class FusedOpsLibrary(Protocol):
+    """The extension's fused ops (its C++ checks dtypes and shapes and raises ValueError)."""
+
+    def swiglu(self, gate: mx.array, up: mx.array) -> mx.array: ...
+
+    def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array: ...
+
+    def fused_ops_available(self) -> bool: ...
+
+
+class FusedMLP(nn.Module):
+    """A llama-form MLP, `down_proj(silu(gate_proj(x)) * up_proj(x))`, with the swiglu in one native op."""
+
+    def __init__(self, library: FusedOpsLibrary, original: nn.Module) -> None:
+        super().__init__()
+        self._library = library
+        self.gate_proj = cast(nn.Module, original["gate_proj"])
+        self.up_proj = cast(nn.Module, original["up_proj"])
+        self.down_proj = cast(nn.Module, original["down_proj"])
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate = cast(Callable[[mx.array], mx.array], self.gate_proj)(x)
+        up = cast(Callable[[mx.array], mx.array], self.up_proj)(x)
+        # The native op is float32 only; other dtypes take mlx-lm's own swiglu.
+        both = self._library.swiglu(gate, up) if gate.dtype == up.dtype == mx.float32 else swiglu(gate, up)
+        return cast(Callable[[mx.array], mx.array], self.down_proj)(both)
+
+
+@dataclass(frozen=True)
+class FusedOps:
+    """What the load fused: the modules swapped, those kept and why, or why nothing was tried."""
+
+    fused_modules: tuple[str, ...]
+    kept_modules: tuple[tuple[str, str], ...]
+    reason: str
+    """Why no module was tried at all (empty when the check ran)."""
+
+    def describe(self) -> str:
+        if self.reason:
+            return f"layer ops through MLX ({self.reason})"
+        kept = f", {len(self.kept_modules)} kept on MLX's ops" if self.kept_modules else ""
+        return f"{len(self.fused_modules)} MLPs with a fused swiglu{kept} (checked bitwise)"
+
+
+def _mlp_input_size(module: nn.Module) -> int | None:
+    """The input size of a module with llama-form projections, or None when it has none."""
+    if not all(name in module for name in ("gate_proj", "up_proj", "down_proj")):
+        return None
+    weight = cast(object, cast(nn.Module, module["up_proj"])["weight"])
+    return weight.shape[-1] if isinstance(weight, mx.array) else None
+
+
+def _fused_twin(library: FusedOpsLibrary, module: nn.Module, inputs: int) -> tuple[nn.Module | None, str]:
+    twin = FusedMLP(library, module)
+    equal = same_results(cast(Callable[[mx.array], mx.array], module), twin, inputs)
+    return (twin, "") if equal else (None, "its fused output differs from MLX's")
+
+
+def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> FusedOps:
+    """Swaps the model's llama-form MLPs for checked `FusedMLP`s (in place); `library` defaults to `make`'s."""
+    if switched_off(variable=SWITCH_VARIABLE):
+        return FusedOps((), (), f"{SWITCH_VARIABLE}=off")
+    if library is None:
+        library = cast(FusedOpsLibrary | None, load_extension())
+        if library is None or not hasattr(library, "swiglu"):
+            return FusedOps((), (), "the fused ops extension is not built")
+    if not library.fused_ops_available():
+        return FusedOps((), (), "this CPU lacks AVX2 or FMA")
+    fused: list[str] = []
+    kept: list[tuple[str, str]] = []
+    named = cast(Callable[[], list[tuple[str, nn.Module]]], model.named_modules)()
+    for path, module in named:
+        inputs = _mlp_input_size(module)
+        if inputs is None or isinstance(module, FusedMLP):
+            continue
+        twin, reason = _fused_twin(library, module, inputs)
+        if twin is None:
+            kept.append((path, reason))
+            continue
+        _set_module(model, path, twin)
+        fused.append(path)
+    evaluate(model.parameters())
+    for reason in sorted({reason for _, reason in kept}):
+        paths = [path for path, why in kept if why == reason]
+        logger.warning("%d MLPs keep MLX's ops (%s), e.g. %s", len(paths), reason, paths[0])
+    return FusedOps(tuple(fused), tuple(kept), "")
