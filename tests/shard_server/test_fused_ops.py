@@ -16,7 +16,7 @@ from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from shard_server.batched_forward import RequestRows
 from shard_server.float16_weights import load_extension
-from shard_server.fused_ops import SWITCH_VARIABLE, FusedMLP, FusedOpsLibrary, fuse_layer_ops
+from shard_server.fused_ops import SWITCH_VARIABLE, FusedMLP, FusedOpsLibrary, FusedRMSNorm, fuse_layer_ops
 from shard_server.model_stage import ModelStage, StageRange
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
@@ -143,7 +143,9 @@ def test_the_embedded_model_fuses_every_mlp_with_the_same_logits(
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
     fused, plain = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
     assert len(fused.fused_ops.fused_modules) == 30 and not fused.fused_ops.kept_modules
-    assert "30 MLPs with a fused swiglu" in fused.fused_ops.describe()
+    # Two norms per block and the final norm.
+    assert len(fused.fused_ops.fused_norms) == 61
+    assert "30 MLPs with a fused swiglu and 61 fused RMSNorms" in fused.fused_ops.describe()
     assert plain.fused_ops.reason == f"{SWITCH_VARIABLE}=off"
     assert all(isinstance(cast(nn.Module, layer)["mlp"], FusedMLP) for layer in fused.layers)
     assert mx.array_equal(_prefill_and_decode(fused), _prefill_and_decode(plain)).item()
@@ -171,7 +173,7 @@ class _OffByOneUlp:
         return self._library.swiglu(gate, up) * (1.0 + 2.0**-20)
 
     def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
-        return self._library.rms_norm(x, weight, eps)
+        return self._library.rms_norm(x, weight, eps) * (1.0 + 2.0**-20)
 
     def fused_ops_available(self) -> bool:
         return True
@@ -207,7 +209,7 @@ def test_a_fused_op_whose_results_differ_is_refused_at_load(caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING, logger="shard_server.fused_ops"):
         fused = fuse_layer_ops(model, _OffByOneUlp(library))
     assert fused.kept_modules == (("mlp", "its fused output differs from MLX's"),) and not fused.fused_modules
-    assert "1 MLPs keep MLX's ops (its fused output differs from MLX's), e.g. mlp" in caplog.text
+    assert "1 modules keep MLX's ops (its fused output differs from MLX's), e.g. mlp" in caplog.text
     assert type(model.mlp) is _Mlp
     # The real extension passes the same check on the same module.
     assert fuse_layer_ops(model, library).fused_modules == ("mlp",)
@@ -231,3 +233,27 @@ def test_the_switch_turns_it_off_before_anything_is_tried(monkeypatch: pytest.Mo
     model = _Model()
     assert fuse_layer_ops(model).describe() == f"layer ops through MLX ({SWITCH_VARIABLE}=off)"
     assert type(model.mlp) is _Mlp
+
+
+class _NormedModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(24, eps=1e-5)
+        self.norm.weight = mx.random.normal((24,), key=mx.random.key(3))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.norm(x)
+
+
+@pytest.mark.native
+def test_a_fused_norm_whose_results_differ_is_refused_and_the_real_one_is_kept() -> None:
+    library = _require_fused_ops()
+    model = _NormedModel()
+    x = mx.random.normal((1, 5, 24), key=mx.random.key(1)) * 300.0
+    before = model(x)
+    refused = fuse_layer_ops(model, _OffByOneUlp(library))
+    assert refused.kept_modules == (("norm", "its fused output differs from MLX's"),) and not refused.fused_norms
+    assert type(model.norm) is nn.RMSNorm
+    assert fuse_layer_ops(model, library).fused_norms == ("norm",)
+    assert isinstance(model.norm, FusedRMSNorm)
+    assert mx.array_equal(model(x), before).item()
