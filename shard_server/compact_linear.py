@@ -34,6 +34,8 @@ class Float16LinearLibrary(Protocol):
 
     def kernel_available(self) -> bool: ...
 
+    def kernel_width(self) -> int: ...
+
 
 class CompactLinear(nn.Module):
     """A linear layer whose weights are held in fewer bytes than float32: float32 in, float32 out."""

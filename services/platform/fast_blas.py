@@ -55,8 +55,10 @@ def build_shim(destination: Path | None = None) -> Path:
         raise FastBlasUnavailableError("no C compiler (cc or gcc) to build the BLAS shim")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".so.partial")
+    # -ffp-contract=off: `alpha * dot + beta * c` stays two products and a sum in every code path (the
+    # AVX2 and AVX-512 functions would otherwise be free to fuse it differently, changing bits).
     command = [
-        compiler, "-shared", "-fPIC", "-O3", "-pthread", str(SHIM_SOURCE), "-o", str(temporary),
+        compiler, "-shared", "-fPIC", "-O3", "-ffp-contract=off", "-pthread", str(SHIM_SOURCE), "-o", str(temporary),
         f"-L{openblas}", "-lscipy_openblas", f"-Wl,-rpath,{openblas}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -95,6 +97,22 @@ def strata_kernel_active() -> bool:
         return False
     kernel.restype = ctypes.c_int
     return kernel() == 1
+
+
+def strata_kernel_width() -> int:
+    """The vector width strata's kernel computes with: 512 (AVX-512), 256 (AVX2, or STRATA_KERNEL_ISA=avx2), 0 (off).
+
+    Both widths give the same bits; the width only changes the speed.
+    """
+    if not strata_kernel_active():
+        return 0
+    try:
+        width = ctypes.CDLL(str(shim_path())).strata_sgemm_kernel_width
+    except AttributeError:
+        return 256  # a shim built before the AVX-512 path
+    width.restype = ctypes.c_int
+    result: object = width()
+    return result if isinstance(result, int) else 0
 
 
 def blas_description() -> str:

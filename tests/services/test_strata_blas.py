@@ -4,7 +4,10 @@ Its row results must not depend on how many rows share a call, nor on the thread
 and the thread policy rely on it. Everything else it forwards to OpenBLAS.
 """
 
+import os
 import platform
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +22,9 @@ from services.platform.fast_blas import (
     blas_thread_control,
     fast_blas_loaded,
     strata_kernel_active,
+    strata_kernel_width,
 )
+from tests.services.kernel_products import products
 
 pytestmark = pytest.mark.native
 
@@ -88,3 +93,33 @@ def test_scaled_products_and_other_layouts_stay_right(control: BlasThreadControl
     np.testing.assert_allclose(_numpy(from_columns), exact, rtol=1e-4, atol=1e-4)
     plain = mx.array(a) @ mx.array(np.ascontiguousarray(w.T))
     np.testing.assert_allclose(_numpy(plain), exact, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.process
+@pytest.mark.timeout(600)
+def test_avx512_and_avx2_give_the_same_bits(control: BlasThreadControl, tmp_path: Path) -> None:
+    """The AVX-512 tiles (two columns per register) against the AVX2 ones, forced by STRATA_KERNEL_ISA=avx2."""
+    if not strata_kernel_active():
+        pytest.skip("strata's kernel does not run on this CPU (it needs x86-64 with AVX2 and FMA)")
+    wide = _cpu_has("avx512f") and _cpu_has("avx512dq") and _cpu_has("avx512vl")
+    assert strata_kernel_width() == (512 if wide else 256)
+    narrow_file = tmp_path / "avx2.npz"
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.services.kernel_products", str(narrow_file)],
+        env={**os.environ, "STRATA_KERNEL_ISA": "avx2"},
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+
+    ours = products()
+    with np.load(narrow_file) as saved:
+        names = [str(name) for name in saved["arr_0"]]
+        narrow = {name: saved[f"arr_{index + 1}"] for index, name in enumerate(names)}
+    assert narrow["width"][0] == 256
+    assert set(narrow) == set(ours)
+    for name in ours:
+        if name != "width":
+            assert np.array_equal(ours[name], narrow[name]), name

@@ -275,6 +275,9 @@ class _OffByOneUlp:
     def kernel_available(self) -> bool:
         return True
 
+    def kernel_width(self) -> int:
+        return self._library.kernel_width()
+
 
 class _HalfValuedModel(nn.Module):
     def __init__(self) -> None:
@@ -349,3 +352,48 @@ def test_a_missing_cmake_is_a_clear_error_and_not_a_failed_make(
     )
     assert result.returncode == 0
     assert "shards will hold float32 weights" in result.stderr
+
+
+def _cpu_has_avx512() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    no_flags: list[str] = []
+    flags = next((line.split() for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), no_flags)
+    return all(flag in flags for flag in ("avx512f", "avx512dq", "avx512vl", "avx512bw"))
+
+
+@pytest.mark.native
+def test_the_kernel_computes_with_the_widest_vectors_the_cpu_has_unless_told_avx2() -> None:
+    library = _require_extension()
+    forced = os.environ.get("STRATA_KERNEL_ISA") == "avx2"
+    assert library.kernel_width() == (512 if _cpu_has_avx512() and not forced else 256)
+
+
+@pytest.mark.native
+@pytest.mark.process
+@pytest.mark.timeout(900)
+def test_with_avx2_forced_the_products_still_equal_the_float32_ones_bitwise() -> None:
+    """Both widths equal the float32 product (whose widths the shim's test proves equal), so they equal each other."""
+    _require_extension()
+    if not _cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512: the tests above ran the AVX2 path already")
+    module = Path(__file__)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{module}::test_the_kernel_computes_with_the_widest_vectors_the_cpu_has_unless_told_avx2",
+            f"{module}::test_the_product_equals_the_float32_product_bitwise",
+            f"{module}::test_the_codes_product_equals_the_float32_product_of_their_dequantized_weights_bitwise",
+        ],
+        env={**os.environ, "STRATA_KERNEL_ISA": "avx2", "CI": "true"},  # CI: a skip in the child fails it
+        capture_output=True,
+        text=True,
+        timeout=800,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout

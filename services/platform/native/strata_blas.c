@@ -101,6 +101,72 @@ TILE(1, 1)
 
 typedef void (*tile_function)(int, const float *, int, const float *, int, float *, int, float, float, __m256i);
 
+/* The same arithmetic with AVX-512: one zmm holds the eight lanes of two output columns (low half
+ * column j, high half column j + 1) and the row of A is broadcast to both halves, so one 512-bit FMA
+ * does the 8-lane step of two outputs; each half is then summed by the same lane_sum. An element's
+ * operations are exactly the AVX2 tile's, so both paths give the same bits (tested). */
+#define WIDE_KERNEL __attribute__((target("avx2,fma,avx512f,avx512dq,avx512vl")))
+
+WIDE_KERNEL static inline __m512 column_pair(const float *w, size_t ldw, int k) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(w + k)), _mm256_loadu_ps(w + ldw + k), 1);
+}
+
+WIDE_KERNEL static inline __m512 column_pair_tail(const float *w, size_t ldw, int k, __mmask8 tail) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(tail, w + k)),
+                            _mm256_maskz_loadu_ps(tail, w + ldw + k), 1);
+}
+
+/* A ROWS x (2 * PAIRS) tile of C. */
+#define WIDE_TILE(ROWS, PAIRS)                                                                             \
+  WIDE_KERNEL static void wide_tile_##ROWS##x##PAIRS(int k_size, const float *a, int lda, const float *w,    \
+                                                     int ldw, float *c, int ldc, float alpha, float beta,   \
+                                                     __mmask8 tail) {                                       \
+    __m512 sums[ROWS][PAIRS];                                                                              \
+    for (int r = 0; r < ROWS; r++)                                                                         \
+      for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_setzero_ps();                                    \
+    int k = 0;                                                                                             \
+    for (; k + 8 <= k_size; k += 8) {                                                                      \
+      __m512 weights[PAIRS];                                                                               \
+      for (int q = 0; q < PAIRS; q++) {                                                                    \
+        weights[q] = column_pair(w + (size_t)(2 * q) * ldw, (size_t)ldw, k);                               \
+        _mm_prefetch((const char *)(w + (size_t)(2 * q + 2 * PAIRS) * ldw + k), _MM_HINT_T0);              \
+        _mm_prefetch((const char *)(w + (size_t)(2 * q + 2 * PAIRS + 1) * ldw + k), _MM_HINT_T0);          \
+      }                                                                                                    \
+      for (int r = 0; r < ROWS; r++) {                                                                     \
+        __m512 row = _mm512_broadcast_f32x8(_mm256_loadu_ps(a + (size_t)r * lda + k));                     \
+        for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(row, weights[q], sums[r][q]);         \
+      }                                                                                                    \
+    }                                                                                                      \
+    if (k < k_size) { /* zeros past K, as the AVX2 tile's masked loads */                                  \
+      __m512 weights[PAIRS];                                                                               \
+      for (int q = 0; q < PAIRS; q++) weights[q] = column_pair_tail(w + (size_t)(2 * q) * ldw, (size_t)ldw, k, tail); \
+      for (int r = 0; r < ROWS; r++) {                                                                     \
+        __m512 row = _mm512_broadcast_f32x8(_mm256_maskz_loadu_ps(tail, a + (size_t)r * lda + k));         \
+        for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(row, weights[q], sums[r][q]);         \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int r = 0; r < ROWS; r++)                                                                         \
+      for (int q = 0; q < PAIRS; q++) {                                                                    \
+        put(c + (size_t)r * ldc + 2 * q, alpha, beta, lane_sum(_mm512_castps512_ps256(sums[r][q])));       \
+        put(c + (size_t)r * ldc + 2 * q + 1, alpha, beta, lane_sum(_mm512_extractf32x8_ps(sums[r][q], 1))); \
+      }                                                                                                    \
+  }
+
+WIDE_TILE(6, 4)
+WIDE_TILE(5, 4)
+WIDE_TILE(4, 4)
+WIDE_TILE(3, 4)
+WIDE_TILE(2, 4)
+WIDE_TILE(1, 4)
+WIDE_TILE(6, 1)
+WIDE_TILE(5, 1)
+WIDE_TILE(4, 1)
+WIDE_TILE(3, 1)
+WIDE_TILE(2, 1)
+WIDE_TILE(1, 1)
+
+typedef void (*wide_tile_function)(int, const float *, int, const float *, int, float *, int, float, float, __mmask8);
+
 #define ROW_BLOCK 48 /* rows of A kept in cache while a block of W streams past */
 
 typedef struct {
@@ -111,7 +177,36 @@ typedef struct {
   float *c;
 } product;
 
-KERNEL static void columns_of(const product *p, int first, int last) {
+/* Columns in tiles of 8 (four pairs), then 2, then a last odd column with the AVX2 tile. */
+WIDE_KERNEL static void wide_columns_of(const product *p, int first, int last) {
+  int lanes = p->k % 8;
+  __mmask8 wide_tail = (__mmask8)((1u << lanes) - 1u);
+  __m256i tail = _mm256_setr_epi32(lanes > 0 ? -1 : 0, lanes > 1 ? -1 : 0, lanes > 2 ? -1 : 0, lanes > 3 ? -1 : 0,
+                                   lanes > 4 ? -1 : 0, lanes > 5 ? -1 : 0, lanes > 6 ? -1 : 0, 0);
+  static const wide_tile_function four[7] = {0, wide_tile_1x4, wide_tile_2x4, wide_tile_3x4,
+                                             wide_tile_4x4, wide_tile_5x4, wide_tile_6x4};
+  static const wide_tile_function one[7] = {0, wide_tile_1x1, wide_tile_2x1, wide_tile_3x1,
+                                            wide_tile_4x1, wide_tile_5x1, wide_tile_6x1};
+  static const tile_function single[4] = {0, tile_1x1, tile_2x1, tile_3x1};
+  for (int row_start = 0; row_start < p->m; row_start += ROW_BLOCK) {
+    int row_end = row_start + ROW_BLOCK < p->m ? row_start + ROW_BLOCK : p->m;
+    for (int j = first; j < last;) {
+      int columns = last - j >= 8 ? 8 : last - j >= 2 ? 2 : 1;
+      int most_rows = columns == 1 ? 3 : 6;
+      for (int i = row_start; i < row_end;) {
+        int rows = row_end - i >= most_rows ? most_rows : row_end - i;
+        const float *a = p->a + (size_t)i * p->lda, *w = p->w + (size_t)j * p->ldw;
+        float *c = p->c + (size_t)i * p->ldc + j;
+        if (columns == 1) single[rows](p->k, a, p->lda, w, p->ldw, c, p->ldc, p->alpha, p->beta, tail);
+        else (columns == 8 ? four : one)[rows](p->k, a, p->lda, w, p->ldw, c, p->ldc, p->alpha, p->beta, wide_tail);
+        i += rows;
+      }
+      j += columns;
+    }
+  }
+}
+
+KERNEL static void narrow_columns_of(const product *p, int first, int last) {
   int lanes = p->k % 8;
   __m256i tail = _mm256_setr_epi32(lanes > 0 ? -1 : 0, lanes > 1 ? -1 : 0, lanes > 2 ? -1 : 0, lanes > 3 ? -1 : 0,
                                    lanes > 4 ? -1 : 0, lanes > 5 ? -1 : 0, lanes > 6 ? -1 : 0, 0);
@@ -131,6 +226,25 @@ KERNEL static void columns_of(const product *p, int first, int last) {
       j += columns;
     }
   }
+}
+
+/* Which instructions compute: AVX-512 where the CPU has it, unless STRATA_KERNEL_ISA=avx2 (the
+ * tests compare both); decided once per process. Both give the same bits. */
+static int wide_kernel_chosen(void) {
+  static int decided = -1;
+  if (decided < 0) {
+    const char *choice = getenv("STRATA_KERNEL_ISA");
+    int forced_narrow = choice != NULL && strcmp(choice, "avx2") == 0;
+    __builtin_cpu_init();
+    decided = !forced_narrow && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+              __builtin_cpu_supports("avx512vl");
+  }
+  return decided;
+}
+
+static void columns_of(const product *p, int first, int last) {
+  if (wide_kernel_chosen()) wide_columns_of(p, first, last);
+  else narrow_columns_of(p, first, last);
 }
 
 /* --- the helper threads ---
@@ -298,6 +412,16 @@ void cblas_sgemm(int order, int transa, int transb, blas_int m, blas_int n, blas
 int strata_sgemm_kernel(void) {
 #ifdef STRATA_KERNEL
   return kernel_wanted();
+#else
+  return 0;
+#endif
+}
+
+/* The vector width the kernel computes with: 512 (AVX-512), 256 (AVX2), 0 (not strata's kernel). */
+int strata_sgemm_kernel_width(void) {
+#ifdef STRATA_KERNEL
+  if (!kernel_wanted()) return 0;
+  return wide_kernel_chosen() ? 512 : 256;
 #else
   return 0;
 #endif

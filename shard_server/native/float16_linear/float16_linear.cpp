@@ -227,7 +227,127 @@ KERNEL void column_block(const Product &p, const Weights &weights, int columns, 
   }
 }
 
-KERNEL void columns_of(const Product &p, int first, int last) {
+// --- the same arithmetic with AVX-512 ---
+// One zmm holds the eight lanes of two output columns (low half column j, high half column j + 1) and
+// the row of x is broadcast to both halves, so one 512-bit FMA does the 8-lane step of two outputs;
+// each half is then summed by the same lane_sum. Every element sees exactly the AVX2 tile's
+// operations on the same float32 weights, so both paths give the same bits (tested).
+#define WIDE_KERNEL __attribute__((target("avx2,fma,f16c,avx512f,avx512dq,avx512vl,avx512bw")))
+#define WIDE_KERNEL_INLINE __attribute__((target("avx2,fma,f16c,avx512f,avx512dq,avx512vl,avx512bw"), always_inline)) inline
+
+WIDE_KERNEL_INLINE __m512 pair_of(__m256 low, __m256 high) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(low), high, 1);
+}
+
+// Two float16 weight rows widened by one vcvtph2ps: what two 256-bit widenings give.
+WIDE_KERNEL_INLINE __m512 pair_load(const HalfRows &weights, int q, int k) {
+  const uint16_t *low = weights.w + static_cast<size_t>(q) * weights.stride + k;
+  const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i *>(low));
+  const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i *>(low + weights.stride));
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(first), second, 1));
+}
+
+WIDE_KERNEL_INLINE __m512 pair_load(const WideRows &weights, int q, int k) {
+  const float *low = weights.w + static_cast<size_t>(q) * weights.stride + k;
+  return pair_of(_mm256_loadu_ps(low), _mm256_loadu_ps(low + weights.stride));
+}
+
+template <int BITS>
+WIDE_KERNEL_INLINE __m512 pair_load(const CodeRows<BITS> &weights, int q, int k) {
+  return pair_of(weights.load(q, k), weights.load(q + 1, k));
+}
+
+// A ROWS x (2 * PAIRS) tile of the output.
+template <int ROWS, int PAIRS, class Weights>
+WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row, int column, __m256i tail) {
+  const int k_size = p.k;
+  const float *a = p.a + static_cast<size_t>(row) * k_size;
+  __m512 sums[ROWS][PAIRS];
+  for (int r = 0; r < ROWS; r++)
+    for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 8 <= k_size; k += 8) {
+    __m512 weights[PAIRS];
+    for (int q = 0; q < PAIRS; q++) {
+      weights[q] = pair_load(weights_of, 2 * q, k);
+      weights_of.prefetch(2 * q + 2 * PAIRS, k);
+      weights_of.prefetch(2 * q + 2 * PAIRS + 1, k);
+    }
+    for (int r = 0; r < ROWS; r++) {
+      const __m512 values = _mm512_broadcast_f32x8(_mm256_loadu_ps(a + static_cast<size_t>(r) * k_size + k));
+      for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(values, weights[q], sums[r][q]);
+    }
+  }
+  if (k < k_size) {
+    __m512 weights[PAIRS];
+    for (int q = 0; q < PAIRS; q++)
+      weights[q] = pair_of(weights_of.tail(2 * q, k, k_size - k, tail), weights_of.tail(2 * q + 1, k, k_size - k, tail));
+    for (int r = 0; r < ROWS; r++) {
+      const __m512 values = _mm512_broadcast_f32x8(_mm256_maskload_ps(a + static_cast<size_t>(r) * k_size + k, tail));
+      for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(values, weights[q], sums[r][q]);
+    }
+  }
+  for (int r = 0; r < ROWS; r++) {
+    float *out = p.c + static_cast<size_t>(row + r) * p.columns + column;
+    for (int q = 0; q < PAIRS; q++) {
+      const float low = lane_sum(_mm512_castps512_ps256(sums[r][q]));
+      const float high = lane_sum(_mm512_extractf32x8_ps(sums[r][q], 1));
+      out[2 * q] = p.bias != nullptr ? low + p.bias[column + 2 * q] : low;
+      out[2 * q + 1] = p.bias != nullptr ? high + p.bias[column + 2 * q + 1] : high;
+    }
+  }
+}
+
+template <int PAIRS, int TILE_ROWS, class Weights>
+WIDE_KERNEL void wide_row_tiles(const Product &p, const Weights &weights, int first_row, int last_row, int column,
+                                __m256i tail) {
+  for (int i = first_row; i < last_row;) {
+    const int rows = last_row - i >= TILE_ROWS ? TILE_ROWS : last_row - i;
+    switch (rows) {
+      case 6: if constexpr (TILE_ROWS >= 6) wide_tile<6, PAIRS>(p, weights, i, column, tail); break;
+      case 5: if constexpr (TILE_ROWS >= 5) wide_tile<5, PAIRS>(p, weights, i, column, tail); break;
+      case 4: if constexpr (TILE_ROWS >= 4) wide_tile<4, PAIRS>(p, weights, i, column, tail); break;
+      case 3: wide_tile<3, PAIRS>(p, weights, i, column, tail); break;
+      case 2: wide_tile<2, PAIRS>(p, weights, i, column, tail); break;
+      default: wide_tile<1, PAIRS>(p, weights, i, column, tail); break;
+    }
+    i += rows;
+  }
+}
+
+// Columns [column, column + columns) of a row block: 8 columns (four pairs), 2, or a last odd one
+// (the AVX2 tile).
+template <class Weights>
+WIDE_KERNEL void wide_column_block(const Product &p, const Weights &weights, int columns, int row_start, int row_end,
+                                   int column, __m256i tail) {
+  if (row_end - row_start >= kWideningRows) {
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(8) * p.k);
+    widen_block(weights, p.k, columns, scratch.data(), tail);
+    const WideRows wide{scratch.data(), p.k};
+    // 6 x 8: 24 accumulators, 4 weight pairs and the row in 32 registers.
+    if (columns == 8) wide_row_tiles<4, 6>(p, wide, row_start, row_end, column, tail);
+    else if (columns == 2) wide_row_tiles<1, 6>(p, wide, row_start, row_end, column, tail);
+    else row_tiles<1, 4>(p, wide, row_start, row_end, column, tail);
+  } else {
+    if (columns == 8) wide_row_tiles<4, 3>(p, weights, row_start, row_end, column, tail);
+    else if (columns == 2) wide_row_tiles<1, 3>(p, weights, row_start, row_end, column, tail);
+    else row_tiles<1, 4>(p, weights, row_start, row_end, column, tail);
+  }
+}
+
+template <bool WIDE, class Weights>
+KERNEL void block_of(const Product &p, const Weights &weights, int columns, int row_start, int row_end, int column,
+                     __m256i tail) {
+  if constexpr (WIDE) wide_column_block(p, weights, columns, row_start, row_end, column, tail);
+  else column_block(p, weights, columns, row_start, row_end, column, tail);
+}
+
+// Columns [first, last) over every row block: in blocks of 8 columns with AVX-512 (WIDE; then 2, then
+// a last odd one), of 4 with AVX2 (then 1). The AVX-512 blocks are calls to functions of their own
+// target, so nothing of this function is compiled for AVX-512.
+template <bool WIDE>
+KERNEL void columns_with(const Product &p, int first, int last) {
   const int lanes = p.k % 8;
   const __m256i tail = _mm256_setr_epi32(lanes > 0 ? -1 : 0, lanes > 1 ? -1 : 0, lanes > 2 ? -1 : 0,
                                          lanes > 3 ? -1 : 0, lanes > 4 ? -1 : 0, lanes > 5 ? -1 : 0,
@@ -237,25 +357,42 @@ KERNEL void columns_of(const Product &p, int first, int last) {
   for (int row_start = 0; row_start < p.rows; row_start += kRowBlock) {
     const int row_end = row_start + kRowBlock < p.rows ? row_start + kRowBlock : p.rows;
     for (int j = first; j < last;) {
-      const int columns = last - j >= 4 ? 4 : 1;
+      int columns = last - j >= 4 ? 4 : 1;
+      if constexpr (WIDE) columns = last - j >= 8 ? 8 : last - j >= 2 ? 2 : 1;
       if (p.codes == nullptr) {
-        const HalfRows half{p.w + static_cast<size_t>(j) * p.k, p.k};
-        column_block(p, half, columns, row_start, row_end, j, tail);
+        block_of<WIDE>(p, HalfRows{p.w + static_cast<size_t>(j) * p.k, p.k}, columns, row_start, row_end, j, tail);
       } else {
         const uint32_t *codes = p.codes + static_cast<size_t>(j) * words_per_row;
         const uint16_t *scales = p.scales + static_cast<size_t>(j) * groups_per_row;
         const uint16_t *biases = p.biases + static_cast<size_t>(j) * groups_per_row;
-        if (p.bits == 4) {
-          const CodeRows<4> rows{codes, scales, biases, words_per_row, groups_per_row, p.group};
-          column_block(p, rows, columns, row_start, row_end, j, tail);
-        } else {
-          const CodeRows<8> rows{codes, scales, biases, words_per_row, groups_per_row, p.group};
-          column_block(p, rows, columns, row_start, row_end, j, tail);
-        }
+        if (p.bits == 4)
+          block_of<WIDE>(p, CodeRows<4>{codes, scales, biases, words_per_row, groups_per_row, p.group}, columns,
+                         row_start, row_end, j, tail);
+        else
+          block_of<WIDE>(p, CodeRows<8>{codes, scales, biases, words_per_row, groups_per_row, p.group}, columns,
+                         row_start, row_end, j, tail);
       }
       j += columns;
     }
   }
+}
+
+// AVX-512 where the CPU has it, unless STRATA_KERNEL_ISA=avx2 (read as the shim reads it; the tests
+// compare both); decided once per process. Both give the same bits.
+bool wide_kernel_chosen() {
+  static const bool chosen = [] {
+    const char *choice = std::getenv("STRATA_KERNEL_ISA");
+    __builtin_cpu_init();
+    return !(choice != nullptr && std::strcmp(choice, "avx2") == 0) && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw");
+  }();
+  return chosen;
+}
+
+void columns_of(const Product &p, int first, int last) {
+  if (wide_kernel_chosen()) columns_with<true>(p, first, last);
+  else columns_with<false>(p, first, last);
 }
 
 bool cpu_supports_kernel() {
@@ -265,6 +402,7 @@ bool cpu_supports_kernel() {
 #else
 void columns_of(const Product &, int, int) { throw std::runtime_error("the float16 linear kernel needs x86-64"); }
 bool cpu_supports_kernel() { return false; }
+bool wide_kernel_chosen() { return false; }
 #endif
 
 // --- helper threads ---
@@ -550,5 +688,8 @@ NB_MODULE(strata_float16_linear, module) {
              nb::arg("biases"), nb::arg("group_size"), nb::arg("bits"), nb::arg("bias") = nb::none(),
              "float32 x times the float32 weights MLX's float16 dequantization of these codes gives, transposed");
   module.def("kernel_available", &cpu_supports_kernel, "whether this CPU runs the kernel (AVX2, FMA, F16C)");
+  module.def(
+      "kernel_width", [] { return !cpu_supports_kernel() ? 0 : wide_kernel_chosen() ? 512 : 256; },
+      "the vector width the kernel computes with: 512 (AVX-512), 256 (AVX2, or STRATA_KERNEL_ISA=avx2), 0 (none)");
   register_fused_ops(module);
 }
