@@ -82,7 +82,9 @@ class PipelineClient:
         try:
             while True:
                 try:
-                    reply = await asyncio.wait_for(call.read(), timeout=self._token_timeout_seconds)
+                    # A timeout scope, not wait_for: no task created per token.
+                    async with asyncio.timeout(self._token_timeout_seconds):
+                        reply = await call.read()
                 except TimeoutError as error:
                     raise PipelineError(
                         f"request {call_id}: no token from instance {instance.instance_id} "

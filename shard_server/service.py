@@ -23,6 +23,7 @@ from services.platform.fast_blas import blas_thread_control
 from services.platform.request_context import bind_request_id, request_id_from_metadata
 from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens, with_sequence_cap
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
+from shard_server.loop_handoff import LoopHandoff
 from shard_server.metrics import ShardMetricsSnapshot
 from shard_server.model_stage import StageRange
 from shard_server.ring_checks import check_ring_message
@@ -87,6 +88,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._fetch_stage = fetch_stage
         """Makes the files of a stage present (from a peer's store); returns why not, or None."""
         self._loop = asyncio.get_running_loop()
+        self._handoff = LoopHandoff(self._loop)
         control = blas_thread_control()
         self._worker = StageWorker(
             emit=self._emit_from_worker,
@@ -126,14 +128,14 @@ class ShardService(shard_pb2_grpc.ShardServicer):
 
     def _emit_from_worker(self, effect: Effect) -> None:
         if not isinstance(effect, SendToNext):
-            self._loop.call_soon_threadsafe(self._apply_effect, effect)
+            self._handoff.call(self._apply_effect, effect)
             return
         link = self._link
         if link is not None:
             # Backpressure: the worker waits while the next shard has not taken earlier messages.
             # After the stall limit the send goes ahead and breaks the link (bounded either way).
             link.wait_for_room()
-        self._loop.call_soon_threadsafe(self._send_to_next, encode_ring_message(effect.message))
+        self._handoff.call(self._send_to_next, encode_ring_message(effect.message))
 
     def _send_to_next(self, encoded: EncodedRingMessage) -> None:
         if self._link is None:
