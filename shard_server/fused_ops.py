@@ -97,8 +97,13 @@ def _mlp_input_size(module: nn.Module) -> int | None:
     """The input size of a module with llama-form projections, or None when it has none."""
     if not all(name in module for name in ("gate_proj", "up_proj", "down_proj")):
         return None
-    weight = cast(object, cast(nn.Module, module["up_proj"])["weight"])
-    return weight.shape[-1] if isinstance(weight, mx.array) else None
+    up_proj = cast(nn.Module, module["up_proj"])
+    weight = cast(object, up_proj["weight"])
+    if not isinstance(weight, mx.array):
+        return None
+    # Quantized projections (MLX's or strata's codes) pack 32 // bits inputs in each uint32.
+    bits = getattr(up_proj, "bits", None)
+    return weight.shape[-1] * 32 // bits if isinstance(bits, int) and weight.dtype == mx.uint32 else weight.shape[-1]
 
 
 def _norm_input_size(module: nn.Module) -> int | None:
