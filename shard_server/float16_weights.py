@@ -214,7 +214,7 @@ def _twin(library: Float16LinearLibrary, module: nn.Module) -> tuple[nn.Module |
     return linear, ""
 
 
-def _set_module(root: nn.Module, path: str, replacement: nn.Module) -> None:
+def set_module(root: nn.Module, path: str, replacement: nn.Module) -> None:
     """root's submodule at a dotted path (list items by index) becomes `replacement`."""
     *parents, last = path.split(".")
     node: object = root
@@ -258,7 +258,7 @@ def hold_weights_in_float16(
         if stored is not None:
             with_codes = codes_twin(library, module, stored)
             if with_codes is not None:
-                _set_module(model, path, with_codes)
+                set_module(model, path, with_codes)
                 in_codes.append(path)
                 continue
             codes_refused.append(path)
@@ -266,7 +266,7 @@ def hold_weights_in_float16(
         if twin is None:
             kept.append((path, reason))
             continue
-        _set_module(model, path, twin)
+        set_module(model, path, twin)
         converted.append(path)
     evaluate(model.parameters())
     # One line per reason, not per module: a bfloat16 model would otherwise log every matrix.

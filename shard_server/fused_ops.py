@@ -20,7 +20,7 @@ from mlx_lm.models.activations import swiglu
 
 from services.platform.mlx_typing import evaluate
 from shard_server.compact_linear import same_results
-from shard_server.float16_weights import _set_module, load_extension, switched_off  # pyright: ignore[reportPrivateUsage]
+from shard_server.float16_weights import load_extension, set_module, switched_off
 
 SWITCH_VARIABLE = "STRATA_FUSED_OPS"
 """`off` (or `0`, `false`, `no`) keeps MLX's ops."""
@@ -144,7 +144,7 @@ def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> 
         if twin is None:
             kept.append((path, reason))
             continue
-        _set_module(model, path, twin)
+        set_module(model, path, twin)
         (norms if isinstance(twin, FusedRMSNorm) else fused).append(path)
     evaluate(model.parameters())
     for reason in sorted({reason for _, reason in kept}):

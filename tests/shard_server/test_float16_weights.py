@@ -15,7 +15,6 @@ from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control, strata_kernel_active
 from services.platform.mlx_typing import start_evaluating
-from shard_server.batched_forward import RequestRows
 from shard_server.compact_linear import Float16LinearLibrary
 from shard_server.float16_weights import (
     CODES_SWITCH_VARIABLE,
@@ -30,6 +29,7 @@ from shard_server.float16_weights import (
     switched_on,
 )
 from shard_server.model_stage import ModelStage, StageRange
+from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
 
 # (outputs, inputs): the embedded model's projections, MLP and LM head shapes, and odd ones (K % 8 != 0,
@@ -157,39 +157,6 @@ def test_bad_codes_are_a_clear_value_error() -> None:
         library.quantized_codes_linear(mx.zeros((2, 63)), codes, scales, biases, 32, 4)
 
 
-def _prefill_and_decode(stage: ModelStage) -> mx.array:
-    """Four requests prefilled in one batch, then one batched decode step: logits, or the last stage's
-    hidden states where the stage has no head (hidden states stand in for tokens where it has no embedding).
-    """
-    prompts = [[3, 5, 7, 11], [13], [17, 19, 23, 29, 31, 37], [41, 43]]
-    caches = [stage.make_cache() for _ in prompts]
-    requests: list[RequestRows] = []
-    start = 0
-    for prompt, cache in zip(prompts, caches, strict=True):
-        requests.append(RequestRows(cache, start, len(prompt)))
-        start += len(prompt)
-    decode_requests = [RequestRows(cache, index, 1) for index, cache in enumerate(caches)]
-    outputs: list[mx.array] = []
-    for tokens, step in (([token for prompt in prompts for token in prompt], requests), ([7] * 4, decode_requests)):
-        if stage.stage.is_first:
-            hidden = stage.embed(mx.array(tokens)[None])
-        else:
-            hidden = mx.random.normal((1, len(tokens), stage.hidden_size), key=mx.random.key(len(tokens)))
-        hidden = stage.run_layers(hidden, step)
-        outputs.append(stage.logits(hidden) if stage.stage.is_last else hidden)
-    return mx.concatenate(outputs, axis=1)
-
-
-def _both_ways(model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch) -> list[ModelStage]:
-    stages: list[ModelStage] = []
-    for switch in ("on", "off"):
-        monkeypatch.setenv(SWITCH_VARIABLE, switch)
-        stage = ModelStage(model_dir, stage_range, "float32")
-        assert stage.check_batching(40, threads=2)
-        stages.append(stage)
-    return stages
-
-
 @pytest.mark.native
 @pytest.mark.model
 def test_the_embedded_model_keeps_its_codes_in_under_a_third_of_the_bytes_with_the_same_logits(
@@ -198,12 +165,12 @@ def test_the_embedded_model_keeps_its_codes_in_under_a_third_of_the_bytes_with_t
     _require_extension()
     monkeypatch.setenv(CODES_SWITCH_VARIABLE, "on")
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
-    compact, full = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
+    compact, full = stages_switched(model_dir, StageRange(0, 30, 30), monkeypatch, SWITCH_VARIABLE)
     assert compact.weight_storage.code_modules and not compact.weight_storage.float16_modules
     assert not compact.weight_storage.float32_modules
     assert not full.weight_storage.compact
     assert compact.weight_bytes / full.weight_bytes < 0.3  # 4-bit layers, an 8-bit embedding (the tied head)
-    assert mx.array_equal(_prefill_and_decode(compact), _prefill_and_decode(full)).item()
+    assert mx.array_equal(prefill_and_decode(compact), prefill_and_decode(full)).item()
 
 
 @pytest.mark.native
@@ -214,11 +181,12 @@ def test_by_default_the_embedded_model_holds_float16_in_half_the_bytes(
     _require_extension()
     monkeypatch.delenv(CODES_SWITCH_VARIABLE, raising=False)
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
-    half, full = _both_ways(model_dir, StageRange(15, 30, 30), monkeypatch)  # the last stage: the tied head
+    # The last stage: the tied head.
+    half, full = stages_switched(model_dir, StageRange(15, 30, 30), monkeypatch, SWITCH_VARIABLE)
     assert half.weight_storage.float16_modules and not half.weight_storage.code_modules
     # Every matrix halves; only the norms' vectors stay float32.
     assert 0.49 < half.weight_bytes / full.weight_bytes < 0.51
-    assert mx.array_equal(_prefill_and_decode(half), _prefill_and_decode(full)).item()
+    assert mx.array_equal(prefill_and_decode(half), prefill_and_decode(full)).item()
 
 
 @pytest.mark.native
@@ -230,10 +198,10 @@ def test_a_tiny_model_with_half_values_swaps_every_matrix_and_stays_exact(
     _require_extension()
     store = ModelStore(tmp_path / "models")
     model_dir = build_tiny_half_model(model_type, tmp_path / "random", store.model_dir(ModelId(f"tiny-{model_type}")))
-    half, full = _both_ways(model_dir, StageRange(start, end, NUM_LAYERS), monkeypatch)
+    half, full = stages_switched(model_dir, StageRange(start, end, NUM_LAYERS), monkeypatch, SWITCH_VARIABLE)
     assert half.weight_storage.compact and not half.weight_storage.float32_modules
     assert half.weight_bytes < 0.55 * full.weight_bytes
-    assert mx.array_equal(_prefill_and_decode(half), _prefill_and_decode(full)).item()
+    assert mx.array_equal(prefill_and_decode(half), prefill_and_decode(full)).item()
 
 
 @pytest.mark.native

@@ -14,10 +14,10 @@ from mlx_lm.models.activations import swiglu
 from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
-from shard_server.batched_forward import RequestRows
 from shard_server.float16_weights import load_extension
 from shard_server.fused_ops import SWITCH_VARIABLE, FusedMLP, FusedOpsLibrary, FusedRMSNorm, fuse_layer_ops
-from shard_server.model_stage import ModelStage, StageRange
+from shard_server.model_stage import StageRange
+from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
 # Element counts around the eight-lane blocks (tails of 1 to 7) and the embedded model's MLP widths.
@@ -108,32 +108,6 @@ def test_the_rms_norm_equals_mlxs_on_a_non_finite_value_per_row() -> None:
         library.rms_norm(mx.array(x), mx.ones((63,)), 1e-5)
 
 
-def _prefill_and_decode(stage: ModelStage) -> mx.array:
-    """Three requests prefilled in one batch, then one batched decode step: the stage's logits."""
-    prompts = [[3, 5, 7, 11], [13], [17, 19, 23, 29, 31, 37]]
-    caches = [stage.make_cache() for _ in prompts]
-    requests: list[RequestRows] = []
-    start = 0
-    for prompt, cache in zip(prompts, caches, strict=True):
-        requests.append(RequestRows(cache, start, len(prompt)))
-        start += len(prompt)
-    decode = [RequestRows(cache, index, 1) for index, cache in enumerate(caches)]
-    outputs: list[mx.array] = []
-    for tokens, step in (([token for prompt in prompts for token in prompt], requests), ([7] * 3, decode)):
-        outputs.append(stage.logits(stage.run_layers(stage.embed(mx.array(tokens)[None]), step)))
-    return mx.concatenate(outputs, axis=1)
-
-
-def _both_ways(model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch) -> list[ModelStage]:
-    stages: list[ModelStage] = []
-    for switch in ("on", "off"):
-        monkeypatch.setenv(SWITCH_VARIABLE, switch)
-        stage = ModelStage(model_dir, stage_range, "float32")
-        assert stage.check_batching(40, threads=2)
-        stages.append(stage)
-    return stages
-
-
 @pytest.mark.native
 @pytest.mark.model
 def test_the_embedded_model_fuses_every_mlp_with_the_same_logits(
@@ -141,14 +115,14 @@ def test_the_embedded_model_fuses_every_mlp_with_the_same_logits(
 ) -> None:
     _require_fused_ops()
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
-    fused, plain = _both_ways(model_dir, StageRange(0, 30, 30), monkeypatch)
+    fused, plain = stages_switched(model_dir, StageRange(0, 30, 30), monkeypatch, SWITCH_VARIABLE)
     assert len(fused.fused_ops.fused_modules) == 30 and not fused.fused_ops.kept_modules
     # Two norms per block and the final norm.
     assert len(fused.fused_ops.fused_norms) == 61
     assert "30 MLPs with a fused swiglu and 61 fused RMSNorms" in fused.fused_ops.describe()
     assert plain.fused_ops.reason == f"{SWITCH_VARIABLE}=off"
     assert all(isinstance(cast(nn.Module, layer)["mlp"], FusedMLP) for layer in fused.layers)
-    assert mx.array_equal(_prefill_and_decode(fused), _prefill_and_decode(plain)).item()
+    assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
 
 
 @pytest.mark.native
@@ -158,9 +132,9 @@ def test_a_tiny_model_fuses_its_mlps_and_stays_exact(
 ) -> None:
     _require_fused_ops()
     model_dir = build_tiny_model(model_type, ModelStore(tmp_path).model_dir(ModelId(f"tiny-{model_type}")))
-    fused, plain = _both_ways(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), monkeypatch)
+    fused, plain = stages_switched(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), monkeypatch, SWITCH_VARIABLE)
     assert len(fused.fused_ops.fused_modules) == NUM_LAYERS
-    assert mx.array_equal(_prefill_and_decode(fused), _prefill_and_decode(plain)).item()
+    assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
 
 
 class _OffByOneUlp:
