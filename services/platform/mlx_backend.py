@@ -69,18 +69,23 @@ def choose_mlx_backend(system: str, nvidia_smi_output: str | None, override: str
     return BackendChoice(backend, f"NVIDIA driver with CUDA {major}.{minor}: installing MLX's CUDA {backend[4:]} build")
 
 
-def read_nvidia_smi() -> str | None:
-    """`nvidia-smi`'s report, or None where it is missing, fails or hangs."""
-    executable = shutil.which("nvidia-smi")
+def command_output(command: list[str], timeout_seconds: float) -> str | None:
+    """A command's standard output, or None where it is missing, fails or hangs past the timeout."""
+    executable = shutil.which(command[0])
     if executable is None:
         return None
     try:
         completed = subprocess.run(
-            [executable], capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_SECONDS, check=False
+            [executable, *command[1:]], capture_output=True, text=True, timeout=timeout_seconds, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return completed.stdout if completed.returncode == 0 else None
+
+
+def read_nvidia_smi() -> str | None:
+    """`nvidia-smi`'s report, or None where it is missing, fails or hangs."""
+    return command_output(["nvidia-smi"], _NVIDIA_SMI_TIMEOUT_SECONDS)
 
 
 def main() -> int:

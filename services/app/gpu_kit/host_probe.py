@@ -17,13 +17,11 @@ import json
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.platform.mlx_backend import choose_mlx_backend
+from services.platform.mlx_backend import choose_mlx_backend, command_output
 
 # soname -> the wheel that brings it, per CUDA major version (mlx-cuda-12/13's own requirements).
 REQUIRED_LIBRARIES: dict[str, dict[str, str]] = {
@@ -107,19 +105,6 @@ def probe_from(
     return HostProbe(choice.backend, choice.reason, python, found, missing, DRIVER_LIBRARY in known)
 
 
-def _run(command: list[str]) -> str | None:
-    executable = shutil.which(command[0])
-    if executable is None:
-        return None
-    try:
-        completed = subprocess.run(
-            [executable, *command[1:]], capture_output=True, text=True, timeout=_COMMAND_TIMEOUT_SECONDS, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return completed.stdout if completed.returncode == 0 else None
-
-
 def _python_library_folders() -> dict[str, list[str]]:
     """The `nvidia/*/lib` folders of every Python environment this host's interpreters know."""
     patterns = [
@@ -141,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", type=Path, help="write `export LD_LIBRARY_PATH=...` here, for `source`")
     arguments = parser.parse_args(argv)
     probe = probe_from(
-        _run(["nvidia-smi"]),
-        _run(["ldconfig", "-p"]) or "",
+        command_output(["nvidia-smi"], _COMMAND_TIMEOUT_SECONDS),
+        command_output(["ldconfig", "-p"], _COMMAND_TIMEOUT_SECONDS) or "",
         _python_library_folders(),
         f"{platform.python_implementation()} {platform.python_version()} at {sys.executable}",
         os.environ.get("STRATA_MLX_BACKEND"),
