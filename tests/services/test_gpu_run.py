@@ -1,0 +1,82 @@
+"""The GPU run's exactness check (services/app/gpu_run/): its pure parts, and its CPU dry run end to
+end (the same code path as on a GPU: a drawn model, 1 and 2 shard processes over real gRPC, mlx-lm in
+this process), which is what the kit runs on a borrowed GPU with `--device gpu`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.app.gpu_run.exactness import SKIPPED_EXIT_CODE, device_problem, dtypes_for, first_mismatch
+from services.app.gpu_run.random_model import RandomModelError, random_model_config
+from services.platform.compute_device import ComputeDevice
+
+CPU = ComputeDevice("cpu", "AMD EPYC", None)
+H200 = ComputeDevice("cuda", "NVIDIA H200", 143 * 2**30, 9)
+TURING = ComputeDevice("cuda", "Tesla T4", 15 * 2**30, 7)
+EMBEDDED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.mark.unit
+def test_the_gpu_check_skips_with_its_reason_where_mlx_computes_on_the_cpu() -> None:
+    assert device_problem("gpu", H200) is None
+    assert device_problem("cpu", CPU) is None
+    assert "needs a GPU" in (device_problem("gpu", CPU) or "")
+    assert "CPU build" in (device_problem("cpu", H200) or "")
+
+
+@pytest.mark.unit
+def test_a_gpu_checks_its_auto_dtype_and_float16_the_cpu_float32() -> None:
+    assert dtypes_for(H200, ()) == ("bfloat16", "float16")
+    assert dtypes_for(TURING, ()) == ("float16",)
+    assert dtypes_for(CPU, ()) == ("float32",)
+    assert dtypes_for(H200, ("float16", "float16")) == ("float16",)
+
+
+@pytest.mark.unit
+def test_the_first_differing_token_is_named() -> None:
+    assert first_mismatch(2, [[1, 2], [3, 4]], [[1, 2], [3, 4]]) == ""
+    assert first_mismatch(2, [[1, 2], [3, 4]], [[1, 2], [3, 5]]).startswith("prompt 1: token 1")
+    assert "length 1 vs 2" in first_mismatch(1, [[1, 2]], [[1]])
+
+
+@pytest.mark.unit
+def test_the_drawn_model_keeps_the_embedded_shape_without_its_quantization() -> None:
+    source: dict[str, object] = {"model_type": "llama", "num_hidden_layers": 30, "quantization": {"bits": 4}}
+    assert random_model_config(source, None) == {"model_type": "llama", "num_hidden_layers": 30}
+    assert random_model_config(source, 4)["num_hidden_layers"] == 4
+    with pytest.raises(RandomModelError, match="at least 1"):
+        random_model_config(source, 0)
+    with pytest.raises(RandomModelError, match="only llama"):
+        random_model_config({"model_type": "qwen3"}, None)
+
+
+@pytest.mark.process
+@pytest.mark.model
+@pytest.mark.timeout(400)
+def test_the_cpu_dry_run_finds_one_and_two_shards_equal_to_mlx_lm(embedded_models: Path, tmp_path: Path) -> None:
+    source = tmp_path / "model-files"
+    source.mkdir()
+    embedded = next(embedded_models.iterdir())
+    for name in EMBEDDED_FILES:
+        (source / name).write_bytes((embedded / name).read_bytes())
+    out = tmp_path / "exactness.md"
+    command = [sys.executable, "-m", "services.app.gpu_run.exactness", "--device", "cpu", "--model-source"]
+    command += [str(source), "--work", str(tmp_path / "work"), "--out", str(out)]
+    command += ["--layers", "3", "--max-tokens", "6", "--prompts", "3"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=360, check=False)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    runs = json.loads(out.with_suffix(".json").read_text())
+    assert [(run["shards"], run["alone_equal"], run["together_equal"]) for run in runs] == [
+        (1, True, True),
+        (2, True, True),
+    ]
+    assert "| float32 | 2 | 0-2 + 2-3 | equal | equal |" in out.read_text()
+
+    gpu = subprocess.run(
+        [*command[:3], "--device", "gpu", *command[5:]], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert gpu.returncode == SKIPPED_EXIT_CODE
+    assert "skipped" in gpu.stdout
