@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from services.app.benchmark.baselines import BaselineFigures
+from services.app.benchmark.gpu_bench import GpuClusterFigures, render_gpu_section
 from services.app.gpu_run.exactness import SKIPPED_EXIT_CODE, device_problem, dtypes_for, first_mismatch
 from services.app.gpu_run.random_model import RandomModelError, random_model_config
 from services.platform.compute_device import ComputeDevice
@@ -53,15 +55,31 @@ def test_the_drawn_model_keeps_the_embedded_shape_without_its_quantization() -> 
         random_model_config({"model_type": "qwen3"}, None)
 
 
+@pytest.mark.unit
+def test_the_gpu_section_gives_strata_against_mlx_lm_as_ratios() -> None:
+    baselines = BaselineFigures(100.0, {1: 90.0, 8: 500.0}, {1: 80.0, 8: 400.0})
+    clusters = [GpuClusterFigures(1, 50.0, (90.0, 110.0), {1: 40.0, 8: 800.0})]
+    section = render_gpu_section(H200, "bfloat16", 64, 30, baselines, clusters)
+    assert section.startswith("## GPU: NVIDIA H200\n")
+    assert "compute dtype bfloat16" in section
+    assert "| strata, 1 shard server(s) | 50.0 | 0.50x | 90.0 / 110.0 | 0.50x |" in section
+    assert "| 8 | 400.0 | 800.0 | 2.00x |" in section
+
+
+def _model_files(embedded_models: Path, folder: Path) -> Path:
+    """The kit's model files: the embedded model's config and tokenizer, without its weights."""
+    folder.mkdir()
+    embedded = next(embedded_models.iterdir())
+    for name in EMBEDDED_FILES:
+        (folder / name).write_bytes((embedded / name).read_bytes())
+    return folder
+
+
 @pytest.mark.process
 @pytest.mark.model
 @pytest.mark.timeout(400)
 def test_the_cpu_dry_run_finds_one_and_two_shards_equal_to_mlx_lm(embedded_models: Path, tmp_path: Path) -> None:
-    source = tmp_path / "model-files"
-    source.mkdir()
-    embedded = next(embedded_models.iterdir())
-    for name in EMBEDDED_FILES:
-        (source / name).write_bytes((embedded / name).read_bytes())
+    source = _model_files(embedded_models, tmp_path / "model-files")
     out = tmp_path / "exactness.md"
     command = [sys.executable, "-m", "services.app.gpu_run.exactness", "--device", "cpu", "--model-source"]
     command += [str(source), "--work", str(tmp_path / "work"), "--out", str(out)]
@@ -80,3 +98,20 @@ def test_the_cpu_dry_run_finds_one_and_two_shards_equal_to_mlx_lm(embedded_model
     )
     assert gpu.returncode == SKIPPED_EXIT_CODE
     assert "skipped" in gpu.stdout
+
+
+@pytest.mark.process
+@pytest.mark.model
+@pytest.mark.timeout(300)
+def test_the_cpu_dry_run_of_the_gpu_bench_writes_its_section(embedded_models: Path, tmp_path: Path) -> None:
+    source = _model_files(embedded_models, tmp_path / "model-files")
+    out = tmp_path / "gpu-bench.md"
+    command = [sys.executable, "-m", "services.app.benchmark.gpu_bench", "--device", "cpu", "--model-source"]
+    command += [str(source), "--work", str(tmp_path / "work"), "--out", str(out)]
+    command += ["--layers", "2", "--shards", "1,2", "--concurrency", "1,2", "--max-tokens", "8"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    section = out.read_text()
+    assert "compute dtype float32" in section
+    assert "| strata, 2 shard server(s) |" in section
+    assert "| 2 |" in section
