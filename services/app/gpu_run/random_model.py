@@ -21,20 +21,13 @@ from mlx import nn
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
+from services.app.gpu_kit.plan import MODEL_FILES
 from services.kernel.ids import ModelId
 from services.kernel.settings import models_root
 from services.models.model_store import ModelStore
 from services.models.model_writer import save_model_directory
 
 RANDOM_MODEL_ID = ModelId("smollm2-135m-random")
-MODEL_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
-"""What the kit carries of the embedded model: everything but its weights."""
 REQUIRED_FILES = ("config.json", "tokenizer.json")
 _WEIGHT_SCALE = 4.0
 """Matrices scaled up, as the tests' tiny models are, so that logits are far from uniform and greedy
