@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=None, help="fewer layers (dry runs)")
     arguments = parser.parse_args(argv)
     device = detect_compute_device()
+    arguments.out.write_text("")
     problem = device_problem(arguments.device, device)
     if problem is not None:
         print(f"gpu_bench: skipped: {problem}", flush=True)
@@ -141,15 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_bench: mlx-lm in this process, {dtype} on {device.name}", flush=True)
         mlx_lm = BaselineModel(model_dir, dtype, arguments.max_tokens, DEFAULT_PREFILL_STEP_SIZE)
         first = mlx_lm.measure(concurrencies)
-        clusters = [
-            measure_cluster(home, dtype, shards, concurrencies, arguments.max_tokens, mlx_lm) for shards in shard_counts
-        ]
+        layers = read_model_config(model_dir).num_layers
+        clusters: list[GpuClusterFigures] = []
+        for shards in shard_counts:
+            clusters.append(measure_cluster(home, dtype, shards, concurrencies, arguments.max_tokens, mlx_lm))
+            # After every cluster, against the first baselines: a step stopped by its time limit keeps these.
+            partial = render_gpu_section(device, dtype, arguments.max_tokens, layers, first, clusters)
+            arguments.out.write_text(partial)
         baselines = averaged((first, mlx_lm.measure(concurrencies)))
     except (RandomModelError, ClusterError, ValueError, OSError) as error:
         print(f"gpu_bench: failed: {error}", file=sys.stderr)
-        arguments.out.write_text(f"GPU bench failed: {error}\n")
+        with arguments.out.open("a") as section:
+            section.write(f"\nGPU bench failed: {error}\n")
         return 1
-    layers = read_model_config(model_dir).num_layers
     section = render_gpu_section(device, dtype, arguments.max_tokens, layers, baselines, clusters)
     arguments.out.write_text(section)
     print(section, flush=True)

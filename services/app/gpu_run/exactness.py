@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=4)
     arguments = parser.parse_args(argv)
     device = detect_compute_device()
+    arguments.out.write_text("")
     problem = device_problem(arguments.device, device)
     if problem is not None:
         print(f"exactness: skipped: {problem}", flush=True)
@@ -173,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                 run = check_cluster(arguments.work / "home", dtype, shards, prompts, expected, arguments.max_tokens)
                 print(f"exactness: {run}", flush=True)
                 runs.append(run)
+                # After every run: a device step stopped by its time limit still leaves what it found.
+                arguments.out.write_text(render(device, runs, arguments.max_tokens, arguments.prompts))
     except (RandomModelError, ClusterError, ValueError, OSError) as error:
         print(f"exactness: failed: {error}", file=sys.stderr)
-        arguments.out.write_text(f"GPU exactness failed: {error}\n")
+        with arguments.out.open("a") as summary:
+            summary.write(f"\nGPU exactness failed: {error}\n")
         return 1
     summary = render(device, runs, arguments.max_tokens, arguments.prompts)
     arguments.out.write_text(summary)
