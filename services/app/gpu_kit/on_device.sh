@@ -5,11 +5,12 @@
 # Every step is bounded by `timeout`; what the lead pastes lands in $OUT. Printed by
 # `python3 -m services.app.gpu_kit.plan`, which sizes the calls.
 set -u -o pipefail
-STAGING=/tmp/strata-kit
-FILES=/tmp/strata-files
-SITE=/tmp/strata-site
-WORK=/tmp/strata-work
-OUT=${OUT:-/tmp/strata-out}
+ROOT=${STRATA_KIT_ROOT:-/tmp}  # tests run it in a folder of their own
+STAGING=$ROOT/strata-kit
+FILES=$ROOT/strata-files
+SITE=$ROOT/strata-site
+WORK=$ROOT/strata-work
+OUT=${OUT:-$ROOT/strata-out}
 export PYTHONUNBUFFERED=1 STRATA_BLAS=reference
 mkdir -p "$OUT"
 step() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$OUT/steps.txt"; }
