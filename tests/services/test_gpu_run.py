@@ -11,8 +11,10 @@ import pytest
 
 from services.app.benchmark.baselines import BaselineFigures
 from services.app.benchmark.gpu_bench import GpuClusterFigures, render_gpu_section
+from services.app.benchmark.gpu_bench import main as bench_main
 from services.app.gpu_run.exactness import SKIPPED_EXIT_CODE, device_problem, dtypes_for, first_mismatch
-from services.app.gpu_run.random_model import RandomModelError, random_model_config
+from services.app.gpu_run.exactness import main as exactness_main
+from services.app.gpu_run.random_model import RandomModelError, build_random_model, random_model_config
 from services.platform.compute_device import ComputeDevice
 
 CPU = ComputeDevice("cpu", "AMD EPYC", None)
@@ -115,3 +117,23 @@ def test_the_cpu_dry_run_of_the_gpu_bench_writes_its_section(embedded_models: Pa
     assert "compute dtype float32" in section
     assert "| strata, 2 shard server(s) |" in section
     assert "| 2 |" in section
+
+
+@pytest.mark.unit
+def test_a_kit_without_the_model_files_is_refused_with_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "model-files").mkdir()
+    with pytest.raises(RandomModelError, match=r"lacks config\.json, tokenizer\.json"):
+        build_random_model(tmp_path / "model-files", tmp_path / "home")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("module", ["exactness", "gpu_bench"])
+def test_bad_input_to_the_gpu_steps_fails_with_a_message_not_a_traceback(module: str, tmp_path: Path) -> None:
+    """On the CPU, `--device cpu` reaches the checks of its input (`--device gpu` would skip first)."""
+    run = exactness_main if module == "exactness" else bench_main
+    out = tmp_path / "out.md"
+    arguments = ["--device", "cpu", "--model-source", str(tmp_path / "absent"), "--work", str(tmp_path), "--out"]
+    assert run([*arguments, str(out)]) == 1
+    assert "failed" in out.read_text()
+    assert run([*arguments, str(out), "--shards", "one"]) == 1
+    assert "failed" in out.read_text()
