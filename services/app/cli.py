@@ -16,7 +16,7 @@ from services.app.environment_defaults import (
 from services.app.logging_options import LoggingOptionsError, StrataArgumentParser, logging_settings
 from services.app.service_command import add_service_arguments, service_command
 from services.app.status_command import add_status_arguments, status_command
-from services.kernel.compute_dtype import COMPUTE_DTYPES, default_compute_dtype, parse_compute_dtype_choice
+from services.kernel.compute_dtype import COMPUTE_DTYPES, parse_compute_dtype_choice
 from services.kernel.ids import ModelId
 from services.kernel.settings import (
     COORDINATOR_PORT,
@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         return _run(arguments, home, tls, log_settings)
     if command == "bench":
+        from services.app.benchmark.baselines import bench_compute_dtype
         from services.app.benchmark.run_benchmark import BenchOptions, run_benchmark
         from services.models.model_import import import_gguf
 
@@ -400,20 +401,22 @@ def main(argv: list[str] | None = None) -> int:
         bench_model = parse_model_id(arguments.model)
         if not bench_store.has_model(bench_model) and bench_model == EMBEDDED_MODEL_ID:
             import_gguf(bench_store, bench_model, find_embedded_gguf())
-        report = run_benchmark(
-            BenchOptions(
-                home=home,
-                model_id=bench_model,
-                compute_dtype=default_compute_dtype(),
-                shard_counts=tuple(int(part) for part in str(arguments.shards).split(",")),
-                concurrencies=tuple(int(part) for part in str(arguments.concurrency).split(",")),
-                max_tokens=arguments.max_tokens,
-                prefill_step_size=arguments.prefill_step_size,
-                output=Path(arguments.output),
-                scale_out=not arguments.no_scale_out,
-            )
+        print(
+            "wrote",
+            run_benchmark(
+                BenchOptions(
+                    home=home,
+                    model_id=bench_model,
+                    compute_dtype=bench_compute_dtype(),
+                    shard_counts=tuple(int(part) for part in str(arguments.shards).split(",")),
+                    concurrencies=tuple(int(part) for part in str(arguments.concurrency).split(",")),
+                    max_tokens=arguments.max_tokens,
+                    prefill_step_size=arguments.prefill_step_size,
+                    output=Path(arguments.output),
+                    scale_out=not arguments.no_scale_out,
+                )
+            ),
         )
-        print(f"wrote {report}")
         return 0
     if command == "gateway":
         from gateway.cors import cors_origins

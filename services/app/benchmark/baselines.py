@@ -13,6 +13,7 @@ from mlx_lm.generate import batch_generate, generate_step
 from gateway.tokenization import ModelTokenizer
 from services.app.benchmark.load_client import prompt_for
 from services.kernel.compute_dtype import ComputeDtype
+from services.platform.compute_device import detect_compute_device
 from services.platform.mlx_compute import convert_module
 
 
@@ -42,6 +43,12 @@ def _mean_per_row(rates: Sequence[dict[int, float]]) -> dict[int, float]:
     """The mean for each row count every run measured."""
     rows = [row for row in sorted(rates[0]) if all(row in rate for rate in rates)]
     return {row: statistics.fmean(rate[row] for rate in rates) for row in rows}
+
+
+def bench_compute_dtype() -> ComputeDtype:
+    """What `--compute-dtype auto` resolves to on the device MLX computes on here (float32 on the CPU,
+    bfloat16 on a recent CUDA GPU): the clusters and mlx-lm both compute in it."""
+    return detect_compute_device().auto_compute_dtype
 
 
 class BaselineModel:
