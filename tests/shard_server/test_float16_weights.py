@@ -365,3 +365,73 @@ def test_with_avx2_forced_the_products_still_equal_the_float32_ones_bitwise() ->
     )
     assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
     assert " passed" in child.stdout
+
+
+_HELPERS_STARTED = """
+import os
+import mlx.core as mx
+from services.platform.fast_blas import blas_thread_control
+from shard_server.float16_weights import load_extension
+
+library = load_extension()
+control = blas_thread_control()
+assert library is not None and control is not None
+control.set(2)
+x = mx.random.normal((32, 576), key=mx.random.key(1))
+weight = (mx.random.normal((1536, 576), key=mx.random.key(2)) * 0.05).astype(mx.float16)
+mx.eval(x @ weight.astype(mx.float32).T)  # the shim's product: its pool starts its helper
+before = len(os.listdir("/proc/self/task"))
+product = library.float16_linear(x, weight)
+mx.eval(product)
+assert mx.array_equal(product, x @ weight.astype(mx.float32).T).item()
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def _helpers_started_by_the_extension(environment: dict[str, str]) -> int:
+    child = subprocess.run(
+        [sys.executable, "-c", _HELPERS_STARTED],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    return int(child.stdout.split()[-1])
+
+
+@pytest.mark.native
+@pytest.mark.process
+def test_the_extension_computes_on_the_shims_helper_threads_unless_told_to_keep_its_own() -> None:
+    _require_extension()
+    shared = {key: value for key, value in os.environ.items() if key != "STRATA_KERNEL_POOL"}
+    assert _helpers_started_by_the_extension(shared) == 0  # one pool: the shim's helper computes its chunks
+    assert _helpers_started_by_the_extension({**shared, "STRATA_KERNEL_POOL": "own"}) == 1
+
+
+@pytest.mark.native
+@pytest.mark.process
+@pytest.mark.timeout(600)
+def test_with_its_own_pool_the_products_still_equal_the_float32_ones_bitwise() -> None:
+    _require_extension()
+    module = Path(__file__)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{module}::test_the_product_equals_the_float32_product_bitwise",
+            f"{module}::test_the_codes_product_equals_the_float32_product_of_their_dequantized_weights_bitwise",
+        ],
+        env={**os.environ, "STRATA_KERNEL_POOL": "own", "CI": "true"},  # CI: a skip in the child fails it
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout
