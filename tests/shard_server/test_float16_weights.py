@@ -1,10 +1,13 @@
 """float16-held weights give the float32 path's results bitwise, or are not used (shard_server/float16_weights.py)."""
 
+import importlib
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 import pytest
@@ -14,7 +17,8 @@ from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control, strata_kernel_active
-from services.platform.mlx_typing import start_evaluating
+from services.platform.mlx_compute import convert_module
+from services.platform.mlx_typing import quantize_module, start_evaluating
 from shard_server.compact_linear import Float16LinearLibrary
 from shard_server.float16_weights import (
     CODES_SWITCH_VARIABLE,
@@ -29,8 +33,9 @@ from shard_server.float16_weights import (
     switched_on,
 )
 from shard_server.model_stage import ModelStage, StageRange
+from shard_server.weight_codes import StoredCodes, stored_codes
 from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
-from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
+from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_half_model, build_tiny_model
 
 # (outputs, inputs): the embedded model's projections, MLP and LM head shapes, and odd ones (K % 8 != 0,
 # N % 4 != 0) that take the kernel's tails.
@@ -435,3 +440,44 @@ def test_with_its_own_pool_the_products_still_equal_the_float32_ones_bitwise() -
     )
     assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
     assert " passed" in child.stdout
+
+
+class _CodesOffByOneUlp(_OffByOneUlp):
+    """Exact float16 products, codes products one rounding off: the load check must refuse the codes only."""
+
+    def float16_linear(self, x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
+        return self._library.float16_linear(x, weight, bias)
+
+
+def _tiny_quantized_llama() -> tuple[nn.Module, dict[str, StoredCodes]]:
+    """A tiny llama of mlx-lm's classes quantized by MLX (4 bits, float16 scales), then dequantized to float32."""
+    module = importlib.import_module("mlx_lm.models.llama")
+    arguments = module.ModelArgs.from_dict(ARCHITECTURE_CONFIGS["llama"])
+    mx.random.seed(11)
+    model = cast(nn.Module, module.Model(arguments))
+    model.set_dtype(mx.float16)
+    quantize_module(model, 32, 4, lambda _path, layer: isinstance(layer, (nn.Linear, nn.Embedding)))
+    codes = stored_codes(model)
+    return convert_module(model, "float32"), codes
+
+
+@pytest.mark.native
+def test_codes_whose_product_differs_are_refused_at_load_and_the_matrices_take_float16(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = _require_extension()
+    monkeypatch.setenv(CODES_SWITCH_VARIABLE, "on")
+    tokens = mx.array([[1, 5, 9, 200]])
+    model, codes = _tiny_quantized_llama()
+    assert codes  # every Linear and the embedding were quantized
+    before = cast(Callable[[mx.array], mx.array], model)(tokens)
+    with caplog.at_level(logging.WARNING, logger="shard_server.float16_weights"):
+        storage = hold_weights_in_float16(model, _CodesOffByOneUlp(library), codes)
+    assert not storage.code_modules and set(storage.float16_modules) == set(codes)
+    assert f"{len(codes)} weight matrices do not keep their codes" in caplog.text
+    assert mx.array_equal(cast(Callable[[mx.array], mx.array], model)(tokens), before).item()
+    # The real extension keeps every one as its codes, with the same logits.
+    model, codes = _tiny_quantized_llama()
+    storage = hold_weights_in_float16(model, library, codes)
+    assert set(storage.code_modules) == set(codes) and not storage.float16_modules
+    assert mx.array_equal(cast(Callable[[mx.array], mx.array], model)(tokens), before).item()
