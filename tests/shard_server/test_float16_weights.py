@@ -1,10 +1,13 @@
 """float16-held weights give the float32 path's results bitwise, or are not used (shard_server/float16_weights.py)."""
 
+import importlib
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 import pytest
@@ -14,7 +17,8 @@ from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control, strata_kernel_active
-from services.platform.mlx_typing import start_evaluating
+from services.platform.mlx_compute import convert_module
+from services.platform.mlx_typing import quantize_module, start_evaluating
 from shard_server.compact_linear import Float16LinearLibrary
 from shard_server.float16_weights import (
     CODES_SWITCH_VARIABLE,
@@ -29,8 +33,9 @@ from shard_server.float16_weights import (
     switched_on,
 )
 from shard_server.model_stage import ModelStage, StageRange
+from shard_server.weight_codes import StoredCodes, stored_codes
 from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
-from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model, build_tiny_model
+from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_half_model, build_tiny_model
 
 # (outputs, inputs): the embedded model's projections, MLP and LM head shapes, and odd ones (K % 8 != 0,
 # N % 4 != 0) that take the kernel's tails.
@@ -365,3 +370,114 @@ def test_with_avx2_forced_the_products_still_equal_the_float32_ones_bitwise() ->
     )
     assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
     assert " passed" in child.stdout
+
+
+_HELPERS_STARTED = """
+import os
+import mlx.core as mx
+from services.platform.fast_blas import blas_thread_control
+from shard_server.float16_weights import load_extension
+
+library = load_extension()
+control = blas_thread_control()
+assert library is not None and control is not None
+control.set(2)
+x = mx.random.normal((32, 576), key=mx.random.key(1))
+weight = (mx.random.normal((1536, 576), key=mx.random.key(2)) * 0.05).astype(mx.float16)
+mx.eval(x @ weight.astype(mx.float32).T)  # the shim's product: its pool starts its helper
+before = len(os.listdir("/proc/self/task"))
+product = library.float16_linear(x, weight)
+mx.eval(product)
+assert mx.array_equal(product, x @ weight.astype(mx.float32).T).item()
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def _helpers_started_by_the_extension(environment: dict[str, str]) -> int:
+    child = subprocess.run(
+        [sys.executable, "-c", _HELPERS_STARTED],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    return int(child.stdout.split()[-1])
+
+
+@pytest.mark.native
+@pytest.mark.process
+def test_the_extension_computes_on_the_shims_helper_threads_unless_told_to_keep_its_own() -> None:
+    _require_extension()
+    shared = {key: value for key, value in os.environ.items() if key != "STRATA_KERNEL_POOL"}
+    assert _helpers_started_by_the_extension(shared) == 0  # one pool: the shim's helper computes its chunks
+    assert _helpers_started_by_the_extension({**shared, "STRATA_KERNEL_POOL": "own"}) == 1
+
+
+@pytest.mark.native
+@pytest.mark.process
+@pytest.mark.timeout(600)
+def test_with_its_own_pool_the_products_still_equal_the_float32_ones_bitwise() -> None:
+    _require_extension()
+    module = Path(__file__)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{module}::test_the_product_equals_the_float32_product_bitwise",
+            f"{module}::test_the_codes_product_equals_the_float32_product_of_their_dequantized_weights_bitwise",
+        ],
+        env={**os.environ, "STRATA_KERNEL_POOL": "own", "CI": "true"},  # CI: a skip in the child fails it
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout
+
+
+class _CodesOffByOneUlp(_OffByOneUlp):
+    """Exact float16 products, codes products one rounding off: the load check must refuse the codes only."""
+
+    def float16_linear(self, x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
+        return self._library.float16_linear(x, weight, bias)
+
+
+def _tiny_quantized_llama() -> tuple[nn.Module, dict[str, StoredCodes]]:
+    """A tiny llama of mlx-lm's classes quantized by MLX (4 bits, float16 scales), then dequantized to float32."""
+    module = importlib.import_module("mlx_lm.models.llama")
+    arguments = module.ModelArgs.from_dict(ARCHITECTURE_CONFIGS["llama"])
+    mx.random.seed(11)
+    model = cast(nn.Module, module.Model(arguments))
+    model.set_dtype(mx.float16)
+    quantize_module(model, 32, 4, lambda _path, layer: isinstance(layer, (nn.Linear, nn.Embedding)))
+    codes = stored_codes(model)
+    return convert_module(model, "float32"), codes
+
+
+@pytest.mark.native
+def test_codes_whose_product_differs_are_refused_at_load_and_the_matrices_take_float16(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = _require_extension()
+    monkeypatch.setenv(CODES_SWITCH_VARIABLE, "on")
+    tokens = mx.array([[1, 5, 9, 200]])
+    model, codes = _tiny_quantized_llama()
+    assert codes  # every Linear and the embedding were quantized
+    before = cast(Callable[[mx.array], mx.array], model)(tokens)
+    with caplog.at_level(logging.WARNING, logger="shard_server.float16_weights"):
+        storage = hold_weights_in_float16(model, _CodesOffByOneUlp(library), codes)
+    assert not storage.code_modules and set(storage.float16_modules) == set(codes)
+    assert f"{len(codes)} weight matrices do not keep their codes" in caplog.text
+    assert mx.array_equal(cast(Callable[[mx.array], mx.array], model)(tokens), before).item()
+    # The real extension keeps every one as its codes, with the same logits.
+    model, codes = _tiny_quantized_llama()
+    storage = hold_weights_in_float16(model, library, codes)
+    assert set(storage.code_modules) == set(codes) and not storage.float16_modules
+    assert mx.array_equal(cast(Callable[[mx.array], mx.array], model)(tokens), before).item()

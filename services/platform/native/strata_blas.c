@@ -13,6 +13,8 @@
  *
  * The output columns are shared among the threads OpenBLAS is set to use (openblas_set_num_threads
  * stays the one control); helper threads spin briefly between calls (yielding the core), then sleep.
+ * The float16 linear extension computes its products on these same helpers (strata_parallel_columns),
+ * so a step's products share one pool instead of two spinning against each other.
  * STRATA_SGEMM=openblas sends every call to OpenBLAS.
  */
 #include <pthread.h>
@@ -266,7 +268,10 @@ static int sleepers;                         /* guarded by pool_lock */
 static _Atomic unsigned long long claim;     /* (call << 32) | next chunk */
 static atomic_int chunks_done;
 static unsigned long long calls;             /* the caller's count */
-static product current;                      /* stable while a call is open */
+/* The open call: which columns function computes, on what (stable while the call is open). */
+typedef void (*columns_function)(const void *context, int first, int last);
+static columns_function current_columns_of;
+static const void *current_context;
 static int current_chunks;
 static int current_columns;
 
@@ -288,7 +293,7 @@ KERNEL static void compute_chunks(unsigned long long call) {
     int first = (int)((long)groups * (long)chunk / current_chunks) * 4;
     int last = (int)((long)groups * (long)(chunk + 1) / current_chunks) * 4;
     if (last > current_columns) last = current_columns;
-    if (first < last) columns_of(&current, first, last);
+    if (first < last) current_columns_of(current_context, first, last);
     atomic_fetch_add_explicit(&chunks_done, 1, memory_order_acq_rel);
   }
 }
@@ -357,18 +362,22 @@ static void grow_pool(int helpers) {
   }
 }
 
-KERNEL static void product_nt(const product *p, int n) {
-  long work = (long)p->m * n * p->k;
+/* Computes columns [0, n) of a call doing `work` multiply-adds, `columns_of(context, first, last)`
+ * for chunks on four-column boundaries, shared among the threads OpenBLAS is set to use. Exported:
+ * the float16 linear extension computes its products on these same helper threads, so one pool
+ * (not one per library) spins between the calls of a step. */
+void strata_parallel_columns(columns_function columns_of, const void *context, int n, long work) {
   int threads = scipy_openblas_get_num_threads();
   int parts = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
   while (parts > 1 && work / parts < MIN_WORK_PER_THREAD) parts--;
   int groups = (n + 3) / 4;
   if (parts <= 1 || groups < 2 || pthread_mutex_trylock(&caller_lock) != 0) {
-    columns_of(p, 0, n);
+    columns_of(context, 0, n);
     return;
   }
   grow_pool(parts - 1);
-  current = *p;
+  current_columns_of = columns_of;
+  current_context = context;
   current_columns = n;
   current_chunks = parts * CHUNKS_PER_THREAD < groups ? parts * CHUNKS_PER_THREAD : groups;
   atomic_store_explicit(&chunks_done, 0, memory_order_relaxed);
@@ -381,6 +390,14 @@ KERNEL static void product_nt(const product *p, int n) {
   while (atomic_load_explicit(&chunks_done, memory_order_acquire) < current_chunks) sched_yield();
   atomic_store_explicit(&claim, (call << 32) | NO_CHUNK, memory_order_release);
   pthread_mutex_unlock(&caller_lock);
+}
+
+static void product_columns(const void *context, int first, int last) {
+  columns_of((const product *)context, first, last);
+}
+
+static void product_nt(const product *p, int n) {
+  strata_parallel_columns(product_columns, p, n, (long)p->m * n * p->k);
 }
 
 static int kernel_wanted(void) {

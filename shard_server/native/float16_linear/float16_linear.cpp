@@ -10,8 +10,9 @@
 //
 // The kernel needs x86-64 with AVX2, FMA and F16C (checked at run time); elsewhere `kernel_available()`
 // is false and shards keep float32 weights. Output columns are shared among as many threads as the
-// preloaded OpenBLAS is set to use (the shard's one thread control); which thread computes an element
-// never changes it.
+// preloaded OpenBLAS is set to use (the shard's one thread control), on the preloaded shim's helper
+// threads where it exports them (one pool for both libraries; STRATA_KERNEL_POOL=own keeps this
+// library's own); which thread computes an element never changes it.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 
@@ -429,10 +430,29 @@ std::chrono::nanoseconds spin_time() {
   return std::chrono::nanoseconds((1L << exponent) / 3);
 }
 
+// The preloaded shim's pool (strata_blas.c), when it has one: the products of both libraries then share
+// one set of helper threads, not two pools spinning against each other between the calls of a step.
+using SharedColumns = void (*)(void (*)(const void *, int, int), const void *, int, long);
+
+SharedColumns shared_columns() {
+  static const SharedColumns found = [] {
+    const char *choice = std::getenv("STRATA_KERNEL_POOL");
+    if (choice != nullptr && std::strcmp(choice, "own") == 0) return SharedColumns{nullptr};
+    return reinterpret_cast<SharedColumns>(dlsym(RTLD_DEFAULT, "strata_parallel_columns"));
+  }();
+  return found;
+}
+
 class ColumnPool {
  public:
   void run(const Product &p) {
     const long work = static_cast<long>(p.rows) * p.columns * p.k;
+    if (SharedColumns shared = shared_columns(); shared != nullptr) {
+      // The same split: chunks on four-column boundaries, the same thread count and minimum work.
+      shared([](const void *product, int first, int last) { columns_of(*static_cast<const Product *>(product), first, last); },
+             &p, p.columns, work);
+      return;
+    }
     int parts = blas_threads();
     while (parts > 1 && work / parts < kMinWorkPerThread) parts--;
     const int groups = (p.columns + 3) / 4;
