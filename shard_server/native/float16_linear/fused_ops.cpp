@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mlx/backend/cpu/encoder.h"
+#include "mlx/backend/cpu/simd/simd.h"
 #include "mlx/mlx.h"
 #include "mlx/primitives.h"
 
@@ -82,9 +83,10 @@ __attribute__((target("avx2,fma"))) void swiglu_values(const float *gate, const 
 }
 
 // An input's values in row-major order: its own memory when row-contiguous, else copied into `into`.
-const float *row_major_floats(const mx::array &a, std::vector<float> &into) {
-  if (a.flags().row_contiguous) return a.data<float>();
-  const float *base = a.data<float>();
+template <typename T>
+const T *row_major(const mx::array &a, std::vector<T> &into) {
+  if (a.flags().row_contiguous) return a.data<T>();
+  const T *base = a.data<T>();
   into.resize(a.size());
   std::vector<int64_t> index(a.ndim(), 0);
   for (size_t element = 0; element < a.size(); element++) {
@@ -98,6 +100,8 @@ const float *row_major_floats(const mx::array &a, std::vector<float> &into) {
   }
   return into.data();
 }
+
+const float *row_major_floats(const mx::array &a, std::vector<float> &into) { return row_major<float>(a, into); }
 
 class Swiglu : public mx::UnaryPrimitive {
  public:
@@ -209,6 +213,118 @@ mx::array rms_norm(const mx::array &x, const mx::array &weight, float eps) {
                    {x, weight});
 }
 
+
+// mx.fast.rope (forward) as MLX's CPU fallback (fast.cpp) computes it for float32 x: each row's
+// position (float(t) + float(offset)) * scale, theta = position * inverse frequency, MLX's own cos and
+// sin (simd/math.h on one lane, as the CPU wheel builds them: Cephes polynomials, libm past 2^23),
+// then x1 * cos - x2 * sin and x1 * sin + x2 * cos, each product rounded (no contraction), the
+// dimensions past `dims` copied. The inverse frequencies are an input, computed once by MLX's own ops
+// (`rope_inverse_frequencies`, or the reciprocal of a model's frequencies) as the fallback computes them.
+void rotate_row(const float *x, const float *cosines, const float *sines, int dims, int size, bool traditional,
+                float *out) {
+  const int half = dims / 2;
+  for (int index = 0; index < half; index++) {
+    const int first = traditional ? 2 * index : index;
+    const int second = traditional ? 2 * index + 1 : index + half;
+    const float x1 = x[first], x2 = x[second], cosine = cosines[index], sine = sines[index];
+    out[first] = x1 * cosine - x2 * sine;
+    out[second] = x1 * sine + x2 * cosine;
+  }
+  for (int index = dims; index < size; index++) out[index] = x[index];
+}
+
+class Rope : public mx::UnaryPrimitive {
+ public:
+  Rope(mx::Stream stream, int dims, bool traditional, float scale)
+      : mx::UnaryPrimitive(stream), dims_(dims), traditional_(traditional), scale_(scale) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto &encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto &input : inputs) encoder.set_input_array(input);
+    encoder.set_output_array(out);
+    const mx::array x = inputs[0], offset = inputs[1], inverse = inputs[2];
+    float *result = out.data<float>();
+    const int dims = dims_;
+    const bool traditional = traditional_;
+    const float scale = scale_;
+    encoder.dispatch([x, offset, inverse, dims, traditional, scale, result]() {
+      if (x.size() == 0) return;
+      std::vector<float> x_copy, inverse_copy;
+      std::vector<int32_t> offset_copy;
+      const float *values = row_major_floats(x, x_copy);
+      const int32_t *offsets = row_major<int32_t>(offset, offset_copy);
+      const float *inverse_frequencies = row_major_floats(inverse, inverse_copy);
+      const int size = x.shape(-1);
+      const size_t steps = static_cast<size_t>(x.shape(-2)), batch = static_cast<size_t>(x.shape(0));
+      const size_t heads = x.size() / (batch * steps * static_cast<size_t>(size));
+      const size_t half = static_cast<size_t>(dims / 2);
+      std::vector<float> cosines(steps * half), sines(steps * half);
+      for (size_t entry = 0; entry < batch; entry++) {
+        const float start = static_cast<float>(offsets[offset.size() == 1 ? 0 : entry]);
+        for (size_t step = 0; step < steps; step++) {
+          const float position = (static_cast<float>(step) + start) * scale;
+          for (size_t index = 0; index < half; index++) {
+            const mx::simd::Simd<float, 1> theta(position * inverse_frequencies[index]);
+            cosines[step * half + index] = mx::simd::cos(theta).value;
+            sines[step * half + index] = mx::simd::sin(theta).value;
+          }
+        }
+        for (size_t head = 0; head < heads; head++) {
+          for (size_t step = 0; step < steps; step++) {
+            const size_t row = ((entry * heads + head) * steps + step) * static_cast<size_t>(size);
+            rotate_row(values + row, cosines.data() + step * half, sines.data() + step * half, dims, size, traditional,
+                       result + row);
+          }
+        }
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, mx::array &) override {
+    throw std::runtime_error("strata's fused rope runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override { return {inputs[0].shape()}; }
+  const char *name() const override { return "StrataRope"; }
+  bool is_equivalent(const mx::Primitive &other) const override {
+    const auto &rope = static_cast<const Rope &>(other);
+    return rope.dims_ == dims_ && rope.traditional_ == traditional_ && rope.scale_ == scale_;
+  }
+
+ private:
+  int dims_;
+  bool traditional_;
+  float scale_;
+};
+
+mx::array rope(const mx::array &x, const mx::array &offset, const mx::array &inverse_frequencies, int dims,
+               bool traditional, float scale) {
+  if (x.dtype() != mx::float32 || inverse_frequencies.dtype() != mx::float32)
+    throw std::invalid_argument("rope: x and the inverse frequencies must be float32");
+  if (x.ndim() < 3) throw std::invalid_argument("rope: x must have at least 3 dimensions");
+  if (dims <= 0 || dims % 2 != 0 || dims > x.shape(-1))
+    throw std::invalid_argument("rope: dims must be positive, even and at most x's last axis size");
+  if (inverse_frequencies.ndim() != 1 || inverse_frequencies.shape(0) != dims / 2)
+    throw std::invalid_argument("rope: the inverse frequencies must be a vector of dims / 2 values");
+  if (offset.dtype() != mx::int32 || offset.ndim() > 1 || (offset.size() != 1 && offset.size() != static_cast<size_t>(x.shape(0))))
+    throw std::invalid_argument("rope: the offset must be an int32 scalar or a vector of one per entry of x's first axis");
+  return mx::array(x.shape(), mx::float32,
+                   std::make_shared<Rope>(mx::default_stream(mx::Device::cpu), dims, traditional, scale),
+                   {x, offset, inverse_frequencies});
+}
+
+// The fallback's default inverse frequencies, exp(arange(0, -dims / 2, -1) * (log(base) / (dims / 2))),
+// with the same float arithmetic and MLX's own ops.
+mx::array rope_inverse_frequencies(int dims, float base) {
+  if (dims <= 0 || dims % 2 != 0) throw std::invalid_argument("rope_inverse_frequencies: dims must be positive and even");
+  const int half = dims / 2;
+  const mx::Stream stream = mx::default_stream(mx::Device::cpu);
+  return mx::exp(mx::multiply(mx::arange(0.0, static_cast<double>(-half), -1.0, mx::float32, stream),
+                              mx::array(std::log(base) / half, mx::float32), stream),
+                 stream);
+}
+
 }  // namespace
 
 void register_fused_ops(nb::module_ &module) {
@@ -216,5 +332,10 @@ void register_fused_ops(nb::module_ &module) {
              "mlx-lm's compiled silu(gate) * up for float32 arrays of one shape, bitwise, in one op");
   module.def("rms_norm", &rms_norm, nb::arg("x"), nb::arg("weight"), nb::arg("eps"),
              "mx.fast.rms_norm(x, weight, eps) as MLX's CPU fallback computes it, float32, bitwise, in one op");
+  module.def("rope", &rope, nb::arg("x"), nb::arg("offset"), nb::arg("inverse_frequencies"), nb::arg("dims"),
+             nb::arg("traditional"), nb::arg("scale"),
+             "mx.fast.rope(x, dims, ...) forward as MLX's CPU fallback computes it, float32, bitwise, in one op");
+  module.def("rope_inverse_frequencies", &rope_inverse_frequencies, nb::arg("dims"), nb::arg("base"),
+             "the inverse frequencies mx.fast.rope's CPU fallback computes from base, by MLX's ops");
   module.def("fused_ops_available", &cpu_runs_fused_ops, "whether this CPU runs the fused ops (AVX2, FMA)");
 }
