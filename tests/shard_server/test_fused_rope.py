@@ -93,6 +93,14 @@ def test_strided_three_dimensional_and_compiled_inputs_equal_mlxs() -> None:
     expected = mx.fast.rope(x, 64, traditional=False, base=100000.0, scale=1.0, offset=offsets)
     assert np.array_equal(_bits(twin(x, offset=offsets)), _bits(expected))
     assert np.array_equal(_bits(mx.compile(twin)(x, offsets)), _bits(expected))
+    # A prefill's heads, (1, heads, steps, head_dim) transposed, and every other dimension of wider heads.
+    for strided in (
+        mx.transpose(mx.random.normal((1, 13, 9, 64), key=mx.random.key(9)), (0, 2, 1, 3)),
+        mx.random.normal((2, 3, 4, 128), key=mx.random.key(10))[..., ::2],
+        mx.random.normal((2, 3, 4, 64), key=mx.random.key(11))[..., ::-1],
+    ):
+        expected = mx.fast.rope(strided, 64, traditional=False, base=100000.0, scale=1.0, offset=77)
+        assert np.array_equal(_bits(twin(strided, offset=77)), _bits(expected))
     flat = mx.random.normal((2, 6, 64), key=mx.random.key(2))
     expected = mx.fast.rope(flat, 64, traditional=False, base=100000.0, scale=1.0, offset=41)
     assert np.array_equal(_bits(twin(flat, offset=41)), _bits(expected))

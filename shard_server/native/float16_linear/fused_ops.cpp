@@ -220,17 +220,18 @@ mx::array rms_norm(const mx::array &x, const mx::array &weight, float eps) {
 // then x1 * cos - x2 * sin and x1 * sin + x2 * cos, each product rounded (no contraction), the
 // dimensions past `dims` copied. The inverse frequencies are an input, computed once by MLX's own ops
 // (`rope_inverse_frequencies`, or the reciprocal of a model's frequencies) as the fallback computes them.
-void rotate_row(const float *x, const float *cosines, const float *sines, int dims, int size, bool traditional,
-                float *out) {
+// One row of a head: `x` read with `stride` between dimensions, `out` contiguous.
+void rotate_row(const float *x, int64_t stride, const float *cosines, const float *sines, int dims, int size,
+                bool traditional, float *out) {
   const int half = dims / 2;
   for (int index = 0; index < half; index++) {
     const int first = traditional ? 2 * index : index;
     const int second = traditional ? 2 * index + 1 : index + half;
-    const float x1 = x[first], x2 = x[second], cosine = cosines[index], sine = sines[index];
+    const float x1 = x[first * stride], x2 = x[second * stride], cosine = cosines[index], sine = sines[index];
     out[first] = x1 * cosine - x2 * sine;
     out[second] = x1 * sine + x2 * cosine;
   }
-  for (int index = dims; index < size; index++) out[index] = x[index];
+  for (int index = dims; index < size; index++) out[index] = x[index * stride];
 }
 
 class Rope : public mx::UnaryPrimitive {
@@ -252,12 +253,18 @@ class Rope : public mx::UnaryPrimitive {
       if (x.size() == 0) return;
       std::vector<float> x_copy, inverse_copy;
       std::vector<int32_t> offset_copy;
-      const float *values = row_major_floats(x, x_copy);
       const int32_t *offsets = row_major<int32_t>(offset, offset_copy);
       const float *inverse_frequencies = row_major_floats(inverse, inverse_copy);
       const int size = x.shape(-1);
       const size_t steps = static_cast<size_t>(x.shape(-2)), batch = static_cast<size_t>(x.shape(0));
       const size_t heads = x.size() / (batch * steps * static_cast<size_t>(size));
+      // Four axes (what attention passes, often transposed) are read in place through their strides.
+      const bool in_place = x.ndim() == 4;
+      const float *values = in_place ? x.data<float>() : row_major_floats(x, x_copy);
+      const int64_t entry_stride = in_place ? x.strides()[0] : static_cast<int64_t>(heads * steps) * size;
+      const int64_t head_stride = in_place ? x.strides()[1] : static_cast<int64_t>(steps) * size;
+      const int64_t step_stride = in_place ? x.strides()[2] : size;
+      const int64_t dimension_stride = in_place ? x.strides()[3] : 1;
       const size_t half = static_cast<size_t>(dims / 2);
       std::vector<float> cosines(steps * half), sines(steps * half);
       for (size_t entry = 0; entry < batch; entry++) {
@@ -272,9 +279,11 @@ class Rope : public mx::UnaryPrimitive {
         }
         for (size_t head = 0; head < heads; head++) {
           for (size_t step = 0; step < steps; step++) {
-            const size_t row = ((entry * heads + head) * steps + step) * static_cast<size_t>(size);
-            rotate_row(values + row, cosines.data() + step * half, sines.data() + step * half, dims, size, traditional,
-                       result + row);
+            const float *row = values + static_cast<int64_t>(entry) * entry_stride +
+                               static_cast<int64_t>(head) * head_stride + static_cast<int64_t>(step) * step_stride;
+            float *out_row = result + ((entry * heads + head) * steps + step) * static_cast<size_t>(size);
+            rotate_row(row, dimension_stride, cosines.data() + step * half, sines.data() + step * half, dims, size,
+                       traditional, out_row);
           }
         }
       }
