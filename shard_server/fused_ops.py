@@ -8,7 +8,8 @@ with `gate_proj`, `up_proj` and `down_proj` for a `FusedMLP` holding the same pr
 the swap only where the twin's output equals the original's bitwise on random rows (1, 7 and 33);
 any other module stays, with one log line per reason. `STRATA_FUSED_OPS=off` keeps MLX's ops.
 The same walk swaps each RoPE it can for a checked `FusedRoPE` (fused_rope.py; `STRATA_FUSED_ROPE=off`
-keeps MLX's RoPE alone).
+keeps MLX's RoPE alone), and puts each MLP's float16 gate and up in one product where that is bitwise
+the two (fused_products.py; `STRATA_FUSED_PRODUCTS=off` keeps two).
 """
 
 import logging
@@ -23,6 +24,7 @@ from mlx_lm.models.activations import swiglu
 from services.platform.mlx_typing import evaluate
 from shard_server.compact_linear import same_results
 from shard_server.float16_weights import load_extension, set_module, switched_off
+from shard_server.fused_products import PRODUCTS_SWITCH_VARIABLE, FusedGateUpMLP, GateUpLibrary, joinable
 from shard_server.fused_rope import (
     ROPE_SWITCH_VARIABLE,
     FusedRoPE,
@@ -94,6 +96,8 @@ class FusedOps:
     """The `nn.RMSNorm`s swapped for `FusedRMSNorm`s."""
     fused_ropes: tuple[str, ...] = ()
     """The RoPEs swapped for `FusedRoPE`s."""
+    joined_products: tuple[str, ...] = ()
+    """The MLPs (of `fused_modules`) whose gate and up are one product: `FusedGateUpMLP`s."""
 
     def describe(self) -> str:
         if self.reason:
@@ -101,7 +105,8 @@ class FusedOps:
         kept = f", {len(self.kept_modules)} kept on MLX's ops" if self.kept_modules else ""
         return (
             f"{len(self.fused_modules)} MLPs with a fused swiglu and {len(self.fused_norms)} fused RMSNorms"
-            f", {len(self.fused_ropes)} fused RoPEs{kept} (checked bitwise)"
+            f", {len(self.fused_ropes)} fused RoPEs, {len(self.joined_products)} gate and up products in one"
+            f"{kept} (checked bitwise)"
         )
 
 
@@ -127,8 +132,14 @@ def _norm_input_size(module: nn.Module) -> int | None:
 
 
 def _fused_twin(library: FusedOpsLibrary, module: nn.Module, inputs: int) -> tuple[nn.Module | None, str]:
+    original = cast(Callable[[mx.array], mx.array], module)
+    if hasattr(library, "swiglu_halves") and not switched_off(variable=PRODUCTS_SWITCH_VARIABLE) and joinable(module):
+        joined = FusedGateUpMLP(cast(GateUpLibrary, library), module)
+        if same_results(original, joined, inputs):
+            return joined, ""
+        logger.warning("an MLP's gate and up in one product differ from two (%s): kept as two", type(module).__name__)
     twin = FusedRMSNorm(library, module) if isinstance(module, nn.RMSNorm) else FusedMLP(library, module)
-    equal = same_results(cast(Callable[[mx.array], mx.array], module), twin, inputs)
+    equal = same_results(original, twin, inputs)
     return (twin, "") if equal else (None, "its fused output differs from MLX's")
 
 
@@ -154,11 +165,12 @@ def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> 
     fused: list[str] = []
     norms: list[str] = []
     ropes: list[str] = []
+    joined: list[str] = []
     kept: list[tuple[str, str]] = []
     ropes_off = switched_off(variable=ROPE_SWITCH_VARIABLE)
     named = cast(Callable[[], list[tuple[str, nn.Module]]], model.named_modules)()
     for path, module in named:
-        if isinstance(module, FusedMLP | FusedRMSNorm | FusedRoPE):
+        if isinstance(module, FusedMLP | FusedGateUpMLP | FusedRMSNorm | FusedRoPE):
             continue
         if is_rope(module):
             if ropes_off:
@@ -179,8 +191,10 @@ def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> 
             continue
         set_module(model, path, twin)
         (norms if isinstance(twin, FusedRMSNorm) else fused).append(path)
+        if isinstance(twin, FusedGateUpMLP):
+            joined.append(path)
     evaluate(model.parameters())
     for reason in sorted({reason for _, reason in kept}):
         paths = [path for path, why in kept if why == reason]
         logger.warning("%d modules keep MLX's ops (%s), e.g. %s", len(paths), reason, paths[0])
-    return FusedOps(tuple(fused), tuple(kept), "", tuple(norms), tuple(ropes))
+    return FusedOps(tuple(fused), tuple(kept), "", tuple(norms), tuple(ropes), tuple(joined))

@@ -138,6 +138,53 @@ mx::array swiglu(const mx::array &gate, const mx::array &up) {
                    {gate, up});
 }
 
+// swiglu(both[..., :n], both[..., n:]) for the output of one product of gate's and up's concatenated
+// weights: each row's halves, the same lanes as `swiglu` on separate arrays.
+class SwigluHalves : public mx::UnaryPrimitive {
+ public:
+  explicit SwigluHalves(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto &encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(inputs[0]);
+    encoder.set_output_array(out);
+    const mx::array both = inputs[0];
+    float *result = out.data<float>();
+    encoder.dispatch([both, result]() {
+      std::vector<float> copy;
+      const float *values = row_major_floats(both, copy);
+      const size_t width = static_cast<size_t>(both.shape(-1)) / 2;
+      if (width == 0) return;
+      const size_t rows = both.size() / (2 * width);
+      for (size_t row = 0; row < rows; row++)
+        swiglu_values(values + 2 * row * width, values + (2 * row + 1) * width, result + row * width, width);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, mx::array &) override {
+    throw std::runtime_error("strata's fused swiglu runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    shape.back() /= 2;
+    return {shape};
+  }
+  const char *name() const override { return "StrataSwigluHalves"; }
+  bool is_equivalent(const mx::Primitive &) const override { return true; }
+};
+
+mx::array swiglu_halves(const mx::array &both) {
+  if (both.dtype() != mx::float32) throw std::invalid_argument("swiglu_halves: the input must be float32");
+  if (both.ndim() < 1 || both.shape(-1) % 2 != 0)
+    throw std::invalid_argument("swiglu_halves: the input's last axis must have an even size");
+  if (!cpu_runs_fused_ops()) throw std::invalid_argument("swiglu_halves: this CPU lacks AVX2 or FMA");
+  mx::Shape shape = both.shape();
+  shape.back() /= 2;
+  return mx::array(shape, mx::float32, std::make_shared<SwigluHalves>(mx::default_stream(mx::Device::cpu)), {both});
+}
+
 // nn.RMSNorm as MLX's fallback of mx.fast.rms_norm computes it for float32 x and weight: the squares'
 // sum as the scalar build's sequential loop, times MLX's normalizer float(1.0 / n), plus eps,
 // rsqrt = 1 / sqrt, then (x * rsqrt) * weight, the last two vectorized (elementwise, same roundings).
@@ -339,6 +386,8 @@ mx::array rope_inverse_frequencies(int dims, float base) {
 void register_fused_ops(nb::module_ &module) {
   module.def("swiglu", &swiglu, nb::arg("gate"), nb::arg("up"),
              "mlx-lm's compiled silu(gate) * up for float32 arrays of one shape, bitwise, in one op");
+  module.def("swiglu_halves", &swiglu_halves, nb::arg("both"),
+             "swiglu(both[..., :n], both[..., n:]) for float32 both (..., 2n), bitwise, in one op");
   module.def("rms_norm", &rms_norm, nb::arg("x"), nb::arg("weight"), nb::arg("eps"),
              "mx.fast.rms_norm(x, weight, eps) as MLX's CPU fallback computes it, float32, bitwise, in one op");
   module.def("rope", &rope, nb::arg("x"), nb::arg("offset"), nb::arg("inverse_frequencies"), nb::arg("dims"),
