@@ -8,8 +8,8 @@ with `gate_proj`, `up_proj` and `down_proj` for a `FusedMLP` holding the same pr
 the swap only where the twin's output equals the original's bitwise on random rows (1, 7 and 33);
 any other module stays, with one log line per reason. `STRATA_FUSED_OPS=off` keeps MLX's ops.
 The same walk swaps each RoPE it can for a checked `FusedRoPE` (fused_rope.py; `STRATA_FUSED_ROPE=off`
-keeps MLX's RoPE alone), and puts each MLP's float16 gate and up in one product where that is bitwise
-the two (fused_products.py; `STRATA_FUSED_PRODUCTS=off` keeps two).
+keeps MLX's RoPE alone), and, opted in with `STRATA_FUSED_PRODUCTS=on`, puts each MLP's float16 gate and
+up in one product where that is bitwise the two (fused_products.py).
 """
 
 import logging
@@ -23,7 +23,7 @@ from mlx_lm.models.activations import swiglu
 
 from services.platform.mlx_typing import evaluate
 from shard_server.compact_linear import same_results
-from shard_server.float16_weights import load_extension, set_module, switched_off
+from shard_server.float16_weights import load_extension, set_module, switched_off, switched_on
 from shard_server.fused_products import PRODUCTS_SWITCH_VARIABLE, FusedGateUpMLP, GateUpLibrary, joinable
 from shard_server.fused_rope import (
     ROPE_SWITCH_VARIABLE,
@@ -103,10 +103,10 @@ class FusedOps:
         if self.reason:
             return f"layer ops through MLX ({self.reason})"
         kept = f", {len(self.kept_modules)} kept on MLX's ops" if self.kept_modules else ""
+        joined = f", {len(self.joined_products)} with gate and up in one product" if self.joined_products else ""
         return (
             f"{len(self.fused_modules)} MLPs with a fused swiglu and {len(self.fused_norms)} fused RMSNorms"
-            f", {len(self.fused_ropes)} fused RoPEs, {len(self.joined_products)} gate and up products in one"
-            f"{kept} (checked bitwise)"
+            f", {len(self.fused_ropes)} fused RoPEs{joined}{kept} (checked bitwise)"
         )
 
 
@@ -133,7 +133,7 @@ def _norm_input_size(module: nn.Module) -> int | None:
 
 def _fused_twin(library: FusedOpsLibrary, module: nn.Module, inputs: int) -> tuple[nn.Module | None, str]:
     original = cast(Callable[[mx.array], mx.array], module)
-    if hasattr(library, "swiglu_halves") and not switched_off(variable=PRODUCTS_SWITCH_VARIABLE) and joinable(module):
+    if hasattr(library, "swiglu_halves") and switched_on(PRODUCTS_SWITCH_VARIABLE) and joinable(module):
         joined = FusedGateUpMLP(cast(GateUpLibrary, library), module)
         if same_results(original, joined, inputs):
             return joined, ""

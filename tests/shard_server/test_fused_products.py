@@ -87,8 +87,11 @@ class _HalvesOffByOneUlp:
 
 
 @pytest.mark.native
-def test_a_joined_mlp_that_differs_keeps_two_products(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_joined_mlp_that_differs_keeps_two_products(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     library = _require_library()
+    monkeypatch.setenv(PRODUCTS_SWITCH_VARIABLE, "on")
     model = _Model(library)
     x = mx.random.normal((1, 3, 24), key=mx.random.key(0))
     before = model.mlp(x)
@@ -101,8 +104,9 @@ def test_a_joined_mlp_that_differs_keeps_two_products(caplog: pytest.LogCaptureF
 
 
 @pytest.mark.native
-def test_a_joined_mlp_equals_the_two_products() -> None:
+def test_a_joined_mlp_equals_the_two_products(monkeypatch: pytest.MonkeyPatch) -> None:
     library = _require_library()
+    monkeypatch.setenv(PRODUCTS_SWITCH_VARIABLE, "on")
     model = _Model(library)
     x = mx.random.normal((1, 9, 24), key=mx.random.key(1))
     before = model.mlp(x)
@@ -111,15 +115,17 @@ def test_a_joined_mlp_equals_the_two_products() -> None:
     assert mx.array_equal(model.mlp(x), before).item()
 
 
-@pytest.mark.unit
-def test_the_switch_keeps_two_products(monkeypatch: pytest.MonkeyPatch) -> None:
-    library = load_extension()
-    if library is None:
-        pytest.skip("the float16 extension is not built")
-    monkeypatch.setenv(PRODUCTS_SWITCH_VARIABLE, "off")
-    model = _Model(cast(GateUpLibrary, library))
+@pytest.mark.native
+@pytest.mark.parametrize("setting", ["off", None])
+def test_two_products_stay_unless_switched_on(setting: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    library = _require_library()
+    if setting is None:
+        monkeypatch.delenv(PRODUCTS_SWITCH_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(PRODUCTS_SWITCH_VARIABLE, setting)
+    model = _Model(library)
     fused = fuse_layer_ops(model)
-    assert not fused.joined_products and type(model.mlp) is not FusedGateUpMLP
+    assert not fused.joined_products and isinstance(model.mlp, FusedMLP)
 
 
 @pytest.mark.native

@@ -222,8 +222,9 @@ def test_rope_forms_not_fused_stay_on_mlx_with_a_log_line(rope: nn.Module, caplo
     assert f"1 modules keep MLX's ops (a RoPE form not fused ({name})), e.g. rope" in caplog.text
 
 
-@pytest.mark.unit
+@pytest.mark.native
 def test_the_switch_keeps_mlxs_rope(monkeypatch: pytest.MonkeyPatch) -> None:
+    _require_rope()
     monkeypatch.setenv(ROPE_SWITCH_VARIABLE, "off")
     model = _Attention(nn.RoPE(16))
     fused = fuse_layer_ops(model)
