@@ -153,7 +153,8 @@ def _rope_twin(library: FusedOpsLibrary, module: nn.Module) -> tuple[FusedRoPE |
 
 
 def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> FusedOps:
-    """Swaps the model's llama-form MLPs for checked `FusedMLP`s (in place); `library` defaults to `make`'s."""
+    """Swaps the model's llama-form MLPs, RMSNorms and RoPEs for checked fused twins (in place); `library`
+    defaults to `make`'s."""
     if switched_off(variable=SWITCH_VARIABLE):
         return FusedOps((), (), f"{SWITCH_VARIABLE}=off")
     if library is None:
