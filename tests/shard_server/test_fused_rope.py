@@ -276,3 +276,22 @@ def test_a_tiny_model_fuses_its_ropes_and_stays_exact(
     if model_type == "llama3":
         assert type(cast(object, cast(nn.Module, plain.layers[0])["self_attn"]["rope"])) is Llama3RoPE
     assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
+
+
+@pytest.mark.native
+def test_its_cos_and_sin_are_mlxs_at_every_magnitude() -> None:
+    library = _require_rope()
+    generator = np.random.default_rng(12)
+    angles = np.concatenate(
+        [
+            generator.uniform(-1e4, 1e4, 50_000),
+            generator.uniform(-9e6, 9e6, 50_000),  # some past 2^23: MLX's libm path, eight lanes at a time
+            np.array([0.0, -0.0, 8388608.0, 8388609.0, -8388610.0, 1e-30, np.pi, np.pi / 2]),
+        ]
+    ).astype(np.float32)
+    count = len(angles)
+    # One row at position 1 with x1 = 1 and x2 = 0: the first half is cos(angle), the second sin(angle).
+    x = mx.concatenate([mx.ones((1, 1, 1, count)), mx.zeros((1, 1, 1, count))], axis=-1)
+    rotated = library.rope(x, mx.array(1, dtype=mx.int32), mx.array(angles), 2 * count, False, 1.0)
+    expected = mx.concatenate([mx.cos(mx.array(angles)), mx.sin(mx.array(angles))])
+    assert np.array_equal(_bits(mx.reshape(rotated, (-1,))), _bits(expected))

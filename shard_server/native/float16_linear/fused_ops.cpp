@@ -262,11 +262,75 @@ mx::array rms_norm(const mx::array &x, const mx::array &weight, float eps) {
 
 
 // mx.fast.rope (forward) as MLX's CPU fallback (fast.cpp) computes it for float32 x: each row's
-// position (float(t) + float(offset)) * scale, theta = position * inverse frequency, MLX's own cos and
-// sin (simd/math.h on one lane, as the CPU wheel builds them: Cephes polynomials, libm past 2^23),
+// position (float(t) + float(offset)) * scale, theta = position * inverse frequency, MLX's cos and
+// sin (simd/math.h as the CPU wheel builds them, one lane: Cephes polynomials, libm past 2^23; here
+// eight lanes of the same operations, and MLX's own scalar code where a lane is past 2^23),
 // then x1 * cos - x2 * sin and x1 * sin + x2 * cos, each product rounded (no contraction), the
 // dimensions past `dims` copied. The inverse frequencies are an input, computed once by MLX's own ops
 // (`rope_inverse_frequencies`, or the reciprocal of a model's frequencies) as the fallback computes them.
+// MLX's sincos<Sine> (simd/math.h) on eight lanes, for |x| <= 2^23 (the caller sends larger ones to
+// MLX's own scalar path, which takes libm's): the same float operations, FMA where MLX calls fma; the
+// float-to-uint32 cast of a non-negative value below 2^31 is cvttps's.
+template <bool Sine>
+__attribute__((target("avx2,fma"))) __m256 mlx_sincos(__m256 in) {
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  __m256i sign_sin = _mm256_castps_si256(_mm256_cmp_ps(in, _mm256_setzero_ps(), _CMP_LT_OQ));
+  __m256 x = _mm256_andnot_ps(sign_bit, in);
+  __m256 y = _mm256_mul_ps(x, _mm256_set1_ps(1.27323954473516f));
+  __m256i emm2 = _mm256_cvttps_epi32(y);
+  emm2 = _mm256_add_epi32(emm2, _mm256_set1_epi32(1));
+  emm2 = _mm256_and_si256(emm2, _mm256_set1_epi32(~1));
+  y = _mm256_cvtepi32_ps(emm2);
+  const __m256i poly_mask = _mm256_cmpeq_epi32(_mm256_and_si256(emm2, _mm256_set1_epi32(2)), _mm256_set1_epi32(2));
+  x = _mm256_fmadd_ps(y, _mm256_set1_ps(-0.78515625f), x);
+  x = _mm256_fmadd_ps(y, _mm256_set1_ps(-2.4187564849853515625e-4f), x);
+  x = _mm256_fmadd_ps(y, _mm256_set1_ps(-3.77489497744594108e-8f), x);
+  const __m256i four = _mm256_set1_epi32(4);
+  sign_sin = _mm256_xor_si256(sign_sin, _mm256_cmpeq_epi32(_mm256_and_si256(emm2, four), four));
+  const __m256i sign_cos =
+      _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_sub_epi32(emm2, _mm256_set1_epi32(2)), four), four);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y1 = _mm256_fmadd_ps(z, _mm256_set1_ps(2.443315711809948e-5f), _mm256_set1_ps(-1.388731625493765e-3f));
+  __m256 y2 = _mm256_fmadd_ps(z, _mm256_set1_ps(-1.9515295891e-4f), _mm256_set1_ps(8.3321608736e-3f));
+  y1 = _mm256_fmadd_ps(y1, z, _mm256_set1_ps(4.166664568298827e-2f));
+  y2 = _mm256_fmadd_ps(y2, z, _mm256_set1_ps(-1.6666654611e-1f));
+  y1 = _mm256_mul_ps(y1, z);
+  y2 = _mm256_mul_ps(y2, z);
+  y1 = _mm256_mul_ps(y1, z);
+  y2 = _mm256_fmadd_ps(x, y2, x);
+  y1 = _mm256_fmadd_ps(z, _mm256_set1_ps(-0.5f), y1);
+  y1 = _mm256_add_ps(y1, _mm256_set1_ps(1.0f));
+  const __m256 poly = _mm256_castsi256_ps(poly_mask);
+  if constexpr (Sine) {
+    const __m256 ys = _mm256_blendv_ps(y2, y1, poly);
+    return _mm256_blendv_ps(ys, _mm256_xor_ps(ys, sign_bit), _mm256_castsi256_ps(sign_sin));
+  } else {
+    const __m256 yc = _mm256_blendv_ps(y1, y2, poly);
+    return _mm256_blendv_ps(_mm256_xor_ps(yc, sign_bit), yc, _mm256_castsi256_ps(sign_cos));
+  }
+}
+
+// cos and sin of `count` angles: eight lanes at a time where every lane is within MLX's polynomial
+// range, else (and for the tail) MLX's own scalar functions.
+__attribute__((target("avx2,fma"))) void cosines_and_sines(const float *theta, size_t count, float *cosines,
+                                                           float *sines) {
+  size_t index = 0;
+  const __m256 limit = _mm256_set1_ps(8388608.0f);
+  for (; index + 8 <= count; index += 8) {
+    const __m256 angles = _mm256_loadu_ps(theta + index);
+    const __m256 magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), angles);
+    // NaN lanes (unordered) also go the scalar way.
+    if (_mm256_movemask_ps(_mm256_cmp_ps(magnitude, limit, _CMP_NLE_UQ)) != 0) break;
+    _mm256_storeu_ps(cosines + index, mlx_sincos<false>(angles));
+    _mm256_storeu_ps(sines + index, mlx_sincos<true>(angles));
+  }
+  for (; index < count; index++) {
+    const mx::simd::Simd<float, 1> angle(theta[index]);
+    cosines[index] = mx::simd::cos(angle).value;
+    sines[index] = mx::simd::sin(angle).value;
+  }
+}
+
 // One row of a head: `x` read with `stride` between dimensions, `out` contiguous.
 void rotate_row(const float *x, int64_t stride, const float *cosines, const float *sines, int dims, int size,
                 bool traditional, float *out) {
@@ -313,16 +377,13 @@ class Rope : public mx::UnaryPrimitive {
       const int64_t step_stride = in_place ? x.strides()[2] : size;
       const int64_t dimension_stride = in_place ? x.strides()[3] : 1;
       const size_t half = static_cast<size_t>(dims / 2);
-      std::vector<float> cosines(steps * half), sines(steps * half);
+      std::vector<float> cosines(steps * half), sines(steps * half), angles(half);
       for (size_t entry = 0; entry < batch; entry++) {
         const float start = static_cast<float>(offsets[offset.size() == 1 ? 0 : entry]);
         for (size_t step = 0; step < steps; step++) {
           const float position = (static_cast<float>(step) + start) * scale;
-          for (size_t index = 0; index < half; index++) {
-            const mx::simd::Simd<float, 1> theta(position * inverse_frequencies[index]);
-            cosines[step * half + index] = mx::simd::cos(theta).value;
-            sines[step * half + index] = mx::simd::sin(theta).value;
-          }
+          for (size_t index = 0; index < half; index++) angles[index] = position * inverse_frequencies[index];
+          cosines_and_sines(angles.data(), half, cosines.data() + step * half, sines.data() + step * half);
         }
         for (size_t head = 0; head < heads; head++) {
           for (size_t step = 0; step < steps; step++) {
