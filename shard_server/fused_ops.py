@@ -7,6 +7,9 @@ computes the same arithmetic lane for lane with AVX2 and FMA. `fuse_layer_ops` s
 with `gate_proj`, `up_proj` and `down_proj` for a `FusedMLP` holding the same projections, and keeps
 the swap only where the twin's output equals the original's bitwise on random rows (1, 7 and 33);
 any other module stays, with one log line per reason. `STRATA_FUSED_OPS=off` keeps MLX's ops.
+The same walk swaps each RoPE it can for a checked `FusedRoPE` (fused_rope.py; `STRATA_FUSED_ROPE=off`
+keeps MLX's RoPE alone), and, opted in with `STRATA_FUSED_PRODUCTS=on`, puts each MLP's float16 gate and
+up in one product where that is bitwise the two (fused_products.py).
 """
 
 import logging
@@ -20,7 +23,16 @@ from mlx_lm.models.activations import swiglu
 
 from services.platform.mlx_typing import evaluate
 from shard_server.compact_linear import same_results
-from shard_server.float16_weights import load_extension, set_module, switched_off
+from shard_server.float16_weights import load_extension, set_module, switched_off, switched_on
+from shard_server.fused_products import PRODUCTS_SWITCH_VARIABLE, FusedGateUpMLP, GateUpLibrary, joinable
+from shard_server.fused_rope import (
+    ROPE_SWITCH_VARIABLE,
+    FusedRoPE,
+    FusedRopeLibrary,
+    fused_twin,
+    is_rope,
+    same_rotations,
+)
 
 SWITCH_VARIABLE = "STRATA_FUSED_OPS"
 """`off` (or `0`, `false`, `no`) keeps MLX's ops."""
@@ -82,14 +94,19 @@ class FusedOps:
     """Why no module was tried at all (empty when the check ran)."""
     fused_norms: tuple[str, ...] = ()
     """The `nn.RMSNorm`s swapped for `FusedRMSNorm`s."""
+    fused_ropes: tuple[str, ...] = ()
+    """The RoPEs swapped for `FusedRoPE`s."""
+    joined_products: tuple[str, ...] = ()
+    """The MLPs (of `fused_modules`) whose gate and up are one product: `FusedGateUpMLP`s."""
 
     def describe(self) -> str:
         if self.reason:
             return f"layer ops through MLX ({self.reason})"
         kept = f", {len(self.kept_modules)} kept on MLX's ops" if self.kept_modules else ""
+        joined = f", {len(self.joined_products)} with gate and up in one product" if self.joined_products else ""
         return (
             f"{len(self.fused_modules)} MLPs with a fused swiglu and {len(self.fused_norms)} fused RMSNorms"
-            f"{kept} (checked bitwise)"
+            f", {len(self.fused_ropes)} fused RoPEs{joined}{kept} (checked bitwise)"
         )
 
 
@@ -115,13 +132,29 @@ def _norm_input_size(module: nn.Module) -> int | None:
 
 
 def _fused_twin(library: FusedOpsLibrary, module: nn.Module, inputs: int) -> tuple[nn.Module | None, str]:
+    original = cast(Callable[[mx.array], mx.array], module)
+    if hasattr(library, "swiglu_halves") and switched_on(PRODUCTS_SWITCH_VARIABLE) and joinable(module):
+        joined = FusedGateUpMLP(cast(GateUpLibrary, library), module)
+        if same_results(original, joined, inputs):
+            return joined, ""
+        logger.warning("an MLP's gate and up in one product differ from two (%s): kept as two", type(module).__name__)
     twin = FusedRMSNorm(library, module) if isinstance(module, nn.RMSNorm) else FusedMLP(library, module)
-    equal = same_results(cast(Callable[[mx.array], mx.array], module), twin, inputs)
+    equal = same_results(original, twin, inputs)
     return (twin, "") if equal else (None, "its fused output differs from MLX's")
 
 
+def _rope_twin(library: FusedOpsLibrary, module: nn.Module) -> tuple[FusedRoPE | None, str]:
+    if not hasattr(library, "rope"):
+        return None, "the fused ops extension has no rope (rebuild it: make)"
+    twin = fused_twin(cast(FusedRopeLibrary, library), module)
+    if twin is None:
+        return None, f"a RoPE form not fused ({type(module).__name__})"
+    return (twin, "") if same_rotations(module, twin) else (None, "its fused output differs from MLX's")
+
+
 def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> FusedOps:
-    """Swaps the model's llama-form MLPs for checked `FusedMLP`s (in place); `library` defaults to `make`'s."""
+    """Swaps the model's llama-form MLPs, RMSNorms and RoPEs for checked fused twins (in place); `library`
+    defaults to `make`'s."""
     if switched_off(variable=SWITCH_VARIABLE):
         return FusedOps((), (), f"{SWITCH_VARIABLE}=off")
     if library is None:
@@ -132,10 +165,23 @@ def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> 
         return FusedOps((), (), "this CPU lacks AVX2 or FMA")
     fused: list[str] = []
     norms: list[str] = []
+    ropes: list[str] = []
+    joined: list[str] = []
     kept: list[tuple[str, str]] = []
+    ropes_off = switched_off(variable=ROPE_SWITCH_VARIABLE)
     named = cast(Callable[[], list[tuple[str, nn.Module]]], model.named_modules)()
     for path, module in named:
-        if isinstance(module, FusedMLP | FusedRMSNorm):
+        if isinstance(module, FusedMLP | FusedGateUpMLP | FusedRMSNorm | FusedRoPE):
+            continue
+        if is_rope(module):
+            if ropes_off:
+                continue
+            rope, reason = _rope_twin(library, module)
+            if rope is None:
+                kept.append((path, reason))
+            else:
+                set_module(model, path, rope)
+                ropes.append(path)
             continue
         inputs = _mlp_input_size(module) or _norm_input_size(module)
         if inputs is None:
@@ -146,8 +192,10 @@ def fuse_layer_ops(model: nn.Module, library: FusedOpsLibrary | None = None) -> 
             continue
         set_module(model, path, twin)
         (norms if isinstance(twin, FusedRMSNorm) else fused).append(path)
+        if isinstance(twin, FusedGateUpMLP):
+            joined.append(path)
     evaluate(model.parameters())
     for reason in sorted({reason for _, reason in kept}):
         paths = [path for path, why in kept if why == reason]
         logger.warning("%d modules keep MLX's ops (%s), e.g. %s", len(paths), reason, paths[0])
-    return FusedOps(tuple(fused), tuple(kept), "", tuple(norms))
+    return FusedOps(tuple(fused), tuple(kept), "", tuple(norms), tuple(ropes), tuple(joined))

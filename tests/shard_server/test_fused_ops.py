@@ -16,6 +16,7 @@ from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from shard_server.float16_weights import load_extension
 from shard_server.fused_ops import SWITCH_VARIABLE, FusedMLP, FusedOpsLibrary, FusedRMSNorm, fuse_layer_ops
+from shard_server.fused_products import FusedGateUpMLP
 from shard_server.model_stage import StageRange
 from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
@@ -121,7 +122,7 @@ def test_the_embedded_model_fuses_every_mlp_with_the_same_logits(
     assert len(fused.fused_ops.fused_norms) == 61
     assert "30 MLPs with a fused swiglu and 61 fused RMSNorms" in fused.fused_ops.describe()
     assert plain.fused_ops.reason == f"{SWITCH_VARIABLE}=off"
-    assert all(isinstance(cast(nn.Module, layer)["mlp"], FusedMLP) for layer in fused.layers)
+    assert all(isinstance(cast(nn.Module, layer)["mlp"], FusedMLP | FusedGateUpMLP) for layer in fused.layers)
     assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
 
 
