@@ -32,8 +32,8 @@ def test_a_recording_of_a_busy_thread_names_its_function(tmp_path: Path) -> None
         busy.wait(timeout=10)
 
     assert isinstance(profile, StepProfile), profile
-    assert profile.threads[0].thread == "stage-worker"
-    assert profile.threads[0].busy_share > 0.3
+    assert profile.thread == "stage-worker"
+    assert profile.threads[0].sampled_share > 0.3
     assert any(function.function.startswith("spin_in_worker (") for function in profile.functions)
 
 

@@ -1,10 +1,11 @@
 """Where a shard's step time goes under load: py-spy samples of the shard process, summarised.
 
 `make bench` records the 1-shard cluster's shard for a few seconds while the load client keeps 16
-streams running, then reports each thread's busy share (its samples over the samples a fully busy
-thread would give: py-spy without `--idle` samples only threads that run) and the functions that
-take the most samples, by self (the frame on top) and total (anywhere on the stack) share. Where
-py-spy is missing or cannot attach, the report says so instead.
+streams running, idle samples included (`--idle`: a thread waiting for MLX's compute thread, or for
+work, looks idle to py-spy, and that wait is step time too), then reports the functions of the stage
+worker (the thread that owns the model) that take the most of its samples, by self (the frame on
+top) and total (anywhere on the stack) share: shares of its wall time. Where py-spy is missing or
+cannot attach, the report says so instead.
 """
 
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 PROFILE_SECONDS = 8
 SAMPLES_PER_SECOND = 100
 TOP_FUNCTIONS = 10
+STAGE_WORKER_THREAD = "stage-worker"
 _LINE_NUMBER = re.compile(r":\d+\)$")
 _THREAD_FRAME = re.compile(r"^thread \((\w+)\)(?::\s*(.*))?$")
 
@@ -33,8 +35,8 @@ class FunctionShare:
 @dataclass(frozen=True)
 class ThreadShare:
     thread: str
-    busy_share: float
-    """Its samples over `seconds * rate`: about the share of the time it ran."""
+    sampled_share: float
+    """Its samples over `seconds * rate` (1.0 for a thread sampled all along, idle samples included)."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,10 @@ class StepProfile:
     rate: int
     samples: int
     threads: tuple[ThreadShare, ...]
+    thread: str
+    """The thread whose samples `functions` share out: the stage worker, else every thread."""
     functions: tuple[FunctionShare, ...]
-    """Most self samples first, shares of all samples."""
+    """Most self samples first, shares of `thread`'s samples."""
 
 
 class ProfileFormatError(ValueError):
@@ -62,34 +66,42 @@ def _thread(frame: str) -> str:
     return match.group(2) or f"thread {match.group(1)}"
 
 
-def summarise(raw: str, seconds: float, rate: int, top: int = TOP_FUNCTIONS) -> StepProfile:
-    """Pure: py-spy's `--format raw --threads` output (collapsed stacks, one `stack count` a line)."""
-    self_counts: Counter[str] = Counter()
-    total_counts: Counter[str] = Counter()
-    thread_counts: Counter[str] = Counter()
-    samples = 0
+def summarise(
+    raw: str, seconds: float, rate: int, top: int = TOP_FUNCTIONS, thread: str = STAGE_WORKER_THREAD
+) -> StepProfile:
+    """Pure: py-spy's `--format raw --threads` output (collapsed stacks, one `stack count` a line);
+    the functions of `thread`, or of every thread where it has no samples."""
+    stacks: list[tuple[str, list[str], int]] = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         stack, _, count_text = line.rstrip().rpartition(" ")
         if not stack or not count_text.isdigit():
             raise ProfileFormatError(f"line {number} is not 'stack count': {line[:80]!r}")
-        count = int(count_text)
         frames = stack.split(";")
-        thread, functions = (_thread(frames[0]), frames[1:]) if frames[0].startswith("thread (") else ("?", frames)
-        samples += count
-        thread_counts[thread] += count
+        named = frames[0].startswith("thread (")
+        stacks.append((_thread(frames[0]) if named else "?", frames[1:] if named else frames, int(count_text)))
+    thread_counts: Counter[str] = Counter()
+    for name, _, count in stacks:
+        thread_counts[name] += count
+    focus = thread if thread_counts[thread] else "every thread"
+    self_counts: Counter[str] = Counter()
+    total_counts: Counter[str] = Counter()
+    for name, functions, count in stacks:
+        if focus not in ("every thread", name):
+            continue
         if functions:
             self_counts[_function(functions[-1])] += count
         for function in {_function(frame) for frame in functions}:
             total_counts[function] += count
+    focused = thread_counts[focus] if focus != "every thread" else sum(thread_counts.values())
     possible = max(1.0, seconds * rate)
     threads = tuple(ThreadShare(name, count / possible) for name, count in thread_counts.most_common())
     shares = tuple(
-        FunctionShare(function, count / samples, total_counts[function] / samples)
+        FunctionShare(function, count / focused, total_counts[function] / focused)
         for function, count in self_counts.most_common(top)
     )
-    return StepProfile(seconds, rate, samples, threads, shares)
+    return StepProfile(seconds, rate, sum(thread_counts.values()), threads, focus, shares)
 
 
 def py_spy() -> Path | None:
@@ -118,6 +130,7 @@ def start_recording(pid: int, output: Path, seconds: int = PROFILE_SECONDS) -> s
         "--format",
         "raw",
         "--threads",
+        "--idle",
         "--nonblocking",
         "--output",
         str(output),
@@ -152,11 +165,12 @@ def profile_lines(profile: StepProfile | str, shards: int, concurrency: int) -> 
     lines = [f"## Where a shard's step time goes ({shards} shard, {concurrency} streams)", ""]
     if isinstance(profile, str):
         return [*lines, f"Not profiled: {profile}.", ""]
-    busy = ", ".join(f"{thread.thread} {thread.busy_share:.0%}" for thread in profile.threads[:6])
     lines += [
         f"py-spy on the shard server for {profile.seconds:g} s at {profile.rate} samples/s under the load "
-        f"client ({profile.samples} samples; Python stacks, so time in MLX's native code counts in the Python "
-        f"function that called it). Each thread's busy share (its samples over a fully busy thread's): {busy}.",
+        f"client, idle samples included ({profile.samples} samples of {len(profile.threads)} threads). The "
+        f"functions of {profile.thread} (the stage worker owns the model: its shares are of its wall time), "
+        "from Python stacks: time in MLX's native code (`evaluate`: waiting for MLX's compute thread) counts "
+        "in the Python function that called it; `wait (threading.py)` on top is the worker waiting for work.",
         "",
         "| function | self share | total share |",
         "| --- | ---: | ---: |",
