@@ -78,9 +78,9 @@ def shard_environment(shards: int, instances: int = 1) -> dict[str, str]:
     """Shards on one host share its cores. Each ring keeps one wave of requests in flight, so one of
     its shards computes at a time, on the cores of its instance (all of them for one instance), with
     every running request in its batch: two waves on shared cores halve each batch and read each
-    weight twice as often per token (measured: one wave 1.2-1.7x the tokens/s of two at 16 streams,
-    2 shards, 2 cores). Idle OpenBLAS threads must sleep at once rather than spin, or they steal the
-    core the next shard needs."""
+    weight twice as often per token (measured interleaved, 2 cores, 16 streams: 2 shards 1.16x the
+    tokens/s of two waves, 3 shards 1.41x). Idle OpenBLAS threads must sleep at once rather than spin,
+    or they steal the core the next shard needs."""
     environment = dict(os.environ)
     cores = len(os.sched_getaffinity(0))
     environment.setdefault("OPENBLAS_NUM_THREADS", str(cores))
