@@ -47,11 +47,18 @@ HOP_OVERHEAD_SAMPLES = 1024
 class FirstShardDriver:
     """The first shard's side of every request: start, plan its steps, take its tokens."""
 
-    def __init__(self, emit: Callable[[Effect], None], release: Callable[[RequestId], None]) -> None:
+    def __init__(
+        self, emit: Callable[[Effect], None], release: Callable[[RequestId], None], ring_waves: int | None = None
+    ) -> None:
         self._emit = emit
         self._release = release
         """Ends a request here and on every shard after it."""
+        self._ring_waves = ring_waves
+        """Batches kept in flight round the ring (`batch_plan.RING_WAVES_VARIABLE`); None: one per shard."""
         self._launched_at: dict[RequestId, float] = {}
+        self._awaited_batch: dict[RequestId, int] = {}
+        """Requests whose sampled token is on its way round the ring, and the batch that carries it."""
+        self._batches_launched = 0
         self.ring_seconds = 0.0
         self.ring_samples = 0
         self.hop_overheads: deque[float] = deque(maxlen=HOP_OVERHEAD_SAMPLES)
@@ -118,8 +125,20 @@ class FirstShardDriver:
         for token in sampled.tokens:
             self.on_token(loaded, token)
 
+    def may_launch(self) -> bool:
+        """Whether the next batch may start round the ring now.
+
+        With one wave per shard (the default), always, as soon as there are rows. With a set count, only
+        while fewer batches are awaited: the next one waits for a wave to come back and leaves with its
+        rows and any new prompt chunks, so the waves stay whole. A batch that samples nothing (a middle
+        prompt chunk) sends nothing back and is not awaited."""
+        if self._ring_waves is None:
+            return True
+        return len(set(self._awaited_batch.values())) < self._ring_waves
+
     def on_token(self, loaded: LoadedStage, token: SampledToken) -> None:
         """Report the token (unless replayed), then end the request or queue its next step."""
+        self._awaited_batch.pop(token.request_id, None)
         launched = self._launched_at.pop(token.request_id, None)
         if launched is not None:
             self.ring_seconds += time.perf_counter() - launched
@@ -166,9 +185,8 @@ class FirstShardDriver:
         decoding = sum(
             1 for state in loaded.requests.values() if state.driver is not None and state.driver.generated > 0
         )
-        plan = plan_batch(
-            loaded.ready, self._waiting_prompts(loaded), decoding, loaded.ring_size, loaded.prefill_step_size
-        )
+        waves = self._ring_waves or loaded.ring_size
+        plan = plan_batch(loaded.ready, self._waiting_prompts(loaded), decoding, waves, loaded.prefill_step_size)
         del loaded.ready[: len(plan.decode_rows)]
         segments: list[Segment] = []
         states: list[RequestState] = []
@@ -190,9 +208,11 @@ class FirstShardDriver:
             states.append(state)
             tokens.extend(driver.prompt_tokens[segment.position : segment.position + segment.length])
         started = time.perf_counter()
+        self._batches_launched += 1
         for segment in segments:
             if segment.sample:
                 self._launched_at[segment.request_id] = started
+                self._awaited_batch[segment.request_id] = self._batches_launched
         inputs = loaded.stage.embed(mx.array(tokens, dtype=mx.int32)[None])  # (1, rows, hidden)
         return PlannedBatch(tuple(segments), tuple(states), inputs)
 
@@ -239,3 +259,4 @@ class FirstShardDriver:
 
     def forget(self, request_id: RequestId) -> None:
         self._launched_at.pop(request_id, None)
+        self._awaited_batch.pop(request_id, None)

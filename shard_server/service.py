@@ -22,6 +22,7 @@ from services.models.model_store import ModelStore
 from services.platform.fast_blas import blas_thread_control
 from services.platform.request_context import bind_request_id, request_id_from_metadata
 from shard_server.admission import AdmissionGate, AdmissionLimits, Ticket, kv_budget_tokens, with_sequence_cap
+from shard_server.batch_plan import ring_waves_from_environment
 from shard_server.blas_threads import BlasThreads, between_mlx_work, policy_from_environment
 from shard_server.loop_handoff import LoopHandoff
 from shard_server.metrics import ShardMetricsSnapshot
@@ -95,6 +96,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             blas_threads=BlasThreads(
                 policy_from_environment(), between_mlx_work(control.set) if control is not None else None
             ),
+            ring_waves=ring_waves_from_environment(),
         )
         self._clients: dict[RequestId, asyncio.Queue[ClientEvent]] = {}
         self._pending_loads: dict[InstanceId, asyncio.Future[StageOutcome]] = {}

@@ -84,7 +84,9 @@ class _StatsWanted:
 
 
 class StageWorker:
-    def __init__(self, emit: Callable[[Effect], None], blas_threads: BlasThreads | None = None) -> None:
+    def __init__(
+        self, emit: Callable[[Effect], None], blas_threads: BlasThreads | None = None, ring_waves: int | None = None
+    ) -> None:
         self._emit = emit
         self._blas_threads = blas_threads
         self._queue: queue.Queue[WorkItem | _StatsWanted | None] = queue.Queue()
@@ -95,7 +97,7 @@ class StageWorker:
         """Steps per rows bucket (`StageStats.batch_rows_buckets`)."""
         self._stats_lock = threading.Lock()
         self._compute_seconds = 0.0
-        self._first = FirstShardDriver(emit, lambda request_id: self._end_request(request_id, "released"))
+        self._first = FirstShardDriver(emit, lambda request_id: self._end_request(request_id, "released"), ring_waves)
         self._stats = StageStats()
         self._thread = threading.Thread(target=self._run, name="stage-worker", daemon=True)
 
@@ -156,7 +158,11 @@ class StageWorker:
 
     def _has_batch_to_run(self) -> bool:
         loaded = self._loaded
-        return loaded is not None and bool(loaded.ready or loaded.prefill_waiting or loaded.received)
+        if loaded is None:
+            return False
+        if loaded.stage.stage.is_first:
+            return bool(loaded.ready or loaded.prefill_waiting) and self._first.may_launch()
+        return bool(loaded.received)
 
     def _refresh_stats(self) -> StageStats:
         loaded = self._loaded

@@ -15,6 +15,7 @@ from services.app.benchmark.baselines import BaselineFigures
 from services.app.benchmark.event_latency import EventLatency, event_latency_lines
 from services.app.benchmark.llama_cpp import LlamaCppFigures
 from services.app.benchmark.load_client import LoadResult
+from services.app.benchmark.step_profile import StepProfile, profile_lines
 from services.app.benchmark.transport_floor import TransportFloor
 from services.platform.fast_blas import blas_description
 
@@ -50,6 +51,9 @@ class ClusterFigures:
     """mlx-lm's one-stream decode rate right before and right after this cluster's."""
     event_latency: EventLatency | None = None
     """Committed event to the dashboard's stream (measured on the first cluster only)."""
+    step_profile: StepProfile | str | None = None
+    """Where its shard's step time goes under load (1 shard only); a string: why it was not profiled."""
+    step_profile_concurrency: int = 0
 
     @property
     def paired_mlx_lm_mean(self) -> float:
@@ -313,6 +317,9 @@ def write_report(
         "",
         *event_latency_lines(next((cluster.event_latency for cluster in clusters if cluster.event_latency), None)),
     ]
+    for cluster in clusters:
+        if cluster.step_profile is not None:
+            lines += profile_lines(cluster.step_profile, cluster.shards, cluster.step_profile_concurrency)
     if scale_out is not None:
         lines += [
             "## Scale-out",

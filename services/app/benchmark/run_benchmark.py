@@ -38,6 +38,7 @@ from services.app.benchmark.report import (
     write_report,
 )
 from services.app.benchmark.scale_out import REQUESTS_PER_SLOT, measure_scale_out_in_namespaces, namespaces_unavailable
+from services.app.benchmark.step_profile import StepProfile, finish_recording, start_recording
 from services.app.benchmark.transport_floor import measure_transport_floor
 from services.app.local_cluster import LocalClusterOptions, gateway_ready, start_services, stop_services
 from services.app.ports import free_port
@@ -52,6 +53,9 @@ from services.platform.grpc_server import cluster_sync_channel
 from strata_wire import coordinator_pb2, coordinator_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 READY_TIMEOUT_SECONDS = 300.0
+PROFILE_CONCURRENCY = 16
+PROFILE_LOAD_ROUNDS = 6
+"""Load rounds at most while py-spy records (each one request per stream): the load outlasts the recording."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,32 @@ def _load_levels(running: _Running, options: BenchOptions) -> tuple[dict[int, Lo
     return results, peak_kv
 
 
+def _profile_step(running: _Running, options: BenchOptions) -> StepProfile | str:
+    """py-spy on the (first) shard while the load client keeps PROFILE_CONCURRENCY streams running."""
+    output = options.home / f"step-profile-{os.getpid()}.txt"
+    output.unlink(missing_ok=True)
+    recording = start_recording(running.shard_pids[0], output)
+    if isinstance(recording, str):
+        return recording
+
+    async def load_while_recording() -> None:
+        for _ in range(PROFILE_LOAD_ROUNDS):
+            if recording.poll() is not None:
+                return
+            await run_load(
+                running.gateway_url, options.model_id, PROFILE_CONCURRENCY, PROFILE_CONCURRENCY, options.max_tokens
+            )
+
+    try:
+        asyncio.run(load_while_recording())
+        return finish_recording(recording, output)
+    finally:
+        if recording.poll() is None:
+            recording.kill()
+            recording.wait()
+        output.unlink(missing_ok=True)
+
+
 def _measure_cluster(options: BenchOptions, shards: int, paired: BaselineModel) -> ClusterFigures:
     print(f"strata with {shards} shard server(s)", flush=True)
     with _cluster(options, shards) as running:
@@ -201,6 +231,10 @@ def _measure_cluster(options: BenchOptions, shards: int, paired: BaselineModel) 
             flush=True,
         )
         results, peak_kv = _load_levels(running, options)
+        step_profile: StepProfile | str | None = None
+        if shards == 1:
+            step_profile = _profile_step(running, options)
+            print(f"  step profile at {PROFILE_CONCURRENCY} streams: {_profile_summary(step_profile)}", flush=True)
         event_latency: EventLatency | None = None
         if shards == options.shard_counts[0]:
             event_latency = measure_event_latency(running.gateway_url, running.coordinator_address, options.model_id, 1)
@@ -221,7 +255,24 @@ def _measure_cluster(options: BenchOptions, shards: int, paired: BaselineModel) 
             )
             for address, pid, stage in zip(running.shard_addresses, running.shard_pids, running.stages, strict=True)
         )
-    return ClusterFigures(shards, decode_rate, per_hop, results, shard_figures, (before, after), event_latency)
+    return ClusterFigures(
+        shards,
+        decode_rate,
+        per_hop,
+        results,
+        shard_figures,
+        (before, after),
+        event_latency,
+        step_profile,
+        PROFILE_CONCURRENCY,
+    )
+
+
+def _profile_summary(profile: StepProfile | str) -> str:
+    if isinstance(profile, str):
+        return f"not profiled ({profile})"
+    top = profile.functions[0] if profile.functions else None
+    return f"{profile.samples} samples" + (f", most in {top.function} ({top.self_share:.0%})" if top else "")
 
 
 def _measure_scale_out(options: BenchOptions, concurrencies: tuple[int, ...]) -> ScaleOutFigures | None:
