@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -44,6 +45,16 @@ HOP_OVERHEAD_SAMPLES = 1024
 """Recent ring steps kept for the per-hop overhead percentiles."""
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """A sampling request's batch leaving round the ring."""
+
+    started: float
+    """`time.perf_counter()` at launch."""
+    batch: int
+    """The batch's number, counted from this driver's first."""
+
+
 class FirstShardDriver:
     """The first shard's side of every request: start, plan its steps, take its tokens."""
 
@@ -55,9 +66,8 @@ class FirstShardDriver:
         """Ends a request here and on every shard after it."""
         self._ring_waves = ring_waves
         """Batches kept in flight round the ring (`batch_plan.RING_WAVES_VARIABLE`); None: one per shard."""
-        self._launched_at: dict[RequestId, float] = {}
-        self._awaited_batch: dict[RequestId, int] = {}
-        """Requests whose sampled token is on its way round the ring, and the batch that carries it."""
+        self._in_flight: dict[RequestId, _Launch] = {}
+        """Requests whose sampled token is on its way round the ring: when and in which batch it left."""
         self._batches_launched = 0
         self.ring_seconds = 0.0
         self.ring_samples = 0
@@ -114,9 +124,9 @@ class FirstShardDriver:
     def on_sampled(self, loaded: LoadedStage, sampled: SampledTokens) -> None:
         """Tokens back from the last shard: one sample of the per-hop overhead, then each token."""
         if sampled.tokens:
-            launched = self._launched_at.get(sampled.tokens[0].request_id)
-            if launched is not None:
-                ring = time.perf_counter() - launched
+            launch = self._in_flight.get(sampled.tokens[0].request_id)
+            if launch is not None:
+                ring = time.perf_counter() - launch.started
                 # Every stage is one hop, the last shard's link back to this one included.
                 overhead = max(0.0, ring - sampled.compute_seconds) / max(1, loaded.ring_size)
                 self.hop_overheads.append(overhead)
@@ -134,14 +144,13 @@ class FirstShardDriver:
         prompt chunk) sends nothing back and is not awaited."""
         if self._ring_waves is None:
             return True
-        return len(set(self._awaited_batch.values())) < self._ring_waves
+        return len({launch.batch for launch in self._in_flight.values()}) < self._ring_waves
 
     def on_token(self, loaded: LoadedStage, token: SampledToken) -> None:
         """Report the token (unless replayed), then end the request or queue its next step."""
-        self._awaited_batch.pop(token.request_id, None)
-        launched = self._launched_at.pop(token.request_id, None)
-        if launched is not None:
-            self.ring_seconds += time.perf_counter() - launched
+        launch = self._in_flight.pop(token.request_id, None)
+        if launch is not None:
+            self.ring_seconds += time.perf_counter() - launch.started
             self.ring_samples += 1
         state = loaded.requests.get(token.request_id)
         if state is None or state.driver is None:
@@ -211,8 +220,7 @@ class FirstShardDriver:
         self._batches_launched += 1
         for segment in segments:
             if segment.sample:
-                self._launched_at[segment.request_id] = started
-                self._awaited_batch[segment.request_id] = self._batches_launched
+                self._in_flight[segment.request_id] = _Launch(started, self._batches_launched)
         inputs = loaded.stage.embed(mx.array(tokens, dtype=mx.int32)[None])  # (1, rows, hidden)
         return PlannedBatch(tuple(segments), tuple(states), inputs)
 
@@ -258,5 +266,4 @@ class FirstShardDriver:
         return None if key in loaded.directory else key
 
     def forget(self, request_id: RequestId) -> None:
-        self._launched_at.pop(request_id, None)
-        self._awaited_batch.pop(request_id, None)
+        self._in_flight.pop(request_id, None)
