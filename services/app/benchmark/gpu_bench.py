@@ -22,7 +22,7 @@ from pathlib import Path
 from services.app.benchmark.baselines import BaselineFigures, BaselineModel, averaged, bench_compute_dtype
 from services.app.benchmark.load_client import run_load
 from services.app.gpu_run.cluster import ClusterError, local_cluster
-from services.app.gpu_run.exactness import SKIPPED_EXIT_CODE, device_problem
+from services.app.gpu_run.exactness import SKIPPED_EXIT_CODE, skipped_for_device
 from services.app.gpu_run.random_model import RANDOM_MODEL_ID, RandomModelError, build_random_model
 from services.kernel.compute_dtype import ComputeDtype
 from services.kernel.settings import DEFAULT_PREFILL_STEP_SIZE
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     device = detect_compute_device()
     arguments.out.write_text("")
-    problem = device_problem(arguments.device, device)
-    if problem is not None:
-        print(f"gpu_bench: skipped: {problem}", flush=True)
-        arguments.out.write_text(f"GPU bench skipped: {problem}\n")
+    if skipped_for_device(arguments.device, device, arguments.out, "gpu_bench", "GPU bench"):
         return SKIPPED_EXIT_CODE
     try:
         shard_counts = [int(part) for part in str(arguments.shards).split(",")]

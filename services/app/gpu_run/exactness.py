@@ -58,6 +58,16 @@ def device_problem(requested: RequestedDevice, device: ComputeDevice) -> str | N
     return None
 
 
+def skipped_for_device(requested: RequestedDevice, device: ComputeDevice, out: Path, step: str, title: str) -> bool:
+    """Whether this host cannot run `step` on the device asked for; if so, says why on stdout and in `out`."""
+    problem = device_problem(requested, device)
+    if problem is None:
+        return False
+    print(f"{step}: skipped: {problem}", flush=True)
+    out.write_text(f"{title} skipped: {problem}\n")
+    return True
+
+
 def dtypes_for(device: ComputeDevice, asked: Sequence[ComputeDtype]) -> tuple[ComputeDtype, ...]:
     """Pure: the dtypes asked for, else the device's "auto" dtype and, on CUDA, float16 as well."""
     if asked:
@@ -155,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     device = detect_compute_device()
     arguments.out.write_text("")
-    problem = device_problem(arguments.device, device)
-    if problem is not None:
-        print(f"exactness: skipped: {problem}", flush=True)
-        arguments.out.write_text(f"GPU exactness skipped: {problem}\n")
+    if skipped_for_device(arguments.device, device, arguments.out, "exactness", "GPU exactness"):
         return SKIPPED_EXIT_CODE
     try:
         asked: list[ComputeDtype] = [parse_compute_dtype(part) for part in str(arguments.dtypes).split(",") if part]
