@@ -20,6 +20,7 @@ from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
 from services.platform.mlx_typing import start_evaluating
+from shard_server.fused_block import FusedLlamaAttention, FusedLlamaBlock
 from shard_server.layer_kinds import FULL_ATTENTION, AttentionMask, LayerKind, StageCache
 from shard_server.native_attention import NativeAttention, request_rows_view
 
@@ -63,7 +64,11 @@ def is_batchable(block: object) -> bool:
     if not all(part in block for part in parts):
         return False
     attention = cast(object, block["self_attn"])
-    if not isinstance(attention, nn.Module) or not all(name in attention for name in (*_PROJECTIONS, "rope")):
+    if not isinstance(attention, nn.Module):
+        return False
+    # A fused llama block's attention holds q/k/v as one joined product (fused_block.py).
+    joined = isinstance(attention, FusedLlamaAttention) and all(name in attention for name in ("o_proj", "rope"))
+    if not joined and not all(name in attention for name in (*_PROJECTIONS, "rope")):
         return False
     return all(isinstance(getattr(attention, name, None), int | float) for name in ("n_heads", "n_kv_heads", "scale"))
 
@@ -111,9 +116,15 @@ def _batched_block(
         [rows.caches[layer].offset + index for rows in requests for index in range(rows.length)],
         dtype=mx.int32,
     )
-    queries = rope(_heads(attention, _part(attention, "q_proj")(normed), "n_heads", "q_norm"), offset=positions)
-    keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
-    values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
+    if isinstance(attention, FusedLlamaAttention):
+        # The same projections as the fused block's own attention (one product where q/k/v join), as views.
+        split = attention.heads(mx.reshape(normed, (hidden.shape[1], 1, -1)), (hidden.shape[1], 1))
+        query_heads, key_heads, value_heads = (mx.transpose(part, (0, 2, 1, 3)) for part in split)
+        queries, keys, values = rope(query_heads, offset=positions), rope(key_heads, offset=positions), value_heads
+    else:
+        queries = rope(_heads(attention, _part(attention, "q_proj")(normed), "n_heads", "q_norm"), offset=positions)
+        keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
+        values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
     scale = cast(float, attention.scale)
     caches = [rows.caches[layer] for rows in requests]
     merged: mx.array | None = None
@@ -150,6 +161,9 @@ def _batched_block(
         after_attention = hidden + attended_out * residual_multiplier
         mlp_out = _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
         return after_attention + mlp_out * residual_multiplier
+    if isinstance(block, FusedLlamaBlock):
+        after_attention, normed_after = block.add_and_norm(hidden, attended_out)
+        return after_attention + _part(block, "mlp")(normed_after)
     after_attention = hidden + attended_out
     return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
 
