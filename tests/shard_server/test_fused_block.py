@@ -15,9 +15,11 @@ from mlx_lm.models.cache import KVCache
 from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
+from shard_server.batched_forward import Block, LayerPlan, RequestRows, forward_rows
 from shard_server.float16_weights import Float16Linear, load_extension
 from shard_server.fused_block import (
     ADD_NORM_SWITCH_VARIABLE,
+    NEXT_NORM_SWITCH_VARIABLE,
     QKV_SWITCH_VARIABLE,
     BlockLibrary,
     FusedLlamaBlock,
@@ -190,7 +192,9 @@ def test_the_fused_blocks_equal_mlx_lms_and_join_q_k_and_v(monkeypatch: pytest.M
     before = _run(blocks)
     fused = fuse_blocks(blocks, library)
     assert sorted(fused.fused_blocks) == ["layers.0", "layers.1"] == sorted(fused.joined_qkv) and not fused.kept_blocks
-    assert fused.describe() == "2 fused llama blocks, 2 with q/k/v in one product"
+    assert fused.describe() == (
+        "2 fused llama blocks, 2 with q/k/v in one product, 2 adding the residual into their input norm"
+    )
     layer = cast(FusedLlamaBlock, blocks.layers[0])
     assert isinstance(layer, FusedLlamaBlock) and "qkv_proj" in layer.self_attn and "q_proj" not in layer.self_attn
     assert mx.array_equal(_run(blocks), before).item()
@@ -230,21 +234,74 @@ def test_a_fused_block_that_differs_is_refused_and_mlx_lms_kept(
 
 @pytest.mark.native
 @pytest.mark.parametrize(
-    ("qkv", "add_norm", "joined", "fused_blocks"), [("off", "on", 0, 2), ("on", "off", 2, 2), ("off", "off", 0, 0)]
+    ("qkv", "add_norm", "next_norm", "counts"),
+    [
+        ("off", "on", "on", (2, 0, 2)),
+        ("on", "off", "on", (2, 2, 0)),
+        ("on", "on", "off", (2, 2, 0)),
+        ("off", "off", "on", (0, 0, 0)),
+    ],
 )
 def test_each_switch_turns_its_part_off(
-    qkv: str, add_norm: str, joined: int, fused_blocks: int, monkeypatch: pytest.MonkeyPatch
+    qkv: str, add_norm: str, next_norm: str, counts: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     library = _require_library()
     monkeypatch.setenv(QKV_SWITCH_VARIABLE, qkv)
     monkeypatch.setenv(ADD_NORM_SWITCH_VARIABLE, add_norm)
+    monkeypatch.setenv(NEXT_NORM_SWITCH_VARIABLE, next_norm)
     blocks = _Blocks(library)
     before = _run(blocks)
     fused = fuse_blocks(blocks, library)
-    assert len(fused.joined_qkv) == joined and len(fused.fused_blocks) == fused_blocks
-    if not fused_blocks:
+    assert (len(fused.fused_blocks), len(fused.joined_qkv), len(fused.carrying_residual)) == counts
+    if not counts[0]:
         assert fused.reason == f"{QKV_SWITCH_VARIABLE}=off and {ADD_NORM_SWITCH_VARIABLE}=off"
     assert mx.array_equal(_run(blocks), before).item()
+
+
+def _forward(blocks: _Blocks, lengths: list[int], batched: bool) -> mx.array:
+    """Requests of `lengths` rows prefilled, then one decode row each, through `forward_rows`."""
+    caches = [[KVCache(), KVCache()] for _ in lengths]
+    outputs: list[mx.array] = []
+    plans = [LayerPlan(FULL_ATTENTION, batched=batched)] * 2
+    for step_lengths in (lengths, [1] * len(lengths)):
+        starts = [sum(step_lengths[:index]) for index in range(len(step_lengths))]
+        rows = zip(caches, starts, step_lengths, strict=True)
+        requests = [RequestRows(cache, start, length) for cache, start, length in rows]
+        hidden = mx.random.normal((1, sum(step_lengths), 48), key=mx.random.key(sum(step_lengths)))
+        outputs.append(forward_rows(cast(list[Block], blocks.layers), hidden, requests, plans))
+    return mx.concatenate(outputs, axis=1)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("lengths", "batched"), [([6], False), ([3, 1, 4], True), ([3, 1, 4], False)])
+def test_forward_rows_carries_the_residual_across_fused_blocks_exactly(
+    lengths: list[int], batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = _require_library()
+    for variable in (QKV_SWITCH_VARIABLE, ADD_NORM_SWITCH_VARIABLE, NEXT_NORM_SWITCH_VARIABLE):
+        monkeypatch.delenv(variable, raising=False)
+    blocks = _Blocks(library)
+    before = _forward(blocks, lengths, batched)
+    assert len(fuse_blocks(blocks, library).carrying_residual) == 2
+    assert mx.array_equal(_forward(blocks, lengths, batched), before).item()
+
+
+@pytest.mark.native
+def test_a_carried_residual_that_differs_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    library = _require_library()
+    for variable in (QKV_SWITCH_VARIABLE, ADD_NORM_SWITCH_VARIABLE, NEXT_NORM_SWITCH_VARIABLE):
+        monkeypatch.delenv(variable, raising=False)
+    real_input_rows = FusedLlamaBlock.input_rows
+
+    def off_by_one_ulp(block: FusedLlamaBlock, x: mx.array, pending: mx.array | None) -> tuple[mx.array, mx.array]:
+        total, normed = real_input_rows(block, x, pending)
+        return total, normed if pending is None else normed * (1.0 + 2.0**-20)
+
+    monkeypatch.setattr(FusedLlamaBlock, "input_rows", off_by_one_ulp)
+    blocks = _Blocks(library)
+    fused = fuse_blocks(blocks, library)
+    assert not fused.fused_blocks and len(fused.kept_blocks) == 2
+    assert all(type(layer) is llama.TransformerBlock for layer in blocks.layers)
 
 
 @pytest.mark.unit
@@ -255,11 +312,11 @@ def test_a_library_without_add_rms_norm_fuses_nothing(monkeypatch: pytest.Monkey
 
 
 def _stages(model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch) -> list[ModelStage]:
-    """The stage with both fused block parts on, then both off (float32, batching checked)."""
+    """The stage with every fused block part on, then all off (float32, batching checked)."""
     stages: list[ModelStage] = []
     for switch in ("on", "off"):
-        monkeypatch.setenv(QKV_SWITCH_VARIABLE, switch)
-        monkeypatch.setenv(ADD_NORM_SWITCH_VARIABLE, switch)
+        for variable in (QKV_SWITCH_VARIABLE, ADD_NORM_SWITCH_VARIABLE, NEXT_NORM_SWITCH_VARIABLE):
+            monkeypatch.setenv(variable, switch)
         stage = ModelStage(model_dir, stage_range, "float32")
         assert stage.check_batching(40, threads=2)
         stages.append(stage)
@@ -275,6 +332,17 @@ def test_a_tiny_float16_llama_fuses_its_blocks_and_stays_exact(tmp_path: Path, m
     assert all(isinstance(layer, FusedLlamaBlock) for layer in fused.layers)
     assert not any(isinstance(layer, FusedLlamaBlock) for layer in plain.layers)
     assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
+    assert mx.array_equal(_one_request(fused), _one_request(plain)).item()
+
+
+def _one_request(stage: ModelStage) -> mx.array:
+    """One request alone (mlx-lm's block path, or the fused block's): a prefill then two decode steps' logits."""
+    cache = stage.make_cache()
+    outputs: list[mx.array] = []
+    for tokens in ([3, 5, 7, 11, 13], [17], [19]):
+        hidden = stage.run_layers(stage.embed(mx.array(tokens)[None]), [RequestRows(cache, 0, len(tokens))])
+        outputs.append(stage.logits(hidden))
+    return mx.concatenate(outputs, axis=1)
 
 
 @pytest.mark.native
@@ -298,3 +366,4 @@ def test_the_embedded_model_fuses_every_block_with_the_same_logits(
     assert "30 fused llama blocks" in fused.fused_ops.describe()
     assert all(isinstance(layer, FusedLlamaBlock) for layer in fused.layers)
     assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
+    assert mx.array_equal(_one_request(fused), _one_request(plain)).item()
