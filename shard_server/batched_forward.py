@@ -20,6 +20,7 @@ from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 
 from services.platform.mlx_typing import start_evaluating
+from shard_server.fused_block import FusedLlamaAttention, FusedLlamaBlock
 from shard_server.layer_kinds import FULL_ATTENTION, AttentionMask, LayerKind, StageCache
 from shard_server.native_attention import NativeAttention, request_rows_view
 
@@ -63,7 +64,11 @@ def is_batchable(block: object) -> bool:
     if not all(part in block for part in parts):
         return False
     attention = cast(object, block["self_attn"])
-    if not isinstance(attention, nn.Module) or not all(name in attention for name in (*_PROJECTIONS, "rope")):
+    if not isinstance(attention, nn.Module):
+        return False
+    # A fused llama block's attention holds q/k/v as one joined product (fused_block.py).
+    joined = isinstance(attention, FusedLlamaAttention) and all(name in attention for name in ("o_proj", "rope"))
+    if not joined and not all(name in attention for name in (*_PROJECTIONS, "rope")):
         return False
     return all(isinstance(getattr(attention, name, None), int | float) for name in ("n_heads", "n_kv_heads", "scale"))
 
@@ -93,8 +98,13 @@ def _heads(attention: nn.Module, projected: mx.array, count_name: str, norm_name
 
 
 def _batched_block(
-    block: nn.Module, hidden: mx.array, requests: Sequence[RequestRows], layer: int, plan: LayerPlan
-) -> mx.array:
+    block: nn.Module,
+    hidden: mx.array,
+    requests: Sequence[RequestRows],
+    layer: int,
+    plan: LayerPlan,
+    pending: mx.array | None = None,
+) -> tuple[mx.array, mx.array | None]:
     """The block's own computation, with everything but the attention proper over the whole batch.
 
     Projections, norms, RoPE (one call, each row at its own position) and the MLP run over all rows;
@@ -102,18 +112,29 @@ def _batched_block(
     ops as the model's attention running that request alone (or in one native call doing the same
     arithmetic, where the shard verified it bitwise at load).
 
-    hidden: (1, rows, hidden_size) -> (1, rows, hidden_size)
+    hidden: (1, rows, hidden_size) -> (1, rows, hidden_size), with nothing pending. A fused llama block that
+    carries the residual takes the previous block's MLP output as `pending` (added in its input norm's op)
+    and returns its own MLP output unadded, as `FusedLlamaBlock.residual_parts` does.
     """
     attention = cast(nn.Module, block["self_attn"])
     rope = cast(_Rope, attention["rope"])
-    normed = _part(block, "input_layernorm")(hidden)
+    if isinstance(block, FusedLlamaBlock):
+        hidden, normed = block.input_rows(hidden, pending)
+    else:
+        normed = _part(block, "input_layernorm")(hidden)
     positions = mx.array(
         [rows.caches[layer].offset + index for rows in requests for index in range(rows.length)],
         dtype=mx.int32,
     )
-    queries = rope(_heads(attention, _part(attention, "q_proj")(normed), "n_heads", "q_norm"), offset=positions)
-    keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
-    values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
+    if isinstance(attention, FusedLlamaAttention):
+        # The same projections as the fused block's own attention (one product where q/k/v join), as views.
+        split = attention.heads(mx.reshape(normed, (hidden.shape[1], 1, -1)), (hidden.shape[1], 1))
+        query_heads, key_heads, value_heads = (mx.transpose(part, (0, 2, 1, 3)) for part in split)
+        queries, keys, values = rope(query_heads, offset=positions), rope(key_heads, offset=positions), value_heads
+    else:
+        queries = rope(_heads(attention, _part(attention, "q_proj")(normed), "n_heads", "q_norm"), offset=positions)
+        keys = rope(_heads(attention, _part(attention, "k_proj")(normed), "n_kv_heads", "k_norm"), offset=positions)
+        values = _heads(attention, _part(attention, "v_proj")(normed), "n_kv_heads", None)
     scale = cast(float, attention.scale)
     caches = [rows.caches[layer] for rows in requests]
     merged: mx.array | None = None
@@ -149,9 +170,13 @@ def _batched_block(
         # Granite scales each branch before adding it to the residual stream, as its block does.
         after_attention = hidden + attended_out * residual_multiplier
         mlp_out = _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
-        return after_attention + mlp_out * residual_multiplier
+        return after_attention + mlp_out * residual_multiplier, None
+    if isinstance(block, FusedLlamaBlock):
+        after_attention, normed_after = block.add_and_norm(hidden, attended_out)
+        mlp_out = _part(block, "mlp")(normed_after)
+        return (after_attention, mlp_out) if block.carries_residual else (after_attention + mlp_out, None)
     after_attention = hidden + attended_out
-    return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention))
+    return after_attention + _part(block, "mlp")(_part(block, "post_attention_layernorm")(after_attention)), None
 
 
 def _alone(block: Block, hidden: mx.array, requests: Sequence[RequestRows], layer: int, kind: LayerKind) -> mx.array:
@@ -173,16 +198,27 @@ def forward_rows(
     the next: building the graph of 30 blocks takes ~20% of a one-row step here, which would
     otherwise come on top of the compute. The ops, hence the results, are the same.
     """
+    # A fused llama block's MLP output, not yet added to `hidden`: the next such block adds it in its
+    # input norm's op (checked bitwise at load); anything else gets MLX's `hidden + pending` first.
+    pending: mx.array | None = None
     for layer, (block, plan) in enumerate(zip(blocks, plans, strict=True)):
+        carries = isinstance(block, FusedLlamaBlock) and block.carries_residual
+        if pending is not None and not carries:
+            hidden, pending = hidden + pending, None
         if len(requests) == 1:
             cache = requests[0].caches[layer]
-            hidden = block(hidden, plan.kind.mask(hidden, cache), cache)
+            if isinstance(block, FusedLlamaBlock) and carries:
+                hidden, pending = block.residual_parts(hidden, pending, plan.kind.mask(hidden, cache), cache)
+            else:
+                hidden = block(hidden, plan.kind.mask(hidden, cache), cache)
         elif plan.batches(hidden.shape[1]):
-            hidden = _batched_block(cast(nn.Module, block), hidden, requests, layer, plan)
+            hidden, pending = _batched_block(cast(nn.Module, block), hidden, requests, layer, plan, pending)
         else:
+            if pending is not None:
+                hidden, pending = hidden + pending, None
             hidden = _alone(block, hidden, requests, layer, plan.kind)
-        start_evaluating(hidden)
-    return hidden
+        start_evaluating(hidden, *([] if pending is None else [pending]))
+    return hidden if pending is None else hidden + pending
 
 
 def _primed_cache(block: Block, kind: LayerKind, length: int, hidden_size: int, dtype: mx.Dtype) -> StageCache:

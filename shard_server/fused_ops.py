@@ -98,15 +98,18 @@ class FusedOps:
     """The RoPEs swapped for `FusedRoPE`s."""
     joined_products: tuple[str, ...] = ()
     """The MLPs (of `fused_modules`) whose gate and up are one product: `FusedGateUpMLP`s."""
+    blocks: str = ""
+    """What `fused_block.fuse_blocks` did with the llama blocks (empty when it did not run)."""
 
     def describe(self) -> str:
         if self.reason:
             return f"layer ops through MLX ({self.reason})"
         kept = f", {len(self.kept_modules)} kept on MLX's ops" if self.kept_modules else ""
         joined = f", {len(self.joined_products)} with gate and up in one product" if self.joined_products else ""
+        blocks = f"; {self.blocks}" if self.blocks else ""
         return (
             f"{len(self.fused_modules)} MLPs with a fused swiglu and {len(self.fused_norms)} fused RMSNorms"
-            f", {len(self.fused_ropes)} fused RoPEs{joined}{kept} (checked bitwise)"
+            f", {len(self.fused_ropes)} fused RoPEs{joined}{kept}{blocks} (checked bitwise)"
         )
 
 

@@ -12,7 +12,7 @@ requests share a step through `batched_forward`.
 import importlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -30,7 +30,14 @@ from services.platform.mlx_typing import embedding_as_linear, evaluate, load_mod
 from shard_server.batched_forward import Block, LayerPlan, RequestRows, RowFunction, forward_rows
 from shard_server.batching_check import plan_layers
 from shard_server.compact_linear import CompactLinear
-from shard_server.float16_weights import CODES_SWITCH_VARIABLE, WeightStorage, hold_weights_in_float16, switched_on
+from shard_server.float16_weights import (
+    CODES_SWITCH_VARIABLE,
+    WeightStorage,
+    hold_weights_in_float16,
+    load_extension,
+    switched_on,
+)
+from shard_server.fused_block import BlockLibrary, fuse_blocks
 from shard_server.fused_ops import FusedOps, fuse_layer_ops
 from shard_server.layer_kinds import LayerKind, StageCache, UnsupportedCacheError, layer_kind_of
 from shard_server.native_attention import NativeAttention
@@ -110,6 +117,10 @@ class ModelStage:
             if compute_dtype == "float32"
             else FusedOps((), (), f"computing in {compute_dtype}")
         )
+        if not self.fused_ops.reason:
+            # Llama blocks with q/k/v in one product and the residual add in the next norm (fused_block.py).
+            blocks = fuse_blocks(self._model, cast(BlockLibrary | None, load_extension()))
+            self.fused_ops = replace(self.fused_ops, blocks=blocks.describe())
         del codes  # the codes not kept are freed
         self.layers: list[Block] = cast(list[Block], self._inner()["layers"][stage.start_layer : stage.end_layer])
         self.weight_bytes = sum(array.nbytes for _, array in tree_flatten(self._model.parameters()))

@@ -8,6 +8,7 @@
 // exactly where MLX calls fma, no contraction anywhere else (-ffp-contract=off). The load check
 // (fused_ops.py) compares each swapped module bitwise with MLX's before keeping it.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/vector.h>
 
 #include <immintrin.h>
 
@@ -261,6 +262,85 @@ mx::array rms_norm(const mx::array &x, const mx::array &weight, float eps) {
 }
 
 
+// `x + branch` as MLX's CPU add computes it for float32 (one rounding a lane; of two NaN operands the
+// result carries the branch's, quieted, as MLX's build gives; the compiler may order an add's operands
+// either way, so that choice is explicit), then that sum's RMSNorm exactly as `rms_norm` above.
+__attribute__((target("avx2,fma"))) void add_values(const float *x, const float *branch, float *out, size_t count) {
+  const __m256i quiet_bit = _mm256_set1_epi32(0x00400000);
+  size_t index = 0;
+  for (; index + 8 <= count; index += 8) {
+    const __m256 left = _mm256_loadu_ps(x + index), right = _mm256_loadu_ps(branch + index);
+    const __m256 quiet_right = _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(right), quiet_bit));
+    const __m256 sum = _mm256_add_ps(left, right);
+    _mm256_storeu_ps(out + index, _mm256_blendv_ps(sum, quiet_right, _mm256_cmp_ps(right, right, _CMP_UNORD_Q)));
+  }
+  for (; index < count; index++) {
+    const float right = branch[index];
+    if (std::isnan(right)) {
+      uint32_t bits;
+      std::memcpy(&bits, &right, sizeof(bits));
+      bits |= 0x00400000u;
+      std::memcpy(out + index, &bits, sizeof(bits));
+    } else {
+      out[index] = x[index] + right;
+    }
+  }
+}
+
+// Two outputs, [x + branch, rms_norm(x + branch)]: the residual stream and the next norm's rows in one op.
+class AddRmsNorm : public mx::Primitive {
+ public:
+  AddRmsNorm(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
+    for (auto &output : outputs) output.set_data(mx::allocator::malloc(output.nbytes()));
+    auto &encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto &input : inputs) encoder.set_input_array(input);
+    for (auto &output : outputs) encoder.set_output_array(output);
+    const mx::array x = inputs[0], branch = inputs[1], weight = inputs[2];
+    float *sums = outputs[0].data<float>();
+    float *normed = outputs[1].data<float>();
+    const float eps = eps_;
+    encoder.dispatch([x, branch, weight, eps, sums, normed]() {
+      std::vector<float> x_copy, branch_copy, weight_copy;
+      const int size = x.shape(-1);
+      if (size == 0 || x.size() == 0) return;
+      add_values(row_major_floats(x, x_copy), row_major_floats(branch, branch_copy), sums, x.size());
+      const float *scales = row_major_floats(weight, weight_copy);
+      const float normalizer = static_cast<float>(1.0 / static_cast<double>(size));
+      const size_t rows = x.size() / static_cast<size_t>(size);
+      for (size_t row = 0; row < rows; row++)
+        rms_norm_row(sums + row * size, scales, eps, normalizer, size, normed + row * size);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, std::vector<mx::array> &) override {
+    throw std::runtime_error("strata's fused add_rms_norm runs on the CPU only");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array> &inputs) override {
+    return {inputs[0].shape(), inputs[0].shape()};
+  }
+  const char *name() const override { return "StrataAddRmsNorm"; }
+  bool is_equivalent(const mx::Primitive &other) const override {
+    return static_cast<const AddRmsNorm &>(other).eps_ == eps_;
+  }
+
+ private:
+  float eps_;
+};
+
+std::vector<mx::array> add_rms_norm(const mx::array &x, const mx::array &branch, const mx::array &weight, float eps) {
+  if (x.dtype() != mx::float32 || branch.dtype() != mx::float32 || weight.dtype() != mx::float32)
+    throw std::invalid_argument("add_rms_norm: x, the branch and the weight must be float32");
+  if (x.shape() != branch.shape()) throw std::invalid_argument("add_rms_norm: x and the branch must have the same shape");
+  if (x.ndim() < 1 || weight.ndim() != 1 || weight.shape(0) != x.shape(-1))
+    throw std::invalid_argument("add_rms_norm: the weight must be a vector of x's last axis size");
+  if (!cpu_runs_fused_ops()) throw std::invalid_argument("add_rms_norm: this CPU lacks AVX2 or FMA");
+  return mx::array::make_arrays({x.shape(), x.shape()}, {mx::float32, mx::float32},
+                                std::make_shared<AddRmsNorm>(mx::default_stream(mx::Device::cpu), eps), {x, branch, weight});
+}
+
 // mx.fast.rope (forward) as MLX's CPU fallback (fast.cpp) computes it for float32 x: each row's
 // position (float(t) + float(offset)) * scale, theta = position * inverse frequency, MLX's cos and
 // sin (simd/math.h as the CPU wheel builds them, one lane: Cephes polynomials, libm past 2^23; here
@@ -451,6 +531,8 @@ void register_fused_ops(nb::module_ &module) {
              "swiglu(both[..., :n], both[..., n:]) for float32 both (..., 2n), bitwise, in one op");
   module.def("rms_norm", &rms_norm, nb::arg("x"), nb::arg("weight"), nb::arg("eps"),
              "mx.fast.rms_norm(x, weight, eps) as MLX's CPU fallback computes it, float32, bitwise, in one op");
+  module.def("add_rms_norm", &add_rms_norm, nb::arg("x"), nb::arg("branch"), nb::arg("weight"), nb::arg("eps"),
+             "[x + branch, rms_norm(x + branch, weight, eps)] for float32 arrays, bitwise MLX's add then rms_norm, in one op");
   module.def("rope", &rope, nb::arg("x"), nb::arg("offset"), nb::arg("inverse_frequencies"), nb::arg("dims"),
              nb::arg("traditional"), nb::arg("scale"),
              "mx.fast.rope(x, dims, ...) forward as MLX's CPU fallback computes it, float32, bitwise, in one op");

@@ -23,6 +23,8 @@ class ModelArgs:
     rope_theta: float = 10000
     rope_traditional: bool = False
     tie_word_embeddings: bool = True
+    @classmethod
+    def from_dict(cls, params: dict[str, object]) -> ModelArgs: ...
 
 class Model(nn.Module):
     args: ModelArgs
@@ -30,3 +32,24 @@ class Model(nn.Module):
     def __call__(
         self, inputs: mx.array, cache: list[KVCache] | None = None, input_embeddings: mx.array | None = None
     ) -> mx.array: ...
+
+class Attention(nn.Module):
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scale: float
+    def __init__(self, args: ModelArgs) -> None: ...
+    def __call__(self, x: mx.array, mask: mx.array | str | None = None, cache: object | None = None) -> mx.array: ...
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs) -> None: ...
+    def __call__(self, x: mx.array) -> mx.array: ...
+
+class TransformerBlock(nn.Module):
+    use_sliding: bool
+    self_attn: Attention
+    mlp: MLP
+    input_layernorm: nn.RMSNorm
+    post_attention_layernorm: nn.RMSNorm
+    def __init__(self, args: ModelArgs, use_sliding: bool = False) -> None: ...
+    def __call__(self, x: mx.array, mask: mx.array | str | None = None, cache: object | None = None) -> mx.array: ...
