@@ -465,8 +465,9 @@ class StageWorker:
             )
             for (segment, _), choice, embedding in zip(sampled, choices, embeddings, strict=True)
         ]
-        # The tokens go first (round the ring, or to the first shard's driver): the caches are inputs
-        # of the logits, computed already, so their evaluation below only confirms it, off the ring's path.
+        # The tokens go first (round the ring, or to the first shard's driver): the caches are inputs of
+        # the logits, so computed with them; evaluating them after the send changes no value, and keeps
+        # that call off the ring's path. It still comes before anything reads them (prefixes, next step).
         if loaded.stage.stage.is_first:
             for token in tokens:
                 self._first.on_token(loaded, token)
