@@ -465,13 +465,16 @@ class StageWorker:
             )
             for (segment, _), choice, embedding in zip(sampled, choices, embeddings, strict=True)
         ]
-        evaluate(cache_arrays(planned.states))
+        # The tokens go first (round the ring, or to the first shard's driver): the caches are inputs of
+        # the logits, so computed with them; evaluating them after the send changes no value, and keeps
+        # that call off the ring's path. It still comes before anything reads them (prefixes, next step).
         if loaded.stage.stage.is_first:
             for token in tokens:
                 self._first.on_token(loaded, token)
         else:
             computed = planned.upstream_compute_seconds + time.perf_counter() - started
             self._emit(SendToNext(SampledTokens(tuple(tokens), computed)))
+        evaluate(cache_arrays(planned.states))
 
     @staticmethod
     def _embeddings(
