@@ -253,9 +253,78 @@ WIDE_KERNEL_INLINE __m512 pair_load(const WideRows &weights, int q, int k) {
   return pair_of(_mm256_loadu_ps(low), _mm256_loadu_ps(low + weights.stride));
 }
 
+// Two columns' weights rebuilt from their codes in one 512-bit register: lane for lane the operations
+// of CodeRows::load (code * scale, rounded to float16, + bias, rounded to float16), half the instructions.
 template <int BITS>
 WIDE_KERNEL_INLINE __m512 pair_load(const CodeRows<BITS> &weights, int q, int k) {
-  return pair_of(weights.load(q, k), weights.load(q + 1, k));
+  const uint32_t *low = weights.codes + static_cast<size_t>(q) * weights.words_per_row;
+  const uint32_t *high = low + weights.words_per_row;
+  __m512i values;
+  if constexpr (BITS == 4) {
+    const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512i words = _mm512_inserti32x8(_mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(low[k / 8]))),
+                                             _mm256_set1_epi32(static_cast<int>(high[k / 8])), 1);
+    values = _mm512_and_si512(_mm512_srlv_epi32(words, shifts), _mm512_set1_epi32(15));
+  } else {
+    values = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(low + k / 4)),
+                                                     _mm_loadl_epi64(reinterpret_cast<const __m128i *>(high + k / 4))));
+  }
+  const size_t at = static_cast<size_t>(q) * weights.groups_per_row + static_cast<size_t>(k / weights.group);
+  const size_t next = at + static_cast<size_t>(weights.groups_per_row);
+  const __m512 scale = pair_of(_mm256_set1_ps(_cvtsh_ss(weights.scales[at])), _mm256_set1_ps(_cvtsh_ss(weights.scales[next])));
+  const __m512 bias = pair_of(_mm256_set1_ps(_cvtsh_ss(weights.biases[at])), _mm256_set1_ps(_cvtsh_ss(weights.biases[next])));
+  const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(values), scale);
+  const __m512 rounded = _mm512_cvtph_ps(_mm512_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_add_ps(rounded, bias), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// The last K % 8 weights of two columns, zeros past K (codes have no tail: K is a multiple of 8).
+template <class Weights>
+WIDE_KERNEL_INLINE __m512 pair_tail(const Weights &weights, int q, int k, int lanes, __m256i tail) {
+  return pair_of(weights.tail(q, k, lanes, tail), weights.tail(q + 1, k, lanes, tail));
+}
+
+// A panel: a block's columns widened (or rebuilt) once to float32 for many rows of x, laid out as the
+// tiles read them: per pair of columns and per step of 8 along K, the 16 values of one zmm (zeros past
+// K). The first row tile of a block fills it as it computes (PanelFill: the weights' memory traffic
+// overlaps that tile's FMAs), the block's other row tiles read it (Panel: one aligned load per pair).
+struct Panel {
+  const float *values;
+  int steps;  // (K + 7) / 8
+  WIDE_KERNEL_INLINE const float *at(int q, int k) const {
+    return values + (static_cast<size_t>(q / 2) * steps + static_cast<size_t>(k / 8)) * 16;
+  }
+  KERNEL_INLINE void prefetch(int, int) const {}  // in L1 or L2 already
+};
+
+WIDE_KERNEL_INLINE __m512 pair_load(const Panel &panel, int q, int k) { return _mm512_load_ps(panel.at(q, k)); }
+WIDE_KERNEL_INLINE __m512 pair_tail(const Panel &panel, int q, int k, int, __m256i) {
+  return _mm512_load_ps(panel.at(q, k));
+}
+
+template <class Weights>
+struct PanelFill {
+  const Weights &source;
+  float *values;
+  int steps;
+  WIDE_KERNEL_INLINE float *at(int q, int k) const {
+    return values + (static_cast<size_t>(q / 2) * steps + static_cast<size_t>(k / 8)) * 16;
+  }
+  KERNEL_INLINE void prefetch(int q, int k) const { source.prefetch(q, k); }
+};
+
+template <class Weights>
+WIDE_KERNEL_INLINE __m512 pair_load(const PanelFill<Weights> &fill, int q, int k) {
+  const __m512 pair = pair_load(fill.source, q, k);
+  _mm512_store_ps(fill.at(q, k), pair);
+  return pair;
+}
+
+template <class Weights>
+WIDE_KERNEL_INLINE __m512 pair_tail(const PanelFill<Weights> &fill, int q, int k, int lanes, __m256i tail) {
+  const __m512 pair = pair_tail(fill.source, q, k, lanes, tail);
+  _mm512_store_ps(fill.at(q, k), pair);
+  return pair;
 }
 
 // A ROWS x (2 * PAIRS) tile of the output.
@@ -281,8 +350,7 @@ WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row,
   }
   if (k < k_size) {
     __m512 weights[PAIRS];
-    for (int q = 0; q < PAIRS; q++)
-      weights[q] = pair_of(weights_of.tail(2 * q, k, k_size - k, tail), weights_of.tail(2 * q + 1, k, k_size - k, tail));
+    for (int q = 0; q < PAIRS; q++) weights[q] = pair_tail(weights_of, 2 * q, k, k_size - k, tail);
     for (int r = 0; r < ROWS; r++) {
       const __m512 values = _mm512_broadcast_f32x8(_mm256_maskload_ps(a + static_cast<size_t>(r) * k_size + k, tail));
       for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(values, weights[q], sums[r][q]);
@@ -321,15 +389,28 @@ WIDE_KERNEL void wide_row_tiles(const Product &p, const Weights &weights, int fi
 template <class Weights>
 WIDE_KERNEL void wide_column_block(const Product &p, const Weights &weights, int columns, int row_start, int row_end,
                                    int column, __m256i tail) {
-  if (row_end - row_start >= kWideningRows) {
+  if (row_end - row_start >= kWideningRows && columns != 1) {
+    // The first tile (6 rows) widens the block's weights from memory into the panel as it computes;
+    // the other tiles (6 x 8: 24 accumulators, 4 weight pairs and the row in 32 registers) read it.
+    thread_local std::vector<float> storage;
+    const int steps = (p.k + 7) / 8;
+    storage.resize(static_cast<size_t>(columns / 2) * steps * 16 + 16);
+    float *values = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+    const int filled = row_end - row_start < 6 ? row_end - row_start : 6;
+    const PanelFill<Weights> fill{weights, values, steps};
+    const Panel panel{values, steps};
+    if (columns == 8) {
+      wide_row_tiles<4, 6>(p, fill, row_start, row_start + filled, column, tail);
+      wide_row_tiles<4, 6>(p, panel, row_start + filled, row_end, column, tail);
+    } else {
+      wide_row_tiles<1, 6>(p, fill, row_start, row_start + filled, column, tail);
+      wide_row_tiles<1, 6>(p, panel, row_start + filled, row_end, column, tail);
+    }
+  } else if (row_end - row_start >= kWideningRows) {
     thread_local std::vector<float> scratch;
-    scratch.resize(static_cast<size_t>(8) * p.k);
-    widen_block(weights, p.k, columns, scratch.data(), tail);
-    const WideRows wide{scratch.data(), p.k};
-    // 6 x 8: 24 accumulators, 4 weight pairs and the row in 32 registers.
-    if (columns == 8) wide_row_tiles<4, 6>(p, wide, row_start, row_end, column, tail);
-    else if (columns == 2) wide_row_tiles<1, 6>(p, wide, row_start, row_end, column, tail);
-    else row_tiles<1, 4>(p, wide, row_start, row_end, column, tail);
+    scratch.resize(static_cast<size_t>(p.k));
+    widen_block(weights, p.k, 1, scratch.data(), tail);
+    row_tiles<1, 4>(p, WideRows{scratch.data(), p.k}, row_start, row_end, column, tail);
   } else {
     if (columns == 8) wide_row_tiles<4, 3>(p, weights, row_start, row_end, column, tail);
     else if (columns == 2) wide_row_tiles<1, 3>(p, weights, row_start, row_end, column, tail);
