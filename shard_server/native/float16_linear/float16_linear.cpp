@@ -31,6 +31,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "mlx/backend/cpu/encoder.h"
@@ -327,9 +328,86 @@ WIDE_KERNEL_INLINE __m512 pair_tail(const PanelFill<Weights> &fill, int q, int k
   return pair;
 }
 
+// 4-bit codes, two columns per zmm, picked from tables: for each group, the 16 weights each code of a
+// column can stand for (float16(float16(scale * code) + bias) for code 0..15: CodeRows::load's operations
+// on each value), one zmm per column; each step of 8 then picks a pair's 16 weights with one vpermt2ps
+// (low half from the low column's table, high half from the other's), in place of two roundings per
+// weight. The same float32 weights as pair_load, so the same bits. A filling tile also stores each
+// pair into the panel. K is a multiple of the group, so there is no tail.
+template <class Weights>
+constexpr bool kTabledCodes = std::is_same_v<Weights, CodeRows<4>> || std::is_same_v<Weights, PanelFill<CodeRows<4>>>;
+
+WIDE_KERNEL_INLINE const CodeRows<4> &code_source(const CodeRows<4> &weights) { return weights; }
+WIDE_KERNEL_INLINE const CodeRows<4> &code_source(const PanelFill<CodeRows<4>> &fill) { return fill.source; }
+WIDE_KERNEL_INLINE void fill_panel(const CodeRows<4> &, int, int, __m512) {}
+WIDE_KERNEL_INLINE void fill_panel(const PanelFill<CodeRows<4>> &fill, int q, int k, __m512 pair) {
+  _mm512_store_ps(fill.at(q, k), pair);
+}
+
+WIDE_KERNEL_INLINE __m512 code_table(__m512 codes, const uint16_t *scale, const uint16_t *bias) {
+  const __m512 scaled = _mm512_mul_ps(codes, _mm512_set1_ps(_cvtsh_ss(*scale)));
+  const __m512 rounded = _mm512_cvtph_ps(_mm512_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_add_ps(rounded, _mm512_set1_ps(_cvtsh_ss(*bias))),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+template <int ROWS, int PAIRS, class Weights>
+WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int row, int column) {
+  const CodeRows<4> &codes = code_source(weights_of);
+  const int k_size = p.k;
+  const float *a = p.a + static_cast<size_t>(row) * k_size;
+  const __m512 every_code = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+  const __m512i second_table = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+  __m512 sums[ROWS][PAIRS];
+  for (int r = 0; r < ROWS; r++)
+    for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_setzero_ps();
+  for (int start = 0; start < k_size; start += codes.group) {
+    const size_t group = static_cast<size_t>(start / codes.group);
+    __m512 low_tables[PAIRS], high_tables[PAIRS];
+    for (int q = 0; q < PAIRS; q++) {
+      const size_t at = static_cast<size_t>(2 * q) * codes.groups_per_row + group;
+      low_tables[q] = code_table(every_code, codes.scales + at, codes.biases + at);
+      high_tables[q] = code_table(every_code, codes.scales + at + codes.groups_per_row,
+                                  codes.biases + at + codes.groups_per_row);
+    }
+    for (int k = start; k < start + codes.group; k += 8) {
+      __m512 weights[PAIRS];
+      for (int q = 0; q < PAIRS; q++) {
+        const uint32_t *low = codes.codes + static_cast<size_t>(2 * q) * codes.words_per_row + k / 8;
+        const __m512i words = _mm512_inserti32x8(_mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(*low))),
+                                                 _mm256_set1_epi32(static_cast<int>(low[codes.words_per_row])), 1);
+        const __m512i picks =
+            _mm512_or_si512(_mm512_and_si512(_mm512_srlv_epi32(words, shifts), _mm512_set1_epi32(15)), second_table);
+        weights[q] = _mm512_permutex2var_ps(low_tables[q], picks, high_tables[q]);
+        fill_panel(weights_of, 2 * q, k, weights[q]);
+        codes.prefetch(2 * q + 2 * PAIRS, k);
+        codes.prefetch(2 * q + 2 * PAIRS + 1, k);
+      }
+      for (int r = 0; r < ROWS; r++) {
+        const __m512 values = _mm512_broadcast_f32x8(_mm256_loadu_ps(a + static_cast<size_t>(r) * k_size + k));
+        for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(values, weights[q], sums[r][q]);
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; r++) {
+    float *out = p.c + static_cast<size_t>(row + r) * p.columns + column;
+    for (int q = 0; q < PAIRS; q++) {
+      const float low = lane_sum(_mm512_castps512_ps256(sums[r][q]));
+      const float high = lane_sum(_mm512_extractf32x8_ps(sums[r][q], 1));
+      out[2 * q] = p.bias != nullptr ? low + p.bias[column + 2 * q] : low;
+      out[2 * q + 1] = p.bias != nullptr ? high + p.bias[column + 2 * q + 1] : high;
+    }
+  }
+}
+
 // A ROWS x (2 * PAIRS) tile of the output.
 template <int ROWS, int PAIRS, class Weights>
 WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row, int column, __m256i tail) {
+  if constexpr (kTabledCodes<Weights>) {
+    wide_code_tile<ROWS, PAIRS>(p, weights_of, row, column);
+    return;
+  }
   const int k_size = p.k;
   const float *a = p.a + static_cast<size_t>(row) * k_size;
   __m512 sums[ROWS][PAIRS];
@@ -396,7 +474,9 @@ WIDE_KERNEL void wide_column_block(const Product &p, const Weights &weights, int
     const int steps = (p.k + 7) / 8;
     storage.resize(static_cast<size_t>(columns / 2) * steps * 16 + 16);
     float *values = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
-    const int filled = row_end - row_start < 6 ? row_end - row_start : 6;
+    // (A tabled codes tile fills with 3 rows: 6 rows' accumulators and the tables exceed 32 registers.)
+    const int fill_rows = kTabledCodes<Weights> ? 3 : 6;
+    const int filled = row_end - row_start < fill_rows ? row_end - row_start : fill_rows;
     const PanelFill<Weights> fill{weights, values, steps};
     const Panel panel{values, steps};
     if (columns == 8) {
