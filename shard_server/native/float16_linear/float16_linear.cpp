@@ -347,10 +347,15 @@ WIDE_KERNEL_INLINE void fill_panel(const PanelFill<CodeRows<4>> &fill, int q, in
   _mm512_store_ps(fill.at(q, k), pair);
 }
 
+// A float16 value widened into every lane (a broadcast load and one vcvtph2ps; widening is exact).
+WIDE_KERNEL_INLINE __m512 widened_everywhere(const uint16_t *half) {
+  return _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(*half)));
+}
+
 WIDE_KERNEL_INLINE __m512 code_table(__m512 codes, const uint16_t *scale, const uint16_t *bias) {
-  const __m512 scaled = _mm512_mul_ps(codes, _mm512_set1_ps(_cvtsh_ss(*scale)));
+  const __m512 scaled = _mm512_mul_ps(codes, widened_everywhere(scale));
   const __m512 rounded = _mm512_cvtph_ps(_mm512_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  return _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_add_ps(rounded, _mm512_set1_ps(_cvtsh_ss(*bias))),
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_add_ps(rounded, widened_everywhere(bias)),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
@@ -362,6 +367,7 @@ WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int
   const __m512 every_code = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
   const __m512i second_table = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+  const __m512i fifteen = _mm512_set1_epi32(15);
   __m512 sums[ROWS][PAIRS];
   for (int r = 0; r < ROWS; r++)
     for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_setzero_ps();
@@ -378,14 +384,17 @@ WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int
       __m512 weights[PAIRS];
       for (int q = 0; q < PAIRS; q++) {
         const uint32_t *low = codes.codes + static_cast<size_t>(2 * q) * codes.words_per_row + k / 8;
-        const __m512i words = _mm512_inserti32x8(_mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(*low))),
-                                                 _mm256_set1_epi32(static_cast<int>(low[codes.words_per_row])), 1);
-        const __m512i picks =
-            _mm512_or_si512(_mm512_and_si512(_mm512_srlv_epi32(words, shifts), _mm512_set1_epi32(15)), second_table);
+        // The low column's word in the low half, the other's in the high half (two broadcast loads);
+        // then (word >> 4 * lane) & 15, with 16 added in the high half (one ternary-logic op).
+        const __m512i words = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(*low)), 0xff00,
+                                                     static_cast<int>(low[codes.words_per_row]));
+        const __m512i picks = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(words, shifts), fifteen, second_table, 0xea);
         weights[q] = _mm512_permutex2var_ps(low_tables[q], picks, high_tables[q]);
         fill_panel(weights_of, 2 * q, k, weights[q]);
-        codes.prefetch(2 * q + 2 * PAIRS, k);
-        codes.prefetch(2 * q + 2 * PAIRS + 1, k);
+        if ((k & 127) == 0) {  // one prefetch per 64-byte line of the next block's codes
+          codes.prefetch(2 * q + 2 * PAIRS, k);
+          codes.prefetch(2 * q + 2 * PAIRS + 1, k);
+        }
       }
       for (int r = 0; r < ROWS; r++) {
         const __m512 values = _mm512_broadcast_f32x8(_mm256_loadu_ps(a + static_cast<size_t>(r) * k_size + k));
