@@ -331,19 +331,37 @@ WIDE_KERNEL_INLINE __m512 pair_tail(const PanelFill<Weights> &fill, int q, int k
   return pair;
 }
 
-// 4-bit codes, two columns per zmm, picked from tables: for each group, the 16 weights each code of a
-// column can stand for (float16(float16(scale * code) + bias) for code 0..15: CodeRows::load's operations
-// on each value), one zmm per column; each step of 8 then picks a pair's 16 weights with one vpermt2ps
-// (low half from the low column's table, high half from the other's), in place of two roundings per
-// weight. The same float32 weights as pair_load, so the same bits. A filling tile also stores each
-// pair into the panel. K is a multiple of the group, so there is no tail.
+// Codes, two columns per zmm, one group at a time. 4-bit codes are picked from tables: for each group,
+// the 16 weights each code of a column can stand for (float16(float16(scale * code) + bias) for code
+// 0..15: CodeRows::load's operations on each value), one zmm per column; each step of 8 then picks a
+// pair's 16 weights with one vpermt2ps (low half from the low column's table, high half from the
+// other's), in place of two roundings per weight. 8-bit codes are rebuilt as pair_load rebuilds them,
+// with each pair's scales and biases widened once per group. The same float32 weights as pair_load, so
+// the same bits. A filling tile also stores each pair into the panel. K is a multiple of the group, so
+// there is no tail.
 template <class Weights>
-constexpr bool kTabledCodes = std::is_same_v<Weights, CodeRows<4>> || std::is_same_v<Weights, PanelFill<CodeRows<4>>>;
+struct CodeBits {
+  static constexpr int value = 0;  // not codes
+};
+template <int BITS>
+struct CodeBits<CodeRows<BITS>> {
+  static constexpr int value = BITS;
+};
+template <int BITS>
+struct CodeBits<PanelFill<CodeRows<BITS>>> {
+  static constexpr int value = BITS;
+};
+template <class Weights>
+constexpr bool kGroupedCodes = CodeBits<Weights>::value != 0;
 
-WIDE_KERNEL_INLINE const CodeRows<4> &code_source(const CodeRows<4> &weights) { return weights; }
-WIDE_KERNEL_INLINE const CodeRows<4> &code_source(const PanelFill<CodeRows<4>> &fill) { return fill.source; }
-WIDE_KERNEL_INLINE void fill_panel(const CodeRows<4> &, int, int, __m512) {}
-WIDE_KERNEL_INLINE void fill_panel(const PanelFill<CodeRows<4>> &fill, int q, int k, __m512 pair) {
+template <int BITS>
+WIDE_KERNEL_INLINE const CodeRows<BITS> &code_source(const CodeRows<BITS> &weights) { return weights; }
+template <int BITS>
+WIDE_KERNEL_INLINE const CodeRows<BITS> &code_source(const PanelFill<CodeRows<BITS>> &fill) { return fill.source; }
+template <int BITS>
+WIDE_KERNEL_INLINE void fill_panel(const CodeRows<BITS> &, int, int, __m512) {}
+template <int BITS>
+WIDE_KERNEL_INLINE void fill_panel(const PanelFill<CodeRows<BITS>> &fill, int q, int k, __m512 pair) {
   _mm512_store_ps(fill.at(q, k), pair);
 }
 
@@ -359,9 +377,16 @@ WIDE_KERNEL_INLINE __m512 code_table(__m512 codes, const uint16_t *scale, const 
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
+// Two float16 values widened, the first into the low half's lanes, the second into the high half's.
+WIDE_KERNEL_INLINE __m512 widened_pair(const uint16_t *low, const uint16_t *high) {
+  return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(static_cast<short>(*low))),
+                                                 _mm_set1_epi16(static_cast<short>(*high)), 1));
+}
+
 template <int ROWS, int PAIRS, class Weights>
 WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int row, int column) {
-  const CodeRows<4> &codes = code_source(weights_of);
+  constexpr int BITS = CodeBits<Weights>::value;
+  const CodeRows<BITS> &codes = code_source(weights_of);
   const int k_size = p.k;
   const float *a = p.a + static_cast<size_t>(row) * k_size;
   const __m512 every_code = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -373,25 +398,43 @@ WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int
     for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_setzero_ps();
   for (int start = 0; start < k_size; start += codes.group) {
     const size_t group = static_cast<size_t>(start / codes.group);
-    __m512 low_tables[PAIRS], high_tables[PAIRS];
+    // 4 bits: each column's table; 8 bits: each pair's scales and biases.
+    __m512 low_tables[PAIRS], high_tables[PAIRS], pair_scales[PAIRS], pair_biases[PAIRS];
     for (int q = 0; q < PAIRS; q++) {
       const size_t at = static_cast<size_t>(2 * q) * codes.groups_per_row + group;
-      low_tables[q] = code_table(every_code, codes.scales + at, codes.biases + at);
-      high_tables[q] = code_table(every_code, codes.scales + at + codes.groups_per_row,
-                                  codes.biases + at + codes.groups_per_row);
+      const size_t next = at + static_cast<size_t>(codes.groups_per_row);
+      if constexpr (BITS == 4) {
+        low_tables[q] = code_table(every_code, codes.scales + at, codes.biases + at);
+        high_tables[q] = code_table(every_code, codes.scales + next, codes.biases + next);
+      } else {
+        pair_scales[q] = widened_pair(codes.scales + at, codes.scales + next);
+        pair_biases[q] = widened_pair(codes.biases + at, codes.biases + next);
+      }
     }
     for (int k = start; k < start + codes.group; k += 8) {
       __m512 weights[PAIRS];
       for (int q = 0; q < PAIRS; q++) {
-        const uint32_t *low = codes.codes + static_cast<size_t>(2 * q) * codes.words_per_row + k / 8;
-        // The low column's word in the low half, the other's in the high half (two broadcast loads);
-        // then (word >> 4 * lane) & 15, with 16 added in the high half (one ternary-logic op).
-        const __m512i words = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(*low)), 0xff00,
-                                                     static_cast<int>(low[codes.words_per_row]));
-        const __m512i picks = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(words, shifts), fifteen, second_table, 0xea);
-        weights[q] = _mm512_permutex2var_ps(low_tables[q], picks, high_tables[q]);
+        const uint32_t *low = codes.codes + static_cast<size_t>(2 * q) * codes.words_per_row + k * BITS / 32;
+        if constexpr (BITS == 4) {
+          // The low column's word in the low half, the other's in the high half (two broadcast loads);
+          // then (word >> 4 * lane) & 15, with 16 added in the high half (one ternary-logic op).
+          const __m512i words = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(*low)), 0xff00,
+                                                       static_cast<int>(low[codes.words_per_row]));
+          const __m512i picks =
+              _mm512_ternarylogic_epi32(_mm512_srlv_epi32(words, shifts), fifteen, second_table, 0xea);
+          weights[q] = _mm512_permutex2var_ps(low_tables[q], picks, high_tables[q]);
+        } else {
+          const __m512i values = _mm512_cvtepu8_epi32(
+              _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(low)),
+                                 _mm_loadl_epi64(reinterpret_cast<const __m128i *>(low + codes.words_per_row))));
+          const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(values), pair_scales[q]);
+          const __m512 rounded =
+              _mm512_cvtph_ps(_mm512_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+          weights[q] = _mm512_cvtph_ps(
+              _mm512_cvtps_ph(_mm512_add_ps(rounded, pair_biases[q]), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
         fill_panel(weights_of, 2 * q, k, weights[q]);
-        if ((k & 127) == 0) {  // one prefetch per 64-byte line of the next block's codes
+        if ((k & (512 / BITS - 1)) == 0) {  // one prefetch per 64-byte line of the next block's codes
           codes.prefetch(2 * q + 2 * PAIRS, k);
           codes.prefetch(2 * q + 2 * PAIRS + 1, k);
         }
@@ -416,7 +459,7 @@ WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int
 // A ROWS x (2 * PAIRS) tile of the output.
 template <int ROWS, int PAIRS, class Weights>
 WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row, int column, __m256i tail) {
-  if constexpr (kTabledCodes<Weights>) {
+  if constexpr (kGroupedCodes<Weights>) {
     wide_code_tile<ROWS, PAIRS>(p, weights_of, row, column);
     return;
   }
@@ -486,9 +529,9 @@ WIDE_KERNEL void wide_column_block(const Product &p, const Weights &weights, int
     const int steps = (p.k + 7) / 8;
     storage.resize(static_cast<size_t>(columns / 2) * steps * 16 + 16);
     float *values = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
-    // A tabled codes tile fills with 4 rows: 6 rows' accumulators and the tables exceed 32 registers
-    // (4 rows measured 0.89-0.98x the time of 3 at 4-32 rows).
-    const int fill_rows = kTabledCodes<Weights> ? 4 : 6;
+    // A codes tile fills with 4 rows: 6 rows' accumulators and the tables (or scales) exceed 32
+    // registers (4 rows measured 0.89-0.98x the time of 3 at 4-32 rows).
+    const int fill_rows = kGroupedCodes<Weights> ? 4 : 6;
     const int filled = row_end - row_start < fill_rows ? row_end - row_start : fill_rows;
     const PanelFill<Weights> fill{weights, values, steps};
     const Panel panel{values, steps};
