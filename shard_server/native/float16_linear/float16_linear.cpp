@@ -257,32 +257,7 @@ WIDE_KERNEL_INLINE __m512 pair_load(const WideRows &weights, int q, int k) {
   return pair_of(_mm256_loadu_ps(low), _mm256_loadu_ps(low + weights.stride));
 }
 
-// Two columns' weights rebuilt from their codes in one 512-bit register: lane for lane the operations
-// of CodeRows::load (code * scale, rounded to float16, + bias, rounded to float16), half the instructions.
-template <int BITS>
-WIDE_KERNEL_INLINE __m512 pair_load(const CodeRows<BITS> &weights, int q, int k) {
-  const uint32_t *low = weights.codes + static_cast<size_t>(q) * weights.words_per_row;
-  const uint32_t *high = low + weights.words_per_row;
-  __m512i values;
-  if constexpr (BITS == 4) {
-    const __m512i shifts = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-    const __m512i words = _mm512_inserti32x8(_mm512_castsi256_si512(_mm256_set1_epi32(static_cast<int>(low[k / 8]))),
-                                             _mm256_set1_epi32(static_cast<int>(high[k / 8])), 1);
-    values = _mm512_and_si512(_mm512_srlv_epi32(words, shifts), _mm512_set1_epi32(15));
-  } else {
-    values = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i *>(low + k / 4)),
-                                                     _mm_loadl_epi64(reinterpret_cast<const __m128i *>(high + k / 4))));
-  }
-  const size_t at = static_cast<size_t>(q) * weights.groups_per_row + static_cast<size_t>(k / weights.group);
-  const size_t next = at + static_cast<size_t>(weights.groups_per_row);
-  const __m512 scale = pair_of(_mm256_set1_ps(_cvtsh_ss(weights.scales[at])), _mm256_set1_ps(_cvtsh_ss(weights.scales[next])));
-  const __m512 bias = pair_of(_mm256_set1_ps(_cvtsh_ss(weights.biases[at])), _mm256_set1_ps(_cvtsh_ss(weights.biases[next])));
-  const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(values), scale);
-  const __m512 rounded = _mm512_cvtph_ps(_mm512_cvtps_ph(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  return _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_add_ps(rounded, bias), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
-
-// The last K % 8 weights of two columns, zeros past K (codes have no tail: K is a multiple of 8).
+// The last K % 8 weights of two columns, zeros past K.
 template <class Weights>
 WIDE_KERNEL_INLINE __m512 pair_tail(const Weights &weights, int q, int k, int lanes, __m256i tail) {
   return pair_of(weights.tail(q, k, lanes, tail), weights.tail(q + 1, k, lanes, tail));
@@ -459,10 +434,6 @@ WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int
 // A ROWS x (2 * PAIRS) tile of the output.
 template <int ROWS, int PAIRS, class Weights>
 WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row, int column, __m256i tail) {
-  if constexpr (kGroupedCodes<Weights>) {
-    wide_code_tile<ROWS, PAIRS>(p, weights_of, row, column);
-    return;
-  }
   const int k_size = p.k;
   const float *a = p.a + static_cast<size_t>(row) * k_size;
   __m512 sums[ROWS][PAIRS];
@@ -500,18 +471,25 @@ WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row,
   }
 }
 
+// Codes take the group tile, float16 weights and panels the step tile.
+template <int ROWS, int PAIRS, class Weights>
+WIDE_KERNEL_INLINE void wide_tile_of(const Product &p, const Weights &weights, int row, int column, __m256i tail) {
+  if constexpr (kGroupedCodes<Weights>) wide_code_tile<ROWS, PAIRS>(p, weights, row, column);
+  else wide_tile<ROWS, PAIRS>(p, weights, row, column, tail);
+}
+
 template <int PAIRS, int TILE_ROWS, class Weights>
 WIDE_KERNEL void wide_row_tiles(const Product &p, const Weights &weights, int first_row, int last_row, int column,
                                 __m256i tail) {
   for (int i = first_row; i < last_row;) {
     const int rows = last_row - i >= TILE_ROWS ? TILE_ROWS : last_row - i;
     switch (rows) {
-      case 6: if constexpr (TILE_ROWS >= 6) wide_tile<6, PAIRS>(p, weights, i, column, tail); break;
-      case 5: if constexpr (TILE_ROWS >= 5) wide_tile<5, PAIRS>(p, weights, i, column, tail); break;
-      case 4: if constexpr (TILE_ROWS >= 4) wide_tile<4, PAIRS>(p, weights, i, column, tail); break;
-      case 3: wide_tile<3, PAIRS>(p, weights, i, column, tail); break;
-      case 2: wide_tile<2, PAIRS>(p, weights, i, column, tail); break;
-      default: wide_tile<1, PAIRS>(p, weights, i, column, tail); break;
+      case 6: if constexpr (TILE_ROWS >= 6) wide_tile_of<6, PAIRS>(p, weights, i, column, tail); break;
+      case 5: if constexpr (TILE_ROWS >= 5) wide_tile_of<5, PAIRS>(p, weights, i, column, tail); break;
+      case 4: if constexpr (TILE_ROWS >= 4) wide_tile_of<4, PAIRS>(p, weights, i, column, tail); break;
+      case 3: wide_tile_of<3, PAIRS>(p, weights, i, column, tail); break;
+      case 2: wide_tile_of<2, PAIRS>(p, weights, i, column, tail); break;
+      default: wide_tile_of<1, PAIRS>(p, weights, i, column, tail); break;
     }
     i += rows;
   }
