@@ -9,7 +9,8 @@
 // float32 path's output from half the bytes; the shard checks that at load (float16_weights.py).
 // With AVX-512 and 4 or more rows, a block of 8 columns is widened once: its first row tile stores the
 // widened weights into a small per-thread panel as it computes, the block's other row tiles read them
-// from there, so many rows cost no more than float32's (which reads W as float32 from memory).
+// from there, so many rows cost no more than float32's (which reads W as float32 from memory). Codes
+// go a group at a time: 4-bit ones picked from per-group tables by one vpermt2ps per two columns.
 //
 // The kernel needs x86-64 with AVX2, FMA and F16C (checked at run time); elsewhere `kernel_available()`
 // is false and shards keep float32 weights. Output columns are shared among as many threads as the
