@@ -44,8 +44,9 @@ SWITCH_VARIABLE = "STRATA_FLOAT16_WEIGHTS"
 """`off` (or `0`, `false`, `no`) keeps every weight in float32."""
 CODES_SWITCH_VARIABLE = "STRATA_WEIGHT_CODES"
 """`on` keeps a quantized model's 4- or 8-bit codes (~0.18x float32's bytes for the embedded model);
-default off: rebuilding each weight from its code costs more than reading float16 here (a one-row
-decode step measured 1.5x float32's time, float16 0.75x), so codes are for hosts short of memory."""
+default off: rebuilding each weight from its code costs more than reading float16 with many rows
+(whole-model decode steps on a Zen 4 with AVX-512, codes/float16: about 1.0x at 1 row, 1.2x at 4,
+1.1x at 16, 1.05x at 32; README; more on AVX2), so codes are for hosts short of memory."""
 
 logger = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ class _Terms:
     next_term = 1
 
 
-def _assign(addresses: list[str], model_id: str) -> tuple[str, list[int]]:
+def _assign(addresses: list[str], model_id: str, prefill_step_size: int = PREFILL_STEP_SIZE) -> tuple[str, list[int]]:
     """Loads the model over `addresses` in float32 with the real Assign RPC; the instance and each reply's bytes."""
     _Terms.next_term += 1
     instance_id = f"{model_id}@{uuid.uuid4().hex[:8]}"
@@ -80,7 +80,7 @@ def _assign(addresses: list[str], model_id: str) -> tuple[str, list[int]]:
                     end_layer=end,
                     num_layers=NUM_LAYERS,
                     next_address=addresses[(index + 1) % len(addresses)],
-                    prefill_step_size=PREFILL_STEP_SIZE,
+                    prefill_step_size=prefill_step_size,
                     compute_dtype="float32",
                     ring_size=len(addresses),
                 ),
@@ -90,13 +90,13 @@ def _assign(addresses: list[str], model_id: str) -> tuple[str, list[int]]:
     return instance_id, held
 
 
-def _check_tokens(address: str, instance_id: str, model_dir: Path) -> None:
+def _check_tokens(address: str, instance_id: str, model_dir: Path, prefill_step_size: int = PREFILL_STEP_SIZE) -> None:
     greedy, reason = generate_tokens(address, instance_id, PROMPT, NEW_TOKENS)
     assert reason == "length"
-    assert greedy == reference_tokens(model_dir, PROMPT, NEW_TOKENS, PREFILL_STEP_SIZE, compute_dtype="float32")
+    assert greedy == reference_tokens(model_dir, PROMPT, NEW_TOKENS, prefill_step_size, compute_dtype="float32")
     seeded, _ = generate_tokens(address, instance_id, PROMPT, NEW_TOKENS, 0.8, 0.95, seed=99)
     expected = reference_tokens(
-        model_dir, PROMPT, NEW_TOKENS, PREFILL_STEP_SIZE, 0.8, 0.95, seed=99, compute_dtype="float32"
+        model_dir, PROMPT, NEW_TOKENS, prefill_step_size, 0.8, 0.95, seed=99, compute_dtype="float32"
     )
     assert seeded == expected
 
@@ -117,3 +117,14 @@ def test_two_shards_hold_float16_weights_and_give_mlx_lm_float32_tokens(
     assert shard_stats(shard_addresses[2]).compact_weight_matrices == 0
     # The same layers in half the bytes (the norms' vectors, a few KB here, stay float32).
     assert held[1] < 0.55 * mixed_held[1]
+
+
+def test_a_prefill_of_many_rows_through_the_kernels_panels_gives_mlx_lm_float32_tokens(
+    half_home: Path, shard_addresses: list[str]
+) -> None:
+    """The whole prompt in one step: 11-row products, whose blocks are widened into a panel by a first
+    row tile and read from it by the others (AVX-512), then one-row decode steps."""
+    model_type = sorted(ARCHITECTURE_CONFIGS)[0]
+    model_dir = models_root(half_home) / f"tiny-{model_type}"
+    instance_id, _ = _assign(shard_addresses[:2], f"tiny-{model_type}", prefill_step_size=len(PROMPT))
+    _check_tokens(shard_addresses[0], instance_id, model_dir, prefill_step_size=len(PROMPT))

@@ -65,7 +65,9 @@ def _half_values(shape: tuple[int, ...], seed: int) -> mx.array:
 
 @pytest.mark.native
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows", [1, 7, 16, 32])
+# 4 and 5 rows: a panel filled by its only tile; 7, 16, 32: filled, then read; 49 and 100: more than one
+# row block (48), each refilling the panel; 1: the weights read in registers.
+@pytest.mark.parametrize("rows", [1, 4, 5, 7, 16, 32, 49, 100])
 def test_the_product_equals_the_float32_product_bitwise(rows: int, threads: int) -> None:
     library = _require_extension()
     control = blas_thread_control()
@@ -89,7 +91,9 @@ def test_the_product_equals_the_float32_product_bitwise(rows: int, threads: int)
 
 @pytest.mark.native
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("rows", [1, 7, 16, 32])
+# 4 and 5 rows: a panel filled by its only tile; 7, 16, 32: filled, then read; 49 and 100: more than one
+# row block (48), each refilling the panel; 1: the weights read in registers.
+@pytest.mark.parametrize("rows", [1, 4, 5, 7, 16, 32, 49, 100])
 def test_the_codes_product_equals_the_float32_product_of_their_dequantized_weights_bitwise(
     rows: int, bits: int
 ) -> None:
