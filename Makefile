@@ -49,7 +49,7 @@ $(NATIVE): shard_server/native/request_attention.cpp $(INSTALLED)
 # float32 weights held as float16 with the same results (shard_server/float16_weights.py): an MLX
 # extension built with cmake (one job) and nanobind. Without cmake or a C++ compiler this prints a
 # note and shards hold float32 weights (exact, twice the bytes).
-$(FLOAT16): shard_server/native/float16_linear/float16_linear.cpp shard_server/native/float16_linear/fused_ops.cpp shard_server/native/float16_linear/CMakeLists.txt $(INSTALLED)
+$(FLOAT16): $(wildcard shard_server/native/float16_linear/*.cpp shard_server/native/float16_linear/*.h) shard_server/native/float16_linear/CMakeLists.txt $(INSTALLED)
 	$(BIN)/python -m shard_server.float16_weights build
 
 # Imports the embedded SmolLM2 into the model store ($$STRATA_HOME, default ~/.strata).

@@ -2,7 +2,7 @@
 
 MLX's CPU wheel has no RoPE kernel: `mx.fast.rope` composes ~15 ops (positions, frequencies, cos,
 sin, four products, a sum, a difference, slices and a concatenation), twice per attention. The
-extension's `rope` (`native/float16_linear/fused_ops.cpp`) does the same arithmetic in one op, with
+extension's `rope` (`native/float16_linear/fused_rope.cpp`) does the same arithmetic in one op, with
 each row at its own position (an int32 vector offset, as `batched_forward` passes) or all rows from
 one (a scalar, as prefill passes). `fuse_ropes` swaps `nn.RoPE` and mlx-lm's `Llama3RoPE` for a
 `FusedRoPE` only where the twin's output equals the original's bitwise on random heads (one or many
