@@ -88,7 +88,14 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, obje
     gaps: list[float] = []
     reported_tokens: int | None = None
     content_chunks = 0
-    async with client.stream("POST", url, json=body, timeout=1800) as response:
+    request = client.build_request("POST", url, json=body, timeout=1800)
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.RemoteProtocolError:
+        # A pooled keep-alive connection the server closed without answering (seen with llama-server's
+        # HTTP library in a `make bench` run): no response came, so once more, on a new connection.
+        response = await client.send(request, stream=True)
+    try:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -104,6 +111,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, obje
                 else:
                     gaps.append(now - last)
                 last = now
+    finally:
+        await response.aclose()
     end = time.perf_counter()
     # A server that reports no usage (llama-server may not) streams one token per chunk.
     output_tokens = reported_tokens if reported_tokens is not None else content_chunks
