@@ -139,6 +139,20 @@ WIDE_KERNEL_INLINE __m512 widened_pair(const uint16_t *low, const uint16_t *high
                                                  _mm_set1_epi16(static_cast<short>(*high)), 1));
 }
 
+// A tile's sums into the output: each half of a pair summed by lane_sum, then `+ bias` where there is one.
+template <int ROWS, int PAIRS>
+WIDE_KERNEL_INLINE void store_pairs(const Product &p, const __m512 (&sums)[ROWS][PAIRS], int row, int column) {
+  for (int r = 0; r < ROWS; r++) {
+    float *out = p.c + static_cast<size_t>(row + r) * p.columns + column;
+    for (int q = 0; q < PAIRS; q++) {
+      const float low = lane_sum(_mm512_castps512_ps256(sums[r][q]));
+      const float high = lane_sum(_mm512_extractf32x8_ps(sums[r][q], 1));
+      out[2 * q] = p.bias != nullptr ? low + p.bias[column + 2 * q] : low;
+      out[2 * q + 1] = p.bias != nullptr ? high + p.bias[column + 2 * q + 1] : high;
+    }
+  }
+}
+
 template <int ROWS, int PAIRS, class Weights>
 WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int row, int column) {
   constexpr int BITS = CodeBits<Weights>::value;
@@ -201,15 +215,7 @@ WIDE_KERNEL void wide_code_tile(const Product &p, const Weights &weights_of, int
       }
     }
   }
-  for (int r = 0; r < ROWS; r++) {
-    float *out = p.c + static_cast<size_t>(row + r) * p.columns + column;
-    for (int q = 0; q < PAIRS; q++) {
-      const float low = lane_sum(_mm512_castps512_ps256(sums[r][q]));
-      const float high = lane_sum(_mm512_extractf32x8_ps(sums[r][q], 1));
-      out[2 * q] = p.bias != nullptr ? low + p.bias[column + 2 * q] : low;
-      out[2 * q + 1] = p.bias != nullptr ? high + p.bias[column + 2 * q + 1] : high;
-    }
-  }
+  store_pairs<ROWS, PAIRS>(p, sums, row, column);
 }
 
 // A ROWS x (2 * PAIRS) tile of the output.
@@ -241,15 +247,7 @@ WIDE_KERNEL void wide_tile(const Product &p, const Weights &weights_of, int row,
       for (int q = 0; q < PAIRS; q++) sums[r][q] = _mm512_fmadd_ps(values, weights[q], sums[r][q]);
     }
   }
-  for (int r = 0; r < ROWS; r++) {
-    float *out = p.c + static_cast<size_t>(row + r) * p.columns + column;
-    for (int q = 0; q < PAIRS; q++) {
-      const float low = lane_sum(_mm512_castps512_ps256(sums[r][q]));
-      const float high = lane_sum(_mm512_extractf32x8_ps(sums[r][q], 1));
-      out[2 * q] = p.bias != nullptr ? low + p.bias[column + 2 * q] : low;
-      out[2 * q + 1] = p.bias != nullptr ? high + p.bias[column + 2 * q + 1] : high;
-    }
-  }
+  store_pairs<ROWS, PAIRS>(p, sums, row, column);
 }
 
 // Codes take the group tile, float16 weights and panels the step tile.
