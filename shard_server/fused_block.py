@@ -226,15 +226,21 @@ def _block_call(block: nn.Module) -> Callable[[mx.array, AttentionMask, StageCac
     return cast(Callable[[mx.array, AttentionMask, StageCache], mx.array], block)
 
 
+def _primed_caches(original: nn.Module, context: mx.array, kind: LayerKind) -> list[KVCache]:
+    """Two caches holding the same context, primed through the original block: one for each block compared."""
+    caches: list[KVCache] = []
+    for _ in range(2):
+        cache = KVCache()
+        _block_call(original)(context, kind.mask(context, cache), cache)
+        caches.append(cache)
+    return caches
+
+
 def same_block_results(original: nn.Module, twin: nn.Module, hidden_size: int) -> bool:
     """Whether both blocks give bitwise the same rows on equally primed caches: a decode row, then a chunk."""
     context = mx.random.normal((1, _CHECK_CONTEXT, hidden_size), key=mx.random.key(hidden_size))
     for kind in (FULL_ATTENTION, LayerKind(array_mask=True)):
-        caches: list[KVCache] = []
-        for _ in range(2):
-            cache = KVCache()
-            _block_call(original)(context, kind.mask(context, cache), cache)
-            caches.append(cache)
+        caches = _primed_caches(original, context, kind)
         for rows in (1, 7):
             x = mx.random.normal((1, rows, hidden_size), key=mx.random.key(rows * 7919 + hidden_size))
             outputs = [
@@ -250,11 +256,7 @@ def same_block_results(original: nn.Module, twin: nn.Module, hidden_size: int) -
 def _same_carried(original: nn.Module, twin: FusedLlamaBlock, hidden_size: int) -> bool:
     """Whether the twin handed (x, pending) gives the rows the original gives for MLX's `x + pending`."""
     context = mx.random.normal((1, _CHECK_CONTEXT, hidden_size), key=mx.random.key(hidden_size + 1))
-    caches: list[KVCache] = []
-    for _ in range(2):
-        cache = KVCache()
-        _block_call(original)(context, FULL_ATTENTION.mask(context, cache), cache)
-        caches.append(cache)
+    caches = _primed_caches(original, context, FULL_ATTENTION)
     for rows in (1, 7):
         x = mx.random.normal((1, rows, hidden_size), key=mx.random.key(rows * 104_729 + hidden_size)) * 3.0
         pending = mx.random.normal((1, rows, hidden_size), key=mx.random.key(rows * 1_299_709 + hidden_size))
