@@ -1,7 +1,6 @@
 """The fused llama block (q/k/v in one product, add then norm in one op) equals mlx-lm's bitwise, or is not used."""
 
 import logging
-import os
 from pathlib import Path
 from typing import cast
 
@@ -16,7 +15,7 @@ from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from shard_server.batched_forward import Block, LayerPlan, RequestRows, forward_rows
-from shard_server.float16_weights import Float16Linear, load_extension
+from shard_server.float16_weights import Float16Linear
 from shard_server.fused_block import (
     ADD_NORM_SWITCH_VARIABLE,
     NEXT_NORM_SWITCH_VARIABLE,
@@ -28,26 +27,13 @@ from shard_server.fused_block import (
 from shard_server.fused_ops import FusedOpsLibrary, fuse_layer_ops
 from shard_server.layer_kinds import FULL_ATTENTION
 from shard_server.model_stage import ModelStage, StageRange
+from tests.shard_server.native_extension import float_bits, require_fused_op
 from tests.shard_server.stage_runs import prefill_and_decode
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model
 
 
 def _require_library() -> BlockLibrary:
-    library = cast(BlockLibrary | None, load_extension())
-    reason = ""
-    if library is None or not hasattr(library, "add_rms_norm"):
-        reason = "the fused ops extension is not built with add_rms_norm (make builds it)"
-    elif not cast(FusedOpsLibrary, library).fused_ops_available():
-        reason = "this CPU lacks AVX2 or FMA"
-    if library is None or reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: this test must run)")
-        pytest.skip(reason)
-    return library
-
-
-def _bits(values: mx.array) -> np.ndarray:
-    return np.array(values).view(np.uint32)
+    return cast(BlockLibrary, require_fused_op("add_rms_norm"))
 
 
 def _expected(x: mx.array, branch: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:
@@ -67,8 +53,8 @@ def test_add_rms_norm_equals_mlxs_add_then_norm_bitwise(size: int, rows: int, sc
     for eps in (1e-5, 1e-6):
         total, normed = library.add_rms_norm(x, branch, weight, eps)
         expected_total, expected_normed = _expected(x, branch, weight, eps)
-        assert np.array_equal(_bits(total), _bits(expected_total))
-        assert np.array_equal(_bits(normed), _bits(expected_normed))
+        assert np.array_equal(float_bits(total), float_bits(expected_total))
+        assert np.array_equal(float_bits(normed), float_bits(expected_normed))
 
 
 @pytest.mark.native
@@ -85,10 +71,10 @@ def test_add_rms_norm_equals_mlxs_on_non_finite_values_and_nan_payloads() -> Non
     weight = mx.random.normal((64,), key=mx.random.key(2))
     total, normed = library.add_rms_norm(mx.array(x), mx.array(branch), weight, 1e-5)
     expected_total, expected_normed = _expected(mx.array(x), mx.array(branch), weight, 1e-5)
-    assert np.array_equal(_bits(total), _bits(expected_total))
-    assert np.array_equal(_bits(normed), _bits(library.rms_norm(expected_total, weight, 1e-5)))
+    assert np.array_equal(float_bits(total), float_bits(expected_total))
+    assert np.array_equal(float_bits(normed), float_bits(library.rms_norm(expected_total, weight, 1e-5)))
     # Rows with at most one NaN also match MLX's own norm (several NaNs in a row: see rms_norm's comment).
-    assert np.array_equal(_bits(normed)[:7], _bits(expected_normed)[:7])
+    assert np.array_equal(float_bits(normed)[:7], float_bits(expected_normed)[:7])
 
 
 @pytest.mark.native
@@ -99,8 +85,8 @@ def test_add_rms_norm_reads_strided_inputs() -> None:
     weight = mx.random.normal((24,), key=mx.random.key(5))
     total, normed = mx.compile(library.add_rms_norm)(x, branch, weight, 1e-5)
     expected_total, expected_normed = _expected(x, branch, weight, 1e-5)
-    assert np.array_equal(_bits(total), _bits(expected_total))
-    assert np.array_equal(_bits(normed), _bits(expected_normed))
+    assert np.array_equal(float_bits(total), float_bits(expected_total))
+    assert np.array_equal(float_bits(normed), float_bits(expected_normed))
 
 
 @pytest.mark.native

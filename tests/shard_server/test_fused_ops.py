@@ -1,7 +1,6 @@
 """The fused swiglu gives bitwise what mlx-lm's compiled swiglu gives, or is not used (shard_server/fused_ops.py)."""
 
 import logging
-import os
 from pathlib import Path
 from typing import cast
 
@@ -14,10 +13,10 @@ from mlx_lm.models.activations import swiglu
 from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
-from shard_server.float16_weights import load_extension
 from shard_server.fused_ops import SWITCH_VARIABLE, FusedMLP, FusedOpsLibrary, FusedRMSNorm, fuse_layer_ops
 from shard_server.fused_products import FusedGateUpMLP
 from shard_server.model_stage import StageRange
+from tests.shard_server.native_extension import float_bits, require_fused_op
 from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_model
 
@@ -26,21 +25,7 @@ SIZES = [1, 7, 8, 9, 15, 17, 33, 1536, 7 * 1536, 33 * 1536 + 5]
 
 
 def _require_fused_ops() -> FusedOpsLibrary:
-    library = cast(FusedOpsLibrary | None, load_extension())
-    reason = ""
-    if library is None or not hasattr(library, "swiglu"):
-        reason = "the fused ops extension is not built (make builds it)"
-    elif not library.fused_ops_available():
-        reason = "this CPU lacks AVX2 or FMA"
-    if library is None or reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: this test must run)")
-        pytest.skip(reason)
-    return library
-
-
-def _bits(values: mx.array) -> np.ndarray:
-    return np.array(values).view(np.uint32)
+    return cast(FusedOpsLibrary, require_fused_op("swiglu"))
 
 
 @pytest.mark.native
@@ -50,7 +35,7 @@ def test_the_swiglu_equals_mlx_lms_bitwise(size: int, scale: float) -> None:
     library = _require_fused_ops()
     gate = mx.random.normal((size,), key=mx.random.key(size)) * scale
     up = mx.random.normal((size,), key=mx.random.key(size + 1)) * scale
-    assert np.array_equal(_bits(library.swiglu(gate, up)), _bits(swiglu(gate, up)))
+    assert np.array_equal(float_bits(library.swiglu(gate, up)), float_bits(swiglu(gate, up)))
 
 
 @pytest.mark.native
@@ -60,7 +45,7 @@ def test_the_swiglu_equals_mlx_lms_on_every_kind_of_float_including_nan_payloads
     patterns = np.arange(0, 2**32, 4099, dtype=np.uint64).astype(np.uint32)
     gate = mx.array(patterns.view(np.float32))
     for up in (mx.ones(gate.shape), mx.array(patterns[::-1].copy().view(np.float32))):
-        assert np.array_equal(_bits(library.swiglu(gate, up)), _bits(swiglu(gate, up)))
+        assert np.array_equal(float_bits(library.swiglu(gate, up)), float_bits(swiglu(gate, up)))
 
 
 @pytest.mark.native
@@ -69,7 +54,7 @@ def test_it_computes_strided_inputs_inside_compile() -> None:
     gate = mx.transpose(mx.random.normal((5, 12, 9), key=mx.random.key(3)), (1, 0, 2))
     up = mx.transpose(mx.random.normal((12, 9, 5), key=mx.random.key(4)), (0, 2, 1))
     compiled = mx.compile(library.swiglu)
-    assert np.array_equal(_bits(compiled(gate, up)), _bits(swiglu(gate, up)))
+    assert np.array_equal(float_bits(compiled(gate, up)), float_bits(swiglu(gate, up)))
 
 
 @pytest.mark.native
@@ -90,7 +75,9 @@ def test_the_rms_norm_equals_mlxs_fallback_bitwise(size: int, rows: int, scale: 
     x = mx.random.normal((rows, size), key=mx.random.key(size * rows)) * scale
     weight = mx.random.normal((size,), key=mx.random.key(size))
     for eps in (1e-5, 1e-6):
-        assert np.array_equal(_bits(library.rms_norm(x, weight, eps)), _bits(mx.fast.rms_norm(x, weight, eps)))
+        assert np.array_equal(
+            float_bits(library.rms_norm(x, weight, eps)), float_bits(mx.fast.rms_norm(x, weight, eps))
+        )
 
 
 @pytest.mark.native
@@ -101,7 +88,7 @@ def test_the_rms_norm_equals_mlxs_on_a_non_finite_value_per_row() -> None:
     x[5, 7] = np.uint32(0xFFC01234).view(np.float32)
     weight = mx.random.normal((64,), key=mx.random.key(2))
     assert np.array_equal(
-        _bits(library.rms_norm(mx.array(x), weight, 1e-5)), _bits(mx.fast.rms_norm(mx.array(x), weight, 1e-5))
+        float_bits(library.rms_norm(mx.array(x), weight, 1e-5)), float_bits(mx.fast.rms_norm(mx.array(x), weight, 1e-5))
     )
     with pytest.raises(ValueError, match="must be float32"):
         library.rms_norm(mx.array(x).astype(mx.float16), weight, 1e-5)

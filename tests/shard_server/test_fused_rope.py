@@ -2,7 +2,6 @@
 
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -18,10 +17,10 @@ from services.kernel.ids import ModelId
 from services.models.embedded_model import EMBEDDED_MODEL_ID
 from services.models.model_store import ModelStore
 from services.models.model_writer import save_model_directory
-from shard_server.float16_weights import load_extension
 from shard_server.fused_ops import SWITCH_VARIABLE, fuse_layer_ops
 from shard_server.fused_rope import ROPE_SWITCH_VARIABLE, FusedRoPE, FusedRopeLibrary, fused_twin
 from shard_server.model_stage import StageRange
+from tests.shard_server.native_extension import float_bits, require_fused_op
 from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
 from tests.tiny_architectures import ARCHITECTURE_CONFIGS, NUM_LAYERS, build_tiny_model
 
@@ -35,21 +34,7 @@ LLAMA3_SCALING: dict[str, object] = {
 
 
 def _require_rope() -> FusedRopeLibrary:
-    library = load_extension()
-    reason = ""
-    if library is None or not hasattr(library, "rope"):
-        reason = "the fused ops extension is not built (make builds it)"
-    elif not cast(Callable[[], bool], getattr(library, "fused_ops_available"))():  # noqa: B009
-        reason = "this CPU lacks AVX2 or FMA"
-    if library is None or reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: this test must run)")
-        pytest.skip(reason)
-    return cast(FusedRopeLibrary, library)
-
-
-def _bits(values: mx.array) -> np.ndarray:
-    return np.array(values).view(np.uint32)
+    return cast(FusedRopeLibrary, require_fused_op("rope"))
 
 
 def _positions(rows: int, seed: int) -> mx.array:
@@ -80,7 +65,7 @@ def test_the_rope_equals_mlxs_fallback_bitwise(
     offsets = _positions(shape[0], seed=dims + shape[0]) if offset is None else mx.array(offset, dtype=mx.int32)
     expected = mx.fast.rope(x, dims, traditional=traditional, base=base, scale=scale, offset=offsets)
     inverse = library.rope_inverse_frequencies(dims, base)
-    assert np.array_equal(_bits(library.rope(x, offsets, inverse, dims, traditional, scale)), _bits(expected))
+    assert np.array_equal(float_bits(library.rope(x, offsets, inverse, dims, traditional, scale)), float_bits(expected))
 
 
 @pytest.mark.native
@@ -91,8 +76,8 @@ def test_strided_three_dimensional_and_compiled_inputs_equal_mlxs() -> None:
     x = mx.transpose(mx.random.normal((5, 1, 9, 64), key=mx.random.key(1)), (0, 2, 1, 3))
     offsets = mx.array([0, 3, 100, 7000, 9_000_001], dtype=mx.int32)
     expected = mx.fast.rope(x, 64, traditional=False, base=100000.0, scale=1.0, offset=offsets)
-    assert np.array_equal(_bits(twin(x, offset=offsets)), _bits(expected))
-    assert np.array_equal(_bits(mx.compile(twin)(x, offsets)), _bits(expected))
+    assert np.array_equal(float_bits(twin(x, offset=offsets)), float_bits(expected))
+    assert np.array_equal(float_bits(mx.compile(twin)(x, offsets)), float_bits(expected))
     # A prefill's heads, (1, heads, steps, head_dim) transposed, and every other dimension of wider heads.
     for strided in (
         mx.transpose(mx.random.normal((1, 13, 9, 64), key=mx.random.key(9)), (0, 2, 1, 3)),
@@ -100,10 +85,10 @@ def test_strided_three_dimensional_and_compiled_inputs_equal_mlxs() -> None:
         mx.random.normal((2, 3, 4, 64), key=mx.random.key(11))[..., ::-1],
     ):
         expected = mx.fast.rope(strided, 64, traditional=False, base=100000.0, scale=1.0, offset=77)
-        assert np.array_equal(_bits(twin(strided, offset=77)), _bits(expected))
+        assert np.array_equal(float_bits(twin(strided, offset=77)), float_bits(expected))
     flat = mx.random.normal((2, 6, 64), key=mx.random.key(2))
     expected = mx.fast.rope(flat, 64, traditional=False, base=100000.0, scale=1.0, offset=41)
-    assert np.array_equal(_bits(twin(flat, offset=41)), _bits(expected))
+    assert np.array_equal(float_bits(twin(flat, offset=41)), float_bits(expected))
 
 
 @pytest.mark.native
@@ -117,7 +102,7 @@ def test_llama3_frequencies_equal_mlx_lms_rope() -> None:
         (mx.random.normal((6, 4, 1, 64), key=mx.random.key(4)), _positions(6, seed=5)),
     ]:
         expected = cast(Callable[..., mx.array], original)(x, offset=offset)
-        assert np.array_equal(_bits(twin(x, offset=offset)), _bits(expected))
+        assert np.array_equal(float_bits(twin(x, offset=offset)), float_bits(expected))
 
 
 @pytest.mark.native
@@ -294,4 +279,4 @@ def test_its_cos_and_sin_are_mlxs_at_every_magnitude() -> None:
     x = mx.concatenate([mx.ones((1, 1, 1, count)), mx.zeros((1, 1, 1, count))], axis=-1)
     rotated = library.rope(x, mx.array(1, dtype=mx.int32), mx.array(angles), 2 * count, False, 1.0)
     expected = mx.concatenate([mx.cos(mx.array(angles)), mx.sin(mx.array(angles))])
-    assert np.array_equal(_bits(mx.reshape(rotated, (-1,))), _bits(expected))
+    assert np.array_equal(float_bits(mx.reshape(rotated, (-1,))), float_bits(expected))
