@@ -95,6 +95,12 @@ async def _keep_registered(
 
 
 async def serve_shard(options: ShardOptions) -> None:
+    # First: a stop asked for while the shard starts (it serves gRPC a second or two before its
+    # announcement is up) then ends it as cleanly as one asked for later, not by the signal's default.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stopping.set)
     store = ModelStore(models_root(options.home))
     host_node = node_id(options.home)
     server = GrpcServer(
@@ -162,10 +168,6 @@ async def serve_shard(options: ShardOptions) -> None:
             fetched=presence.fetched,
         )
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, stopping.set)
     registering = asyncio.create_task(_keep_registered(registration, coordinators))
     await stopping.wait()
     logger.info("shard %s stopping", shard_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.app.service_process import STOP_GRACE_SECONDS
-from tests.processes import ServiceProcess
+from tests.processes import ServiceProcess, start_lone_shards
 from tests.system.tiny_cluster import Cluster, ready_instance, stream, tiny_cluster
 
 pytestmark = [pytest.mark.process, pytest.mark.model]
@@ -62,3 +62,17 @@ def test_every_service_stops_cleanly_in_any_order(tmp_path: Path, order: Order, 
         for process in cluster.processes:
             log = process.log_path.read_text(errors="replace")
             assert "Traceback" not in log, f"{process.name}:\n{log[-4000:]}"
+
+
+@pytest.mark.timeout(120)
+def test_a_shard_stopped_as_soon_as_it_serves_exits_cleanly(tmp_path: Path) -> None:
+    # SIGTERM right after gRPC health: the shard may still be starting its announcement, which must not
+    # leave the signal to its default action (status -15, as a test ring once saw).
+    shards: list[ServiceProcess] = []
+    try:
+        start_lone_shards(shards, 1, tmp_path / "home", tmp_path / "logs")
+        _stop_in_time(shards[0])
+        assert "stopping" in shards[0].log_path.read_text(errors="replace")
+    finally:
+        for shard in shards:
+            shard.stop()
