@@ -33,12 +33,13 @@ def prefill_and_decode(stage: ModelStage) -> mx.array:
 
 
 def stages_switched(
-    model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch, switch_variable: str
+    model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch, *switch_variables: str
 ) -> list[ModelStage]:
-    """The stage loaded with `switch_variable` on, then off (float32, batching checked)."""
+    """The stage loaded with every one of `switch_variables` on, then all off (float32, batching checked)."""
     stages: list[ModelStage] = []
     for switch in ("on", "off"):
-        monkeypatch.setenv(switch_variable, switch)
+        for variable in switch_variables:
+            monkeypatch.setenv(variable, switch)
         stage = ModelStage(model_dir, stage_range, "float32")
         assert stage.check_batching(40, threads=2)
         stages.append(stage)

@@ -28,7 +28,7 @@ from shard_server.fused_ops import FusedOpsLibrary, fuse_layer_ops
 from shard_server.layer_kinds import FULL_ATTENTION
 from shard_server.model_stage import ModelStage, StageRange
 from tests.shard_server.native_extension import float_bits, require_fused_op
-from tests.shard_server.stage_runs import prefill_and_decode
+from tests.shard_server.stage_runs import prefill_and_decode, stages_switched
 from tests.tiny_architectures import NUM_LAYERS, build_tiny_half_model
 
 
@@ -297,16 +297,8 @@ def test_a_library_without_add_rms_norm_fuses_nothing(monkeypatch: pytest.Monkey
     assert fuse_blocks(nn.Module(), None).reason == "the fused ops extension has no add_rms_norm (rebuild it: make)"
 
 
-def _stages(model_dir: Path, stage_range: StageRange, monkeypatch: pytest.MonkeyPatch) -> list[ModelStage]:
-    """The stage with every fused block part on, then all off (float32, batching checked)."""
-    stages: list[ModelStage] = []
-    for switch in ("on", "off"):
-        for variable in (QKV_SWITCH_VARIABLE, ADD_NORM_SWITCH_VARIABLE, NEXT_NORM_SWITCH_VARIABLE):
-            monkeypatch.setenv(variable, switch)
-        stage = ModelStage(model_dir, stage_range, "float32")
-        assert stage.check_batching(40, threads=2)
-        stages.append(stage)
-    return stages
+_BLOCK_SWITCHES = (QKV_SWITCH_VARIABLE, ADD_NORM_SWITCH_VARIABLE, NEXT_NORM_SWITCH_VARIABLE)
+"""Every fused block part: on together, then off together."""
 
 
 @pytest.mark.native
@@ -314,7 +306,7 @@ def test_a_tiny_float16_llama_fuses_its_blocks_and_stays_exact(tmp_path: Path, m
     _require_library()
     store = ModelStore(tmp_path / "store")
     model_dir = build_tiny_half_model("llama", tmp_path / "scratch", store.model_dir(ModelId("tiny-half-llama")))
-    fused, plain = _stages(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), monkeypatch)
+    fused, plain = stages_switched(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), monkeypatch, *_BLOCK_SWITCHES)
     assert all(isinstance(layer, FusedLlamaBlock) for layer in fused.layers)
     assert not any(isinstance(layer, FusedLlamaBlock) for layer in plain.layers)
     assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
@@ -337,7 +329,7 @@ def test_other_families_keep_their_own_blocks(model_type: str, tmp_path: Path, m
     _require_library()
     store = ModelStore(tmp_path / "store")
     model_dir = build_tiny_half_model(model_type, tmp_path / "scratch", store.model_dir(ModelId(f"tiny-{model_type}")))
-    fused, _ = _stages(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), monkeypatch)
+    fused, _ = stages_switched(model_dir, StageRange(0, NUM_LAYERS, NUM_LAYERS), monkeypatch, *_BLOCK_SWITCHES)
     assert not any(isinstance(layer, FusedLlamaBlock) for layer in fused.layers)
 
 
@@ -348,7 +340,7 @@ def test_the_embedded_model_fuses_every_block_with_the_same_logits(
 ) -> None:
     _require_library()
     model_dir = ModelStore(embedded_models).model_dir(EMBEDDED_MODEL_ID)
-    fused, plain = _stages(model_dir, StageRange(0, 30, 30), monkeypatch)
+    fused, plain = stages_switched(model_dir, StageRange(0, 30, 30), monkeypatch, *_BLOCK_SWITCHES)
     assert "30 fused llama blocks" in fused.fused_ops.describe()
     assert all(isinstance(layer, FusedLlamaBlock) for layer in fused.layers)
     assert mx.array_equal(prefill_and_decode(fused), prefill_and_decode(plain)).item()
